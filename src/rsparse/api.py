@@ -1,0 +1,198 @@
+"""`rsparse.sparsify`: the whole pipeline, calibrate → factorize → search → install (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rsparse.budget import model_sparsity, uniform_budgets
+from rsparse.calibrate import (
+    calibration_batches,
+    capture_layer_calls,
+    input_groups,
+    run_layer,
+    score_histograms,
+)
+from rsparse.config import RSparseConfig
+from rsparse.factorize import lowrank_factors
+from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module, rsparse_modules
+
+logger = logging.getLogger(__name__)
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def sparsify(
+    model: nn.Module,
+    target: float = 0.5,
+    *,
+    calibration: Any = None,
+    tokenizer: Any = None,
+    search: str = "none",
+    score: str = "rsparse",
+    rho: float | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+    config: RSparseConfig | None = None,
+) -> nn.Module:
+    """Sparsify a Hugging Face causal LM in place with R-Sparse and return it.
+
+    Every `nn.Linear` inside the decoder layers (``lm_head`` and embeddings excluded) is
+    replaced by an `RSparseLinear` whose threshold is fitted, layer by layer, on the inputs
+    it sees once the layers before it are sparse. If anything fails the model is restored.
+
+    Args:
+        model (`nn.Module`): a causal LM with floating-point weights (Llama, Mistral, Qwen2/3,
+            Gemma 2/3, Phi-3 and other Llama-family architectures).
+        target (`float`, defaults to 0.5): model-level sparsity, the weight-count-weighted mean
+            of the layers' sparsities, in ``[0, 1)``.
+        calibration: ``None`` (text sampled from the model itself: works offline), a list of
+            strings (needs ``tokenizer``), a ``LongTensor`` ``[n, seq]`` of token ids, or an
+            iterable of such tensors.
+        tokenizer: the model's tokenizer, needed when ``calibration`` is text.
+        search (`str`, defaults to ``"none"``): per-layer budget search; ``"none"`` gives every
+            layer sparsity ``target``.
+        score (`str`, defaults to ``"rsparse"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``)
+            or ``"magnitude"`` (``|x_j|``, the TEAL-style baseline).
+        rho (`float`, *optional*): share of each layer's budget spent on channels (the rest buys
+            rank); ``None`` lets the search decide (1.0 with ``search="none"``).
+        seed (`int`, defaults to 0): seed of calibration sampling.
+        show_progress (`bool`, defaults to `True`): show a progress bar per decoder layer.
+        config (`RSparseConfig`, *optional*): further settings (calibration sizes, include/exclude
+            patterns, decode cut-off, mode); keyword arguments left at their defaults defer to it.
+
+    Returns:
+        The same model, with `RSparseLinear` modules and its settings in ``model.rsparse_config``.
+
+    Calling `sparsify` on a model that already holds `RSparseLinear` modules raises
+    `ValueError`: budgets are fitted on the dense model, so load it again to change them.
+
+    Example:
+
+    ```python
+    >>> model = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")  # doctest: +SKIP
+    >>> rsparse.sparsify(model, target=0.5)  # doctest: +SKIP
+    >>> print(rsparse.summary(model))  # doctest: +SKIP
+    ```
+    """
+    cfg = _settings(config, target=target, search=search, score=score, rho=rho, seed=seed)
+    started = time.perf_counter()
+    targets = _target_linears(model, cfg)
+    batches, cfg.calibration_source = calibration_batches(
+        model, calibration, tokenizer, samples=cfg.calibration_samples, seq_len=cfg.calibration_seq_len,
+        batch_size=cfg.calibration_batch_size, seed=cfg.seed,
+    )
+    shapes = {name: (m.in_features, m.out_features) for name, m in targets.items()}
+    budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)  # search: "none"
+
+    stack_name, layers = decoder_layers(model)
+    replaced: dict[str, nn.Linear] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        hidden, calls = capture_layer_calls(model, layers, batches)
+        for i, layer in enumerate(tqdm(layers, desc="rsparse: calibrate + install", disable=not show_progress)):
+            prefix = f"{stack_name}.{i}."
+            linears = {n[len(prefix):]: m for n, m in targets.items() if n.startswith(prefix)}
+            for group in input_groups(layer, linears, hidden[0], calls[i][0]):
+                weights = {n: _channel_weights(linears[n], cfg.score) for n in group}
+                hists = score_histograms(layer, {n: linears[n] for n in group}, weights, hidden, calls[i])
+                for n in group:
+                    budget = budgets[prefix + n]
+                    lowrank_in, lowrank_out = lowrank_factors(linears[n].weight, budget.r)
+                    new = RSparseLinear.from_linear(
+                        linears[n], tau=hists[n].threshold(budget.active_fraction), c=weights[n],
+                        lowrank_in=lowrank_in, lowrank_out=lowrank_out, budget=budget,
+                        mode="sparse", decode_cutoff=cfg.decode_cutoff,
+                    )
+                    replaced[prefix + n] = replace_module(model, prefix + n, new)
+                    _release_weight(linears[n])
+            hidden = [run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
+    except BaseException:
+        _restore(model, replaced)
+        raise
+    finally:
+        model.train(was_training)
+
+    for m in rsparse_modules(model).values():
+        m.set_mode(cfg.mode)
+    cfg.layers = {name: budgets[name] for name in replaced}
+    model.rsparse_config = cfg
+    logger.info(
+        "rsparse: %d linears sparsified, model-level sparsity %.4f, %.1fs",
+        len(replaced), model_sparsity(cfg.layers.values()), time.perf_counter() - started,
+    )
+    return model
+
+
+def _settings(config: RSparseConfig | None, **explicit: Any) -> RSparseConfig:
+    """The config to use: ``config`` (or the defaults) overridden by non-default keyword arguments."""
+    if config is not None and not isinstance(config, RSparseConfig):
+        raise ValueError(f"config must be an RSparseConfig or None, got {type(config).__name__}")
+    defaults = RSparseConfig()
+    base = config if config is not None else defaults
+    changes = {k: v for k, v in explicit.items() if config is None or v != getattr(defaults, k)}
+    return dataclasses.replace(base, **changes, layers={})  # replace() re-validates
+
+
+def _target_linears(model: nn.Module, cfg: RSparseConfig) -> dict[str, nn.Linear]:
+    """The decoder-layer linears to sparsify, after checking the model can be sparsified."""
+    existing = rsparse_modules(model)
+    if existing:
+        raise ValueError(
+            f"the model is already sparsified ({len(existing)} RSparseLinear layers); sparsify works on "
+            f"dense models: load the dense model again to choose a new target"
+        )
+    if getattr(model, "is_quantized", False) and getattr(
+        getattr(model.config, "quantization_config", None), "get", lambda *_: None
+    )("quant_method") not in (None, "gguf"):
+        raise ValueError("the model is quantized; rsparse needs floating-point weights (load it unquantized)")
+    stack_name, layers = decoder_layers(model)
+    targets = {}
+    for name, module in layers.named_modules(prefix=stack_name):
+        if not isinstance(module, nn.Linear):
+            continue
+        rel = name[len(stack_name) + 1:]
+        if not any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in cfg.include):
+            continue
+        if any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in cfg.exclude):
+            continue
+        if module.weight.dtype not in FLOAT_DTYPES:
+            raise ValueError(
+                f"{name} has weight dtype {module.weight.dtype} ({type(module).__name__}); rsparse needs "
+                f"floating-point weights ({', '.join(str(d) for d in FLOAT_DTYPES)}): load the model unquantized"
+            )
+        targets[name] = module
+    if not targets:
+        raise ValueError(
+            f"no nn.Linear inside {stack_name} matches include={cfg.include} exclude={cfg.exclude}"
+        )
+    return targets
+
+
+def _channel_weights(linear: nn.Linear, score: str) -> torch.Tensor:
+    """``c`` of the score ``|x_j| * c_j``: column norms ("rsparse") or ones ("magnitude")."""
+    if score == "magnitude":
+        return torch.ones(linear.in_features, dtype=torch.float32, device=linear.weight.device)
+    return column_norms(linear.weight)
+
+
+def _release_weight(linear: nn.Linear) -> None:
+    # The RSparseLinear holds the transposed copy; keep the original module (for `_restore`)
+    # but not its weight, so that peak memory stays at one model plus one layer.
+    linear.weight.data = linear.weight.data.new_empty(0)
+
+
+def _restore(model: nn.Module, replaced: dict[str, nn.Linear]) -> None:
+    """Undo `sparsify`: put every original linear back, its weight rebuilt from the transposed copy."""
+    for name, original in replaced.items():
+        new = model.get_submodule(name)
+        original.weight.data = new.weight_t.detach().t().contiguous()
+        replace_module(model, name, original)

@@ -1,0 +1,248 @@
+"""`RSparseLinear`, the module that replaces `nn.Linear`, and module surgery helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rsparse.ops  # noqa: F401  (registers torch.ops.rsparse.sparse_linear)
+from rsparse.config import MODES, LayerBudget
+
+
+class RSparseLinear(nn.Module):
+    """A linear layer that, for decode tokens, reads only the weight rows of its active input channels
+    and replaces the rest with a rank-``r`` correction (R-Sparse, DESIGN.md §1 and §4).
+
+    State (all persistent, state-dict names equal attribute names):
+
+    * ``weight_t`` ``[in, out]``: the transposed weight, the only copy of it. Row ``j`` holds
+      every weight that multiplies input channel ``j``, so skipping a channel skips one
+      contiguous row. `weight` is a view of it in the usual ``[out, in]`` layout.
+    * ``c`` ``[in]`` fp32: channel weights of the score ``|x_j| * c_j`` (column norms of the
+      weight for the ``"rsparse"`` rule, ones for ``"magnitude"``).
+    * ``tau`` 0-dim fp32: channels scoring above it are active.
+    * ``lowrank_in`` ``[in, r]`` and ``lowrank_out`` ``[r, out]``: the low-rank path
+      ``V_r`` and ``(U_r S_r)ᵀ`` applied to the inactive channels.
+    * ``bias`` ``[out]`` or None.
+
+    Args:
+        in_features (`int`): input channels.
+        out_features (`int`): output channels.
+        rank (`int`, defaults to 0): rank of the low-rank path.
+        bias (`bool`, defaults to `False`): whether the layer has a bias.
+        mode (`str`, defaults to ``"auto"``): ``"auto"`` (sparse when a call carries at most
+            ``decode_cutoff`` tokens, dense otherwise), ``"sparse"`` or ``"dense"``.
+        decode_cutoff (`int`, defaults to 8): see ``mode``.
+        dtype, device: of the weight, factors and bias.
+
+    Example:
+
+    ```python
+    >>> lin = torch.nn.Linear(64, 32)
+    >>> sparse = RSparseLinear.from_linear(lin, tau=-1.0)  # tau < 0 keeps every channel
+    >>> x = torch.randn(1, 64)
+    >>> torch.allclose(sparse(x), lin(x), atol=1e-5)
+    True
+    ```
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int = 0,
+        bias: bool = False,
+        *,
+        mode: str = "auto",
+        decode_cutoff: int = 8,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        kw = {"dtype": dtype, "device": device}
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features, **kw), requires_grad=False)
+        self.register_buffer("c", torch.ones(in_features, dtype=torch.float32, device=device))
+        self.register_buffer("tau", torch.full((), -1.0, dtype=torch.float32, device=device))
+        self.register_buffer("lowrank_in", torch.zeros(in_features, rank, **kw))
+        self.register_buffer("lowrank_out", torch.zeros(rank, out_features, **kw))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, **kw), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.budget: LayerBudget | None = None
+        self.decode_cutoff = decode_cutoff
+        self.set_mode(mode)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        tau: torch.Tensor | float,
+        c: torch.Tensor | None = None,
+        lowrank_in: torch.Tensor | None = None,
+        lowrank_out: torch.Tensor | None = None,
+        budget: LayerBudget | None = None,
+        mode: str = "auto",
+        decode_cutoff: int = 8,
+    ) -> "RSparseLinear":
+        """Build from an `nn.Linear`, copying its weight into the transposed layout.
+
+        Args:
+            linear: the layer to replace (its bias tensor is shared, not copied).
+            tau: threshold on ``|x| * c``.
+            c: channel weights (fp32, ``[in]``); defaults to the weight's column norms.
+            lowrank_in, lowrank_out: low-rank factors ``[in, r]`` and ``[r, out]``; none for rank 0.
+            budget: the `LayerBudget` this layer was built for (shown by `rsparse.summary`).
+        """
+        w = linear.weight.detach()
+        rank = 0 if lowrank_in is None else lowrank_in.shape[1]
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            rank,
+            bias=linear.bias is not None,
+            mode=mode,
+            decode_cutoff=decode_cutoff,
+            dtype=w.dtype,
+            device=w.device,
+        )
+        new.weight_t.data = w.t().contiguous()
+        new.c.copy_(column_norms(w) if c is None else c)
+        new.tau.fill_(float(tau))
+        if rank:
+            new.lowrank_in.copy_(lowrank_in)
+            new.lowrank_out.copy_(lowrank_out)
+        if linear.bias is not None:
+            new.bias = linear.bias
+        new.budget = budget
+        return new
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as ``[out, in]`` (a transposed view of ``weight_t``, not a copy)."""
+        return self.weight_t.t()
+
+    @property
+    def rank(self) -> int:
+        return self.lowrank_in.shape[1]
+
+    def set_mode(self, mode: str) -> None:
+        """Choose the path: ``"auto"``, ``"sparse"`` or ``"dense"`` (see the class docstring)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        self.mode = mode
+
+    def uses_sparse_path(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` takes the sparse path (decided from shapes only)."""
+        if self.mode == "auto":
+            return x.numel() // self.in_features <= self.decode_cutoff
+        return self.mode == "sparse"
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.uses_sparse_path(x):
+            return self.forward_dense(x)
+        y = torch.ops.rsparse.sparse_linear(
+            x.reshape(-1, self.in_features),
+            self.weight_t,
+            self.c,
+            self.tau,
+            self.lowrank_in,
+            self.lowrank_out,
+            self.bias,
+        )
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        # `model.to(dtype)` / `.half()` cast every floating buffer; the score inputs must
+        # stay fp32 so that the mask does not depend on the model dtype.
+        super()._apply(fn, recurse)
+        for name in ("c", "tau"):
+            if self._buffers[name].dtype != torch.float32:
+                self._buffers[name] = self._buffers[name].float()
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"bias={self.bias is not None}, mode={self.mode!r}"
+        )
+
+
+def column_norms(weight: torch.Tensor) -> torch.Tensor:
+    """``||W[:, j]||_2`` for every input channel ``j`` of an ``[out, in]`` weight, in fp32."""
+    return torch.linalg.vector_norm(weight.float(), dim=0)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at the qualified ``name`` inside ``model``; returns the module it replaced."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, child_name)
+    setattr(parent, child_name, new)
+    return old
+
+
+def rsparse_modules(model: nn.Module) -> dict[str, RSparseLinear]:
+    """Every `RSparseLinear` in ``model`` by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, RSparseLinear)}
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Set the forward mode of every `RSparseLinear` in ``model``.
+
+    Args:
+        model: a model sparsified by `rsparse.sparsify` (or reloaded).
+        mode: ``"auto"`` (dense prefill, sparse decode; the default), ``"sparse"`` (every token
+            sparse: the strict evaluation protocol) or ``"dense"`` (the original model).
+
+    Returns:
+        The model.
+
+    Example:
+
+    ```python
+    >>> rsparse.set_mode(model, "sparse")  # doctest: +SKIP
+    ```
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    modules = rsparse_modules(model)
+    if not modules:
+        raise ValueError("the model holds no RSparseLinear; call rsparse.sparsify(model) first")
+    for m in modules.values():
+        m.set_mode(mode)
+    config = getattr(model, "rsparse_config", None)
+    if config is not None:
+        config.mode = mode
+    return model
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder's stack of layers: the largest `nn.ModuleList` of same-class blocks holding linears.
+
+    Returns:
+        ``(qualified_name, module_list)``, e.g. ``("model.layers", ...)`` for Llama.
+    """
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(layer) for layer in module}) != 1:
+            continue
+        if not any(isinstance(m, (nn.Linear, RSparseLinear)) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = (name, module), size
+    if best is None:
+        raise ValueError(
+            f"found no decoder layers (an nn.ModuleList of blocks holding nn.Linear) in {type(model).__name__}"
+        )
+    return best

@@ -1,0 +1,45 @@
+"""The R-Sparse decode computation as one `torch.library` custom op.
+
+``rsparse::sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)`` computes,
+for every token (row) of ``x`` (``[T, n]``)::
+
+    active   = |x| * c > tau                      (score rule; c = 1 gives magnitude)
+    y        = x[active] @ weight_t[active]        (sparse path: gathered weight rows)
+             + (x[~active] @ lowrank_in) @ lowrank_out   (low-rank path, fp32)
+             + bias
+
+with ``weight_t`` the transposed weight ``[n, m]``, ``lowrank_in`` ``[n, r]`` (``V_r``),
+``lowrank_out`` ``[r, m]`` (``(U_r S_r)ᵀ``), ``c`` the fp32 channel weights and ``tau`` a
+0-dim fp32 threshold.  The schema is declared once here with a fake (shape)
+implementation and the PyTorch reference, which runs on every device; faster
+implementations (Triton) register against the same op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rsparse.ops.reference import active_mask, sparse_linear_reference
+
+__all__ = ["sparse_linear", "active_mask", "sparse_linear_reference"]
+
+
+@torch.library.custom_op("rsparse::sparse_linear", mutates_args=())
+def sparse_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    c: torch.Tensor,
+    tau: torch.Tensor,
+    lowrank_in: torch.Tensor,
+    lowrank_out: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """R-Sparse linear on ``x`` of shape ``[T, n]``; returns ``[T, m]`` in ``x.dtype``."""
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+
+
+@sparse_linear.register_fake
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+    torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
+    torch._check(x.shape[1] == weight_t.shape[0], lambda: "x and weight_t disagree on n")
+    return x.new_empty(x.shape[0], weight_t.shape[1])
