@@ -63,7 +63,8 @@ def calibration_batches(
     vocab = model.get_input_embeddings().num_embeddings
     device = model.get_input_embeddings().weight.device
     if calibration is None:
-        tokens = self_generated_tokens(model, samples, seq_len, seed=seed, batch_size=batch_size)
+        # Generation is step-bound: one wide batch is much faster than several narrow ones.
+        tokens = self_generated_tokens(model, samples, seq_len, seed=seed, batch_size=max(batch_size, 32))
         batches, source = list(tokens.split(batch_size)), "self-generated"
     elif isinstance(calibration, str):
         raise ValueError("calibration must be a list of strings, not a single string; wrap it in a list")
@@ -173,15 +174,38 @@ class LayerCall:
 def capture_layer_calls(
     model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], list[list[LayerCall]]]:
-    """Run the model once per batch to capture the inputs of layer 0 and every layer's extra arguments.
+    """Capture the hidden states entering layer 0 and the extra arguments of every layer, per batch.
+
+    Most architectures hand every layer the very same extra arguments (one mask, one
+    rotary table); a probe on one sequence checks that, and then only the embeddings run
+    per batch. Architectures whose layers differ (Gemma's sliding and global layers) get
+    a full pass per batch.
 
     Returns:
         ``(hidden, calls)``: the hidden states entering layer 0, one tensor per batch, and
         ``calls[i][b]``, the other arguments layer ``i`` received for batch ``b``.
     """
+    probe = _record_calls(model, layers, [batches[0][:1]], stop_after=len(layers) - 1)[1]
+    shared = all(_same_call(probe[0][0], calls[0]) for calls in probe[1:])
+    hidden, calls = _record_calls(model, layers, batches, stop_after=0 if shared else len(layers) - 1)
+    if shared:
+        calls = [calls[0]] * len(layers)
+    return hidden, calls
+
+
+def _same_call(a: LayerCall, b: LayerCall) -> bool:
+    return (
+        len(a.args) == len(b.args)
+        and all(x is y for x, y in zip(a.args, b.args))
+        and a.kwargs.keys() == b.kwargs.keys()
+        and all(a.kwargs[k] is b.kwargs[k] for k in a.kwargs)
+    )
+
+
+def _record_calls(model, layers, batches, stop_after: int):
+    """Run the model per batch, recording the arguments of layers ``0..stop_after``, then stop."""
     hidden: list[torch.Tensor] = []
-    calls: list[list[LayerCall]] = [[] for _ in layers]
-    last = len(layers) - 1
+    calls: list[list[LayerCall]] = [[] for _ in range(stop_after + 1)]
 
     def make_hook(i):
         def hook(module, args, kwargs):
@@ -193,12 +217,15 @@ def capture_layer_calls(
             calls[i].append(LayerCall(rest, dict(kwargs)))
             if i == 0:
                 hidden.append(h.detach())
-            if i == last:  # everything is captured; skip the last layer and the head
+            if i == stop_after:  # what follows is not needed: skip the remaining layers and the head
                 raise StopForward
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles = [
+        layer.register_forward_pre_hook(make_hook(i), with_kwargs=True)
+        for i, layer in enumerate(layers[: stop_after + 1])
+    ]
     try:
         with torch.no_grad():
             for batch in batches:

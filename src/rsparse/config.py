@@ -100,7 +100,7 @@ class RSparseConfig:
         metadata={"help": "where calibration tokens came from (recorded by sparsify)"},
     )
     calibration_samples: int = field(
-        default=32, metadata={"help": "number of calibration sequences (self-generated or from text)"}
+        default=16, metadata={"help": "number of calibration sequences (self-generated or from text)"}
     )
     calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration sequence"})
     calibration_batch_size: int = field(

@@ -116,8 +116,8 @@ class RSparseLinear(nn.Module):
         if rank:
             new.lowrank_in.copy_(lowrank_in)
             new.lowrank_out.copy_(lowrank_out)
-        if linear.bias is not None:
-            new.bias = linear.bias
+        if linear.bias is not None:  # shares the storage; inference needs no gradient
+            new.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
         new.budget = budget
         return new
 

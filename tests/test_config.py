@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+import rsparse
+from rsparse.budget import layer_budget
+from rsparse.config import FORMAT_VERSION, RSparseConfig
+
+
+def test_round_trip_through_json():
+    cfg = RSparseConfig(target=0.7, rho=0.9, score="magnitude", include=["*mlp*"], seed=3)
+    cfg.layers = {"model.layers.0.mlp.up_proj": layer_budget(64, 96, 0.7, 0.9)}
+    again = RSparseConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert again.library_version == rsparse.__version__
+    assert again.format_version == FORMAT_VERSION
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown RSparseConfig keys \['targte'\]; valid keys are .*'target'"):
+        RSparseConfig.from_dict({"targte": 0.5})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"target": 1.0}, r"target must be a float in \[0, 1\), got 1.0"),
+        ({"target": -0.1}, r"target must be a float in \[0, 1\)"),
+        ({"rho": 1.2}, r"rho must be None or a float in \[0, 1\]"),
+        ({"score": "l2"}, r"score must be one of \['rsparse', 'magnitude'\], got 'l2'"),
+        ({"mode": "fast"}, r"mode must be one of \['auto', 'sparse', 'dense'\]"),
+        ({"search": "evo"}, r"search must be one of"),
+        ({"calibration_samples": 0}, r"calibration_samples must be a positive int"),
+        ({"include": "*proj"}, r"include must be a list of fnmatch patterns"),
+        ({"format_version": FORMAT_VERSION + 1}, r"newer than this rsparse supports"),
+    ],
+)
+def test_invalid_values_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RSparseConfig(**kwargs)
