@@ -173,34 +173,43 @@ def build_rank(n, m, s, rho):
     return layer_budget(n, m, s, rho).r
 
 
+SWEEP = {  # kind -> (block_k, block_m, iters, num_warps, num_stages, unroll)
+    "gemv1": [(32, 256, 4, 4, 1, True), (16, 256, 8, 4, 1, True), (64, 256, 2, 8, 1, True), (32, 512, 4, 8, 1, True),
+              (32, 128, 8, 4, 1, True), (32, 256, 8, 4, 1, True), (32, 256, 2, 4, 1, True), (16, 512, 4, 4, 1, True),
+              (32, 256, 8, 4, 3, False)],
+    "dot": [(64, 128, 4, 4, 3, False), (32, 256, 4, 4, 3, False), (64, 256, 2, 8, 3, False), (128, 128, 2, 4, 3, False),
+            (64, 128, 8, 4, 4, False), (64, 64, 4, 4, 3, False), (32, 128, 8, 4, 3, True)],
+}
+
+
 def sweep(dtype, device, reps, gen):
-    """Tile-size sweep on the two big shapes at 50 %, rho 1 (chooses `choose_config`)."""
+    """Tile-size sweep on the big shapes at 50 %, rho 1; returns the rows and the best
+    configuration of each kind (least total time over the shapes)."""
     from rsparse.kernels import sparse_linear as K
 
-    configs = [None] + [
-        K.Config(block_k=bk, block_m=bm, iters=it, num_warps=nw, num_stages=st)
-        for bk, bm, it, nw, st in [
-            (32, 256, 8, 4, 2), (64, 128, 4, 4, 2), (32, 512, 8, 8, 2), (16, 256, 16, 4, 3),
-            (32, 256, 4, 4, 1), (64, 256, 4, 8, 2), (32, 128, 8, 4, 2), (64, 512, 2, 8, 2),
-            (16, 512, 8, 4, 3), (32, 256, 16, 4, 3),
-        ]
-    ]
-    out = []
-    for name in ("gate/up 4096->14336", "down 14336->4096", "qkv fused 4096->4096+1024+1024"):
-        n, ms = CASES[name]
-        for T in (1, 4):
-            for cfg in configs:
-                K.set_config(cfg)
+    out, best = [], {}
+    for kind, T in (("gemv1", 1), ("dot", 4)):
+        totals = {}
+        for params in SWEEP[kind]:
+            bk, bm, it, nw, st, un = params
+            cfg = K.Config(block_k=bk, block_m=bm, iters=it, num_warps=nw, num_stages=st, unroll=un)
+            K.set_config(cfg, kind)
+            for name in ("gate/up 4096->14336", "down 14336->4096", "qkv fused 4096->4096+1024+1024"):
+                n, ms = CASES[name]
                 try:
                     r = run_case(name, n, ms, 0.5, 1.0, T, dtype, device, reps, gen)
-                    row = {"case": name, "batch": T, "config": None if cfg is None else cfg.__dict__,
-                           "us": r["us_kernel"], "us_dense": r["us_dense"], "err": r["max_rel_err_vs_reference"]}
+                    row = {"case": name, "batch": T, "config": cfg.__dict__, "us": r["us_kernel"],
+                           "us_dense": r["us_dense"], "err": r["max_rel_err_vs_reference"]}
+                    totals[params] = totals.get(params, 0.0) + r["us_kernel"]
                 except Exception as e:  # a config that does not compile is a data point too
-                    row = {"case": name, "batch": T, "config": cfg.__dict__, "error": repr(e)[:200]}
+                    row = {"case": name, "batch": T, "config": cfg.__dict__, "error": repr(e)[:300]}
+                    totals[params] = float("inf")
                 print(json.dumps(row), flush=True)
                 out.append(row)
-    K.set_config(None)
-    return out
+        p = min(totals, key=totals.get)
+        best[kind] = K.Config(block_k=p[0], block_m=p[1], iters=p[2], num_warps=p[3], num_stages=p[4], unroll=p[5])
+        K.set_config(None, kind)
+    return out, best
 
 
 def overheads(device, reps):
@@ -287,7 +296,13 @@ def main():
     result = {"meta": meta, "overheads": overheads(device, args.reps)}
     print(json.dumps(result["overheads"]), flush=True)
     if args.sweep:
-        result["sweep"] = sweep(dtype, device, args.reps, gen)
+        from rsparse.kernels import sparse_linear as K
+
+        result["sweep"], best = sweep(dtype, device, args.reps, gen)
+        for kind, cfg in best.items():  # the table runs with the best configuration found
+            K.set_config(cfg, kind)
+        meta["configs"] = {k: v.__dict__ for k, v in best.items()}
+        print("best configs:", meta["configs"], flush=True)
     rows = []
     if not args.no_table:
         for name, (n, ms) in CASES.items():

@@ -218,7 +218,7 @@ def test_gpu_kernel_matches_reference(shape, dtype):
 
 def _gpu_module(rank=32):
     torch.manual_seed(0)
-    lin = torch.nn.Linear(1024, 3000, bias=True, device="cuda", dtype=torch.bfloat16)
+    lin = torch.nn.Linear(1024, 3000, bias=True, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
     li = torch.randn(1024, rank, device="cuda", dtype=torch.bfloat16) / 32
     lo = torch.randn(rank, 3000, device="cuda", dtype=torch.bfloat16) / 32
     return RSparseLinear.from_linear(lin, tau=0.02, lowrank_in=li, lowrank_out=lo, mode="sparse")
@@ -251,7 +251,7 @@ def test_gpu_cuda_graph_capture():
 def test_gpu_torch_compile_fullgraph():
     mod = _gpu_module()
     mod2 = RSparseLinear.from_linear(
-        torch.nn.Linear(1024, 500, device="cuda", dtype=torch.bfloat16), tau=0.02, mode="sparse"
+        torch.nn.Linear(1024, 500, device="cuda", dtype=torch.bfloat16).requires_grad_(False), tau=0.02, mode="sparse"
     )
 
     def f(x):

@@ -28,6 +28,8 @@ size depends on shapes only.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,77 +40,118 @@ MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 
 
 @triton.jit
-def _accumulate(acc, coef, w, t_row, BLOCK_T: tl.constexpr):
-    # acc [BLOCK_T, BLOCK_M] += coef [BLOCK_T, BLOCK_K] @ w [BLOCK_K, BLOCK_M], one token at
-    # a time: BLOCK_T <= 8 is too small for tensor cores, and a 3-D broadcast would hold
-    # BLOCK_T times the weight tile in registers.
-    for t in tl.static_range(BLOCK_T):
-        if BLOCK_T == 1:
-            ct = tl.sum(coef, axis=0)
-        else:
-            ct = tl.sum(tl.where(t_row[:, None] == t, coef, 0.0), axis=0)
-        pt = tl.sum(ct[:, None] * w, axis=0)
-        if BLOCK_T == 1:
-            acc += pt[None, :]
-        else:
-            acc = tl.where(t_row[:, None] == t, acc + pt[None, :], acc)
+def _dot_acc(coef, w, acc, FP32: tl.constexpr):
+    # acc [16, BLOCK_M] += coef [16, BLOCK_K] @ w [BLOCK_K, BLOCK_M] on tensor cores.  coef
+    # rows are masked inputs (exact in w's dtype) or fp32 z, split as hi + lo in w's dtype
+    # so the low-rank coefficients keep ~16 more bits than one bf16 rounding.
+    if FP32:
+        acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
+    else:
+        hi = coef.to(w.dtype)
+        acc = tl.dot(hi, w, acc)
+        acc = tl.dot((coef - hi.to(tl.float32)).to(w.dtype), w, acc)
     return acc
 
 
 @triton.jit
-def _load_x_block(x_ptr, stride_xt, offs_t, t_ok, offs_k, k_ok):
-    xv = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)
-    return xv.to(tl.float32)
+def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0, offs_m, m_ok,
+            USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < n
+    cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+    if USE_DOT:
+        xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
+        active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
+        row_on = tl.max(active.to(tl.int32), axis=0) > 0  # a row is read if any token keeps it
+        w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
+        coef = tl.where(active, xf, 0.0)
+        if FP32:
+            acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(coef.to(w.dtype), w, acc)  # masked inputs are exact in w's dtype
+    else:  # one token: elementwise FMAs into [BLOCK_K, BLOCK_M], reduced once at the end
+        xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        active = (tl.abs(xf) * cv > tau) & k_ok
+        w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
+        acc += tl.where(active, xf, 0.0)[:, None] * w.to(tl.float32)
+    return acc
 
 
 @triton.jit
-def _active(xf, c_ptr, tau, offs_k, k_ok, t_ok):
-    # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
-    cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-    return (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
+def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, r, k0, offs_m, m_ok,
+             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < r
+    w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    if USE_DOT:
+        z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = _dot_acc(z, w, acc, FP32)
+    else:
+        z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0)
+        acc += z[:, None] * w.to(tl.float32)
+    return acc
 
 
 @triton.jit
 def _z_part(
     x_ptr, stride_xt, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z,
-    T, n, r, pid_k, pid_t,
-    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    T, n, r, pid_k, pid_r, pid_t,
+    USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, ITERS: tl.constexpr,
 ):
-    t_row = tl.arange(0, BLOCK_T)
-    offs_t = pid_t * BLOCK_T + t_row
-    t_ok = offs_t < T
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < n
-    xf = _load_x_block(x_ptr, stride_xt, offs_t, t_ok, offs_k, k_ok)
-    active = _active(xf, c_ptr, tl.load(tau_ptr), offs_k, k_ok, t_ok)
-    inactive = (~active) & t_ok[:, None] & k_ok[None, :]
-    coef = tl.where(inactive, xf, 0.0)
-    for r0 in range(0, r, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
+    if pid_r * BLOCK_R < r:
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < T
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = offs_r < r
-        v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
-        acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-        acc = _accumulate(acc, coef, v.to(tl.float32), t_row, BLOCK_T)
-        tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], acc, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
+        tau = tl.load(tau_ptr)
+        if USE_DOT:
+            acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.float32)
+        for i in tl.static_range(ITERS):
+            offs_k = (pid_k * ITERS + i) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < n
+            cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+            v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
+            if USE_DOT:
+                xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                if FP32:
+                    acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(coef.to(v.dtype), v, acc)
+            else:
+                xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+                coef = tl.where(tl.abs(xf) * cv > tau, 0.0, xf)
+                acc += coef[:, None] * v.to(tl.float32)
+        if USE_DOT:
+            part = acc
+        else:
+            part = tl.sum(acc, axis=0)[None, :]
+        tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
 
 
 @triton.jit
 def _lowrank_z_kernel(
-    x_ptr, stride_xt, T, n,
+    x_ptr, stride_xt, T, n, t_blocks,
     c0, tau0, li0, sli0, z0, sz0, r0,
     c1, tau1, li1, sli1, z1, sz1, r1,
     c2, tau2, li2, sli2, z2, sz2, r2,
-    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, ITERS: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
-    proj = tl.program_id(1)
-    pid_t = tl.program_id(2)
+    pid_r = tl.program_id(1)
+    proj = tl.program_id(2) // t_blocks
+    pid_t = tl.program_id(2) % t_blocks
     if proj == 0:
-        _z_part(x_ptr, stride_xt, c0, tau0, li0, sli0, z0, sz0, T, n, r0, pid_k, pid_t, BLOCK_T, BLOCK_K, BLOCK_R)
+        _z_part(x_ptr, stride_xt, c0, tau0, li0, sli0, z0, sz0, T, n, r0, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
     elif proj == 1:
-        _z_part(x_ptr, stride_xt, c1, tau1, li1, sli1, z1, sz1, T, n, r1, pid_k, pid_t, BLOCK_T, BLOCK_K, BLOCK_R)
+        _z_part(x_ptr, stride_xt, c1, tau1, li1, sli1, z1, sz1, T, n, r1, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
     else:
-        _z_part(x_ptr, stride_xt, c2, tau2, li2, sli2, z2, sz2, T, n, r2, pid_k, pid_t, BLOCK_T, BLOCK_K, BLOCK_R)
+        _z_part(x_ptr, stride_xt, c2, tau2, li2, sli2, z2, sz2, T, n, r2, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
 
 
 @triton.jit
@@ -116,41 +159,44 @@ def _gemv_part(
     x_ptr, stride_xt, T, n, pid_k, tile, pid_t,
     w_ptr, stride_w, c_ptr, tau_ptr, lo_ptr, stride_lo, z_ptr, stride_z,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles,
-    HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-    ITERS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, ITERS: tl.constexpr,
 ):
     rows = BLOCK_K * ITERS
     n_chunks_w = tl.cdiv(n, rows)
     n_chunks = n_chunks_w + tl.cdiv(r, rows)
     if pid_k < n_chunks:  # fixed grid: the programs past this projection's rows exit
-        t_row = tl.arange(0, BLOCK_T)
-        offs_t = pid_t * BLOCK_T + t_row
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         t_ok = offs_t < T
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < m
-        acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
+        if USE_DOT:
+            acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
         if pid_k < n_chunks_w:
             tau = tl.load(tau_ptr)
-            for i in range(ITERS):
-                offs_k = (pid_k * ITERS + i) * BLOCK_K + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < n
-                xf = _load_x_block(x_ptr, stride_xt, offs_t, t_ok, offs_k, k_ok)
-                active = _active(xf, c_ptr, tau, offs_k, k_ok, t_ok)
-                coef = tl.where(active, xf, 0.0)
-                # A row is read when any token of the block keeps its channel.
-                row_on = tl.max(active.to(tl.int32), axis=0) > 0
-                w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
-                acc = _accumulate(acc, coef, w.to(tl.float32), t_row, BLOCK_T)
+            k0 = pid_k * rows
+            if UNROLL:
+                for i in tl.static_range(ITERS):
+                    acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0 + i * BLOCK_K,
+                                  offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
+            else:
+                for i in range(ITERS):
+                    acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0 + i * BLOCK_K,
+                                  offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
         else:
-            for i in range(ITERS):
-                offs_k = ((pid_k - n_chunks_w) * ITERS + i) * BLOCK_K + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < r
-                coef = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)
-                w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-                acc = _accumulate(acc, coef, w.to(tl.float32), t_row, BLOCK_T)
+            k0 = (pid_k - n_chunks_w) * rows
+            for i in tl.static_range(ITERS):
+                acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, r, k0 + i * BLOCK_K,
+                               offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
+        if USE_DOT:
+            part = acc
+        else:
+            part = tl.sum(acc, axis=0)[None, :]
         o_mask = t_ok[:, None] & m_ok[None, :]
         ws_ptrs = ws_ptr + offs_t[:, None] * m + offs_m[None, :]
-        tl.atomic_add(ws_ptrs, acc, mask=o_mask, sem="relaxed")
+        tl.atomic_add(ws_ptrs, part, mask=o_mask, sem="relaxed")
         # Every thread's partial sums land before the counter moves (release), and the
         # last program sees all of them (acquire), reading through L2 (volatile).
         tl.debug_barrier()
@@ -169,6 +215,7 @@ def _gemv_kernel(
     w1, sw1, c1, tau1, lo1, slo1, z1, sz1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1,
     w2, sw2, c2, tau2, lo2, slo2, z2, sz2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
+    USE_DOT: tl.constexpr, FP32: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, ITERS: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
@@ -177,15 +224,15 @@ def _gemv_kernel(
     if tile < tiles0:
         _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile, pid_t,
                    w0, sw0, c0, tau0, lo0, slo0, z0, sz0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0,
-                   BIAS0, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
+                   BIAS0, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
     elif tile < tiles0 + tiles1:
         _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile - tiles0, pid_t,
                    w1, sw1, c1, tau1, lo1, slo1, z1, sz1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1,
-                   BIAS1, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
+                   BIAS1, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
     else:
         _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile - tiles0 - tiles1, pid_t,
                    w2, sw2, c2, tau2, lo2, slo2, z2, sz2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2,
-                   BIAS2, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
+                   BIAS2, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
 
 
 @dataclass(frozen=True)
@@ -194,33 +241,38 @@ class Config:
 
     block_k: int = 32
     block_m: int = 256
-    iters: int = 8
+    iters: int = 4
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 1
+    unroll: bool = True
     block_k_z: int = 32
+    iters_z: int = 4
     block_r: int = 64
 
 
-_OVERRIDE: Config | None = None
+_OVERRIDE: dict[str, Config] = {}
 
 
-def set_config(config: Config | None) -> None:
-    """Force tile sizes for every launch (for benchmarks sweeping configurations)."""
-    global _OVERRIDE
-    _OVERRIDE = config
+def set_config(config: Config | None, kind: str = "gemv1") -> None:
+    """Force the tile sizes of every launch of ``kind`` (``"gemv1"``: one token,
+    ``"dot"``: 2 to 16 tokens); for benchmarks that sweep configurations."""
+    if config is None:
+        _OVERRIDE.pop(kind, None)
+    else:
+        _OVERRIDE[kind] = config
 
 
-def choose_config(n: int, m_total: int, block_t: int, itemsize: int) -> Config:
-    """Tile sizes from shapes: wide rows for coalesced loads, about four programs per SM."""
-    if _OVERRIDE is not None:
-        return _OVERRIDE
-    block_m = 256 if m_total >= 2048 else max(32, triton.next_power_of_2(max(m_total // 8, 1)))
-    block_m = min(block_m, 512 // itemsize * 2)  # keep the tile in registers for fp32
-    block_k = 32 if block_t <= 2 else 16
-    tiles = triton.cdiv(m_total, block_m)
-    # ~528 programs fill 132 SMs four deep; fewer rows per program past that only adds atomics.
-    iters = max(1, min(16, triton.cdiv(n * tiles, 528 * block_k)))
-    return Config(block_k=block_k, block_m=block_m, iters=iters)
+def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int) -> Config:
+    """Tile sizes from shapes: wide rows for coalesced loads, enough programs to fill the SMs."""
+    kind = "dot" if use_dot else "gemv1"
+    if kind in _OVERRIDE:
+        return _OVERRIDE[kind]
+    if use_dot:
+        cfg = Config(block_k=64, block_m=128, iters=4, num_warps=4, num_stages=3, unroll=False)
+    else:
+        cfg = Config(block_k=32, block_m=256 if itemsize <= 2 else 128, iters=4, num_warps=4, num_stages=1, unroll=True)
+    block_m = min(cfg.block_m, max(32, triton.next_power_of_2(m_total) // 4))
+    return dataclasses.replace(cfg, block_m=block_m)
 
 
 def sparse_linear_multi(
@@ -253,9 +305,12 @@ def sparse_linear_multi(
     outs = [x.new_empty(T, m) for m in ms] if out is None else out
     if T == 0:
         return outs
-    block_t = min(triton.next_power_of_2(T), 8)
+    use_dot = T > 1
+    block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = triton.cdiv(T, block_t)
-    cfg = choose_config(n, sum(ms), block_t, x.element_size())
+    # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
+    fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size())
     tiles = [triton.cdiv(m, cfg.block_m) for m in ms]
 
     # One zero-filled fp32 workspace: the split-K sums, z, and the tile counters.
@@ -275,14 +330,15 @@ def sparse_linear_multi(
         return list(seq) + [fill] * pad
 
     if any(rs):
-        rows_z = triton.cdiv(n, cfg.block_k_z)
-        args = [x, x.stride(0), T, n]
+        args = [x, x.stride(0), T, n, t_blocks]
         for ci, ti, li, zi, ri in zip(
             slot(c, c[0]), slot(tau, tau[0]), slot(li_, li_[0]), slot(z, z[0]), slot(rs, 0)
         ):
             args += [ci, ti, li, max(li.stride(0), 1), zi, max(zi.stride(0), 1), ri]
-        _lowrank_z_kernel[(rows_z, len(ms), t_blocks)](
-            *args, BLOCK_T=block_t, BLOCK_K=cfg.block_k_z, BLOCK_R=cfg.block_r, num_warps=4
+        grid = (triton.cdiv(n, cfg.block_k_z * cfg.iters_z), triton.cdiv(max(rs), cfg.block_r), len(ms) * t_blocks)
+        _lowrank_z_kernel[grid](
+            *args, USE_DOT=use_dot, FP32=fp32, BLOCK_T=block_t, BLOCK_K=cfg.block_k_z, BLOCK_R=cfg.block_r,
+            ITERS=cfg.iters_z, num_warps=4,
         )
 
     rows = cfg.block_k * cfg.iters
@@ -300,7 +356,7 @@ def sparse_linear_multi(
         ]
     _gemv_kernel[(chunks, sum(tiles), t_blocks)](
         *args,
-        BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2],
+        BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, UNROLL=cfg.unroll,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, ITERS=cfg.iters,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
