@@ -173,13 +173,12 @@ def build_rank(n, m, s, rho):
     return layer_budget(n, m, s, rho).r
 
 
-SWEEP = {  # kind -> (block_k, block_m, iters, num_warps, num_stages, unroll)
-    "gemv1": [(32, 256, 4, 4, 1, True), (16, 256, 8, 4, 1, True), (64, 256, 2, 8, 1, True), (32, 512, 4, 8, 1, True),
-              (32, 128, 8, 4, 1, True), (32, 256, 8, 4, 1, True), (32, 256, 2, 4, 1, True), (16, 512, 4, 4, 1, True),
-              (32, 256, 8, 4, 3, False)],
-    "dot": [(64, 128, 4, 4, 3, False), (32, 256, 4, 4, 3, False), (64, 256, 2, 8, 3, False), (128, 128, 2, 4, 3, False),
-            (64, 128, 8, 4, 4, False), (64, 64, 4, 4, 3, False), (32, 128, 8, 4, 3, True)],
+SWEEP = {  # kind -> (block_k, block_m, iters, num_warps, num_stages, unroll); first = previous best
+    "gemv1": [(16, 512, 4, 4, 1, True), (8, 1024, 8, 4, 1, True), (16, 1024, 4, 8, 1, True), (16, 512, 8, 4, 1, True),
+              (8, 1024, 4, 4, 1, True), (16, 512, 2, 4, 1, True)],
+    "dot": [(32, 256, 4, 4, 3, False), (32, 512, 4, 4, 3, False), (16, 512, 4, 4, 3, False), (32, 512, 2, 8, 3, False)],
 }
+SWEEP_CASES = ("gate/up 4096->14336", "down 14336->4096")
 
 
 def sweep(dtype, device, reps, gen):
@@ -194,7 +193,7 @@ def sweep(dtype, device, reps, gen):
             bk, bm, it, nw, st, un = params
             cfg = K.Config(block_k=bk, block_m=bm, iters=it, num_warps=nw, num_stages=st, unroll=un)
             K.set_config(cfg, kind)
-            for name in ("gate/up 4096->14336", "down 14336->4096", "qkv fused 4096->4096+1024+1024"):
+            for name in SWEEP_CASES:
                 n, ms = CASES[name]
                 try:
                     r = run_case(name, n, ms, 0.5, 1.0, T, dtype, device, reps, gen)

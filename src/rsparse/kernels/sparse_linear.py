@@ -267,10 +267,12 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int) -> Config:
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
+    # The best of the sweep in benchmarks/kernels.py on an H200 (benchmarks/NOTES.md):
+    # wide rows (1 KB of bf16 per active channel) matter more than deep tiles.
     if use_dot:
-        cfg = Config(block_k=64, block_m=128, iters=4, num_warps=4, num_stages=3, unroll=False)
+        cfg = Config(block_k=32, block_m=256, iters=4, num_warps=4, num_stages=3, unroll=False)
     else:
-        cfg = Config(block_k=32, block_m=256 if itemsize <= 2 else 128, iters=4, num_warps=4, num_stages=1, unroll=True)
+        cfg = Config(block_k=16, block_m=512 if itemsize <= 2 else 256, iters=4, num_warps=4, num_stages=1, unroll=True)
     block_m = min(cfg.block_m, max(32, triton.next_power_of_2(m_total) // 4))
     return dataclasses.replace(cfg, block_m=block_m)
 
