@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 from rsparse.api import sparsify
 from rsparse.config import LayerBudget, RSparseConfig
 from rsparse.nn import RSparseLinear, set_mode
+from rsparse.ops import set_backend
 from rsparse.summary import Summary, summary
 
 __all__ = [
     "sparsify",
     "summary",
     "set_mode",
+    "set_backend",
     "RSparseConfig",
     "LayerBudget",
     "RSparseLinear",

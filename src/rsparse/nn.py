@@ -145,8 +145,13 @@ class RSparseLinear(nn.Module):
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def keeps_every_channel(self) -> bool:
+        """Whether the budget keeps every input channel with no low-rank path (static info):
+        the sparse kernel would then read the whole weight, so the dense GEMM serves it."""
+        return self.budget is not None and self.budget.k >= self.in_features and self.rank == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.uses_sparse_path(x):
+        if not self.uses_sparse_path(x) or self.keeps_every_channel():
             return self.forward_dense(x)
         y = torch.ops.rsparse.sparse_linear(
             x.reshape(-1, self.in_features),
@@ -173,6 +178,43 @@ class RSparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
             f"bias={self.bias is not None}, mode={self.mode!r}"
         )
+
+
+def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[RSparseLinear, ...]") -> list[torch.Tensor]:
+    """Run several `RSparseLinear` that read the same input (q/k/v, gate/up) in one launch.
+
+    Gives the same outputs as ``[m(x) for m in modules]``; when every module takes the sparse
+    path, they are computed by one ``rsparse::sparse_linear_multi`` call (one fused kernel
+    launch on the Triton backend) reading each module's own tensors.
+
+    Args:
+        x (`torch.Tensor`): input ``[..., in_features]`` shared by the modules.
+        modules (`list[RSparseLinear]`): layers with the same ``in_features``.
+
+    Returns:
+        `list[torch.Tensor]`: one output ``[..., out_features]`` per module.
+
+    Example:
+
+    ```python
+    >>> q, k, v = forward_shared_input(h, [attn.q_proj, attn.k_proj, attn.v_proj])  # doctest: +SKIP
+    ```
+    """
+    if len({m.in_features for m in modules}) != 1:
+        raise ValueError(f"modules must share in_features, got {[m.in_features for m in modules]}")
+    if len(modules) < 2 or any(m.keeps_every_channel() or not m.uses_sparse_path(x) for m in modules):
+        return [m(x) for m in modules]
+    n = modules[0].in_features
+    ys = torch.ops.rsparse.sparse_linear_multi(
+        x.reshape(-1, n),
+        [m.weight_t for m in modules],
+        [m.c for m in modules],
+        [m.tau for m in modules],
+        [m.lowrank_in for m in modules],
+        [m.lowrank_out for m in modules],
+        [m.bias for m in modules],
+    )
+    return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
 
 
 def column_norms(weight: torch.Tensor) -> torch.Tensor:

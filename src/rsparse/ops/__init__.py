@@ -21,7 +21,17 @@ import torch
 
 from rsparse.ops.reference import active_mask, sparse_linear_reference
 
-__all__ = ["sparse_linear", "active_mask", "sparse_linear_reference"]
+from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
+
+__all__ = [
+    "sparse_linear",
+    "sparse_linear_multi",
+    "active_mask",
+    "sparse_linear_reference",
+    "sparse_linear_multi_reference",
+    "set_backend",
+    "get_backend",
+]
 
 
 @torch.library.custom_op("rsparse::sparse_linear", mutates_args=())
@@ -43,3 +53,9 @@ def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     torch._check(x.shape[1] == weight_t.shape[0], lambda: "x and weight_t disagree on n")
     return x.new_empty(x.shape[0], weight_t.shape[1])
+
+
+# Triton on CUDA (and on CPU under TRITON_INTERPRET=1), chosen per call; see ops/backend.py.
+from rsparse.ops.backend import get_backend, register as _register_backends, set_backend  # noqa: E402
+
+_register_backends(sparse_linear)

@@ -1,0 +1,328 @@
+"""Speed of the R-Sparse decode kernels against cuBLAS dense, on Llama-3-8B layer shapes.
+
+Protocol: random bf16 weights, seed 0; the threshold ``tau`` of each layer is the
+quantile of ``|x|*c`` (``c`` = column norms) that keeps ``k = rho*(1-s)*n`` channels of
+the benchmark input, so the kernel reads the real number of rows; rank
+``r = floor((1-rho)*(1-s)*m*n/(m+n))``.  Each case is timed as the median over CUDA-graph
+replays of a graph that calls the layer on ``copies`` different weight copies in turn
+(together several times the 60 MB L2, so every call reads cold memory), divided by
+``copies``.  Dense is ``F.linear`` (cuBLAS, ``[out, in]`` weight) timed the same way in
+the same run.  "bytes" counts what the sparse kernel must read: the weight rows of the
+channels active for some token of the batch, the low-rank factors, ``c`` and ``x``.
+
+    python benchmarks/kernels.py                 # full table -> benchmarks/results/
+    python benchmarks/kernels.py --sweep         # also tile-size sweep on the big shapes
+    python benchmarks/kernels.py --plot results/kernels.json   # PNG from a JSON (no GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+L2_BYTES = 60e6
+SEED = 0
+SPARSITIES = [0.0, 0.4, 0.5, 0.7, 0.9]
+RHOS = [1.0, 0.8]
+BATCHES = [1, 4]
+# name -> (n, [m per projection]); fused cases share the input.
+CASES = {
+    "q/o 4096->4096": (4096, [4096]),
+    "k/v 4096->1024": (4096, [1024]),
+    "gate/up 4096->14336": (4096, [14336]),
+    "down 14336->4096": (14336, [4096]),
+    "qkv fused 4096->4096+1024+1024": (4096, [4096, 1024, 1024]),
+    "gate+up fused 4096->2x14336": (4096, [14336, 14336]),
+    "qkv fused + o": (4096, [4096, 1024, 1024]),  # plus an o_proj 4096->4096 call
+}
+
+
+def build_layer(n, m, s, rho, x, dtype, device, gen):
+    """One RSparseLinear with random weights and tau calibrated on ``x`` to the budget."""
+    from rsparse.budget import layer_budget
+    from rsparse.nn import RSparseLinear, column_norms
+
+    budget = layer_budget(n, m, s, rho)
+    mod = RSparseLinear(n, m, budget.r, dtype=dtype, device=device, mode="sparse")
+    w = torch.randn(m, n, device=device, dtype=dtype, generator=gen) * n**-0.5
+    mod.weight_t.data = w.t().contiguous()
+    mod.c.copy_(column_norms(w))
+    if budget.r:
+        mod.lowrank_in.copy_(torch.randn(n, budget.r, device=device, dtype=dtype, generator=gen) * n**-0.5)
+        mod.lowrank_out.copy_(torch.randn(budget.r, m, device=device, dtype=dtype, generator=gen))
+    keep = budget.k / n
+    if keep >= 1:
+        mod.tau.fill_(-1.0)
+    else:
+        score = (x.abs().float() * mod.c).flatten()
+        mod.tau.copy_(torch.quantile(score, 1 - keep))
+    mod.budget = budget
+    return mod, w
+
+
+def must_read_bytes(mod, x):
+    active = x.abs().float() * mod.c > mod.tau
+    rows = int(active.any(0).sum())
+    item = mod.weight_t.element_size()
+    return (rows * mod.out_features + mod.rank * (mod.in_features + mod.out_features)) * item + mod.in_features * 4, rows
+
+
+def graph_time_us(fns, reps):
+    """Median µs per call of ``fns`` (one per weight copy) replayed in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in fns:  # compile and warm up outside the capture
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fns:
+            f()
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / len(fns))
+    del graph
+    return statistics.median(times)
+
+
+def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen):
+    from rsparse.nn import RSparseLinear, forward_shared_input
+
+    with_o = name == "qkv fused + o"
+    item = torch.tensor([], dtype=dtype).element_size()
+    layer_bytes = n * sum(ms) * item + (4096 * 4096 * item if with_o else 0)
+    copies = max(2, math.ceil(3 * L2_BYTES / layer_bytes))
+    x = torch.randn(T, n, device=device, dtype=dtype, generator=gen)
+    layers, dense_w, byte_count, rows = [], [], 0, []
+    for _ in range(copies):
+        mods, ws = zip(*[build_layer(n, m, s, rho, x, dtype, device, gen) for m in ms])
+        if with_o:
+            o, wo = build_layer(4096, 4096, s, rho, x, dtype, device, gen)
+            mods, ws = mods + (o,), ws + (wo,)
+        layers.append(mods)
+        dense_w.append(ws)
+    for mod in layers[0]:
+        b, r_ = must_read_bytes(mod, x)
+        byte_count += b
+        rows.append(r_ / mod.in_features)
+
+    def sparse_call(mods):
+        if with_o:
+            return lambda: (forward_shared_input(x, list(mods[:3])), mods[3](x))
+        if len(mods) > 1:
+            return lambda: forward_shared_input(x, list(mods))
+        return lambda: mods[0](x)
+
+    def kernel_call(mods):  # the sparse kernel even where the module would pick dense
+        args = lambda m: (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)  # noqa: E731
+        if with_o:
+            return lambda: (
+                torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods[:3]])]),
+                torch.ops.rsparse.sparse_linear(x, *args(mods[3])),
+            )
+        return lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods])])
+
+    def dense_call(ws):
+        return lambda: [F.linear(x, w) for w in ws]
+
+    t_mod = graph_time_us([sparse_call(m) for m in layers], reps)
+    dense_module = any(m.keeps_every_channel() for m in layers[0])
+    t_ker = graph_time_us([kernel_call(m) for m in layers], reps) if dense_module else t_mod
+    t_dense = graph_time_us([dense_call(w) for w in dense_w], reps)
+    # correctness of this very case against the reference, once
+    from rsparse.ops import sparse_linear_reference
+
+    errs = []
+    for mod in layers[0]:
+        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias).double()
+        y = torch.ops.rsparse.sparse_linear(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        errs.append(((y.double() - ref).norm() / ref.norm()).item())
+    del layers, dense_w
+    return {
+        "case": name, "n": n, "m": ms + ([4096] if with_o else []), "sparsity": s, "rho": rho, "batch": T,
+        "rank": [build_rank(n, m, s, rho) for m in ms] + ([build_rank(4096, 4096, s, rho)] if with_o else []),
+        "rows_read_fraction": rows, "copies": copies,
+        "us_module": round(t_mod, 2), "us_kernel": round(t_ker, 2), "us_dense": round(t_dense, 2),
+        "speedup_module": round(t_dense / t_mod, 3), "speedup_kernel": round(t_dense / t_ker, 3),
+        "bytes": byte_count, "GBps_kernel": round(byte_count / t_ker / 1e3, 1),
+        "dense_module_dispatch": dense_module, "max_rel_err_vs_reference": max(errs),
+    }
+
+
+def build_rank(n, m, s, rho):
+    from rsparse.budget import layer_budget
+
+    return layer_budget(n, m, s, rho).r
+
+
+SWEEP = {  # kind -> (block_k, block_m, iters, num_warps, num_stages, unroll); first = previous best
+    "gemv1": [(16, 512, 4, 4, 1, True), (8, 1024, 8, 4, 1, True), (16, 1024, 4, 8, 1, True), (16, 512, 8, 4, 1, True),
+              (8, 1024, 4, 4, 1, True), (16, 512, 2, 4, 1, True)],
+    "dot": [(32, 256, 4, 4, 3, False), (32, 512, 4, 4, 3, False), (16, 512, 4, 4, 3, False), (32, 512, 2, 8, 3, False)],
+}
+SWEEP_CASES = ("gate/up 4096->14336", "down 14336->4096")
+
+
+def sweep(dtype, device, reps, gen):
+    """Tile-size sweep on the big shapes at 50 %, rho 1; returns the rows and the best
+    configuration of each kind (least total time over the shapes)."""
+    from rsparse.kernels import sparse_linear as K
+
+    out, best = [], {}
+    for kind, T in (("gemv1", 1), ("dot", 4)):
+        totals = {}
+        for params in SWEEP[kind]:
+            bk, bm, it, nw, st, un = params
+            cfg = K.Config(block_k=bk, block_m=bm, iters=it, num_warps=nw, num_stages=st, unroll=un)
+            K.set_config(cfg, kind)
+            for name in SWEEP_CASES:
+                n, ms = CASES[name]
+                try:
+                    r = run_case(name, n, ms, 0.5, 1.0, T, dtype, device, reps, gen)
+                    row = {"case": name, "batch": T, "config": cfg.__dict__, "us": r["us_kernel"],
+                           "us_dense": r["us_dense"], "err": r["max_rel_err_vs_reference"]}
+                    totals[params] = totals.get(params, 0.0) + r["us_kernel"]
+                except Exception as e:  # a config that does not compile is a data point too
+                    row = {"case": name, "batch": T, "config": cfg.__dict__, "error": repr(e)[:300]}
+                    totals[params] = float("inf")
+                print(json.dumps(row), flush=True)
+                out.append(row)
+        p = min(totals, key=totals.get)
+        best[kind] = K.Config(block_k=p[0], block_m=p[1], iters=p[2], num_warps=p[3], num_stages=p[4], unroll=p[5])
+        K.set_config(None, kind)
+    return out, best
+
+
+def overheads(device, reps):
+    """Fixed costs inside a graph: a small memset, an empty-ish Triton launch."""
+    z = lambda: torch.zeros(16384, device=device)  # noqa: E731
+    return {"us_zeros_16k_fp32": round(graph_time_us([z] * 20, reps), 2)}
+
+
+def markdown(rows, meta):
+    lines = [
+        f"Device: {meta['device']}; dtype {meta['dtype']}; torch {meta['torch']}, triton {meta['triton']}; "
+        f"seed {meta['seed']}; {meta['date']}. Median µs per call under CUDA-graph replay, weights rotated "
+        "over copies beyond L2. `module` is what RSparseLinear / forward_shared_input runs (dense when the "
+        "budget keeps every channel), `kernel` the Triton kernel itself; speedup = cuBLAS dense / module.",
+        "",
+        "| case | s | rho | batch | rows read | dense µs | module µs | kernel µs | speedup | GB/s kernel |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        frac = "/".join(f"{f:.2f}" for f in r["rows_read_fraction"])
+        lines.append(
+            f"| {r['case']} | {r['sparsity']} | {r['rho']} | {r['batch']} | {frac} | {r['us_dense']} | "
+            f"{r['us_module']} | {r['us_kernel']} | {r['speedup_module']:.2f}× | {r['GBps_kernel']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(json_path, png_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(json_path).read_text())
+    rows = [r for r in data["rows"] if r["batch"] == 1]
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    fig, axes = plt.subplots(2, math.ceil(len(cases) / 2), figsize=(4 * math.ceil(len(cases) / 2), 7))
+    for ax, case in zip(axes.flat, cases):
+        for rho, style in ((1.0, "-o"), (0.8, "--s")):
+            rr = [r for r in rows if r["case"] == case and r["rho"] == rho]
+            ax.plot([r["sparsity"] for r in rr], [r["us_module"] for r in rr], style, label=f"rsparse rho={rho}")
+        dense = [r["us_dense"] for r in rows if r["case"] == case]
+        ax.axhline(statistics.median(dense), color="k", lw=1, label="cuBLAS dense")
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("µs (batch 1)")
+        ax.set_ylim(bottom=0)
+    axes.flat[0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(cases):]:
+        ax.axis("off")
+    fig.suptitle(f"R-Sparse Triton decode kernels, {data['meta']['device']}, bf16, CUDA graph", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--sweep", action="store_true", help="also sweep tile sizes on the big shapes")
+    p.add_argument("--no-table", action="store_true")
+    p.add_argument("--plot", metavar="JSON", help="only draw the PNG from a results JSON")
+    args = p.parse_args()
+    if args.plot:
+        plot(args.plot, Path(args.plot).with_suffix(".png"))
+        return
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/kernels.py needs a CUDA GPU")
+    import triton
+
+    import rsparse
+
+    rsparse.set_backend("triton")
+    device, dtype = "cuda", torch.bfloat16
+    gen = torch.Generator(device=device).manual_seed(SEED)
+    torch.manual_seed(SEED)
+    meta = {
+        "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "torch": torch.__version__,
+        "triton": triton.__version__, "seed": SEED, "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"meta": meta, "overheads": overheads(device, args.reps)}
+    print(json.dumps(result["overheads"]), flush=True)
+    if args.sweep:
+        from rsparse.kernels import sparse_linear as K
+
+        result["sweep"], best = sweep(dtype, device, args.reps, gen)
+        for kind, cfg in best.items():  # the table runs with the best configuration found
+            K.set_config(cfg, kind)
+        meta["configs"] = {k: v.__dict__ for k, v in best.items()}
+        print("best configs:", meta["configs"], flush=True)
+    rows = []
+    if not args.no_table:
+        for name, (n, ms) in CASES.items():
+            for T in BATCHES:
+                for rho in RHOS:
+                    for s in SPARSITIES:
+                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen)
+                        print(json.dumps(r), flush=True)
+                        rows.append(r)
+    result["rows"] = rows
+    (out / "kernels.json").write_text(json.dumps(result, indent=1))
+    if rows:
+        md = markdown(rows, meta)
+        (out / "kernels.md").write_text(md)
+        print(md)
+        try:
+            plot(out / "kernels.json", out / "kernels.png")
+        except ImportError:
+            print("matplotlib missing: draw the plot with --plot", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,104 @@
+"""Which implementation runs ``rsparse::sparse_linear``: the PyTorch reference or Triton.
+
+``"auto"`` (the default) runs the Triton kernels on CUDA tensors when Triton is installed
+and the reference everywhere else; ``"torch"`` always runs the reference; ``"triton"``
+always runs Triton, also on CPU tensors when ``TRITON_INTERPRET=1`` (for CI).  The
+kernels module is imported on first use only, so ``import rsparse`` needs no Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from rsparse.ops import fused
+from rsparse.ops.reference import sparse_linear_reference
+
+__all__ = ["BACKENDS", "set_backend", "get_backend"]
+
+BACKENDS = ("auto", "torch", "triton")
+# Above this many tokens a call is compute-bound: the dense masked matmul of the
+# reference beats a GEMV that streams the weight once per block of 8 tokens.
+MAX_TRITON_TOKENS = 32
+
+_backend = "auto"
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def set_backend(backend: str) -> None:
+    """Choose the implementation of the sparse decode path.
+
+    Args:
+        backend (`str`): ``"auto"`` (Triton on CUDA tensors when installed, PyTorch
+            otherwise), ``"torch"`` (always the PyTorch reference) or ``"triton"`` (always
+            Triton; CPU tensors need ``TRITON_INTERPRET=1``).
+
+    Raises:
+        ValueError: for an unknown name, or ``"triton"`` where Triton cannot run.
+
+    Example:
+
+    ```python
+    >>> rsparse.set_backend("torch")  # doctest: +SKIP
+    ```
+    """
+    global _backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "triton":
+        if not _triton_installed():
+            raise ValueError("backend 'triton' needs the triton package (pip install triton); it is not installed")
+        if not (torch.cuda.is_available() or _interpreting()):
+            raise ValueError("backend 'triton' needs a CUDA GPU or TRITON_INTERPRET=1; found neither")
+    _backend = backend
+
+
+def get_backend() -> str:
+    """The backend chosen by `set_backend` (``"auto"`` by default)."""
+    return _backend
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if _backend == "torch" or x.shape[0] > MAX_TRITON_TOKENS:
+        return False
+    if x.device.type == "cuda":
+        return _backend == "triton" or _triton_installed()
+    if _backend == "triton":
+        if not _interpreting():
+            raise ValueError(
+                f"backend 'triton' cannot run on {x.device.type} tensors without TRITON_INTERPRET=1; "
+                "call rsparse.set_backend('auto') or move the model to a CUDA device"
+            )
+        return True
+    return False
+
+
+def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+    if _use_triton(x):
+        from rsparse.kernels import sparse_linear as kernels
+
+        return kernels.sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+
+
+def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+    if _use_triton(x):
+        from rsparse.kernels import sparse_linear as kernels
+
+        return kernels.sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+
+
+def register(sparse_linear_op) -> None:
+    for device in ("cuda", "cpu"):
+        sparse_linear_op.register_kernel(device)(_sparse_linear)
+        fused.sparse_linear_multi.register_kernel(device)(_sparse_linear_multi)

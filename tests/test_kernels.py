@@ -1,0 +1,271 @@
+"""Triton kernels of ``rsparse::sparse_linear`` against the PyTorch reference.
+
+Without a GPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set
+here before Triton is imported) at small shapes; ``gpu`` tests run the compiled kernels,
+CUDA-graph capture and ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import rsparse  # noqa: E402
+from rsparse.budget import layer_budget  # noqa: E402
+from rsparse.nn import RSparseLinear, forward_shared_input  # noqa: E402
+from rsparse.ops import backend, sparse_linear_reference  # noqa: E402
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+# CPU tensors run Triton only under the interpreter (CI); with a GPU these are the gpu tests' job.
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton and TRITON_INTERPRET=1"
+)
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
+DTYPES = list(TOL)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    yield
+    backend._backend = "auto"
+
+
+def make_args(T, n, m, r, dtype, device, active=0.5, bias=False, seed=0):
+    """Random layer and input; ``tau`` keeps about ``active`` of the channels (1: all, 0: none)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype=dtype, device=device)
+
+    x = randn(T, n)
+    w = randn(n, m, scale=n**-0.5)
+    c = (torch.rand(n, generator=g) + 0.5).to(device)
+    score = (x.abs().float() * c).flatten()
+    if active >= 1:
+        tau = torch.tensor(-1.0)
+    elif active <= 0:
+        tau = score.max().cpu() + 1
+    else:
+        tau = score.quantile(1 - active).cpu()
+    tau = tau.to(device=device, dtype=torch.float32).reshape(())
+    li = randn(n, r, scale=n**-0.5)
+    lo = randn(r, m)
+    b = randn(m) if bias else None
+    return x, w, c, tau, li, lo, b
+
+
+def exact(x, w, c, tau, li, lo, b):
+    """fp64 R-Sparse on the same mask (the mask itself from the fp32 rule)."""
+    act = x.abs().float() * c > tau
+    xd = x.double()
+    y = torch.where(act, xd, 0) @ w.double()
+    if li.shape[1]:
+        y = y + (torch.where(act, 0, xd) @ li.double()) @ lo.double()
+    if b is not None:
+        y = y + b.double()
+    return y
+
+
+def rel_err(y, ref):
+    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check(args, dtype, device):
+    from rsparse.kernels import sparse_linear as kernels
+
+    x, w = args[0], args[1]
+    out = torch.full((x.shape[0], w.shape[1]), float("nan"), dtype=dtype, device=device)
+    y = kernels.sparse_linear(*args, out=out)
+    assert not torch.isnan(y).any(), "an output element was not written"
+    err = rel_err(y, exact(*args))
+    assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
+    return y
+
+
+# Small and odd shapes: n, m not multiples of any block; T over the 8-token block.
+CPU_SHAPES = [  # T, n, m, r, bias, active
+    (1, 70, 45, 0, False, 0.5),
+    (3, 130, 77, 5, True, 0.3),
+    (8, 64, 300, 17, True, 0.5),
+    (11, 33, 20, 3, False, 0.6),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=str)
+def test_kernel_matches_reference(shape, dtype):
+    T, n, m, r, bias, active = shape
+    check(make_args(T, n, m, r, dtype, "cpu", active, bias, seed=hash(shape) % 1000), dtype, "cpu")
+
+
+@needs_triton
+@pytest.mark.parametrize("active", [0.0, 1.0])
+@pytest.mark.parametrize("r", [0, 4])
+def test_all_inactive_and_all_active(active, r):
+    dtype = torch.float32
+    args = make_args(2, 50, 37, r, dtype, "cpu", active, bias=True, seed=3)
+    y = check(args, dtype, "cpu")
+    if active == 1.0:  # rho = 1 with every channel: the dense product
+        x, w, *_, b = args
+        torch.testing.assert_close(y, x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_multi_projection_matches_single():
+    from rsparse.kernels import sparse_linear as kernels
+
+    dtype, T, n = torch.bfloat16, 2, 96
+    projs = [make_args(T, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s) for s, (m, r, b) in enumerate([(80, 3, True), (24, 0, False), (40, 7, False)])]
+    x = projs[0][0]
+    lists = [list(a) for a in zip(*[p[1:] for p in projs])]
+    ys = kernels.sparse_linear_multi(x, *lists)
+    for y, p in zip(ys, projs):
+        args = (x, *p[1:])
+        assert rel_err(y, exact(*args)) <= TOL[dtype]
+        torch.testing.assert_close(y, kernels.sparse_linear(*args), rtol=0, atol=0)
+
+
+@needs_triton
+def test_backends_agree_through_the_module():
+    lin = torch.nn.Linear(96, 72, bias=True)
+    x = torch.randn(3, 96)
+    budget = layer_budget(96, 72, s=0.5, rho=0.8)
+    li, lo = torch.randn(96, budget.r) / 10, torch.randn(budget.r, 72) / 10
+    mod = RSparseLinear.from_linear(lin, tau=0.5, lowrank_in=li, lowrank_out=lo, budget=budget, mode="sparse")
+    rsparse.set_backend("torch")
+    y_torch = mod(x)
+    rsparse.set_backend("triton")
+    y_triton = mod(x)
+    torch.testing.assert_close(y_triton, y_torch, rtol=1e-5, atol=1e-5)
+    # The fused helper gives the same numbers as the modules one by one.
+    mod2 = RSparseLinear.from_linear(torch.nn.Linear(96, 40), tau=0.3, mode="sparse")
+    y1, y2 = forward_shared_input(x, [mod, mod2])
+    torch.testing.assert_close(y1, y_triton, rtol=0, atol=0)
+    rsparse.set_backend("torch")
+    torch.testing.assert_close(y2, mod2(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_opcheck():
+    rsparse.set_backend("triton")
+    dtype = torch.float32
+    args = make_args(2, 40, 24, 3, dtype, "cpu", 0.5, bias=True)
+    torch.library.opcheck(torch.ops.rsparse.sparse_linear.default, args)
+    x = args[0]
+    other = make_args(2, 40, 16, 0, dtype, "cpu", 0.5, seed=1)
+    lists = [list(a) for a in zip(args[1:], other[1:])]
+    torch.library.opcheck(torch.ops.rsparse.sparse_linear_multi.default, (x, *lists))
+
+
+def test_set_backend_errors(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rsparse.set_backend("cuda")
+    monkeypatch.setattr(backend, "_triton_installed", lambda: False)
+    with pytest.raises(ValueError, match="needs the triton package"):
+        rsparse.set_backend("triton")
+    monkeypatch.setattr(backend, "_triton_installed", lambda: True)
+    monkeypatch.setattr(backend, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA GPU or TRITON_INTERPRET=1"):
+        rsparse.set_backend("triton")
+    # Forced earlier, then asked to run CPU tensors with no interpreter: a clear error too.
+    backend._backend = "triton"
+    args = make_args(1, 8, 4, 0, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        torch.ops.rsparse.sparse_linear(*args)
+
+
+def test_torch_backend_is_the_reference():
+    rsparse.set_backend("torch")
+    args = make_args(2, 30, 20, 2, torch.float32, "cpu", 0.5, bias=True)
+    torch.testing.assert_close(torch.ops.rsparse.sparse_linear(*args), sparse_linear_reference(*args), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- GPU
+
+GPU_SHAPES = [  # T, n, m, r, bias, active
+    (1, 4096, 4096, 0, False, 0.5),
+    (1, 4096, 1024, 64, True, 0.4),
+    (4, 4096, 14336, 300, False, 0.4),
+    (8, 1000, 3001, 0, True, 0.3),
+    (3, 14336, 4096, 128, False, 0.2),
+    (5, 777, 333, 31, True, 0.7),
+    (13, 513, 1025, 9, False, 0.5),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+def test_gpu_kernel_matches_reference(shape, dtype):
+    T, n, m, r, bias, active = shape
+    for seed in range(2):  # fresh inputs each time
+        check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda")
+    for active in (0.0, 1.0):
+        check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=7), dtype, "cuda")
+
+
+def _gpu_module(rank=32):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1024, 3000, bias=True, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    li = torch.randn(1024, rank, device="cuda", dtype=torch.bfloat16) / 32
+    lo = torch.randn(rank, 3000, device="cuda", dtype=torch.bfloat16) / 32
+    return RSparseLinear.from_linear(lin, tau=0.02, lowrank_in=li, lowrank_out=lo, mode="sparse")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_cuda_graph_capture():
+    mod = _gpu_module()
+    x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
+    ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        mod(x)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = mod(x)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        assert rel_err(y, ref.double()) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_torch_compile_fullgraph():
+    mod = _gpu_module()
+    mod2 = RSparseLinear.from_linear(
+        torch.nn.Linear(1024, 500, device="cuda", dtype=torch.bfloat16).requires_grad_(False), tau=0.02, mode="sparse"
+    )
+
+    def f(x):
+        a, b = forward_shared_input(x, [mod, mod2])
+        return mod(x) + a, b
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    ya, yb = compiled(x)
+    ea, eb = f(x)
+    # fp32 atomics add split-K partial sums in any order: equal up to rounding.
+    torch.testing.assert_close(ya, ea, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(yb, eb, rtol=1e-2, atol=1e-2)
+    compiled_ro = torch.compile(mod, fullgraph=True, mode="reduce-overhead")
+    for _ in range(3):
+        x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(compiled_ro(x).clone(), mod(x), rtol=1e-2, atol=1e-2)
