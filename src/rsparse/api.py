@@ -103,7 +103,7 @@ def sparsify(
             linears = {n[len(prefix):]: m for n, m in targets.items() if n.startswith(prefix)}
             for group in input_groups(layer, linears, hidden[0], calls[i][0]):
                 weights = {n: _channel_weights(linears[n], cfg.score) for n in group}
-                hists = score_histograms(layer, {n: linears[n] for n in group}, weights, hidden, calls[i])
+                hists = score_histograms(layer, {n: linears[n] for n in group}, weights, hidden, calls[i], prefix)
                 for n in group:
                     budget = budgets[prefix + n]
                     lowrank_in, lowrank_out = lowrank_factors(linears[n].weight, budget.r)

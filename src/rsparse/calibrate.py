@@ -331,11 +331,12 @@ def score_histograms(
     channel_weights: dict[str, torch.Tensor],
     hidden: list[torch.Tensor],
     calls: list[LayerCall],
+    prefix: str = "",
 ) -> dict[str, ScoreHistogram]:
     """Histograms of ``|x| * c`` at the (shared) input of a group of linears over all batches.
 
     The forward of each batch stops as soon as the group's input has been seen.
-    Non-finite inputs raise `ValueError` naming the layer.
+    Non-finite inputs raise `ValueError` naming the layer (``prefix`` + its name in ``group``).
     """
     names = list(group)
     hists = {name: ScoreHistogram(hidden[0].device) for name in names}
@@ -345,7 +346,7 @@ def score_histograms(
         x = x.reshape(-1, x.shape[-1]).abs().float()
         if not torch.isfinite(x).all():
             raise ValueError(
-                f"calibration activations at the input of {names[0]} hold NaN or inf; "
+                f"calibration activations at the input of {prefix}{names[0]} hold NaN or inf; "
                 f"check the model's dtype (fp16 overflow?) and the calibration data"
             )
         for name in names:
