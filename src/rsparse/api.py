@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+@torch.no_grad()
 def sparsify(
     model: nn.Module,
     target: float = 0.5,
