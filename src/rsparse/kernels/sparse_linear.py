@@ -314,9 +314,12 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int) -> Config:
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
+    # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
+    # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
+    # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
     if use_dot:
-        return Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=4, num_stages=3)
-    return Config(block_k=8, block_m=1024, programs_per_sm=2, num_warps=4, num_stages=1)
+        return Config(block_k=16, block_m=512, programs_per_sm=2, num_warps=4, num_stages=4)
+    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
 @functools.lru_cache(maxsize=None)
