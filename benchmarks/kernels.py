@@ -173,10 +173,9 @@ def build_rank(n, m, s, rho):
     return layer_budget(n, m, s, rho).r
 
 
-SWEEP = {  # kind -> (block_k, block_m, iters, num_warps, num_stages, unroll); first = previous best
-    "gemv1": [(16, 512, 4, 4, 1, True), (8, 1024, 8, 4, 1, True), (16, 1024, 4, 8, 1, True), (16, 512, 8, 4, 1, True),
-              (8, 1024, 4, 4, 1, True), (16, 512, 2, 4, 1, True)],
-    "dot": [(32, 256, 4, 4, 3, False), (32, 512, 4, 4, 3, False), (16, 512, 4, 4, 3, False), (32, 512, 2, 8, 3, False)],
+SWEEP = {  # kind -> (block_k, block_m, programs_per_sm, num_warps, num_stages); first = previous best
+    "gemv1": [(8, 1024, 4, 4, 1), (16, 1024, 2, 4, 1), (8, 1024, 8, 4, 1), (16, 1024, 4, 4, 2)],
+    "dot": [(16, 512, 2, 4, 4), (32, 256, 2, 4, 3), (32, 256, 4, 4, 3)],
 }
 SWEEP_CASES = ("gate/up 4096->14336", "down 14336->4096")
 
@@ -190,8 +189,8 @@ def sweep(dtype, device, reps, gen):
     for kind, T in (("gemv1", 1), ("dot", 4)):
         totals = {}
         for params in SWEEP[kind]:
-            bk, bm, it, nw, st, un = params
-            cfg = K.Config(block_k=bk, block_m=bm, iters=it, num_warps=nw, num_stages=st, unroll=un)
+            bk, bm, pps, nw, st = params
+            cfg = K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, num_stages=st)
             K.set_config(cfg, kind)
             for name in SWEEP_CASES:
                 n, ms = CASES[name]
@@ -206,7 +205,7 @@ def sweep(dtype, device, reps, gen):
                 print(json.dumps(row), flush=True)
                 out.append(row)
         p = min(totals, key=totals.get)
-        best[kind] = K.Config(block_k=p[0], block_m=p[1], iters=p[2], num_warps=p[3], num_stages=p[4], unroll=p[5])
+        best[kind] = K.Config(block_k=p[0], block_m=p[1], programs_per_sm=p[2], num_warps=p[3], num_stages=p[4])
         K.set_config(None, kind)
     return out, best
 
@@ -271,6 +270,9 @@ def main():
     p.add_argument("--sweep", action="store_true", help="also sweep tile sizes on the big shapes")
     p.add_argument("--no-table", action="store_true")
     p.add_argument("--plot", metavar="JSON", help="only draw the PNG from a results JSON")
+    p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
+    p.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
+    p.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     args = p.parse_args()
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))
@@ -305,12 +307,16 @@ def main():
     rows = []
     if not args.no_table:
         for name, (n, ms) in CASES.items():
-            for T in BATCHES:
+            if args.cases and not any(c in name for c in args.cases):
+                continue
+            for T in args.batches:
                 for rho in RHOS:
-                    for s in SPARSITIES:
+                    for s in args.sparsities:
                         r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen)
                         print(json.dumps(r), flush=True)
                         rows.append(r)
+                        result["rows"] = rows  # what has run survives a time limit
+                        (out / "kernels.json").write_text(json.dumps(result, indent=1))
     result["rows"] = rows
     (out / "kernels.json").write_text(json.dumps(result, indent=1))
     if rows:

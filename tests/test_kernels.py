@@ -150,7 +150,8 @@ def test_backends_agree_through_the_module():
     # The fused helper gives the same numbers as the modules one by one.
     mod2 = RSparseLinear.from_linear(torch.nn.Linear(96, 40), tau=0.3, mode="sparse")
     y1, y2 = forward_shared_input(x, [mod, mod2])
-    torch.testing.assert_close(y1, y_triton, rtol=0, atol=0)
+    # The fused launch splits the channels into other chunks: fp32 sums in another order.
+    torch.testing.assert_close(y1, y_triton, rtol=1e-5, atol=1e-6)
     rsparse.set_backend("torch")
     torch.testing.assert_close(y2, mod2(x), rtol=1e-5, atol=1e-5)
 

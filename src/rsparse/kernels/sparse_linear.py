@@ -4,31 +4,32 @@ Layout assumed (DESIGN.md §4): ``x`` ``[T, n]`` (unit stride along ``n``), ``we
 ``[n, m]`` row-major, so input channel ``j`` owns the contiguous row ``weight_t[j]``;
 ``lowrank_in`` ``[n, r]`` and ``lowrank_out`` ``[r, m]`` row-major; ``c`` fp32 ``[n]``;
 ``tau`` a 0-dim fp32 tensor.  One launch serves up to three projections that share ``x``
-(q/k/v, gate/up): every projection keeps its own tensors, the grid is the union of their
-output tiles.
+(q/k/v, gate/up): every projection keeps its own tensors.
 
-Two kernels:
+One launch, ``_splitk_kernel``, a split-K gather-GEMV over the rows of
+``[Wᵀ ; (U_r S_r)ᵀ]``.  Its grid is about one wave (a few programs per multiprocessor,
+`Config.programs_per_sm`): each program owns one output tile of ``BLOCK_M`` columns and a
+long chunk of input channels, loops over them ``BLOCK_K`` rows at a time (recomputing the
+mask ``|x|*c > tau`` of its rows, loading a weight row only when some token keeps it;
+masked-off lanes issue no memory traffic), reduces in registers and adds its partial sums
+to an fp32 workspace with one atomic per output element.  The last program of a tile
+(counted with an acq_rel atomic) adds the bias and writes the output in its dtype.
 
-* ``_lowrank_z_kernel`` (only when some projection has rank > 0): per block of input
-  channels, the mask ``|x|*c > tau`` and ``z += V_rᵀ (x ⊙ (1 - m))`` by fp32 atomics into
-  ``z`` ``[T, r]``.  Reads ``n*r`` factor elements, ``2*T*n*r`` FLOP.
-* ``_gemv_kernel``: gather-GEMV over the rows of ``[Wᵀ ; (U_r S_r)ᵀ]``.  A program owns
-  ``BLOCK_K*ITERS`` rows and ``BLOCK_M`` output columns; it recomputes the mask of its rows
-  (cheaper than a launch to share it) and loads a weight row only when some token of the
-  block keeps that channel (masked-off lanes issue no memory traffic).  The low-rank rows
-  are extra "virtual channels" whose coefficients are ``z``.  Partial sums go to an fp32
-  workspace by atomics; the last program of an output tile (counted with an acq_rel
-  atomic) adds the bias and writes the output in its dtype, so no extra launch converts
-  it.  Reads about ``(k*m + r*m) * itemsize`` weight bytes, ``2*T*(k + r)*m`` FLOP.
+Low rank (rank ``r > 0``) in the same launch: the programs of the first
+``ceil(r / BLOCK_R)`` tiles also add ``V_rᵀ (x ⊙ (1 - m))`` over their chunk to ``z``
+``[T, r]`` and then count themselves done (release).  The programs of the ``r`` virtual
+rows ``(U_r S_r)ᵀ`` come last in the grid; they wait (acquire) until every ``z`` producer
+has counted, then use ``z`` as their coefficients.  The producers have lower program ids,
+so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
+in order, so there it never waits.
 
-Graph safety: the grid depends only on shapes; programs with nothing to do exit at once;
-no host synchronisation; the only allocation is one zero-filled fp32 workspace whose
-size depends on shapes only.
+Graph safety: the grid depends only on shapes; no host synchronisation; the only
+allocation is one zero-filled fp32 workspace whose size depends on shapes only.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 
@@ -42,8 +43,8 @@ MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 @triton.jit
 def _dot_acc(coef, w, acc, FP32: tl.constexpr):
     # acc [16, BLOCK_M] += coef [16, BLOCK_K] @ w [BLOCK_K, BLOCK_M] on tensor cores.  coef
-    # rows are masked inputs (exact in w's dtype) or fp32 z, split as hi + lo in w's dtype
-    # so the low-rank coefficients keep ~16 more bits than one bf16 rounding.
+    # rows are fp32 z, split as hi + lo in w's dtype so the low-rank coefficients keep
+    # ~16 more bits than one bf16 rounding.
     if FP32:
         acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
     else:
@@ -54,10 +55,10 @@ def _dot_acc(coef, w, acc, FP32: tl.constexpr):
 
 
 @triton.jit
-def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0, offs_m, m_ok,
-            USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_K: tl.constexpr):
+def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
+            USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < n
+    k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
     if USE_DOT:
         xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
@@ -70,49 +71,54 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n,
             acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(coef.to(w.dtype), w, acc)  # masked inputs are exact in w's dtype
-    else:  # one token: elementwise FMAs into [BLOCK_K, BLOCK_M], reduced once at the end
+    else:  # one token: FMAs on CUDA cores
         xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
         active = (tl.abs(xf) * cv > tau) & k_ok
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
-        acc += tl.where(active, xf, 0.0)[:, None] * w.to(tl.float32)
+        prod = tl.where(active, xf, 0.0)[:, None] * w.to(tl.float32)
+        if ACC2D:
+            acc += prod
+        else:
+            acc += tl.sum(prod, axis=0)[None, :]
     return acc
 
 
 @triton.jit
-def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, r, k0, offs_m, m_ok,
-             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_K: tl.constexpr):
+def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
+             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < r
+    k_ok = offs_k < k_end
     w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
     if USE_DOT:
-        z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)
+        z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0, volatile=True)
         acc = _dot_acc(z, w, acc, FP32)
     else:
-        z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0)
-        acc += z[:, None] * w.to(tl.float32)
+        z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
+        prod = z[:, None] * w.to(tl.float32)
+        if ACC2D:
+            acc += prod
+        else:
+            acc += tl.sum(prod, axis=0)[None, :]
     return acc
 
 
 @triton.jit
-def _z_part(
-    x_ptr, stride_xt, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z,
-    T, n, r, pid_k, pid_r, pid_t,
-    USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_R: tl.constexpr, ITERS: tl.constexpr,
-):
-    if pid_r * BLOCK_R < r:
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        t_ok = offs_t < T
-        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
+            k_start, k_end, r, rb_first, rb_step,
+            USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
+            BLOCK_R: tl.constexpr):
+    # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
+    # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
+    for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
+        offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = offs_r < r
-        tau = tl.load(tau_ptr)
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
-            acc = tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.float32)
-        for i in tl.static_range(ITERS):
-            offs_k = (pid_k * ITERS + i) * BLOCK_K + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < n
+            acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_KZ):
+            offs_k = k0 + tl.arange(0, BLOCK_KZ)
+            k_ok = offs_k < k_end
             cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
             v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
             if USE_DOT:
@@ -131,123 +137,164 @@ def _z_part(
         else:
             part = tl.sum(acc, axis=0)[None, :]
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
+    tl.debug_barrier()
+    tl.atomic_add(zcnt_ptr, 1, sem="release")
 
 
 @triton.jit
-def _lowrank_z_kernel(
-    x_ptr, stride_xt, T, n, t_blocks,
-    c0, tau0, li0, sli0, z0, sz0, r0,
-    c1, tau1, li1, sli1, z1, sz1, r1,
-    c2, tau2, li2, sli2, z2, sz2, r2,
-    USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_R: tl.constexpr, ITERS: tl.constexpr,
-):
-    pid_k = tl.program_id(0)
-    pid_r = tl.program_id(1)
-    proj = tl.program_id(2) // t_blocks
-    pid_t = tl.program_id(2) % t_blocks
-    if proj == 0:
-        _z_part(x_ptr, stride_xt, c0, tau0, li0, sli0, z0, sz0, T, n, r0, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
-    elif proj == 1:
-        _z_part(x_ptr, stride_xt, c1, tau1, li1, sli1, z1, sz1, T, n, r1, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
+def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
+            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr):
+    if USE_DOT:
+        part = acc
+    elif ACC2D:
+        part = tl.sum(acc, axis=0)[None, :]
     else:
-        _z_part(x_ptr, stride_xt, c2, tau2, li2, sli2, z2, sz2, T, n, r2, pid_k, pid_r, pid_t, USE_DOT, FP32, BLOCK_T, BLOCK_K, BLOCK_R, ITERS)
+        part = acc
+    o_mask = t_ok[:, None] & m_ok[None, :]
+    ws_ptrs = ws_ptr + offs_t[:, None] * m + offs_m[None, :]
+    tl.atomic_add(ws_ptrs, part, mask=o_mask, sem="relaxed")
+    # Every thread's partial sums land before the counter moves (release), and the last
+    # program sees all of them (acquire), reading through L2 (volatile).
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
+    if done == total - 1:
+        y = tl.load(ws_ptrs, mask=o_mask, other=0.0, volatile=True)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit
-def _gemv_part(
-    x_ptr, stride_xt, T, n, pid_k, tile, pid_t,
-    w_ptr, stride_w, c_ptr, tau_ptr, lo_ptr, stride_lo, z_ptr, stride_z,
-    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles,
-    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, UNROLL: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, ITERS: tl.constexpr,
+def _init_acc(BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+              USE_DOT: tl.constexpr, ACC2D: tl.constexpr):
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
+    elif ACC2D:
+        acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _weight_item(
+    x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
+    w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
+    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
+    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
-    rows = BLOCK_K * ITERS
-    n_chunks_w = tl.cdiv(n, rows)
-    n_chunks = n_chunks_w + tl.cdiv(r, rows)
-    if pid_k < n_chunks:  # fixed grid: the programs past this projection's rows exit
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        t_ok = offs_t < T
-        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < m
-        if USE_DOT:
-            acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
-        if pid_k < n_chunks_w:
-            tau = tl.load(tau_ptr)
-            k0 = pid_k * rows
-            if UNROLL:
-                for i in tl.static_range(ITERS):
-                    acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0 + i * BLOCK_K,
-                                  offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
-            else:
-                for i in range(ITERS):
-                    acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, n, k0 + i * BLOCK_K,
-                                  offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
-        else:
-            k0 = (pid_k - n_chunks_w) * rows
-            for i in tl.static_range(ITERS):
-                acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, r, k0 + i * BLOCK_K,
-                               offs_m, m_ok, USE_DOT, FP32, BLOCK_K)
-        if USE_DOT:
-            part = acc
-        else:
-            part = tl.sum(acc, axis=0)[None, :]
-        o_mask = t_ok[:, None] & m_ok[None, :]
-        ws_ptrs = ws_ptr + offs_t[:, None] * m + offs_m[None, :]
-        tl.atomic_add(ws_ptrs, part, mask=o_mask, sem="relaxed")
-        # Every thread's partial sums land before the counter moves (release), and the
-        # last program sees all of them (acquire), reading through L2 (volatile).
-        tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + pid_t * n_tiles + tile, 1, sem="acq_rel")
-        if done == n_chunks - 1:
-            y = tl.load(ws_ptrs, mask=o_mask, other=0.0, volatile=True)
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < m
+    tau = tl.load(tau_ptr)
+    k_start = chunk * rows
+    k_end = tl.minimum(k_start + rows, n)
+    if r > 0:
+        if tile < tl.cdiv(r, BLOCK_R):
+            _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
+                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R)
+    acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
+                      USE_DOT, FP32, ACC2D, BLOCK_K)
+    _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
+            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D)
 
 
 @triton.jit
-def _gemv_kernel(
-    x_ptr, stride_xt, T, n,
-    w0, sw0, c0, tau0, lo0, slo0, z0, sz0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0,
-    w1, sw1, c1, tau1, lo1, slo1, z1, sz1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1,
-    w2, sw2, c2, tau2, lo2, slo2, z2, sz2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2,
+def _lowrank_item(
+    T, chunk, tile, pid_t, rows, chunks_w,
+    lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
+    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
+    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < m
+    # Wait until every z producer of this token block has counted itself (acquire).
+    producers = chunks_w * tl.minimum(n_tiles, tl.cdiv(r, BLOCK_R))
+    seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
+    while seen < producers:
+        seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
+    k_start = chunk * rows
+    k_end = tl.minimum(k_start + rows, r)
+    acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
+                       USE_DOT, FP32, ACC2D, BLOCK_K)
+    _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
+            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D)
+
+
+@triton.jit
+def _splitk_kernel(
+    x_ptr, stride_xt, T, n, rows, chunks_w,
+    w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
+    w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
+    w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
-    USE_DOT: tl.constexpr, FP32: tl.constexpr, UNROLL: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, ITERS: tl.constexpr,
+    USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
-    pid_k = tl.program_id(0)
-    tile = tl.program_id(1)  # output tiles of projection 0, then 1, then 2
-    pid_t = tl.program_id(2)
-    if tile < tiles0:
-        _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile, pid_t,
-                   w0, sw0, c0, tau0, lo0, slo0, z0, sz0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0,
-                   BIAS0, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
-    elif tile < tiles0 + tiles1:
-        _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile - tiles0, pid_t,
-                   w1, sw1, c1, tau1, lo1, slo1, z1, sz1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1,
-                   BIAS1, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
+    # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
+    # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
+    pid = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    tiles = tiles0 + tiles1 + tiles2
+    n_weight = chunks_w * tiles
+    if pid < n_weight:
+        chunk = pid // tiles
+        tile = pid % tiles
+        if tile < tiles0:
+            _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
+                         w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
+                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
+        elif tile < tiles0 + tiles1:
+            _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
+                         w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
+                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
+        else:
+            _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
+                         w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
+                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
     else:
-        _gemv_part(x_ptr, stride_xt, T, n, pid_k, tile - tiles0 - tiles1, pid_t,
-                   w2, sw2, c2, tau2, lo2, slo2, z2, sz2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2,
-                   BIAS2, USE_DOT, FP32, UNROLL, BLOCK_T, BLOCK_K, BLOCK_M, ITERS)
+        q = pid - n_weight
+        l0 = lrc0 * tiles0
+        l1 = lrc1 * tiles1
+        if q < l0:
+            _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows, chunks_w,
+                          lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
+        elif q < l0 + l1:
+            q -= l0
+            _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows, chunks_w,
+                          lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
+        else:
+            q -= l0 + l1
+            _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows, chunks_w,
+                          lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
 
 
 @dataclass(frozen=True)
 class Config:
     """Tile sizes of one launch; `choose_config` picks them from shapes only."""
 
-    block_k: int = 32
-    block_m: int = 256
-    iters: int = 4
+    block_k: int = 8  # rows per loop step
+    block_m: int = 1024  # output columns per program
+    programs_per_sm: int = 2  # grid size target (weight items) per multiprocessor
     num_warps: int = 4
     num_stages: int = 1
-    unroll: bool = True
-    block_k_z: int = 32
-    iters_z: int = 4
-    block_r: int = 64
+    acc2d: bool = False  # one token: keep [block_k, block_m] fp32 partials, reduce once
+    block_kz: int = 32  # rows per step of the z (V_rᵀ x) loop
+    block_r: int = 64  # z columns per program
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -267,12 +314,19 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int) -> Config:
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
-    # The best of the tile sweeps of benchmarks/kernels.py on an H200 (benchmarks/NOTES.md),
-    # the configuration the committed table ran with: wide rows (2 KB of bf16 per active
-    # channel) pay more than deep tiles.
+    # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
+    # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
+    # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
     if use_dot:
-        return Config(block_k=32, block_m=256, iters=4, num_warps=4, num_stages=3, unroll=False)
-    return Config(block_k=8, block_m=1024, iters=8, num_warps=4, num_stages=1, unroll=True)
+        return Config(block_k=16, block_m=512, programs_per_sm=2, num_warps=4, num_stages=4)
+    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2  # the interpreter: few programs, long chunks
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def sparse_linear_multi(
@@ -312,52 +366,44 @@ def sparse_linear_multi(
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     cfg = choose_config(n, sum(ms), use_dot, x.element_size())
     tiles = [triton.cdiv(m, cfg.block_m) for m in ms]
+    # Rows per program: about programs_per_sm weight items per multiprocessor.
+    target = max(1, _sm_count(x.device) * cfg.programs_per_sm)
+    steps = max(1, round(triton.cdiv(n, cfg.block_k) * sum(tiles) / target))
+    rows = steps * cfg.block_k
+    chunks_w = triton.cdiv(n, rows)
+    lrc = [triton.cdiv(r, rows) for r in rs]
 
-    # One zero-filled fp32 workspace: the split-K sums, z, and the tile counters.
-    sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles]
+    # One zero-filled fp32 workspace: split-K sums, z, tile counters, z counters.
+    sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
     flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
     parts = list(flat.split(sizes))
-    ws = parts[: len(ms)]
-    z = [p.view(T, r) for p, r in zip(parts[len(ms) : 2 * len(ms)], rs)]
-    cnt = [p.view(torch.int32) for p in parts[2 * len(ms) :]]
+    k = len(ms)
+    ws = parts[:k]
+    z = [p.view(T, r) for p, r in zip(parts[k : 2 * k], rs)]
+    cnt = [p.view(torch.int32) for p in parts[2 * k : 3 * k]]
+    zcnt = [p.view(torch.int32) for p in parts[3 * k :]]
 
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
-    pad = MAX_PROJ - len(ms)
 
-    def slot(seq, fill):
-        return list(seq) + [fill] * pad
-
-    if any(rs):
-        args = [x, x.stride(0), T, n, t_blocks]
-        for ci, ti, li, zi, ri in zip(
-            slot(c, c[0]), slot(tau, tau[0]), slot(li_, li_[0]), slot(z, z[0]), slot(rs, 0)
-        ):
-            args += [ci, ti, li, max(li.stride(0), 1), zi, max(zi.stride(0), 1), ri]
-        grid = (triton.cdiv(n, cfg.block_k_z * cfg.iters_z), triton.cdiv(max(rs), cfg.block_r), len(ms) * t_blocks)
-        _lowrank_z_kernel[grid](
-            *args, USE_DOT=use_dot, FP32=fp32, BLOCK_T=block_t, BLOCK_K=cfg.block_k_z, BLOCK_R=cfg.block_r,
-            ITERS=cfg.iters_z, num_warps=4,
-        )
-
-    rows = cfg.block_k * cfg.iters
-    chunks = triton.cdiv(n, rows) + max(triton.cdiv(r, rows) for r in rs)
-    args = [x, x.stride(0), T, n]
+    args = [x, x.stride(0), T, n, rows, chunks_w]
     has_bias = []
     for i in range(MAX_PROJ):
-        j = min(i, len(ms) - 1)  # unused slots repeat the last projection; their tiles are 0
-        b = bias[j] if i < len(ms) else None
+        j = min(i, k - 1)  # unused slots repeat the last projection with 0 tiles
+        real = i < k
+        b = bias[j] if real else None
         has_bias.append(b is not None)
         args += [
-            w_[j], w_[j].stride(0), c[j], tau[j], lo_[j], max(lo_[j].stride(0), 1), z[j], max(z[j].stride(0), 1),
-            ws[j], cnt[j], b if b is not None else w_[j], outs[j], outs[j].stride(0), ms[j], rs[j],
-            tiles[j] if i < len(ms) else 0,
+            w_[j], w_[j].stride(0), c[j], tau[j], li_[j], max(li_[j].stride(0), 1), lo_[j], max(lo_[j].stride(0), 1),
+            z[j], max(z[j].stride(0), 1), zcnt[j], ws[j], cnt[j], b if b is not None else w_[j], outs[j],
+            outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
         ]
-    _gemv_kernel[(chunks, sum(tiles), t_blocks)](
+    grid = (chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
+    _splitk_kernel[grid](
         *args,
-        BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, UNROLL=cfg.unroll,
-        BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, ITERS=cfg.iters,
+        BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
+        BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
