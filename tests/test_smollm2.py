@@ -40,3 +40,22 @@ def test_kept_fraction_on_heldout_text(smollm2, target):
     with torch.no_grad():
         out = sparse.generate(heldout[:1, :32], max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 40)
+
+
+def test_save_load_round_trip_and_size(smollm2, tmp_path):
+    model, calib, heldout = smollm2
+    model.save_pretrained(tmp_path / "dense")
+    sparse = copy.deepcopy(model)
+    rsparse.sparsify(sparse, 0.5, calibration=calib[:4], show_progress=False)
+    sparse.save_pretrained(tmp_path / "sparse")
+    loaded = rsparse.from_pretrained(tmp_path / "sparse")
+    for mode in ("sparse", "auto"):
+        rsparse.set_mode(sparse, mode)
+        rsparse.set_mode(loaded, mode)
+        with torch.no_grad():
+            assert torch.equal(loaded(heldout[:2]).logits, sparse(heldout[:2]).logits)
+
+    def size(folder):
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+    assert size(tmp_path / "sparse") <= 1.05 * size(tmp_path / "dense")

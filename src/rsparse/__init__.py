@@ -11,12 +11,14 @@ __version__ = "0.1.0"
 
 from rsparse.api import sparsify
 from rsparse.config import LayerBudget, RSparseConfig
+from rsparse.hf import from_pretrained  # also registers the "rsparse" method with transformers
 from rsparse.nn import RSparseLinear, set_mode
 from rsparse.ops import set_backend
 from rsparse.summary import Summary, summary
 
 __all__ = [
     "sparsify",
+    "from_pretrained",
     "summary",
     "set_mode",
     "set_backend",

@@ -22,6 +22,7 @@ from rsparse.calibrate import (
 )
 from rsparse.config import RSparseConfig
 from rsparse.factorize import lowrank_factors
+from rsparse.hf import attach
 from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module, rsparse_modules
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def sparsify(
         m.set_mode(cfg.mode)
     cfg.layers = {name: budgets[name] for name in replaced}
     model.rsparse_config = cfg
+    attach(model, cfg)  # save_pretrained / from_pretrained support
     logger.info(
         "rsparse: %d linears sparsified, model-level sparsity %.4f, %.1fs",
         len(replaced), model_sparsity(cfg.layers.values()), time.perf_counter() - started,

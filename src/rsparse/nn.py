@@ -260,9 +260,6 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
         raise ValueError("the model holds no RSparseLinear; call rsparse.sparsify(model) first")
     for m in modules.values():
         m.set_mode(mode)
-    config = getattr(model, "rsparse_config", None)
-    if config is not None:
-        config.mode = mode
     return model
 
 
