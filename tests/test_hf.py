@@ -186,3 +186,11 @@ def test_deepcopy_saves_the_copy(tmp_path):
     loaded = rsparse.from_pretrained(tmp_path)
     assert loaded.get_submodule("model.layers.0.mlp.up_proj").tau.item() == 123.0
     assert model.get_submodule("model.layers.0.mlp.up_proj").tau.item() != 123.0
+
+
+def test_device_map_and_dtype_pass_through(saved):
+    model, folder = saved
+    loaded = rsparse.from_pretrained(folder, device_map="cpu", dtype=torch.bfloat16)
+    up = loaded.get_submodule("model.layers.0.mlp.up_proj")
+    assert up.weight_t.dtype == torch.bfloat16 and up.c.dtype == torch.float32
+    assert up.weight_t.device.type == "cpu"

@@ -59,3 +59,16 @@ def test_save_load_round_trip_and_size(smollm2, tmp_path):
         return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
     assert size(tmp_path / "sparse") <= 1.05 * size(tmp_path / "dense")
+
+    prompt = heldout[:1, :16]
+    kw = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded.generate(prompt, **kw), sparse.generate(prompt, **kw))
+
+    # bf16: the same model cast down (the score inputs c and tau stay fp32) survives the trip too.
+    sparse.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = rsparse.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    for mode in ("sparse", "auto"):
+        rsparse.set_mode(sparse, mode)
+        rsparse.set_mode(loaded, mode)
+        with torch.no_grad():
+            assert torch.equal(loaded(heldout[:2]).logits, sparse(heldout[:2]).logits)
