@@ -141,6 +141,9 @@ def test_shape_mismatch_names_the_layer(saved, tmp_path):
     cfg["quantization_config"]["layers"]["model.layers.0.mlp.up_proj"]["r"] += 1
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"rsparse layer model.layers.0.mlp.up_proj: .*lowrank_in has shape"):
+        rsparse.from_pretrained(broken)
+    # Plain transformers refuses too (transformers 5 through the plugin's check; 4.x with its own error).
+    with pytest.raises((ValueError, RuntimeError)):
         AutoModelForCausalLM.from_pretrained(broken)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import (
@@ -32,6 +33,7 @@ from rsparse.nn import RSparseLinear, replace_module, rsparse_modules
 logger = logging.getLogger(__name__)
 
 METHOD = "rsparse"
+_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
 
 class RSparseQuantizationConfig(QuantizationConfigMixin):
@@ -67,11 +69,26 @@ class RSparseHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        requested = getattr(self, "_requested_dtype", None)
+        if requested is not None and requested != torch.float32:
+            # Exact: these were upcast from this dtype. Other buffers (rotary tables) keep their dtype.
+            for param in model.parameters():
+                param.data = param.data.to(requested)
+            for module in rsparse_modules(model).values():
+                module.lowrank_in.data = module.lowrank_in.data.to(requested)
+                module.lowrank_out.data = module.lowrank_out.data.to(requested)
         _write_card_on_save(model)
         return model
 
-    def update_torch_dtype(self, dtype):  # transformers 4.x name of update_dtype
-        return dtype
+    def update_dtype(self, dtype):
+        if not _TRANSFORMERS_4:
+            return dtype
+        # transformers 4.x casts every floating checkpoint tensor of a quantized model to the model
+        # dtype, which would round the fp32 score inputs c and tau: load in fp32, cast back after.
+        self._requested_dtype = dtype
+        return torch.float32
+
+    update_torch_dtype = update_dtype  # its name before transformers 4.56
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:  # 4.x passes safe_serialization
         return True
@@ -192,6 +209,9 @@ def from_pretrained(path_or_repo: str | Path, **kwargs: Any) -> nn.Module:
             f"{path_or_repo} is not an rsparse checkpoint (quantization_config.quant_method is {method!r}); "
             f"sparsify a dense model with rsparse.sparsify first"
         )
+    if Path(path_or_repo).is_dir():  # every transformers version: check the files before loading
+        rsparse_config = RSparseQuantizationConfig(**(qconfig if isinstance(qconfig, dict) else qconfig.to_dict()))
+        check_checkpoint(sorted(map(str, Path(path_or_repo).glob("*.safetensors"))), rsparse_config.to_rsparse_config())
     model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, output_loading_info=True, **kwargs)
     expected = model.rsparse_config.layers if hasattr(model, "rsparse_config") else {}
     modules = rsparse_modules(model)
@@ -200,7 +220,7 @@ def from_pretrained(path_or_repo: str | Path, **kwargs: Any) -> nn.Module:
         raise ValueError(f"{path_or_repo} loaded without rsparse layers {lost[:3] or '(all)'}: is rsparse registered?")
     missing = [key for key in info.get("missing_keys", []) if key.rpartition(".")[0] in modules]
     if missing:
-        raise ValueError(f"{path_or_repo} lacks tensors of rsparse layer {missing[0].rpartition('.')[0]}: {missing[:4]}")
+        raise ValueError(f"checkpoint lacks {missing[0]} of rsparse layer {missing[0].rpartition('.')[0]}")
     return model
 
 
