@@ -70,7 +70,7 @@ class RSparseHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         requested = getattr(self, "_requested_dtype", None)
-        if requested is not None and requested != torch.float32:
+        if isinstance(requested, torch.dtype) and requested != torch.float32:
             # Exact: these were upcast from this dtype. Other buffers (rotary tables) keep their dtype.
             for param in model.parameters():
                 param.data = param.data.to(requested)
