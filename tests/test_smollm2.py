@@ -44,7 +44,10 @@ def test_kept_fraction_on_heldout_text(smollm2, target):
 
 def test_save_load_round_trip_and_size(smollm2, tmp_path):
     model, calib, heldout = smollm2
-    model.save_pretrained(tmp_path / "dense")
+    dense = copy.deepcopy(model)
+    dense.hf_quantizer.remove_quantization_config(dense)  # the GGUF loader's marker blocks saving
+    dense.save_pretrained(tmp_path / "dense")
+    del dense
     sparse = copy.deepcopy(model)
     rsparse.sparsify(sparse, 0.5, calibration=calib[:4], show_progress=False)
     sparse.save_pretrained(tmp_path / "sparse")
@@ -64,9 +67,12 @@ def test_save_load_round_trip_and_size(smollm2, tmp_path):
     kw = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
     assert torch.equal(loaded.generate(prompt, **kw), sparse.generate(prompt, **kw))
 
-    # bf16: the same model cast down (the score inputs c and tau stay fp32) survives the trip too.
-    sparse.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    # bf16 (loaded as bf16, so that its rotary tables are built as a bf16 model builds them; c and
+    # tau stay fp32) survives a second trip bit for bit too.
+    sparse = rsparse.from_pretrained(tmp_path / "sparse", dtype=torch.bfloat16)
+    sparse.save_pretrained(tmp_path / "bf16")
     loaded = rsparse.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert loaded.get_submodule("model.layers.0.mlp.up_proj").weight_t.dtype == torch.bfloat16
     for mode in ("sparse", "auto"):
         rsparse.set_mode(sparse, mode)
         rsparse.set_mode(loaded, mode)
