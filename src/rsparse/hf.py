@@ -10,6 +10,7 @@ config before the weights load into them (DESIGN.md §7).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import types
 from pathlib import Path
@@ -60,6 +61,10 @@ class RSparseHfQuantizer(HfQuantizer):
     """Loads rsparse checkpoints: swaps the configured `nn.Linear` for `RSparseLinear` before weights load."""
 
     requires_calibration = True  # only checkpoints sparsified by rsparse.sparsify can be loaded
+
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        if _TRANSFORMERS_4 and importlib.util.find_spec("accelerate") is None:
+            raise ImportError("loading rsparse checkpoints with transformers 4.x needs accelerate: pip install accelerate")
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         config = self.quantization_config.to_rsparse_config()
