@@ -10,20 +10,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from rsparse.budget import model_sparsity, uniform_budgets
-from rsparse.calibrate import (
-    calibration_batches,
-    capture_layer_calls,
-    input_groups,
-    run_layer,
-    score_histograms,
-)
+from rsparse.calibrate import calibration_batches
 from rsparse.config import RSparseConfig
-from rsparse.factorize import lowrank_factors
 from rsparse.hf import attach
-from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module, rsparse_modules
+from rsparse.install import install_layers
+from rsparse.nn import decoder_layers, rsparse_modules
+from rsparse.search import search_budgets
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +31,7 @@ def sparsify(
     *,
     calibration: Any = None,
     tokenizer: Any = None,
-    search: str = "none",
+    search: str = "auto",
     score: str = "rsparse",
     rho: float | None = None,
     seed: int = 0,
@@ -59,12 +53,14 @@ def sparsify(
             strings (needs ``tokenizer``), a ``LongTensor`` ``[n, seq]`` of token ids, or an
             iterable of such tensors.
         tokenizer: the model's tokenizer, needed when ``calibration`` is text.
-        search (`str`, defaults to ``"none"``): per-layer budget search; ``"none"`` gives every
-            layer sparsity ``target``.
+        search (`str`, defaults to ``"auto"``): per-layer budget search. ``"auto"`` chooses every
+            layer's sparsity and sparse share under the model-level ``target`` to minimise the KL
+            divergence from the dense model on held-out calibration tokens (`rsparse.search`);
+            ``"none"`` gives every layer sparsity ``target``.
         score (`str`, defaults to ``"rsparse"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``)
             or ``"magnitude"`` (``|x_j|``, the TEAL-style baseline).
         rho (`float`, *optional*): share of each layer's budget spent on channels (the rest buys
-            rank); ``None`` lets the search decide (1.0 with ``search="none"``).
+            rank); ``None`` lets the search decide per layer (1.0 with ``search="none"``).
         seed (`int`, defaults to 0): seed of calibration sampling.
         show_progress (`bool`, defaults to `True`): show a progress bar per decoder layer.
         config (`RSparseConfig`, *optional*): further settings (calibration sizes, include/exclude
@@ -92,34 +88,15 @@ def sparsify(
         batch_size=cfg.calibration_batch_size, seed=cfg.seed,
     )
     shapes = {name: (m.in_features, m.out_features) for name, m in targets.items()}
-    budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)  # search: "none"
-
-    stack_name, layers = decoder_layers(model)
-    replaced: dict[str, nn.Linear] = {}
     was_training = model.training
     model.eval()
     try:
-        hidden, calls = capture_layer_calls(model, layers, batches)
-        for i, layer in enumerate(tqdm(layers, desc="rsparse: calibrate + install", disable=not show_progress)):
-            prefix = f"{stack_name}.{i}."
-            linears = {n[len(prefix):]: m for n, m in targets.items() if n.startswith(prefix)}
-            for group in input_groups(layer, linears, hidden[0], calls[i][0]):
-                weights = {n: _channel_weights(linears[n], cfg.score) for n in group}
-                hists = score_histograms(layer, {n: linears[n] for n in group}, weights, hidden, calls[i], prefix)
-                for n in group:
-                    budget = budgets[prefix + n]
-                    lowrank_in, lowrank_out = lowrank_factors(linears[n].weight, budget.r)
-                    new = RSparseLinear.from_linear(
-                        linears[n], tau=hists[n].threshold(budget.active_fraction), c=weights[n],
-                        lowrank_in=lowrank_in, lowrank_out=lowrank_out, budget=budget,
-                        mode="sparse", decode_cutoff=cfg.decode_cutoff,
-                    )
-                    replaced[prefix + n] = replace_module(model, prefix + n, new)
-                    _release_weight(linears[n])
-            hidden = [run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
-    except BaseException:
-        _restore(model, replaced)
-        raise
+        if cfg.search == "none":
+            budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
+        else:
+            result = search_budgets(model, targets, batches, cfg, show_progress=show_progress)
+            budgets = result.budgets
+        replaced, _ = install_layers(model, targets, batches, budgets, cfg, show_progress=show_progress)
     finally:
         model.train(was_training)
 
@@ -178,24 +155,3 @@ def _target_linears(model: nn.Module, cfg: RSparseConfig) -> dict[str, nn.Linear
             f"no nn.Linear inside {stack_name} matches include={cfg.include} exclude={cfg.exclude}"
         )
     return targets
-
-
-def _channel_weights(linear: nn.Linear, score: str) -> torch.Tensor:
-    """``c`` of the score ``|x_j| * c_j``: column norms ("rsparse") or ones ("magnitude")."""
-    if score == "magnitude":
-        return torch.ones(linear.in_features, dtype=torch.float32, device=linear.weight.device)
-    return column_norms(linear.weight)
-
-
-def _release_weight(linear: nn.Linear) -> None:
-    # The RSparseLinear holds the transposed copy; keep the original module (for `_restore`)
-    # but not its weight, so that peak memory stays at one model plus one layer.
-    linear.weight.data = linear.weight.data.new_empty(0)
-
-
-def _restore(model: nn.Module, replaced: dict[str, nn.Linear]) -> None:
-    """Undo `sparsify`: put every original linear back, its weight rebuilt from the transposed copy."""
-    for name, original in replaced.items():
-        new = model.get_submodule(name)
-        original.weight.data = new.weight_t.detach().t().contiguous()
-        replace_module(model, name, original)

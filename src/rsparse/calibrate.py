@@ -294,16 +294,42 @@ class ScoreHistogram:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.counts = torch.zeros(self.BINS + 1, dtype=torch.int64, device=device)
+        # Per bin, the sum of ``(x_j * ||W[:, j]||)^2`` over the scores that fell in it: the
+        # diagonal estimate of the output energy a threshold drops (see `dropped_energy`).
+        self.energy = torch.zeros(self.BINS + 1, dtype=torch.float64, device=device)
 
     @property
     def total(self) -> int:
         return int(self.counts.sum())
 
-    def add(self, scores: torch.Tensor) -> None:
+    def add(self, scores: torch.Tensor, energy: torch.Tensor | None = None) -> None:
+        """Count ``scores``; ``energy`` (same shape) is summed per bin when given."""
         pos = (torch.log2(scores.float().flatten()) - self.LOW) * self.PER_OCTAVE
         # -inf (zeros) and anything below 2^LOW land in bin 0; the top bin absorbs overflow.
         idx = pos.nan_to_num(nan=-1.0, neginf=-1.0).floor().clamp(-1, self.BINS - 1).long() + 1
         self.counts += torch.bincount(idx, minlength=self.BINS + 1)
+        if energy is not None:
+            self.energy += torch.bincount(idx, weights=energy.double().flatten(), minlength=self.BINS + 1)
+
+    def dropped_energy_curve(self, active_fractions: torch.Tensor) -> torch.Tensor:
+        """Share of the total energy held by the scores below the threshold of each active fraction.
+
+        The energy of input channel ``j`` is ``(x_j * ||W[:, j]||)^2``, so this is the diagonal
+        estimate (cross-channel terms left out) of ``||W (x ⊙ (1 - m))||^2 / ||W x||^2``: the
+        relative output error of the sparse path alone. Linear within a bin, like `threshold`.
+        """
+        counts, energy = self.counts.double().cpu().flip(0), self.energy.cpu().flip(0)  # high scores first
+        kept_count = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        kept_energy = torch.cat([energy.new_zeros(1), energy.cumsum(0)])
+        total = float(kept_energy[-1])
+        if total <= 0:
+            return torch.zeros_like(active_fractions, dtype=torch.float64)
+        wanted = active_fractions.double().clamp(0, 1) * float(kept_count[-1])
+        b = torch.searchsorted(kept_count, wanted, right=False).clamp(1, len(kept_count) - 1)
+        lo, hi = kept_count[b - 1], kept_count[b]
+        share = ((wanted - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+        kept = kept_energy[b - 1] + share * (kept_energy[b] - kept_energy[b - 1])
+        return (1.0 - kept / total).clamp_min(0.0)
 
     def threshold(self, active_fraction: float) -> float:
         """The ``tau`` such that a fraction ``active_fraction`` of the scores lies above it."""
@@ -332,28 +358,74 @@ def score_histograms(
     hidden: list[torch.Tensor],
     calls: list[LayerCall],
     prefix: str = "",
+    column_norms: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, ScoreHistogram]:
     """Histograms of ``|x| * c`` at the (shared) input of a group of linears over all batches.
 
     The forward of each batch stops as soon as the group's input has been seen.
     Non-finite inputs raise `ValueError` naming the layer (``prefix`` + its name in ``group``).
+    With ``column_norms`` (``||W[:, j]||`` per linear) the histograms also sum the energy
+    ``(x_j * ||W[:, j]||)^2`` per bin, which the budget search uses.
     """
     names = list(group)
     hists = {name: ScoreHistogram(hidden[0].device) for name in names}
 
-    def hook(module, args):
-        x = args[0].detach()
-        x = x.reshape(-1, x.shape[-1]).abs().float()
+    def each_input(x: torch.Tensor) -> None:
+        x = x.abs().float()
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"calibration activations at the input of {prefix}{names[0]} hold NaN or inf; "
                 f"check the model's dtype (fp16 overflow?) and the calibration data"
             )
         for name in names:
-            hists[name].add(x * channel_weights[name])
+            energy = None if column_norms is None else (x * column_norms[name]).square()
+            hists[name].add(x * channel_weights[name], energy)
+
+    _for_group_inputs(layer, group[names[0]], hidden, calls, each_input)
+    return hists
+
+
+def inactive_second_moments(
+    layer: nn.Module,
+    group: dict[str, nn.Module],
+    channel_weights: dict[str, torch.Tensor],
+    taus: dict[str, float],
+    hidden: list[torch.Tensor],
+    calls: list[LayerCall],
+) -> dict[str, torch.Tensor]:
+    """``E[x̄ x̄ᵀ]`` (fp64, ``[in, in]``) of the inactive part ``x̄ = x ⊙ (|x|·c <= tau)`` per linear.
+
+    This is what the low-rank path multiplies at inference; `rsparse.factorize.whitened_factors`
+    fits the factors to it. The mask is built as `rsparse.ops.active_mask` builds it.
+    """
+    from rsparse.ops import active_mask
+
+    names = list(group)
+    n = next(iter(group.values())).in_features
+    device = hidden[0].device
+    moments = {name: torch.zeros(n, n, dtype=torch.float64, device=device) for name in names}
+    count = [0]
+
+    def each_input(x: torch.Tensor) -> None:
+        count[0] += x.shape[0]
+        for name in names:
+            tau = torch.tensor(taus[name], dtype=torch.float32, device=x.device)
+            inactive = torch.where(active_mask(x, channel_weights[name], tau), 0.0, x.float())
+            moments[name] += (inactive.t() @ inactive).double()
+
+    _for_group_inputs(layer, group[names[0]], hidden, calls, each_input)
+    return {name: m / max(count[0], 1) for name, m in moments.items()}
+
+
+def _for_group_inputs(layer, first: nn.Module, hidden, calls, fn) -> None:
+    """Run the layer on every cached batch up to ``first``'s input; call ``fn`` on it as ``[tokens, in]``."""
+
+    def hook(module, args):
+        x = args[0].detach()
+        fn(x.reshape(-1, x.shape[-1]))
         raise StopForward
 
-    handle = group[names[0]].register_forward_pre_hook(hook)
+    handle = first.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             for h, call in zip(hidden, calls):
@@ -363,4 +435,3 @@ def score_histograms(
                     pass
     finally:
         handle.remove()
-    return hists

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Version of the on-disk format of `RSparseConfig`; bump when a field changes meaning.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: search settings and factorization
 
 SCORES = ("rsparse", "magnitude")
 MODES = ("auto", "sparse", "dense")
-SEARCHES = ("none",)
+SEARCHES = ("auto", "none")
+FACTORIZATIONS = ("activation", "weight")
 
 
 def _library_version() -> str:
@@ -94,7 +95,30 @@ class RSparseConfig:
         metadata={"help": "sparse-path share of every layer's budget; None lets the search decide"},
     )
     score: str = field(default="rsparse", metadata={"help": f"channel score rule, one of {SCORES}"})
-    search: str = field(default="none", metadata={"help": f"budget search, one of {SEARCHES}"})
+    search: str = field(
+        default="auto",
+        metadata={"help": f"per-layer budget search, one of {SEARCHES}; 'none' gives every layer the target"},
+    )
+    factorization: str = field(
+        default="activation",
+        metadata={
+            "help": f"low-rank fit, one of {FACTORIZATIONS}: SVD weighted by the inactive inputs' second "
+            f"moment, or the plain SVD of the weight"
+        },
+    )
+    min_layer_sparsity: float = field(default=0.0, metadata={"help": "lower bound of a layer's sparsity in the search"})
+    max_layer_sparsity: float = field(
+        default=0.95, metadata={"help": "upper bound of a layer's sparsity in the search"}
+    )
+    search_evaluations: int = field(
+        default=32, metadata={"help": "end-to-end evaluations (KL on held-out calibration tokens) the search may spend"}
+    )
+    search_time_limit: float | None = field(
+        default=None, metadata={"help": "seconds after which the search stops evaluating; None: no limit"}
+    )
+    search_holdout: float = field(
+        default=0.25, metadata={"help": "share of calibration sequences held out to score budgets in the search"}
+    )
     calibration_source: str = field(
         default="self-generated",
         metadata={"help": "where calibration tokens came from (recorded by sparsify)"},
@@ -147,6 +171,31 @@ class RSparseConfig:
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        if self.factorization not in FACTORIZATIONS:
+            raise ValueError(f"factorization must be one of {list(FACTORIZATIONS)}, got {self.factorization!r}")
+        lo, hi = self.min_layer_sparsity, self.max_layer_sparsity
+        if not all(isinstance(v, (int, float)) for v in (lo, hi)) or not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(
+                f"layer sparsity bounds must satisfy 0 <= min_layer_sparsity <= max_layer_sparsity < 1, "
+                f"got min_layer_sparsity={lo!r}, max_layer_sparsity={hi!r}"
+            )
+        if self.search != "none" and not lo <= self.target <= hi:
+            bound = "max_layer_sparsity" if self.target > hi else "min_layer_sparsity"
+            raise ValueError(
+                f"target {self.target} cannot be met within the per-layer bounds: {bound} is "
+                f"{hi if self.target > hi else lo}; widen the bound or use search='none'"
+            )
+        if isinstance(self.search_evaluations, bool) or not isinstance(self.search_evaluations, int) or self.search_evaluations < 1:
+            raise ValueError(
+                f"search_evaluations must be an int >= 1 (the search needs at least one evaluation), "
+                f"got {self.search_evaluations!r}"
+            )
+        if self.search_time_limit is not None and (
+            not isinstance(self.search_time_limit, (int, float)) or self.search_time_limit <= 0
+        ):
+            raise ValueError(f"search_time_limit must be None or seconds > 0, got {self.search_time_limit!r}")
+        if not isinstance(self.search_holdout, (int, float)) or not 0.0 < self.search_holdout < 1.0:
+            raise ValueError(f"search_holdout must be a float in (0, 1), got {self.search_holdout!r}")
         for name in ("calibration_samples", "calibration_seq_len", "calibration_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

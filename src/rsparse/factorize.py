@@ -38,3 +38,77 @@ def lowrank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     lowrank_in = vh[:rank].t()
     lowrank_out = (u[:, :rank] * s[:rank]).t()
     return lowrank_in.to(weight.dtype).contiguous(), lowrank_out.to(weight.dtype).contiguous()
+
+
+#: Damping added to the second moment before whitening, relative to its mean diagonal: channels
+#: that are (almost) never inactive have (almost) no variance, and their directions must not be
+#: amplified without bound by the inverse whitening.
+WHITENING_DAMP = 1e-3
+
+
+def whitened_factors(
+    weight: torch.Tensor, rank: int, second_moment: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` factors that minimise the expected output error on the inputs they will see.
+
+    The low-rank path multiplies only the inactive part ``x̄`` of each input, so what should be
+    small is ``E||(W - A B) x̄||² = ||(W - A B) L||_F²`` with ``L Lᵀ = E[x̄ x̄ᵀ]`` (Cholesky), not
+    ``||W - A B||_F``. Its minimiser is the truncated SVD of ``W L`` mapped back:
+    ``A B = [W L]_r L⁻¹``. With ``E[x̄ x̄ᵀ] = I`` this is the plain SVD (`lowrank_factors`).
+
+    Args:
+        weight (`torch.Tensor`): ``[out, in]`` weight.
+        rank (`int`): rank to keep, ``0 <= rank <= min(out, in)``.
+        second_moment (`torch.Tensor`): ``[in, in]`` ``E[x̄ x̄ᵀ]`` of the inactive inputs
+            (`rsparse.calibrate.inactive_second_moments`).
+
+    Returns:
+        ``(lowrank_in [in, rank], lowrank_out [rank, out], residual)`` with the factors in the
+        weight's dtype and ``residual[r]`` the expected squared output error left at rank ``r``
+        (fp64, ``[min(out, in) + 1]``; ``residual[0]`` is the error with no low-rank path).
+
+    Example:
+
+    ```python
+    >>> w = torch.randn(8, 6)
+    >>> a, b, residual = whitened_factors(w, 2, torch.eye(6))
+    >>> bool(residual[0] > residual[2] > residual[6] - 1e-9)
+    True
+    ```
+    """
+    out_features, in_features = weight.shape
+    if not 0 <= rank <= min(out_features, in_features):
+        raise ValueError(f"rank must be in [0, {min(out_features, in_features)}], got {rank}")
+    if second_moment.shape != (in_features, in_features):
+        raise ValueError(
+            f"second_moment must be [{in_features}, {in_features}] for a weight of shape "
+            f"{tuple(weight.shape)}, got {tuple(second_moment.shape)}"
+        )
+    sigma = second_moment.double()
+    damp = WHITENING_DAMP * float(sigma.diagonal().mean()) + 1e-12
+    chol = torch.linalg.cholesky(sigma + damp * torch.eye(in_features, dtype=sigma.dtype, device=sigma.device))
+    u, s, vh = torch.linalg.svd(weight.detach().double() @ chol, full_matrices=False)
+    energy = s.square()
+    residual = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])
+    # A B = U_r S_r V_rᵀ L⁻¹, i.e. lowrank_in = L⁻ᵀ V_r: solve Lᵀ X = V_r.
+    lowrank_in = torch.linalg.solve_triangular(chol.t(), vh[:rank].t(), upper=True)
+    lowrank_out = (u[:, :rank] * s[:rank]).t()
+    return (
+        lowrank_in.to(weight.dtype).contiguous(),
+        lowrank_out.to(weight.dtype).contiguous(),
+        residual,
+    )
+
+
+def weight_svd_residual(weight: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """``E||(W - W_r) x̄||²`` for every rank ``r`` of the plain truncated SVD ``W_r`` (`lowrank_factors`).
+
+    With ``W = Σ_j s_j u_j v_jᵀ`` and orthonormal ``u_j`` the error is ``Σ_{j>r} s_j² v_jᵀ E[x̄ x̄ᵀ] v_j``,
+    so plain and activation-aware factors can be compared on the same inputs.
+
+    Returns:
+        fp64 ``[min(out, in) + 1]``, entry ``r`` the error left at rank ``r``.
+    """
+    _, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    energy = s.square() * torch.einsum("ji,ik,jk->j", vh, second_moment.double(), vh)
+    return torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])

@@ -1,0 +1,284 @@
+"""Per-layer budget search (DESIGN.md §3, search): which ``(s_i, rho_i)`` under a model-level target.
+
+Three steps, each cheap:
+
+1. **Tables.** A pass with uniform budgets (`rsparse.install.install_layers`) records, per
+   linear, the score histogram with the energy ``(x_j·||W[:, j]||)²`` of every score, and the
+   low-rank residual curve under the inactive inputs' second moment. Together they estimate
+   the relative output error of any option ``(density C, sparse share rho)``:
+   ``dropped_energy(rho·C) · residual(r)`` with ``r`` the rank the rest of the budget buys.
+2. **Allocation.** Minimise ``Σ_i w_i · error_i`` subject to the weight-count-weighted density
+   being ``1 - target``: one Lagrange multiplier, bisected, picks every layer's option; the
+   few layers whose option flips at the final multiplier are interpolated to meet the target
+   exactly.
+3. **Refinement.** The weights ``w_i`` are where the tables cannot know the model: how an
+   output error in an attention projection compares with one in the MLP, or early layers
+   with late ones. A handful of knobs (one log-weight per input group of a block, a depth
+   slope, a trust factor on the low-rank gain) are tuned by coordinate descent on the KL
+   divergence of next-token distributions against the dense model, measured end to end on
+   held-out calibration tokens. Every candidate allocation costs one forward pass; uniform
+   budgets are scored too, so the result is never worse than uniform on that objective.
+
+The search is deterministic: no random numbers are drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rsparse.budget import layer_budget, model_sparsity, uniform_budgets
+from rsparse.config import LayerBudget, RSparseConfig
+from rsparse.install import LinearStats, install_layers, restore
+from rsparse.nn import rsparse_modules
+
+logger = logging.getLogger(__name__)
+
+#: Sparse shares the search may give a layer when ``rho`` is left to it.
+RHOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+#: Density step of the allocation grid (the final interpolation makes densities continuous).
+DENSITY_STEP = 0.01
+#: Step sizes, in log-weight units, of the coordinate descent.
+STEPS = (1.0, 0.5, 0.25)
+
+
+@dataclass
+class SearchResult:
+    """The budgets `search_budgets` chose and how they scored.
+
+    Args:
+        budgets: a `LayerBudget` per linear.
+        kl: KL divergence (nats per token) against the dense model on held-out tokens.
+        uniform_kl: the same for uniform budgets at the target.
+        evaluations: end-to-end evaluations spent.
+        knobs: the error weights of the chosen allocation.
+    """
+
+    budgets: dict[str, LayerBudget]
+    kl: float
+    uniform_kl: float
+    evaluations: int
+    knobs: dict[str, float]
+
+
+def split_holdout(batches: list[torch.Tensor], fraction: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Split calibration batches by sequence: the last ``fraction`` of sequences (at least one) are held out."""
+    rows = sum(b.shape[0] for b in batches)
+    if rows < 2:
+        raise ValueError(
+            f"the budget search needs at least 2 calibration sequences (one to fit thresholds, one held out "
+            f"to score budgets), got {rows}; give more calibration data or use search='none'"
+        )
+    held = min(max(1, round(rows * fraction)), rows - 1)
+    fit, heldout, seen = [], [], 0
+    for b in batches:
+        keep = max(0, min(b.shape[0], rows - held - seen))
+        if keep:
+            fit.append(b[:keep])
+        if keep < b.shape[0]:
+            heldout.append(b[keep:])
+        seen += b.shape[0]
+    return fit, heldout
+
+
+@torch.no_grad()
+def search_budgets(
+    model: nn.Module,
+    targets: dict[str, nn.Linear],
+    batches: list[torch.Tensor],
+    cfg: RSparseConfig,
+    *,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Choose per-layer budgets at model-level sparsity ``cfg.target`` (see the module docstring).
+
+    The model is dense on entry and on return (the uniform pass is undone).
+
+    Args:
+        model: the dense causal LM.
+        targets: the linears to budget, by qualified name.
+        batches: calibration token batches; ``cfg.search_holdout`` of the sequences score budgets.
+        cfg: target, score rule, ``rho`` (``None``: searched), bounds and search budget.
+    """
+    fit, heldout = split_holdout(batches, cfg.search_holdout)
+    shapes = {name: (m.in_features, m.out_features) for name, m in targets.items()}
+    rhos = RHOS if cfg.rho is None else (float(cfg.rho),)
+    max_density = 1.0 - cfg.min_layer_sparsity
+    max_ranks = {
+        name: math.floor((1.0 - min(rhos)) * max_density * n * m / (n + m) + 1e-9) for name, (n, m) in shapes.items()
+    }
+    uniform = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
+
+    dense_logprobs = [_logprobs(model, b) for b in heldout]
+    replaced, stats = install_layers(
+        model, targets, fit, uniform, cfg, max_ranks=max_ranks, show_progress=show_progress,
+        desc="rsparse: search tables",
+    )
+    try:
+        modules = rsparse_modules(model)
+        tables = _Tables(stats, shapes, rhos, cfg)
+        evaluate = _Evaluator(model, modules, stats, heldout, dense_logprobs)
+        return _refine(tables, evaluate, uniform, cfg, show_progress)
+    finally:
+        restore(model, replaced)
+
+
+class _Tables:
+    """Estimated relative error and bytes of every option of every linear, as ``[linears, options]``."""
+
+    def __init__(self, stats: dict[str, LinearStats], shapes, rhos, cfg: RSparseConfig) -> None:
+        self.names = list(stats)
+        self.shapes = shapes
+        self.bounds = (1.0 - cfg.max_layer_sparsity, 1.0 - cfg.min_layer_sparsity)
+        lo, hi = self.bounds
+        steps = max(1, round((hi - lo) / DENSITY_STEP))
+        densities = torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
+        self.density = densities.repeat_interleave(len(rhos))  # option o: (density, rho)
+        self.rho = torch.tensor(rhos, dtype=torch.float64).repeat(len(densities))
+        self.size = torch.tensor([n * m for n, m in (shapes[k] for k in self.names)], dtype=torch.float64)
+        self.group = [stats[k].group for k in self.names]
+        self.depth = torch.tensor([stats[k].depth for k in self.names], dtype=torch.float64)
+        dropped, rank_left = [], []
+        for k in self.names:
+            n, m = shapes[k]
+            dropped.append(stats[k].histogram.dropped_energy_curve(self.rho * self.density))
+            ranks = torch.floor((1.0 - self.rho) * self.density * n * m / (n + m) + 1e-9).long()
+            residual = stats[k].residual
+            rank_left.append(residual[ranks.clamp(max=len(residual) - 1)])
+        self.dropped = torch.stack(dropped)  # [L, O]
+        self.rank_left = torch.stack(rank_left).clamp_min(1e-12)
+
+    def allocate(self, knobs: dict[str, float], target: float) -> dict[str, tuple[float, float]]:
+        """``{name: (s, rho)}`` minimising the weighted error at model-level sparsity ``target``."""
+        groups = torch.tensor([knobs.get(f"group{g}", 0.0) for g in self.group], dtype=torch.float64)
+        weight = torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
+        error = weight[:, None] * self.dropped * self.rank_left ** math.exp(knobs.get("rank", 0.0))
+        bytes_ = self.size[:, None] * self.density[None, :] / self.size.sum()
+        wanted = 1.0 - target
+
+        def choose(lam: float) -> torch.Tensor:
+            return torch.argmin(error + lam * bytes_, dim=1)
+
+        def density_of(choice: torch.Tensor) -> float:
+            return float((self.density[choice] * self.size).sum() / self.size.sum())
+
+        lo, hi = -30.0, 30.0  # log10 of the multiplier: low = dense, high = sparse
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if density_of(choose(10.0**mid)) >= wanted:
+                lo = mid
+            else:
+                hi = mid
+        # The two sides of the bisection differ in a few marginal layers only; moving those
+        # linearly between their two options meets the target exactly.
+        above, below = choose(10.0**lo), choose(10.0**hi)
+        d_above, d_below = density_of(above), density_of(below)
+        t = 0.0 if d_above <= d_below else min(max((wanted - d_below) / (d_above - d_below), 0.0), 1.0)
+        density = self.density[below] + t * (self.density[above] - self.density[below])
+        return {
+            k: (float(1.0 - d), float(self.rho[o])) for k, d, o in zip(self.names, density, above.tolist())
+        }
+
+
+class _Evaluator:
+    """Installs an allocation into the uniform-pass model (thresholds from the histograms, factors
+    sliced) and scores it: mean KL(dense ‖ sparse) per held-out token, every token sparse."""
+
+    def __init__(self, model, modules, stats, heldout, dense_logprobs) -> None:
+        self.model, self.modules, self.stats = model, modules, stats
+        self.heldout, self.dense = heldout, dense_logprobs
+
+    def __call__(self, budgets: dict[str, LayerBudget]) -> float:
+        for name, budget in budgets.items():
+            module, st = self.modules[name], self.stats[name]
+            module.tau.fill_(st.histogram.threshold(budget.active_fraction))
+            module.lowrank_in = st.lowrank_in[:, : budget.r]
+            module.lowrank_out = st.lowrank_out[: budget.r]
+            module.budget = budget
+            module.set_mode("sparse")
+        total, count = 0.0, 0
+        for batch, dense in zip(self.heldout, self.dense):
+            sparse = _logprobs(self.model, batch)
+            total += float((dense.exp() * (dense - sparse)).sum())
+            count += dense.shape[0] * dense.shape[1]
+        return total / count
+
+
+def _logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+
+
+def _refine(
+    tables: _Tables,
+    evaluate: Callable[[dict[str, LayerBudget]], float],
+    uniform: dict[str, LayerBudget],
+    cfg: RSparseConfig,
+    show_progress: bool,
+) -> SearchResult:
+    """Coordinate descent over the knobs, each candidate allocation scored end to end."""
+    started = time.perf_counter()
+    knob_names = sorted({f"group{g}" for g in tables.group}) + ["depth"] + (["rank"] if cfg.rho is None else [])
+    budget_limit = cfg.search_evaluations
+    seen: dict[tuple, float] = {}
+    bar = tqdm(total=budget_limit, desc="rsparse: search", disable=not show_progress)
+
+    def budgets_of(allocation: dict[str, tuple[float, float]]) -> dict[str, LayerBudget]:
+        return {k: layer_budget(*tables.shapes[k], s, rho) for k, (s, rho) in allocation.items()}
+
+    def score(budgets: dict[str, LayerBudget]) -> float | None:
+        key = tuple((round(b.s, 6), round(b.rho, 6)) for b in budgets.values())
+        if key in seen:
+            return seen[key]
+        out_of_time = cfg.search_time_limit is not None and time.perf_counter() - started > cfg.search_time_limit
+        if len(seen) >= budget_limit or out_of_time:
+            return None
+        seen[key] = evaluate(budgets)
+        bar.update(1)
+        return seen[key]
+
+    try:
+        uniform_kl = score(uniform)
+        best_knobs = {k: 0.0 for k in knob_names}
+        best_budgets = budgets_of(tables.allocate(best_knobs, cfg.target))
+        best_kl = score(best_budgets)
+        if best_kl is None or best_kl > uniform_kl:
+            best_budgets, best_kl, best_knobs = dict(uniform), uniform_kl, {k: 0.0 for k in knob_names}
+            best_knobs["uniform"] = 1.0
+        bar.set_postfix(best_kl=f"{best_kl:.4f}", uniform_kl=f"{uniform_kl:.4f}")
+        base = {k: 0.0 for k in knob_names}  # the descent starts from the table allocation
+        base_kl = score(budgets_of(tables.allocate(base, cfg.target)))  # already scored: no evaluation
+        for step in STEPS:
+            improved = True
+            while improved:
+                improved = False
+                for name in knob_names:
+                    for sign in (1.0, -1.0):
+                        trial = dict(base, **{name: base[name] + sign * step})
+                        budgets = budgets_of(tables.allocate(trial, cfg.target))
+                        kl = score(budgets)
+                        if kl is None:
+                            return _finish(bar, best_budgets, best_kl, uniform_kl, len(seen), best_knobs)
+                        if base_kl is None or kl < base_kl:
+                            base, base_kl, improved = trial, kl, True
+                            if kl < best_kl:
+                                best_budgets, best_kl, best_knobs = budgets, kl, dict(trial)
+                                bar.set_postfix(best_kl=f"{best_kl:.4f}", uniform_kl=f"{uniform_kl:.4f}")
+                            break
+        return _finish(bar, best_budgets, best_kl, uniform_kl, len(seen), best_knobs)
+    finally:
+        bar.close()
+
+
+def _finish(bar, budgets, kl, uniform_kl, evaluations, knobs) -> SearchResult:
+    logger.info(
+        "rsparse search: KL %.4f (uniform %.4f) after %d evaluations, model sparsity %.4f",
+        kl, uniform_kl, evaluations, model_sparsity(budgets.values()),
+    )
+    return SearchResult(dict(budgets), kl, uniform_kl, evaluations, knobs)
