@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -65,8 +66,11 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "search.json")
+    parser.add_argument("--progress", action="store_true", help="show sparsify's progress bars and search log")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.progress:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model, tokenizer = load_offline_model()
     heldout = text_windows(boolq_passages("heldout"), tokenizer, args.seq_len, args.windows)
@@ -102,7 +106,7 @@ def main() -> None:
             kw = settings(method)
             config = rsparse.RSparseConfig(factorization=kw.pop("factorization", "activation"))
             rsparse.sparsify(
-                sparse, target, calibration=calib, seed=args.seed, show_progress=False, config=config, **kw
+                sparse, target, calibration=calib, seed=args.seed, show_progress=args.progress, config=config, **kw
             )
             seconds = time.perf_counter() - started
             ppl = perplexity(sparse, heldout, protocol="strict")

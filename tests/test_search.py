@@ -7,7 +7,7 @@ import rsparse
 from rsparse.budget import model_sparsity
 from rsparse.calibrate import ScoreHistogram
 from rsparse.config import RSparseConfig
-from rsparse.factorize import lowrank_factors, weight_svd_residual, whitened_factors
+from rsparse.factorize import lowrank_factors, weight_svd_residual, activation_aware_factors
 from rsparse.install import LinearStats
 from rsparse.search import _Tables, search_budgets, split_holdout
 from tests.conftest import random_tokens, tiny_model
@@ -139,14 +139,14 @@ def test_dropped_energy_curve_matches_brute_force():
     assert curve[0] == pytest.approx(1.0) and curve[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_whitened_factors_beat_plain_svd_on_correlated_inputs():
+def test_activation_aware_factors_beat_plain_svd_on_correlated_inputs():
     g = torch.Generator().manual_seed(4)
     w = torch.randn(48, 32, generator=g)
     mix = torch.randn(32, 32, generator=g) * torch.logspace(0, -2, 32)
     x = torch.randn(4000, 32, generator=g) @ mix.t()
     sigma = (x.t() @ x / len(x)).double()
     for rank in (1, 4, 8):
-        a, b, residual = whitened_factors(w, rank, sigma)
+        a, b, residual = activation_aware_factors(w, rank, sigma)
         pa, pb = lowrank_factors(w, rank)
         err = ((x @ w.t() - x @ a @ b) ** 2).sum(1).mean()
         plain = ((x @ w.t() - x @ pa @ pb) ** 2).sum(1).mean()
@@ -155,18 +155,18 @@ def test_whitened_factors_beat_plain_svd_on_correlated_inputs():
         assert float(weight_svd_residual(w, sigma)[rank]) == pytest.approx(float(plain), rel=0.02)
 
 
-def test_whitened_factors_with_identity_are_the_plain_svd():
+def test_activation_aware_factors_with_identity_are_the_plain_svd():
     w = torch.randn(12, 9, generator=torch.Generator().manual_seed(5))
-    a, b, _ = whitened_factors(w, 4, torch.eye(9))
+    a, b, _ = activation_aware_factors(w, 4, torch.eye(9))
     pa, pb = lowrank_factors(w, 4)
     assert torch.allclose(a @ b, pa @ pb, atol=1e-4)
 
 
-def test_whitened_factors_bad_shapes():
+def test_activation_aware_factors_bad_shapes():
     with pytest.raises(ValueError, match=r"second_moment must be \[6, 6\]"):
-        whitened_factors(torch.randn(4, 6), 2, torch.eye(5))
+        activation_aware_factors(torch.randn(4, 6), 2, torch.eye(5))
     with pytest.raises(ValueError, match=r"rank must be in \[0, 4\]"):
-        whitened_factors(torch.randn(4, 6), 5, torch.eye(6))
+        activation_aware_factors(torch.randn(4, 6), 5, torch.eye(6))
 
 
 def test_activation_factorization_lowers_output_error_of_a_real_layer(calib):

@@ -35,7 +35,7 @@ def test_target_zero_equals_dense(family, calib, heldout):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_target_half_budget_and_kept_fraction_on_heldout(family, calib, heldout):
     model = tiny_model(family)
-    rsparse.sparsify(model, 0.5, calibration=calib, rho=0.9, show_progress=False)
+    rsparse.sparsify(model, 0.5, calibration=calib, rho=0.9, search="none", show_progress=False)
     report = rsparse.summary(model, tokens=heldout)
     assert abs(report.model_sparsity - 0.5) <= 0.01
     for layer in report.layers:
@@ -95,7 +95,7 @@ def test_magnitude_score_uses_unit_channel_weights(calib):
 def test_rank_budget_and_include_exclude(calib):
     model = tiny_model()
     config = rsparse.RSparseConfig(include=["*mlp*"], exclude=["*down_proj"], mode="sparse")
-    rsparse.sparsify(model, 0.5, rho=0.8, calibration=calib, config=config, show_progress=False)
+    rsparse.sparsify(model, 0.5, rho=0.8, search="none", calibration=calib, config=config, show_progress=False)
     names = sorted(rsparse_modules(model))
     assert names == sorted(f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj"))
     up = model.get_submodule("model.layers.0.mlp.up_proj")

@@ -351,78 +351,19 @@ class ScoreHistogram:
         return float(2.0 ** (upper - min(inside, 1.0) / self.PER_OCTAVE))
 
 
-def score_histograms(
-    layer: nn.Module,
-    group: dict[str, nn.Module],
-    channel_weights: dict[str, torch.Tensor],
-    hidden: list[torch.Tensor],
-    calls: list[LayerCall],
-    prefix: str = "",
-    column_norms: dict[str, torch.Tensor] | None = None,
-) -> dict[str, ScoreHistogram]:
-    """Histograms of ``|x| * c`` at the (shared) input of a group of linears over all batches.
+def group_inputs(
+    layer: nn.Module, first: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall]
+) -> list[torch.Tensor]:
+    """The input of ``first`` (a linear of ``layer``) for every cached batch, as ``[tokens, in]``.
 
-    The forward of each batch stops as soon as the group's input has been seen.
-    Non-finite inputs raise `ValueError` naming the layer (``prefix`` + its name in ``group``).
-    With ``column_norms`` (``||W[:, j]||`` per linear) the histograms also sum the energy
-    ``(x_j * ||W[:, j]||)^2`` per bin, which the budget search uses.
+    The forward of each batch stops as soon as that input has been seen. Kept for one group
+    of one layer at a time, so memory stays at one layer's activations.
     """
-    names = list(group)
-    hists = {name: ScoreHistogram(hidden[0].device) for name in names}
-
-    def each_input(x: torch.Tensor) -> None:
-        x = x.abs().float()
-        if not torch.isfinite(x).all():
-            raise ValueError(
-                f"calibration activations at the input of {prefix}{names[0]} hold NaN or inf; "
-                f"check the model's dtype (fp16 overflow?) and the calibration data"
-            )
-        for name in names:
-            energy = None if column_norms is None else (x * column_norms[name]).square()
-            hists[name].add(x * channel_weights[name], energy)
-
-    _for_group_inputs(layer, group[names[0]], hidden, calls, each_input)
-    return hists
-
-
-def inactive_second_moments(
-    layer: nn.Module,
-    group: dict[str, nn.Module],
-    channel_weights: dict[str, torch.Tensor],
-    taus: dict[str, float],
-    hidden: list[torch.Tensor],
-    calls: list[LayerCall],
-) -> dict[str, torch.Tensor]:
-    """``E[x̄ x̄ᵀ]`` (fp64, ``[in, in]``) of the inactive part ``x̄ = x ⊙ (|x|·c <= tau)`` per linear.
-
-    This is what the low-rank path multiplies at inference; `rsparse.factorize.whitened_factors`
-    fits the factors to it. The mask is built as `rsparse.ops.active_mask` builds it.
-    """
-    from rsparse.ops import active_mask
-
-    names = list(group)
-    n = next(iter(group.values())).in_features
-    device = hidden[0].device
-    moments = {name: torch.zeros(n, n, dtype=torch.float64, device=device) for name in names}
-    count = [0]
-
-    def each_input(x: torch.Tensor) -> None:
-        count[0] += x.shape[0]
-        for name in names:
-            tau = torch.tensor(taus[name], dtype=torch.float32, device=x.device)
-            inactive = torch.where(active_mask(x, channel_weights[name], tau), 0.0, x.float())
-            moments[name] += (inactive.t() @ inactive).double()
-
-    _for_group_inputs(layer, group[names[0]], hidden, calls, each_input)
-    return {name: m / max(count[0], 1) for name, m in moments.items()}
-
-
-def _for_group_inputs(layer, first: nn.Module, hidden, calls, fn) -> None:
-    """Run the layer on every cached batch up to ``first``'s input; call ``fn`` on it as ``[tokens, in]``."""
+    inputs: list[torch.Tensor] = []
 
     def hook(module, args):
         x = args[0].detach()
-        fn(x.reshape(-1, x.shape[-1]))
+        inputs.append(x.reshape(-1, x.shape[-1]))
         raise StopForward
 
     handle = first.register_forward_pre_hook(hook)
@@ -435,3 +376,52 @@ def _for_group_inputs(layer, first: nn.Module, hidden, calls, fn) -> None:
                     pass
     finally:
         handle.remove()
+    return inputs
+
+
+def score_histograms(
+    inputs: list[torch.Tensor],
+    channel_weights: dict[str, torch.Tensor],
+    where: str = "",
+    column_norms: dict[str, torch.Tensor] | None = None,
+) -> dict[str, ScoreHistogram]:
+    """Histograms of ``|x| * c`` over a group's (shared) inputs, one per linear in ``channel_weights``.
+
+    Non-finite inputs raise `ValueError` naming ``where`` (the first linear of the group).
+    With ``column_norms`` (``||W[:, j]||`` per linear) the histograms also sum the energy
+    ``(x_j * ||W[:, j]||)^2`` per bin, which the budget search uses.
+    """
+    hists = {name: ScoreHistogram(inputs[0].device) for name in channel_weights}
+    for x in inputs:
+        x = x.abs().float()
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"calibration activations at the input of {where} hold NaN or inf; "
+                f"check the model's dtype (fp16 overflow?) and the calibration data"
+            )
+        for name, c in channel_weights.items():
+            energy = None if column_norms is None else (x * column_norms[name]).square()
+            hists[name].add(x * c, energy)
+    return hists
+
+
+def inactive_second_moments(
+    inputs: list[torch.Tensor], channel_weights: dict[str, torch.Tensor], taus: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """``E[x̄ x̄ᵀ]`` (fp64, ``[in, in]``) of the inactive part ``x̄ = x ⊙ (|x|·c <= tau)`` per linear.
+
+    This is what the low-rank path multiplies at inference;
+    `rsparse.factorize.activation_aware_factors` fits the factors to it. The mask is built as
+    `rsparse.ops.active_mask` builds it.
+    """
+    from rsparse.ops import active_mask
+
+    n = inputs[0].shape[-1]
+    moments = {name: torch.zeros(n, n, dtype=torch.float64, device=inputs[0].device) for name in taus}
+    count = sum(x.shape[0] for x in inputs)
+    for x in inputs:
+        for name in taus:
+            tau = torch.tensor(taus[name], dtype=torch.float32, device=x.device)
+            inactive = torch.where(active_mask(x, channel_weights[name], tau), 0.0, x.float())
+            moments[name] += (inactive.t() @ inactive).double()
+    return {name: m / max(count, 1) for name, m in moments.items()}

@@ -40,21 +40,22 @@ def lowrank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return lowrank_in.to(weight.dtype).contiguous(), lowrank_out.to(weight.dtype).contiguous()
 
 
-#: Damping added to the second moment before whitening, relative to its mean diagonal: channels
-#: that are (almost) never inactive have (almost) no variance, and their directions must not be
-#: amplified without bound by the inverse whitening.
-WHITENING_DAMP = 1e-3
+#: Damping of the second moment before its Cholesky factor is taken (relative to its mean
+#: diagonal): channels that are almost never inactive have almost no variance.
+CHOLESKY_DAMP = 1e-5
 
 
-def whitened_factors(
+def activation_aware_factors(
     weight: torch.Tensor, rank: int, second_moment: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-``rank`` factors that minimise the expected output error on the inputs they will see.
 
     The low-rank path multiplies only the inactive part ``x̄`` of each input, so what should be
-    small is ``E||(W - A B) x̄||² = ||(W - A B) L||_F²`` with ``L Lᵀ = E[x̄ x̄ᵀ]`` (Cholesky), not
-    ``||W - A B||_F``. Its minimiser is the truncated SVD of ``W L`` mapped back:
-    ``A B = [W L]_r L⁻¹``. With ``E[x̄ x̄ᵀ] = I`` this is the plain SVD (`lowrank_factors`).
+    small is ``E||W x̄ - A B x̄||²``, not ``||W - A B||_F``. Its minimiser projects the output
+    ``y = W x̄`` onto the top-``rank`` principal directions ``U_r`` of its covariance
+    ``W E[x̄ x̄ᵀ] Wᵀ``: ``A B = U_r U_rᵀ W`` (reduced-rank regression). The eigenproblem is
+    solved on the smaller side of the weight: ``[out, out]`` directly, or ``[in, in]`` through
+    a Cholesky factor of the second moment when ``in < out``.
 
     Args:
         weight (`torch.Tensor`): ``[out, in]`` weight.
@@ -63,15 +64,16 @@ def whitened_factors(
             (`rsparse.calibrate.inactive_second_moments`).
 
     Returns:
-        ``(lowrank_in [in, rank], lowrank_out [rank, out], residual)`` with the factors in the
-        weight's dtype and ``residual[r]`` the expected squared output error left at rank ``r``
-        (fp64, ``[min(out, in) + 1]``; ``residual[0]`` is the error with no low-rank path).
+        ``(lowrank_in [in, rank], lowrank_out [rank, out], residual)``: ``lowrank_in = Wᵀ U_r``
+        and ``lowrank_out = U_rᵀ`` in the weight's dtype, and ``residual[r]`` the expected squared
+        output error left at rank ``r`` (fp64, ``[min(out, in) + 1]``; ``residual[0]`` is the
+        error with no low-rank path).
 
     Example:
 
     ```python
     >>> w = torch.randn(8, 6)
-    >>> a, b, residual = whitened_factors(w, 2, torch.eye(6))
+    >>> a, b, residual = activation_aware_factors(w, 2, torch.eye(6))
     >>> bool(residual[0] > residual[2] > residual[6] - 1e-9)
     True
     ```
@@ -84,18 +86,24 @@ def whitened_factors(
             f"second_moment must be [{in_features}, {in_features}] for a weight of shape "
             f"{tuple(weight.shape)}, got {tuple(second_moment.shape)}"
         )
-    sigma = second_moment.double()
-    damp = WHITENING_DAMP * float(sigma.diagonal().mean()) + 1e-12
-    chol = torch.linalg.cholesky(sigma + damp * torch.eye(in_features, dtype=sigma.dtype, device=sigma.device))
-    u, s, vh = torch.linalg.svd(weight.detach().double() @ chol, full_matrices=False)
-    energy = s.square()
+    # fp32 throughout: only the leading directions matter, and fp64 eigensolvers cost 2-3x.
+    w, sigma = weight.detach().float(), second_moment.float()
+    if out_features <= in_features:
+        energy, u = torch.linalg.eigh(w @ sigma @ w.t())
+        energy, u = energy.flip(0).clamp_min(0), u.flip(1)
+    else:
+        damp = CHOLESKY_DAMP * float(sigma.diagonal().mean()) + 1e-30
+        chol = torch.linalg.cholesky(sigma + damp * torch.eye(in_features, dtype=sigma.dtype, device=sigma.device))
+        m = w @ chol  # m mᵀ is the output covariance; its left singular vectors are U
+        energy, v = torch.linalg.eigh(m.t() @ m)
+        energy, v = energy.flip(0).clamp_min(0), v.flip(1)
+        u = (m @ v[:, :rank]) / energy[:rank].sqrt().clamp_min(1e-30)
+    energy = energy.double()
     residual = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])
-    # A B = U_r S_r V_rᵀ L⁻¹, i.e. lowrank_in = L⁻ᵀ V_r: solve Lᵀ X = V_r.
-    lowrank_in = torch.linalg.solve_triangular(chol.t(), vh[:rank].t(), upper=True)
-    lowrank_out = (u[:, :rank] * s[:rank]).t()
+    u_r = u[:, :rank]
     return (
-        lowrank_in.to(weight.dtype).contiguous(),
-        lowrank_out.to(weight.dtype).contiguous(),
+        (w.t() @ u_r).to(weight.dtype).contiguous(),
+        u_r.t().to(weight.dtype).contiguous(),
         residual,
     )
 

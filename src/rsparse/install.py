@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 from rsparse.calibrate import (
     ScoreHistogram,
     capture_layer_calls,
+    group_inputs,
     inactive_second_moments,
     input_groups,
     run_layer,
     score_histograms,
 )
 from rsparse.config import LayerBudget, RSparseConfig
-from rsparse.factorize import lowrank_factors, weight_svd_residual, whitened_factors
+from rsparse.factorize import lowrank_factors, weight_svd_residual, activation_aware_factors
 from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module
 
 
@@ -87,15 +88,16 @@ def install_layers(
                 modules = {n: linears[n] for n in group}
                 weights = {n: _channel_weights(m, cfg.score) for n, m in modules.items()}
                 norms = {n: column_norms(m.weight) for n, m in modules.items()} if max_ranks else None
-                hists = score_histograms(layer, modules, weights, hidden, calls[i], prefix, norms)
+                inputs = group_inputs(layer, modules[group[0]], hidden, calls[i])
+                hists = score_histograms(inputs, weights, prefix + group[0], norms)
                 taus = {n: hists[n].threshold(budgets[prefix + n].active_fraction) for n in group}
                 ranks = {
                     n: max(budgets[prefix + n].r, max_ranks[prefix + n] if max_ranks else 0) for n in group
                 }
                 moments = {}
                 if any(ranks.values()) and (cfg.factorization == "activation" or max_ranks):
-                    fitted = {n: modules[n] for n in group if ranks[n]}
-                    moments = inactive_second_moments(layer, fitted, weights, taus, hidden, calls[i])
+                    moments = inactive_second_moments(inputs, weights, {n: taus[n] for n in group if ranks[n]})
+                del inputs
                 for n in group:
                     name, budget = prefix + n, budgets[prefix + n]
                     lowrank_in, lowrank_out, residual = _factors(
@@ -133,7 +135,7 @@ def _factors(weight: torch.Tensor, rank: int, second_moment: torch.Tensor | None
         empty_in, empty_out = lowrank_factors(weight, 0)
         return empty_in, empty_out, torch.ones(1, dtype=torch.float64)
     if factorization == "activation":
-        lowrank_in, lowrank_out, residual = whitened_factors(weight, rank, second_moment)
+        lowrank_in, lowrank_out, residual = activation_aware_factors(weight, rank, second_moment)
     else:
         lowrank_in, lowrank_out = lowrank_factors(weight, rank)
         residual = (

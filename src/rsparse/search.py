@@ -116,6 +116,7 @@ def search_budgets(
     }
     uniform = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
 
+    started = time.perf_counter()
     dense_logprobs = [_logprobs(model, b) for b in heldout]
     replaced, stats = install_layers(
         model, targets, fit, uniform, cfg, max_ranks=max_ranks, show_progress=show_progress,
@@ -124,6 +125,7 @@ def search_budgets(
     try:
         modules = rsparse_modules(model)
         tables = _Tables(stats, shapes, rhos, cfg)
+        logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), time.perf_counter() - started)
         evaluate = _Evaluator(model, modules, stats, heldout, dense_logprobs)
         return _refine(tables, evaluate, uniform, cfg, show_progress)
     finally:
@@ -278,7 +280,8 @@ def _refine(
 
 def _finish(bar, budgets, kl, uniform_kl, evaluations, knobs) -> SearchResult:
     logger.info(
-        "rsparse search: KL %.4f (uniform %.4f) after %d evaluations, model sparsity %.4f",
-        kl, uniform_kl, evaluations, model_sparsity(budgets.values()),
+        "rsparse search: KL %.4f (uniform %.4f) after %d evaluations (%.1fs), model sparsity %.4f, knobs %s",
+        kl, uniform_kl, evaluations, bar.format_dict["elapsed"], model_sparsity(budgets.values()),
+        {k: round(v, 2) for k, v in knobs.items()},
     )
     return SearchResult(dict(budgets), kl, uniform_kl, evaluations, knobs)
