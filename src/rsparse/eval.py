@@ -435,15 +435,22 @@ def read_task(task: str, limit: int | None = None, seed: int = 0) -> list[Item]:
     ```
     """
     _check_task(task)
+    name, subset, to_item = _TASK_SOURCES[task]
+    return sample_items([to_item(row) for row in read_offline_dataset(name, subset)], limit, seed)
+
+
+def sample_items(items: Sequence[Item], limit: int | None, seed: int = 0) -> list[Item]:
+    """A seeded random subset of ``limit`` items in their original order (all of them if ``None``).
+
+    Subsets are nested: with one seed, the items of a smaller limit are all in a larger one.
+    """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-    name, subset, to_item = _TASK_SOURCES[task]
-    rows = read_offline_dataset(name, subset)
-    if limit is not None and limit < len(rows):
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        rows = [rows[i] for i in sorted(order[:limit])]
-    return [to_item(row) for row in rows]
+    if limit is None or limit >= len(items):
+        return list(items)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[:limit])]
 
 
 def _stderr(hits: list[bool]) -> float:
