@@ -435,6 +435,7 @@ def read_task(task: str, limit: int | None = None, seed: int = 0) -> list[Item]:
     ```
     """
     _check_task(task)
+    sample_items([], limit)  # validates limit before any file is read
     name, subset, to_item = _TASK_SOURCES[task]
     return sample_items([to_item(row) for row in read_offline_dataset(name, subset)], limit, seed)
 
