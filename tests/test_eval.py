@@ -55,3 +55,159 @@ def test_text_windows_too_short():
     assert text_windows(["abcdef"] * 3, Tok(), 7, 4).shape == (3, 7)
     with pytest.raises(ValueError, match="fewer than one window of 64"):
         text_windows(["abc"], Tok(), 64, 1)
+
+
+# --- zero-shot multiple choice ---------------------------------------------------------------
+
+import re
+import zlib
+
+from rsparse.eval import PROTOCOLS, TASKS, Item, encode_pair, loglikelihoods, multiple_choice, read_task
+from tests.conftest import VOCAB
+
+
+class WordTokenizer:
+    """Whitespace-word tokenizer into the tiny vocabulary: a word keeps its leading spaces."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __call__(self, text, add_special_tokens=False):
+        pieces = re.findall(r"\s*\S+|\s+$", text)
+        return {"input_ids": [3 + zlib.crc32(p.encode()) % (VOCAB - 3) for p in pieces]}
+
+
+def test_read_task_formats():
+    sizes = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 570, "winogrande": 1267, "boolq": 3270}
+    for task in TASKS:
+        items = read_task(task)
+        assert len(items) == sizes[task]
+        assert all(0 <= it.gold < len(it.choices) for it in items)
+    piqa = read_task("piqa", limit=5)
+    assert all(it.context.startswith("Question: ") and it.context.endswith("\nAnswer:") for it in piqa)
+    assert all(len(it.choices) == 2 and it.suffix is None for it in piqa)
+    assert all(len(it.choices) == 4 and "[" not in it.context for it in read_task("hellaswag", limit=50))
+    boolq = read_task("boolq", limit=5)
+    assert all(it.choices == ("no", "yes") and it.context.endswith("?\nAnswer:") for it in boolq)
+    wino = read_task("winogrande", limit=5)[0]
+    (ctx1, cont1), (ctx2, cont2) = wino.requests()
+    assert cont1 == cont2 and ctx1 != ctx2 and "_" not in ctx1 + cont1  # partial scoring: options fill the blank
+    assert read_task("arc_easy", limit=3)[0].requests()[0][1].startswith(" ")
+
+
+def test_read_task_subsets_are_seeded_and_nested():
+    small, large = read_task("arc_easy", limit=20, seed=3), read_task("arc_easy", limit=60, seed=3)
+    assert small == read_task("arc_easy", limit=20, seed=3)
+    assert set(small) <= set(large)
+    assert small != read_task("arc_easy", limit=20, seed=4)
+
+
+def test_bad_task_protocol_and_limit():
+    with pytest.raises(ValueError, match=r"task must be one of \['piqa', 'hellaswag', 'arc_easy'"):
+        read_task("mmlu")
+    with pytest.raises(ValueError, match="limit must be a positive int"):
+        read_task("piqa", limit=0)
+    with pytest.raises(ValueError, match=r"protocol must be one of \['strict', 'deployment'\]"):
+        multiple_choice(tiny_model(), WordTokenizer(), "piqa", protocol="lenient", limit=1)
+    with pytest.raises(ValueError, match="must both hold tokens"):
+        loglikelihoods(tiny_model(), [([5, 6], [])])
+
+
+def test_encode_pair_moves_trailing_space_and_handles_empty_context():
+    tok = WordTokenizer()
+    assert encode_pair(tok, "a b ", "c") == encode_pair(tok, "a b", " c")
+    ctx, cont = encode_pair(tok, "", "x y")
+    assert ctx == [tok.bos_token_id] and cont == tok("x y")["input_ids"]
+
+
+def _requests(seed):
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(3, VOCAB, (12,), generator=g).tolist()
+    conts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (1, 4, 7)]
+    other = torch.randint(3, VOCAB, (10,), generator=g).tolist()
+    return [(ctx, c) for c in conts] + [(other, conts[1])]
+
+
+def _full_forward(model, ctx, cont):
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = model(ids).logits[0, len(ctx) - 1 : -1].float().log_softmax(-1)
+    return logp.gather(1, torch.tensor(cont)[:, None]).sum().item()
+
+
+def _decode_step_by_step(model, ctx, cont):
+    """What `generate` does: prefill the context (dense in mode "auto"), then one token per call."""
+    rsparse.set_mode(model, "auto")
+    with torch.no_grad():
+        out = model(torch.tensor([ctx]), use_cache=True)
+        total = 0.0
+        for t, token in enumerate(cont):
+            total += out.logits[0, -1].float().log_softmax(-1)[token].item()
+            if t + 1 < len(cont):
+                out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    return total
+
+
+def test_dense_model_gives_identical_protocols():
+    model = tiny_model()
+    requests = _requests(0)
+    strict = loglikelihoods(model, requests, protocol="strict", batch_size=2)
+    assert strict == loglikelihoods(model, requests, protocol="deployment", batch_size=2)
+    for (ctx, cont), (logp, _) in zip(requests, strict):
+        assert logp == pytest.approx(_full_forward(model, ctx, cont), abs=1e-4)
+    items = read_task("arc_easy", limit=6)
+    tok = WordTokenizer()
+    a = multiple_choice(model, tok, "arc_easy", items=items, show_progress=False)
+    b = multiple_choice(model, tok, "arc_easy", items=items, protocol="deployment", show_progress=False)
+    assert {k: a[k] for k in ("n", "acc", "acc_norm")} == {k: b[k] for k in ("n", "acc", "acc_norm")}
+
+
+def test_sparse_model_protocols_match_brute_force_references(calib):
+    model = tiny_model()
+    rsparse.sparsify(model, 0.6, calibration=calib, show_progress=False)
+    rsparse.set_mode(model, "dense")
+    requests = _requests(1)
+    strict = loglikelihoods(model, requests, protocol="strict", batch_size=2)
+    deployment = loglikelihoods(model, requests, protocol="deployment", batch_size=16)
+    assert {m.mode for m in model.modules() if isinstance(m, rsparse.RSparseLinear)} == {"dense"}
+    rsparse.set_mode(model, "sparse")
+    assert [s for s, _ in strict] == pytest.approx([_full_forward(model, *r) for r in requests], abs=1e-4)
+    stepped = [_decode_step_by_step(model, *r) for r in requests]
+    assert [d for d, _ in deployment] == pytest.approx(stepped, abs=1e-4)
+    # A one-token continuation is predicted by the dense prefill alone under deployment.
+    rsparse.set_mode(model, "dense")
+    assert deployment[0][0] == pytest.approx(_full_forward(model, *requests[0]), abs=1e-5)
+    assert all(abs(s - d) > 1e-3 for (s, _), (d, _) in zip(strict[1:], deployment[1:]))
+
+
+def test_shared_dense_prefill_store(calib):
+    dense, sparse = tiny_model(), tiny_model()
+    rsparse.sparsify(sparse, 0.5, calibration=calib, show_progress=False)
+    requests = _requests(2)
+    store: dict = {}
+    first = loglikelihoods(dense, requests, protocol="deployment", dense_prefill=store)
+    assert len(store) == 2 and first == loglikelihoods(dense, requests, protocol="deployment", dense_prefill=store)
+    plain = loglikelihoods(sparse, requests, protocol="deployment")
+    shared = loglikelihoods(sparse, requests, protocol="deployment", dense_prefill=store)
+    assert [s for s, _ in shared] == pytest.approx([p for p, _ in plain], abs=1e-4)
+    assert loglikelihoods(sparse, requests, protocol="deployment", dense_prefill=store) == shared  # store unchanged
+
+
+def test_multiple_choice_accuracy_is_the_argmax_of_loglikelihoods(calib):
+    model = tiny_model()
+    rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False)
+    tok = WordTokenizer()
+    items = read_task("piqa", limit=8, seed=1) + [
+        Item("the cat sat on the", ("mat", "dog ran far away"), 0),
+    ]
+    got = multiple_choice(model, tok, "piqa", items=items, protocol="deployment", show_progress=False)
+    hits = hits_norm = 0
+    for item in items:
+        scores = [lp for lp, _ in loglikelihoods(model, [encode_pair(tok, c, x) for c, x in item.requests()],
+                                                  protocol="deployment")]
+        normed = [s / n for s, n in zip(scores, item.lengths())]
+        hits += scores.index(max(scores)) == item.gold
+        hits_norm += normed.index(max(normed)) == item.gold
+    assert (got["task"], got["protocol"], got["n"]) == ("piqa", "deployment", 9)
+    assert got["acc"] == hits / 9 and got["acc_norm"] == hits_norm / 9
+    assert got["tokens"] > 0 and 0 <= got["acc_stderr"] < 0.5
+    assert set(PROTOCOLS) == {"strict", "deployment"}
