@@ -8,6 +8,7 @@ code, which takes minutes on the 2-core CI machine.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -173,7 +174,8 @@ def test_decode_speed_rejects_bad_settings(kw):
 @pytest.mark.slow
 def test_smollm2_compiled_greedy_equals_eager():
     """Acceptance 2, first half: 64 greedy tokens of the sparse SmolLM2-135M (fp32), compiled
-    decode step vs eager. Inductor where a C compiler works (minutes on 2 cores), else aot_eager."""
+    decode step vs eager. ``aot_eager`` by default; ``RSPARSE_TEST_INDUCTOR=1`` compiles with inductor
+    (passed once on the 2-core dev machine: 370 s, too long for CI)."""
     from rsparse.eval import load_offline_model
 
     model, tokenizer = load_offline_model(torch.float32)
@@ -181,18 +183,12 @@ def test_smollm2_compiled_greedy_equals_eager():
     rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False)
     prompt = tokenizer("The capital of France is a city that", return_tensors="pt").input_ids
     eager = decode_tokens(model, prompt, 64)
-    backend = "inductor" if _inductor_works() else "aot_eager"
+    backend = "inductor" if os.environ.get("RSPARSE_TEST_INDUCTOR") == "1" else "aot_eager"
     started = time.perf_counter()
     compiled = decode_tokens(model, prompt, 64, step=compile_decode_step(model, backend=backend))
     print(f"compiled ({backend}) decode of 64 tokens: {time.perf_counter() - started:.0f}s")
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-
-
-def _inductor_works() -> bool:
-    import shutil
-
-    return shutil.which("gcc") is not None or shutil.which("cc") is not None
 
 
 # ---------------------------------------------------------------- GPU (run on the lent H200)
