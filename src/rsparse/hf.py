@@ -102,6 +102,12 @@ class RSparseHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         return False
 
+    @property
+    def is_compileable(self) -> bool:
+        # `generate` compiles the decode step only when the quantizer says it can (the base class
+        # says no): the decode path is one custom op with a fake implementation and no host sync.
+        return True
+
 
 def check_checkpoint(files: list[str], config: RSparseConfig) -> None:
     """Check that the safetensors ``files`` hold every tensor of every configured layer, with its shape.

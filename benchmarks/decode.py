@@ -1,0 +1,327 @@
+"""End-to-end decode speed: dense vs rsparse, with the harness of `rsparse.bench.decode_speed`.
+
+Protocol: a Llama-3-8B-shaped model (hidden 4096, intermediate 14336, 32 layers, 32 heads,
+8 KV heads, vocab 128256) with random bf16 weights on the GPU (speed does not depend on weight
+values, DESIGN.md §8), or any local model (``--model PATH``). Each sparse variant is a copy of
+the dense model sparsified by ``rsparse.sparsify(model, target, calibration=<4×64 random
+tokens>)``, i.e. thresholds calibrated through the real pipeline so that the decode steps read
+the real number of weight rows; the kept fraction measured on decode steps is reported.
+Backend forced to ``"triton"`` for every sparse variant. "0 (kernel)" is target 0 with the
+budgets hidden, so that every layer runs the sparse kernel with every channel active instead of
+the dense GEMM it dispatches to by design.
+
+Each row: greedy decoding of ``--new-tokens`` tokens after a random prompt (eager dense prefill,
+static KV cache), decode steps eager or compiled (inductor, full graph, CUDA graphs), median
+ms per token over ``--repeats`` runs after one warm-up run, all in one process. Peak memory:
+``peak_model_mb`` = this model's parameters and buffers + the most memory allocated above what
+was allocated when the row started (other variants stay resident and are subtracted).
+
+    python benchmarks/decode.py --out benchmarks/results          # the whole grid, by priority
+    python benchmarks/decode.py --render benchmarks/results/decode.json   # table + plot, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+LLAMA3_8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+)
+SEED = 0
+
+
+def build_dense(args) -> torch.nn.Module:
+    import transformers as tf
+
+    if args.model:
+        model = tf.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
+        return model.eval()
+    shape = dict(LLAMA3_8B)
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    if args.tiny:  # a CPU smoke test of this script
+        shape.update(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(SEED)
+    with torch.device(args.device):
+        model = tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**shape), dtype=args.dtype)
+    return model.eval()
+
+
+def sparsify_copy(dense, target: float, device) -> tuple[torch.nn.Module, float]:
+    import rsparse
+
+    model = copy.deepcopy(dense)
+    vocab = model.config.get_text_config().vocab_size
+    calib = torch.randint(0, vocab, (4, 64), generator=torch.Generator().manual_seed(SEED + 1)).to(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    rsparse.sparsify(model, target, calibration=calib, show_progress=False)
+    _sync(device)
+    return model, time.perf_counter() - t0
+
+
+def kept_fraction(model, device) -> float:
+    """Weight-count-weighted mean kept fraction of the sparse linears over 4 eager decode steps."""
+    from rsparse.bench import decode_tokens
+    from rsparse.nn import rsparse_modules
+    from rsparse.ops import active_mask
+
+    sums, hooks = {}, []
+
+    def hook(mod, inputs):
+        x = inputs[0].reshape(-1, mod.in_features)
+        if mod.uses_sparse_path(inputs[0]):
+            sums.setdefault(mod, []).append(active_mask(x, mod.c, mod.tau).float().mean())
+
+    for m in rsparse_modules(model).values():
+        hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        vocab = model.config.get_text_config().vocab_size
+        prompt = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(SEED + 2)).to(device)
+        decode_tokens(model, prompt, 5)
+    finally:
+        for h in hooks:
+            h.remove()
+    num = sum(torch.stack(v).mean().item() * m.in_features * m.out_features for m, v in sums.items())
+    den = sum(m.in_features * m.out_features for m in sums)
+    return num / den
+
+
+def force_kernel(model, on: bool) -> None:
+    """Hide (or restore) the budgets so that layers keeping every channel still run the sparse kernel."""
+    from rsparse.nn import rsparse_modules
+
+    for m in rsparse_modules(model).values():
+        if on:
+            m._hidden_budget, m.budget = m.budget, None
+        elif hasattr(m, "_hidden_budget"):
+            m.budget = m._hidden_budget
+            del m._hidden_budget
+
+
+def grid(args) -> list[tuple[bool, int, int]]:
+    """(compiled, batch, prompt) in priority order: compiled b1 p128, b4 p128, eager, long prompts."""
+    order = []
+    for compiled in (True, False):
+        for prompt in args.prompts:
+            for batch in args.batches:
+                order.append((compiled, batch, prompt))
+    order.sort(key=lambda c: (c[2] != args.prompts[0], not c[0], c[1]))
+    return [c for c in order if ("compiled" if c[0] else "eager") in args.modes]
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    torch._dynamo.reset()  # also drops CUDA-graph pools of earlier rows
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run(args) -> None:
+    import rsparse
+    import transformers
+    import triton
+    from rsparse.bench import decode_speed
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "decode.jsonl"
+    started = time.perf_counter()
+    meta = {
+        "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
+        "model": args.model or ("Llama-3-8B shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
+        "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
+    }
+    print(json.dumps(meta), flush=True)
+    with jsonl.open("a") as f:
+        f.write(json.dumps({"meta": meta}) + "\n")
+
+    t0 = time.perf_counter()
+    dense = build_dense(args)
+    _sync(args.device)
+    print(f"dense model built in {time.perf_counter() - t0:.1f}s", flush=True)
+    variants = {"dense": (dense, None)}
+    info = {}
+    for target in args.targets:
+        model, secs = sparsify_copy(dense, target, args.device)
+        variants[f"{target:g}"] = (model, target)
+        info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept_fraction(model, args.device)}
+        print(f"target {target:g}: sparsify {secs:.1f}s, decode kept fraction {info[f'{target:g}']['kept_fraction_decode']:.3f}", flush=True)
+    if 0.0 in args.targets and args.kernel_at_zero:
+        variants["0 (kernel)"] = variants["0"]
+        info["0 (kernel)"] = {"kept_fraction_decode": 1.0}
+    names = list(variants)
+    # Within a setting: dense first, then the acceptance targets, then the rest.
+    priority = ["dense", "0.5", "0.7", "0", "0.4", "0 (kernel)"]
+    names.sort(key=lambda n: priority.index(n) if n in priority else len(priority))
+
+    est: dict[tuple, float] = {}
+    for compiled, batch, prompt in grid(args):
+        for name in names:
+            model, target = variants[name]
+            key = (compiled, batch, prompt)
+            guess = est.get(key, args.first_row_s if compiled else 40.0)
+            if time.perf_counter() - started + guess > args.time_limit:
+                print(f"skip {name} {key}: time limit", flush=True)
+                continue
+            rsparse.set_backend("triton" if target is not None and args.device == "cuda" else "auto")
+            force_kernel(model, name == "0 (kernel)")
+            _free()
+            base = torch.cuda.memory_allocated() if args.device == "cuda" else 0
+            t_row = time.perf_counter()
+            try:
+                r = decode_speed(model, batch_size=batch, prompt_len=prompt, new_tokens=args.new_tokens,
+                                 compile=compiled, repeats=args.repeats if compiled else args.eager_repeats, seed=SEED)
+            except Exception as e:  # keep the rows that worked
+                r = {"error": f"{type(e).__name__}: {e}"[:500]}
+            finally:
+                force_kernel(model, False)
+                rsparse.set_backend("auto")
+            row_s = time.perf_counter() - t_row
+            est[key] = max(est.get(key, 0.0) * 0.5, row_s * 1.1) if name != "dense" else row_s
+            row = {"variant": name, "target": target, "compiled": compiled, "batch_size": batch, "prompt_len": prompt,
+                   "row_s": row_s, **info.get(name, {}), **r}
+            if r.get("peak_memory_mb") is not None:
+                row["peak_model_mb"] = r["peak_memory_mb"] - base / 2**20 + r["model_memory_mb"]
+            with jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(_row_line(row), flush=True)
+    rows = _read(jsonl)[1]
+    (out / "decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    render(out / "decode.json")
+    print(f"total {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def _row_line(row) -> str:
+    if "error" in row:
+        return f"{row['variant']:>10} c={row['compiled']} b={row['batch_size']} p={row['prompt_len']}: {row['error']}"
+    return (f"{row['variant']:>10} c={int(row['compiled'])} b={row['batch_size']} p={row['prompt_len']}: "
+            f"{row['ms_per_token']:.3f} ms/tok ({row['tokens_per_s']:.1f} tok/s) peak {row.get('peak_model_mb') or 0:.0f} MB "
+            f"graphs {row['graphs_compiled']} breaks {row['graph_breaks']} [{row['row_s']:.0f}s]")
+
+
+def _read(path: Path):
+    meta, rows = {}, []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        if "meta" in d:
+            meta = d["meta"]
+        else:
+            rows.append(d)
+    return meta, rows
+
+
+def render(path: Path) -> None:
+    """Markdown table (speed-up over dense in the same setting) and a plot, next to the JSON."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        meta, rows = _read(path)
+    else:
+        d = json.loads(path.read_text())
+        meta, rows = d["meta"], d["rows"]
+    rows = [r for r in rows if "error" not in r]
+    dense = {(r["compiled"], r["batch_size"], r["prompt_len"]): r for r in rows if r["variant"] == "dense"}
+    lines = [
+        f"# Decode speed, dense vs rsparse ({meta.get('device')}, {meta.get('dtype')})", "",
+        f"{meta.get('model')}; torch {meta.get('torch')}, Triton {meta.get('triton')}, transformers "
+        f"{meta.get('transformers')}; {meta.get('new_tokens')} new tokens, median of {meta.get('repeats')} runs "
+        f"(eager rows: fewer, see JSON), seed {meta.get('seed')}, {meta.get('date')}. Speed-up = dense ms/token "
+        "over this row's, same setting. Peak = model + decode-time allocations (MB).", "",
+        "| mode | batch | prompt | variant | kept | ms/token | tokens/s | speed-up | peak MB | peak vs dense | graphs/breaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        key = (r["compiled"], r["batch_size"], r["prompt_len"])
+        d = dense.get(key)
+        speed = f"{d['ms_per_token'] / r['ms_per_token']:.2f}×" if d else "—"
+        peak = r.get("peak_model_mb")
+        vs = f"{peak / d['peak_model_mb']:.4f}" if d and peak and d.get("peak_model_mb") else "—"
+        kept = r.get("kept_fraction_decode")
+        lines.append(
+            f"| {'compiled' if r['compiled'] else 'eager'} | {r['batch_size']} | {r['prompt_len']} | {r['variant']} | "
+            f"{'1' if kept is None else f'{kept:.3f}'} | {r['ms_per_token']:.3f} | {r['tokens_per_s']:.1f} | {speed} | "
+            f"{'—' if peak is None else f'{peak:.0f}'} | {vs} | "
+            f"{'—' if r['graphs_compiled'] is None else str(r['graphs_compiled']) + '/' + str(r['graph_breaks'])} |"
+        )
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    settings = [k for k in dense]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings)), 4))
+    variants = [v for v in ["0", "0 (kernel)", "0.4", "0.5", "0.7"] if any(r["variant"] == v for r in rows)]
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        xs, ys = [], []
+        for j, key in enumerate(settings):
+            match = [r for r in rows if r["variant"] == v and (r["compiled"], r["batch_size"], r["prompt_len"]) == key]
+            if match:
+                xs.append(j + (i - (len(variants) - 1) / 2) * width)
+                ys.append(dense[key]["ms_per_token"] / match[0]["ms_per_token"])
+        ax.bar(xs, ys, width, label=f"target {v}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([f"{'compiled' if c else 'eager'}\nb{b} p{p}" for c, b, p in settings])
+    ax.set_ylabel("speed-up over dense (tokens/s)")
+    ax.set_title(f"rsparse decode, {meta.get('device')}, {meta.get('dtype')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--model", help="a local model folder instead of the random Llama-3-8B shape")
+    p.add_argument("--layers", type=int, help="fewer decoder layers (quick checks)")
+    p.add_argument("--tiny", action="store_true", help="tiny widths on the CPU: a smoke test of this script")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.4, 0.5, 0.7])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--prompts", type=int, nargs="+", default=[128, 2048])
+    p.add_argument("--modes", nargs="+", default=["compiled", "eager"], choices=["compiled", "eager"])
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eager-repeats", type=int, default=2)
+    p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
+    p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
+    p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
+    p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")
+    args = p.parse_args()
+    if args.render:
+        render(Path(args.render))
+        return
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    if args.device == "cpu" and not args.tiny:
+        raise SystemExit("no GPU: pass --tiny for a CPU smoke test")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Decode speed of a causal LM, the way transformers decodes fast: dense prefill, then one
+token per step through a static KV cache, optionally with the step compiled.
+
+`decode_speed` times the decode steps only (prefill excluded) with the same harness for a
+dense and a sparsified model, so that their ratio is the speed-up a user of ``generate``
+with ``cache_implementation="static"`` and a compiled forward can expect.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["decode_speed", "decode_tokens", "compile_decode_step"]
+
+
+def compile_decode_step(model: nn.Module, *, fullgraph: bool = True, backend: str = "inductor", mode: str | None = None):
+    """``torch.compile`` the model's forward for decode steps, as ``generate`` does with a static cache.
+
+    Args:
+        model (`nn.Module`): the causal LM.
+        fullgraph (`bool`, defaults to `True`): fail on a graph break instead of splitting the graph.
+        backend (`str`, defaults to ``"inductor"``): the compile backend (``"eager"`` or ``"aot_eager"``
+            trace without generating code, for tests on machines without a compiler).
+        mode (`str`, *optional*): compile mode; defaults to ``"reduce-overhead"`` (CUDA graphs) for a
+            model on CUDA with the inductor backend, the default mode otherwise.
+
+    Returns:
+        The compiled callable (the model itself is not modified).
+    """
+    if mode is None and backend == "inductor" and _device(model).type == "cuda":
+        mode = "reduce-overhead"
+    return torch.compile(model, fullgraph=fullgraph, backend=backend, mode=mode)
+
+
+@torch.no_grad()
+def decode_tokens(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    *,
+    step: Any = None,
+    cache: Any = None,
+) -> torch.Tensor:
+    """Greedy decoding with a static KV cache: dense prefill by ``model``, then ``new_tokens - 1``
+    single-token steps by ``step`` (``model`` itself, or `compile_decode_step(model)`).
+
+    Args:
+        model (`nn.Module`): the causal LM (runs the prefill).
+        prompt (`torch.LongTensor`): ``[batch, prompt_len]`` token ids on the model's device.
+        new_tokens (`int`): tokens to generate (the first comes from the prefill).
+        step (*optional*): the callable for decode steps; defaults to ``model``.
+        cache (*optional*): a `transformers.StaticCache` to reuse (it is reset first); by default
+            one of ``prompt_len + new_tokens`` positions is made.
+
+    Returns:
+        `torch.LongTensor` ``[batch, new_tokens]``: the generated ids.
+
+    Example:
+
+    ```python
+    >>> ids = decode_tokens(model, prompt, 64, step=compile_decode_step(model))  # doctest: +SKIP
+    ```
+    """
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be at least 1, got {new_tokens}")
+    if cache is None:
+        cache = _static_cache(model, prompt.shape[1] + new_tokens)
+    run = _Decoder(model, model if step is None else step, cache)
+    tok = run.prefill(prompt)
+    out = [tok]
+    for _ in range(new_tokens - 1):
+        tok = run.step(tok)
+        out.append(tok)
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def decode_speed(
+    model: nn.Module,
+    *,
+    batch_size: int = 1,
+    prompt_len: int = 128,
+    new_tokens: int = 256,
+    compile: bool | str = False,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median time per decoded token of greedy decoding with a static KV cache.
+
+    A random prompt (``seed``) of ``batch_size × prompt_len`` tokens is prefilled by the eager
+    model (dense, as in ``generate``); then ``new_tokens - 1`` single-token steps run, each
+    through ``model`` or, with ``compile=True``, through `compile_decode_step` (``torch.compile``,
+    full graph; CUDA graphs on a GPU). Only the decode steps are timed (CUDA events on a GPU, a
+    host clock on the CPU). One untimed warm-up run precedes the ``repeats`` timed ones, so that
+    compilation and CUDA-graph recording stay out of the numbers; the cache is reused and
+    reset between runs so the compiled step sees the same tensors every time.
+
+    Args:
+        model (`nn.Module`): a causal LM (dense or sparsified), in eval mode, on its device.
+        batch_size (`int`, defaults to 1): sequences decoded together.
+        prompt_len (`int`, defaults to 128): prompt tokens per sequence.
+        new_tokens (`int`, defaults to 256): tokens generated per sequence (at least 2).
+        compile (`bool` or `str`, defaults to `False`): compile the decode step; `True` uses inductor
+            (with CUDA graphs on a GPU), a string names another ``torch.compile`` backend (e.g.
+            ``"aot_eager"``, which traces the same graph without generating code).
+        repeats (`int`, defaults to 3): timed runs; the median is reported.
+        seed (`int`, defaults to 0): seed of the random prompt.
+
+    Returns:
+        `dict` with ``ms_per_token`` (median over runs of decode time / decode steps),
+        ``tokens_per_s`` (``batch_size`` sequences × 1000 / ``ms_per_token``), ``ms_per_token_runs``
+        (every run), ``peak_memory_mb`` (GPU: the most memory allocated during the decode steps,
+        model and cache included; CPU: None), ``model_memory_mb`` (parameters and buffers),
+        ``graphs_compiled`` and ``graph_breaks`` (torch.compile counters over the whole call;
+        None when not compiling), ``device``, ``dtype`` and the settings.
+
+    Example:
+
+    ```python
+    >>> r = decode_speed(model, batch_size=1, prompt_len=128, new_tokens=256, compile=True)  # doctest: +SKIP
+    >>> r["ms_per_token"], r["peak_memory_mb"]  # doctest: +SKIP
+    ```
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("prompt_len", prompt_len, 1),
+                             ("new_tokens", new_tokens, 2), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+    device = _device(model)
+    cuda = device.type == "cuda"
+    vocab = model.config.get_text_config().vocab_size
+    prompt = torch.randint(0, vocab, (batch_size, prompt_len), generator=torch.Generator().manual_seed(seed))
+    prompt = prompt.to(device)
+    steps = new_tokens - 1
+
+    if compile:
+        from torch._dynamo.utils import counters
+
+        # Earlier compilations of this model class (another model, batch size or target) would
+        # count against dynamo's recompile limit and could send this one back to eager.
+        torch._dynamo.reset()
+        counters.clear()
+        step = compile_decode_step(model, backend="inductor" if compile is True else compile)
+    else:
+        step = model
+    run = _Decoder(model, step, _static_cache(model, prompt_len + new_tokens))
+
+    def one_run(n_steps: int, measure: bool) -> tuple[float, float | None]:
+        tok = run.prefill(prompt)
+        peak = None
+        if cuda:
+            torch.cuda.synchronize(device)
+            if measure:
+                torch.cuda.reset_peak_memory_stats(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        for _ in range(n_steps):
+            tok = run.step(tok)
+        if cuda:
+            end.record()
+            torch.cuda.synchronize(device)
+            ms = start.elapsed_time(end)
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            ms = (time.perf_counter() - t0) * 1e3
+        return ms / n_steps, peak
+
+    one_run(min(steps, 8), measure=False)  # warm-up: compile, CUDA-graph recording, autotuning
+    times, peaks = [], []
+    for _ in range(repeats):
+        ms, peak = one_run(steps, measure=True)
+        times.append(ms)
+        peaks.append(peak)
+
+    graphs = breaks = None
+    if compile:
+        graphs = int(counters["stats"]["unique_graphs"])
+        breaks = int(sum(counters["graph_break"].values()))
+    ms_per_token = statistics.median(times)
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return {
+        "ms_per_token": ms_per_token,
+        "tokens_per_s": batch_size * 1e3 / ms_per_token,
+        "ms_per_token_runs": times,
+        "peak_memory_mb": max(peaks) if cuda else None,
+        "model_memory_mb": model_bytes / 2**20,
+        "graphs_compiled": graphs,
+        "graph_breaks": breaks,
+        "batch_size": batch_size,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "decode_steps": steps,
+        "compile": ("inductor" if compile is True else compile) if compile else False,
+        "repeats": repeats,
+        "seed": seed,
+        "device": torch.cuda.get_device_name(device) if cuda else device.type,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+class _Decoder:
+    """Prefill and single-token steps on one static cache, with the keyword names of the installed
+    transformers (``cache`` since 5.2x, ``past_key_values`` before; ``cache_position`` where the
+    forward still takes it). Positions live in a device tensor advanced in place: no host sync."""
+
+    def __init__(self, model: nn.Module, step: Any, cache: Any) -> None:
+        self.model, self.step_fn, self.cache = model, step, cache
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.pass_cache_position = "cache_position" in params
+        self.keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self.pos: torch.Tensor | None = None
+
+    def _call(self, fn, ids: torch.Tensor, positions: torch.Tensor, **extra) -> torch.Tensor:
+        kw = {self.cache_kw: self.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
+        if self.pass_cache_position:
+            kw["cache_position"] = positions
+        logits = fn(ids, **kw).logits
+        return logits[:, -1:].argmax(-1)
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        self.cache.reset()
+        n = prompt.shape[1]
+        extra = {self.keep_kw: 1} if self.keep_kw else {}
+        tok = self._call(self.model, prompt, torch.arange(n, device=prompt.device), **extra)
+        self.pos = torch.full((1,), n, dtype=torch.long, device=prompt.device)
+        return tok
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        tok = self._call(self.step_fn, tok, self.pos)
+        self.pos.add_(1)
+        return tok
+
+
+def _static_cache(model: nn.Module, max_len: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
