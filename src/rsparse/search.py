@@ -59,6 +59,8 @@ class SearchResult:
         uniform_kl: the same for uniform budgets at the target.
         evaluations: end-to-end evaluations spent.
         knobs: the error weights of the chosen allocation.
+        seconds_tables: time of the uniform pass that builds the tables.
+        seconds_evaluations: time of the refinement (the end-to-end evaluations).
     """
 
     budgets: dict[str, LayerBudget]
@@ -66,6 +68,8 @@ class SearchResult:
     uniform_kl: float
     evaluations: int
     knobs: dict[str, float]
+    seconds_tables: float = 0.0
+    seconds_evaluations: float = 0.0
 
 
 def split_holdout(batches: list[torch.Tensor], fraction: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -117,17 +121,21 @@ def search_budgets(
     uniform = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
 
     started = time.perf_counter()
-    dense_logprobs = [_logprobs(model, b) for b in heldout]
+    dense_logprobs, sensitivity = output_sensitivities(model, targets, heldout, seed=cfg.seed)
     replaced, stats = install_layers(
         model, targets, fit, uniform, cfg, max_ranks=max_ranks, show_progress=show_progress,
         desc="rsparse: search tables",
     )
     try:
         modules = rsparse_modules(model)
-        tables = _Tables(stats, shapes, rhos, cfg)
-        logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), time.perf_counter() - started)
+        tables = _Tables(stats, shapes, rhos, cfg, sensitivity)
+        seconds_tables = time.perf_counter() - started
+        logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), seconds_tables)
         evaluate = _Evaluator(model, modules, stats, heldout, dense_logprobs)
-        return _refine(tables, evaluate, uniform, cfg, show_progress)
+        result = _refine(tables, evaluate, uniform, cfg, show_progress)
+        result.seconds_tables = seconds_tables
+        result.seconds_evaluations = time.perf_counter() - started - seconds_tables
+        return result
     finally:
         restore(model, replaced)
 
@@ -135,8 +143,12 @@ def search_budgets(
 class _Tables:
     """Estimated relative error and bytes of every option of every linear, as ``[linears, options]``."""
 
-    def __init__(self, stats: dict[str, LinearStats], shapes, rhos, cfg: RSparseConfig) -> None:
+    def __init__(
+        self, stats: dict[str, LinearStats], shapes, rhos, cfg: RSparseConfig, sensitivity: dict[str, float] | None = None
+    ) -> None:
         self.names = list(stats)
+        sensitivity = sensitivity or {}
+        self.sensitivity = torch.tensor([sensitivity.get(k, 1.0) for k in self.names], dtype=torch.float64)
         self.shapes = shapes
         self.bounds = (1.0 - cfg.max_layer_sparsity, 1.0 - cfg.min_layer_sparsity)
         lo, hi = self.bounds
@@ -160,7 +172,7 @@ class _Tables:
     def allocate(self, knobs: dict[str, float], target: float) -> dict[str, tuple[float, float]]:
         """``{name: (s, rho)}`` minimising the weighted error at model-level sparsity ``target``."""
         groups = torch.tensor([knobs.get(f"group{g}", 0.0) for g in self.group], dtype=torch.float64)
-        weight = torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
+        weight = self.sensitivity * torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
         error = weight[:, None] * self.dropped * self.rank_left ** math.exp(knobs.get("rank", 0.0))
         bytes_ = self.size[:, None] * self.density[None, :] / self.size.sum()
         wanted = 1.0 - target
@@ -211,6 +223,61 @@ class _Evaluator:
             total += float((dense.exp() * (dense - sparse)).sum())
             count += dense.shape[0] * dense.shape[1]
         return total / count
+
+
+def output_sensitivities(
+    model: nn.Module, targets: dict[str, nn.Linear], batches: list[torch.Tensor], *, seed: int
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Dense next-token log-probabilities, and how much each linear's output error costs in KL.
+
+    To second order, the KL divergence caused by an output error ``δy`` of a linear is
+    ``½ E[(gᵀ δy)²]`` with ``g`` the gradient of the log-likelihood of a token sampled from the
+    dense model's own distribution (the Fisher information). Taking the error as isotropic with
+    energy ``e·||y||²`` (``e``: the relative error the tables estimate) gives the weight
+    ``Σ_t ||g_t||² ||y_t||² / out_features``: one backward pass over the held-out tokens for all
+    linears, with gradients of activations only (no weight gradients are formed).
+
+    Returns:
+        ``(logprobs, sensitivity)``: fp32 log-probabilities per batch, and a weight per linear.
+    """
+    sums = {name: torch.zeros((), dtype=torch.float64) for name in targets}
+
+    def track(name: str, out_features: int):
+        def hook(module, args, out):
+            if out.requires_grad:
+                energy = out.detach().float().square().sum(-1)
+
+                def on_grad(grad):
+                    sums[name] += float((grad.float().square().sum(-1) * energy).sum()) / out_features
+
+                out.register_hook(on_grad)
+
+        return hook
+
+    def needs_grad(module, args, out):
+        return out.requires_grad_()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    handles = [m.register_forward_hook(track(n, m.out_features)) for n, m in targets.items()]
+    handles.append(model.get_input_embeddings().register_forward_hook(needs_grad))
+    generator = torch.Generator(device=batches[0].device).manual_seed(seed)
+    logprobs = []
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for batch in batches:
+                lp = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+                sampled = torch.multinomial(lp.detach().exp().flatten(0, 1), 1, generator=generator)
+                nll = -lp.flatten(0, 1).gather(1, sampled).sum()
+                nll.backward()
+                logprobs.append(lp.detach())
+    finally:
+        for h in handles:
+            h.remove()
+        for p in params:
+            p.requires_grad_(True)
+    return logprobs, {name: float(v) for name, v in sums.items()}
 
 
 def _logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
