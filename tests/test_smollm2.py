@@ -61,7 +61,10 @@ def test_save_load_round_trip_and_size(smollm2, tmp_path):
     def size(folder):
         return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
-    assert size(tmp_path / "sparse") <= 1.05 * size(tmp_path / "dense")
+    # The weights are stored once (transposed); what comes on top is the low-rank factors of
+    # the layers the search gave a rank, and c/tau.
+    factors = sum(b.r * (b.in_features + b.out_features) for b in sparse.rsparse_config.layers.values()) * 4
+    assert size(tmp_path / "sparse") <= 1.01 * size(tmp_path / "dense") + factors
 
     prompt = heldout[:1, :16]
     kw = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)

@@ -7,7 +7,10 @@ Three steps, each cheap:
    low-rank residual curve under the inactive inputs' second moment. Together they estimate
    the relative output error of any option ``(density C, sparse share rho)``:
    ``dropped_energy(rho·C) · residual(r)`` with ``r`` the rank the rest of the budget buys.
-2. **Allocation.** Minimise ``Σ_i w_i · error_i`` subject to the weight-count-weighted density
+2. **Allocation.** Each relative error is priced by ``w_i``, what an output error of that
+   linear costs in KL divergence to second order: its Fisher-weighted output energy, from one
+   backward pass of the dense model over held-out tokens (`output_sensitivities`).
+   Minimise ``Σ_i w_i · error_i`` subject to the weight-count-weighted density
    being ``1 - target``: one Lagrange multiplier, bisected, picks every layer's option; the
    few layers whose option flips at the final multiplier are interpolated to meet the target
    exactly.
@@ -172,7 +175,9 @@ class _Tables:
     def allocate(self, knobs: dict[str, float], target: float) -> dict[str, tuple[float, float]]:
         """``{name: (s, rho)}`` minimising the weighted error at model-level sparsity ``target``."""
         groups = torch.tensor([knobs.get(f"group{g}", 0.0) for g in self.group], dtype=torch.float64)
-        weight = self.sensitivity * torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
+        # "sensitivity" trusts the Fisher weights more (> 0) or less (< 0, down to ignoring them at -1).
+        trust = 1.0 + knobs.get("sensitivity", 0.0)
+        weight = self.sensitivity**trust * torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
         error = weight[:, None] * self.dropped * self.rank_left ** math.exp(knobs.get("rank", 0.0))
         bytes_ = self.size[:, None] * self.density[None, :] / self.size.sum()
         wanted = 1.0 - target
@@ -293,7 +298,9 @@ def _refine(
 ) -> SearchResult:
     """Coordinate descent over the knobs, each candidate allocation scored end to end."""
     started = time.perf_counter()
-    knob_names = sorted({f"group{g}" for g in tables.group}) + ["depth"] + (["rank"] if cfg.rho is None else [])
+    knob_names = (
+        ["sensitivity"] + sorted({f"group{g}" for g in tables.group}) + ["depth"] + (["rank"] if cfg.rho is None else [])
+    )
     budget_limit = cfg.search_evaluations
     seen: dict[tuple, float] = {}
     bar = tqdm(total=budget_limit, desc="rsparse: search", disable=not show_progress)
