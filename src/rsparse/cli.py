@@ -629,6 +629,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     import rsparse
     from rsparse.nn import rsparse_modules
 
+    if args.target is None:
+        _check_sparse_source(args.model)  # a usage error comes before a missing-feature one
     try:
         from rsparse.bench import decode_speed
     except ImportError:
