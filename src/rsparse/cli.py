@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--score", choices=SCORES, default="rsparse", help="channel score rule (default: rsparse)")
         group.add_argument("--search", choices=SEARCHES, default="none", help="per-layer budget search (default: none)")
         group.add_argument("--rho", type=_rho, default=None,
-                           help="share of each layer's budget spent on channels, the rest buys rank (default: chosen by the search)")
+                           help="share of each layer's budget spent on channels, the rest buys rank (default: 1.0 with --search none)")
 
     parser = _Parser(
         prog="rsparse",
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=_positive_int, default=128, help="prompt tokens, prefilled dense (default: 128)")
     p.add_argument("--new-tokens", type=_positive_int, default=256, help="tokens decoded per repeat (default: 256)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (default: 3)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (static cache)")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (passed to rsparse.bench.decode_speed)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     sparsify_options(p, None)
 
