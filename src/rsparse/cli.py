@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ PPL = "ppl"
 # The zero-shot tasks of `rsparse.eval.multiple_choice`; the installed `rsparse.eval.TASKS` wins.
 EXPECTED_MC_TASKS = ("piqa", "hellaswag", "arc_easy", "winogrande", "boolq")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Any of these in a model folder means it ships a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 class CliError(Exception):
@@ -287,8 +291,11 @@ def _output_settings(quiet: bool) -> Iterator[None]:
              hub_logger.level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         if quiet:
+            # Some libraries draw progress bars that no setting reaches (the GGUF loader's tqdm):
+            # while quiet, stderr goes nowhere; main prints errors after this context exits.
+            stack.enter_context(contextlib.redirect_stderr(stack.enter_context(open(os.devnull, "w"))))
             warnings.simplefilter("ignore")
             logger.setLevel(logging.ERROR)
             hf_logging.set_verbosity_error()
@@ -412,12 +419,17 @@ def _load(args: argparse.Namespace, source: str, *, need_tokenizer: bool) -> tup
             model = rsparse.from_pretrained(location, **_dtype_kwargs(dtype))
         else:
             model = AutoModelForCausalLM.from_pretrained(location, **extra, **_dtype_kwargs(dtype))
-        tokenizer = None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(location, **extra)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            if need_tokenizer:
-                raise CliError(f"{source} has no usable tokenizer, which this command needs: {_first_lines(e, 1)}") from None
+        tokenizer, problem = None, "no tokenizer files"
+        if kind != "folder" or any((path / f).is_file() for f in TOKENIZER_FILES):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                problem = _first_lines(e, 1)
+        if tokenizer is not None and len(tokenizer) <= 1:
+            # transformers 5 builds an empty tokenizer from the model type when files are missing
+            tokenizer, problem = None, "an empty vocabulary"
+        if tokenizer is None and need_tokenizer:
+            raise CliError(f"{source} has no usable tokenizer ({problem}), which this command needs")
     except ImportError as e:
         hint = " (GGUF files need: pip install gguf)" if kind == "gguf" else ""
         raise CliError(f"could not load {source}: {_first_lines(e, 1)}{hint}") from None
