@@ -171,6 +171,11 @@ def test_summary(sparse_dir, capsys):
     assert "model-level sparsity: 0.5000 over 14 layers" in out
 
 
+def test_quiet_before_the_command(sparse_dir, capsys):
+    rc, out, err = run(capsys, "-q", "summary", sparse_dir)
+    assert rc == 0 and err == "" and "model-level sparsity" in out
+
+
 def test_summary_json(sparse_dir, capsys):
     rc, out, _ = run(capsys, "summary", sparse_dir, "--json", "-q")
     data = json.loads(out)

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                "1 failure while running, 2 bad command line (missing folder, bad value, not an rsparse folder).",
     )
     parser.add_argument("--version", action="version", version=f"rsparse {__version__}")
+    # Also accepted before the command (``rsparse -q summary DIR``); merged in `main`.
+    parser.add_argument("-q", "--quiet", action="store_true", dest="global_quiet", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", dest="global_debug", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("sparsify", parents=[common, loading], help="sparsify MODEL and save it to --out",
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("rsparse: error: a command is required: sparsify, eval, bench or summary", file=sys.stderr)
         return EXIT_USAGE
+    args.quiet = args.quiet or args.global_quiet
+    args.debug = args.debug or args.global_debug
     command = {"sparsify": _cmd_sparsify, "eval": _cmd_eval, "bench": _cmd_bench, "summary": _cmd_summary}[args.command]
     try:
         with _output_settings(args.quiet):
