@@ -56,7 +56,7 @@ def files(tmp_path_factory):
 def sparse_dir(files):
     out = files / "sparse"
     rc = main(["sparsify", str(files / "dense"), "--target", "0.5", "--out", str(out), "--calib",
-               str(files / "calib.txt"), "--samples", "4", "--seq-len", "64", "--quiet"])
+               str(files / "calib.txt"), "--samples", "4", "--seq-len", "64", "--search", "none", "--quiet"])
     assert rc == 0
     return out
 
@@ -91,13 +91,25 @@ def test_sparsify_writes_a_loadable_checkpoint_with_tokenizer(sparse_dir):
 def test_sparsify_passes_options_through_and_reports(files, capsys):
     out = files / "magnitude"
     rc, stdout, err = run(capsys, "sparsify", files / "dense", "--target", "0.3", "--out", out, "--score",
-                          "magnitude", "--rho", "0.8", "--seed", "3", "--samples", "2", "--seq-len", "48")
+                          "magnitude", "--rho", "0.8", "--seed", "3", "--samples", "2", "--seq-len", "48",
+                          "--search", "none")
     assert rc == 0
     assert "model-level sparsity 0.3000" in stdout and str(out) in stdout
     assert "rsparse: calibrate + install" in err  # the progress bar, on stderr
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (qc["score"], qc["rho"], qc["seed"], qc["calibration_source"]) == ("magnitude", 0.8, 3, "self-generated")
     assert all(layer["r"] > 0 for layer in qc["layers"].values())
+
+
+def test_sparsify_with_the_default_search(files, capsys):
+    out = files / "searched"
+    rc, stdout, _ = run(capsys, "sparsify", files / "dense", "--out", out, "--calib", files / "calib.txt",
+                        "--samples", "4", "--seq-len", "64", "-q")
+    assert rc == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["search"] == rsparse.RSparseConfig().search
+    rc, stdout, _ = run(capsys, "summary", out, "--json", "-q")
+    assert rc == 0 and abs(json.loads(stdout)["model_sparsity"] - 0.5) < 0.01
 
 
 def test_quiet_prints_only_the_result(files, capsys):
@@ -264,10 +276,12 @@ def test_bench(sparse_dir, capsys):
                      "--json", "-q")
     assert rc == 0
     data = json.loads(out)
-    for key in ("ms_per_token", "tokens_per_s", "peak_memory_mb"):
-        assert data["sparse"][key] > 0 or key == "peak_memory_mb"
-        assert key in data["dense"]
+    for run_ in (data["sparse"], data["dense"]):
+        assert run_["ms_per_token"] > 0 and run_["tokens_per_s"] > 0 and "peak_memory_mb" in run_
     assert data["speedup"] == pytest.approx(data["dense"]["ms_per_token"] / data["sparse"]["ms_per_token"])
+    # The table form, where the CPU reports no peak memory; the model is left in its own mode.
+    rc, out, _ = run(capsys, "bench", sparse_dir, "--prompt-len", "8", "--new-tokens", "3", "--repeats", "1", "-q")
+    assert rc == 0 and "sparse" in out and "dense" in out and "speedup (dense ms / sparse ms)" in out
 
 
 # --------------------------------------------------------------------------- the program itself
@@ -327,7 +341,7 @@ def test_sparsify_a_gguf_file(tmp_path, capsys):
     calib = tmp_path / "calib.txt"
     calib.write_text("\n\n".join(rsparse.eval.boolq_passages("calibration")[:40]))
     rc, out, err = run(capsys, "sparsify", gguf, "--out", tmp_path / "out", "--calib", calib, "--samples", "2",
-                       "--seq-len", "128", "-q")
+                       "--seq-len", "128", "--search", "none", "-q")
     assert rc == 0 and "210 linears" in out
     assert err == ""  # not even the GGUF loader's own progress bar
     rc, out, _ = run(capsys, "summary", tmp_path / "out", "--json", "-q")

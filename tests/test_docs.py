@@ -35,7 +35,7 @@ def _module_public(module_name: str) -> dict[str, object]:
 
 def public_objects() -> dict[str, object]:
     found = {f"rsparse.{n}": getattr(rsparse, n) for n in rsparse.__all__ if n != "__version__"}
-    for module in ("rsparse.eval", "rsparse.cli", "rsparse.bench"):  # bench: once that work is merged
+    for module in ("rsparse.eval", "rsparse.cli", "rsparse.bench", "rsparse.lm_eval"):  # lm_eval: if installed
         found.update(_module_public(module))
     return found
 

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ```
     """
     from rsparse import __version__
-    from rsparse.config import SCORES, SEARCHES
+    from rsparse.config import SCORES, SEARCHES, RSparseConfig
     from rsparse.eval import PROTOCOLS
 
     common = _Parser(add_help=False)
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
     loading.add_argument("--dtype", choices=DTYPES, default="auto",
                          help="weight dtype; auto = float32 on CPU, bfloat16 on CUDA (default: auto)")
+
+    defaults = RSparseConfig()
 
     def sparsify_options(parser: argparse.ArgumentParser, target_default: float | None) -> None:
         group = parser.add_argument_group("sparsification")
@@ -164,9 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per calibration sequence (default: 256)")
         group.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default: 0)")
         group.add_argument("--score", choices=SCORES, default="rsparse", help="channel score rule (default: rsparse)")
-        group.add_argument("--search", choices=SEARCHES, default="none", help="per-layer budget search (default: none)")
+        group.add_argument("--search", choices=SEARCHES, default=defaults.search,
+                           help=f"per-layer budget search; 'none' gives every layer the target (default: {defaults.search})")
         group.add_argument("--rho", type=_rho, default=None,
-                           help="share of each layer's budget spent on channels, the rest buys rank (default: 1.0 with --search none)")
+                           help="share of each layer's budget spent on channels, the rest buys rank "
+                                "(default: chosen by the search; 1.0 with --search none)")
+        if hasattr(defaults, "factorization"):
+            from rsparse.config import FACTORIZATIONS
+
+            group.add_argument("--factorization", choices=FACTORIZATIONS, default=defaults.factorization,
+                               help=f"low-rank fit (default: {defaults.factorization})")
 
     parser = _Parser(
         prog="rsparse",
@@ -470,9 +479,10 @@ def _sparsify_in_place(args: argparse.Namespace, model: Any, tokenizer: Any) -> 
         if tokenizer is None:
             raise CliError(f"--calib {args.calib} needs the model's tokenizer, and {args.model} has none")
         calibration = _calibration_texts(args.calib)
+    extra = {"factorization": args.factorization} if hasattr(args, "factorization") else {}
     config = RSparseConfig(
         target=args.target, rho=args.rho, score=args.score, search=args.search, seed=args.seed,
-        calibration_samples=args.samples, calibration_seq_len=args.seq_len,
+        calibration_samples=args.samples, calibration_seq_len=args.seq_len, **extra,
     )
     _say(args, f"rsparse: sparsifying to target {args.target} "
                f"({'calibration text ' + str(args.calib) if calibration else 'self-generated calibration text'}) ...")
@@ -575,7 +585,7 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         _print_json({"dir": str(folder), "config": {k: v for k, v in cfg.to_dict().items() if k != "layers"},
                      **dataclasses.asdict(report)})
         return
-    rho = cfg.rho if cfg.rho is not None else "auto"
+    rho = cfg.rho if cfg.rho is not None else ("per layer" if cfg.search != "none" else 1.0)
     print(f"{folder}: target {cfg.target}, score {cfg.score}, search {cfg.search}, rho {rho}, "
           f"calibration {cfg.calibration_source} ({cfg.calibration_samples} x {cfg.calibration_seq_len}), "
           f"seed {cfg.seed}, rsparse {cfg.library_version}")
@@ -676,7 +686,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
           f"{args.repeats} repeats{', compiled' if args.compile else ''}")
     print(f"{'':<8} {'ms/token':>10} {'tokens/s':>10} {'peak MB':>10}")
     for name, r in (("sparse", sparse), ("dense", dense)):
-        print(f"{name:<8} {r['ms_per_token']:>10.3f} {r['tokens_per_s']:>10.1f} {r['peak_memory_mb']:>10.1f}")
+        peak = r.get("peak_memory_mb")
+        peak_text = f"{peak:>10.1f}" if isinstance(peak, (int, float)) else f"{'-':>10}"  # None on the CPU
+        print(f"{name:<8} {r['ms_per_token']:>10.3f} {r['tokens_per_s']:>10.1f} {peak_text}")
     print(f"speedup (dense ms / sparse ms): {speedup:.2f}x")
 
 
