@@ -32,6 +32,13 @@ def compile_decode_step(model: nn.Module, *, fullgraph: bool = True, backend: st
 
     Returns:
         The compiled callable (the model itself is not modified).
+
+    Example:
+
+    ```python
+    >>> step = compile_decode_step(model)  # doctest: +SKIP
+    >>> # call step(...) as model(...) for each single-token decode step on a static cache
+    ```
     """
     if mode is None and backend == "inductor" and _device(model).type == "cuda":
         mode = "reduce-overhead"

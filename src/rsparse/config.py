@@ -48,6 +48,15 @@ class LayerBudget:
         rho (`float`): share of the budget spent on the sparse (channel) path.
         k (`float`): expected number of active input channels per token, ``rho * (1 - s) * n``.
         r (`int`): rank of the low-rank path, ``floor((1 - rho) * (1 - s) * m * n / (m + n))``.
+
+    Example:
+
+    ```python
+    >>> from rsparse.budget import layer_budget
+    >>> b = layer_budget(4096, 14336, s=0.5, rho=0.8)
+    >>> b.r, b.active_fraction
+    (318, 0.4)
+    ```
     """
 
     in_features: int

