@@ -38,3 +38,13 @@ def test_unknown_key_lists_valid_keys():
 def test_invalid_values_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RSparseConfig(**kwargs)
+
+
+def test_format_1_configs_still_load():
+    # Written before the search settings existed: the new fields take their defaults.
+    old = {k: v for k, v in rsparse.RSparseConfig().to_dict().items() if k not in (
+        "factorization", "min_layer_sparsity", "max_layer_sparsity", "search_evaluations",
+        "search_time_limit", "search_holdout")}
+    old.update(format_version=1, search="none")
+    cfg = rsparse.RSparseConfig.from_dict(old)
+    assert cfg.format_version == 1 and cfg.factorization == "activation" and cfg.search == "none"

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rsparse
+from rsparse.config import FORMAT_VERSION
 import rsparse.hf
 from rsparse.nn import RSparseLinear, rsparse_modules
 from tests.conftest import FAMILIES, random_tokens, tiny_model
@@ -65,7 +66,7 @@ def test_generate_same_tokens_after_reload(saved):
 def test_config_json_and_model_card(saved):
     model, folder = saved
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "rsparse" and qc["target"] == 0.5 and qc["format_version"] == 1
+    assert qc["quant_method"] == "rsparse" and qc["target"] == 0.5 and qc["format_version"] == FORMAT_VERSION
     assert qc["layers"]["model.layers.0.mlp.up_proj"] == model.rsparse_config.layers["model.layers.0.mlp.up_proj"].to_dict()
     assert qc["library_version"] == rsparse.__version__ and qc["seed"] == 0
     card = (folder / "README.md").read_text()

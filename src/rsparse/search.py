@@ -273,10 +273,12 @@ def output_sensitivities(
         with torch.enable_grad():
             for batch in batches:
                 lp = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+                logprobs.append(lp.detach())
+                if not torch.isfinite(lp).all():
+                    continue  # the calibration pass names the layer where NaN or inf appear
                 sampled = torch.multinomial(lp.detach().exp().flatten(0, 1), 1, generator=generator)
                 nll = -lp.flatten(0, 1).gather(1, sampled).sum()
                 nll.backward()
-                logprobs.append(lp.detach())
     finally:
         for h in handles:
             h.remove()
