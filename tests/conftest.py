@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
-from transformers import AutoModelForCausalLM
+
+# Without a GPU the Triton kernels run under the interpreter.  The switch is read when
+# `triton.language` is first imported, so it must be set here, before any test module
+# (test_cli, test_decode, ...) imports rsparse's kernels; setting it later in one test
+# file leaves the kernels half-compiled ("Cannot call @triton.jit'd outside of a kernel").
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 VOCAB = 128
 

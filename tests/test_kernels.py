@@ -1,7 +1,7 @@
 """Triton kernels of ``rsparse::sparse_linear`` against the PyTorch reference.
 
 Without a GPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set
-here before Triton is imported) at small shapes; ``gpu`` tests run the compiled kernels,
+in conftest.py before anything imports Triton) at small shapes; ``gpu`` tests run the compiled kernels,
 CUDA-graph capture and ``torch.compile(fullgraph=True)``.
 """
 
@@ -10,17 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-import rsparse  # noqa: E402
-from rsparse.budget import layer_budget  # noqa: E402
-from rsparse.nn import RSparseLinear, forward_shared_input  # noqa: E402
-from rsparse.ops import backend, sparse_linear_reference  # noqa: E402
+import rsparse
+from rsparse.budget import layer_budget
+from rsparse.nn import RSparseLinear, forward_shared_input
+from rsparse.ops import backend, sparse_linear_reference
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
