@@ -15,6 +15,7 @@ from rsparse.budget import model_sparsity, uniform_budgets
 from rsparse.calibrate import calibration_batches
 from rsparse.config import RSparseConfig
 from rsparse.hf import attach
+from rsparse.fuse import linked_groups
 from rsparse.install import install_layers
 from rsparse.nn import decoder_layers, rsparse_modules
 from rsparse.search import search_budgets
@@ -103,6 +104,7 @@ def sparsify(
     for m in rsparse_modules(model).values():
         m.set_mode(cfg.mode)
     cfg.layers = {name: budgets[name] for name in replaced}
+    cfg.groups = linked_groups(model)  # so that loading links them again
     model.rsparse_config = cfg
     attach(model, cfg)  # save_pretrained / from_pretrained support
     logger.info(

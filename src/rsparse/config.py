@@ -155,6 +155,13 @@ class RSparseConfig:
     layers: dict[str, LayerBudget] = field(
         default_factory=dict, metadata={"help": "per-layer budgets, filled in by sparsify"}
     )
+    groups: list[list[str]] = field(
+        default_factory=list,
+        metadata={
+            "help": "layers that read the same input (q/k/v, gate/up), in call order, served by one "
+            "fused launch per decode step; filled in by sparsify"
+        },
+    )
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "on-disk format version"})
     library_version: str = field(
         default_factory=_library_version, metadata={"help": "rsparse version that wrote the config"}
@@ -215,6 +222,10 @@ class RSparseConfig:
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(p, str) for p in value):
                 raise ValueError(f"{name} must be a list of fnmatch patterns, got {value!r}")
+        if isinstance(self.groups, str) or not all(
+            isinstance(g, (list, tuple)) and all(isinstance(n, str) for n in g) for g in self.groups
+        ):
+            raise ValueError(f"groups must be a list of lists of layer names, got {self.groups!r}")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"format_version {self.format_version} is newer than this rsparse supports "
@@ -226,6 +237,7 @@ class RSparseConfig:
         data = dataclasses.asdict(self)
         data["include"] = list(self.include)
         data["exclude"] = list(self.exclude)
+        data["groups"] = [list(g) for g in self.groups]
         return data
 
     @classmethod

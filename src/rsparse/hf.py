@@ -29,6 +29,7 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from rsparse.config import RSparseConfig
+from rsparse.fuse import link_groups
 from rsparse.nn import RSparseLinear, replace_module, rsparse_modules
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def install_skeletons(model: nn.Module, config: RSparseConfig) -> None:
         )
         new.budget = budget
         replace_module(model, name, new)
+    link_groups(model, config.groups)  # fused decode launches, as after sparsify
     model.rsparse_config = config
 
 

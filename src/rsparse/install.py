@@ -26,6 +26,7 @@ from rsparse.calibrate import (
 )
 from rsparse.config import LayerBudget, RSparseConfig
 from rsparse.factorize import lowrank_factors, weight_svd_residual, activation_aware_factors
+from rsparse.fuse import link_groups
 from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module
 
 
@@ -74,17 +75,20 @@ def install_layers(
     Returns:
         ``(replaced, stats)``: the original modules by name (for `restore`; already replaced
         ones are restored on failure before the exception propagates) and the statistics
-        (empty without ``max_ranks``).
+        (empty without ``max_ranks``). The new layers that read the same input are linked for
+        fused decode launches (`rsparse.fuse`), once every layer is calibrated.
     """
     stack_name, layers = decoder_layers(model)
     replaced: dict[str, nn.Linear] = {}
     stats: dict[str, LinearStats] = {}
+    shared: list[list[str]] = []
     try:
         hidden, calls = capture_layer_calls(model, layers, batches)
         for i, layer in enumerate(tqdm(layers, desc=desc, disable=not show_progress)):
             prefix = f"{stack_name}.{i}."
             linears = {n[len(prefix):]: m for n, m in targets.items() if n.startswith(prefix)}
             for g, group in enumerate(input_groups(layer, linears, hidden[0], calls[i][0])):
+                shared.append([prefix + n for n in group])
                 modules = {n: linears[n] for n in group}
                 weights = {n: _channel_weights(m, cfg.score) for n, m in modules.items()}
                 norms = {n: column_norms(m.weight) for n, m in modules.items()} if max_ranks else None
@@ -115,6 +119,7 @@ def install_layers(
                     replaced[name] = replace_module(model, name, new)
                     _release_weight(modules[n])
             hidden = [run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
+        link_groups(model, shared)
     except BaseException:
         restore(model, replaced)
         raise

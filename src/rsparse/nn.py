@@ -74,6 +74,10 @@ class RSparseLinear(nn.Module):
             self.register_parameter("bias", None)
         self.budget: LayerBudget | None = None
         self.decode_cutoff = decode_cutoff
+        # The `rsparse.fuse.SharedInputGroup` this layer belongs to (q/k/v, gate/up), and its
+        # place in it; set by `rsparse.fuse.link_groups`. A plain attribute, not state.
+        self.shared_input = None
+        self.shared_slot = 0
         self.set_mode(mode)
 
     @classmethod
@@ -135,6 +139,8 @@ class RSparseLinear(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode
+        if self.shared_input is not None:  # outputs kept for a member were made in the old mode
+            self.shared_input.clear()
 
     def uses_sparse_path(self, x: torch.Tensor) -> bool:
         """Whether a call on ``x`` takes the sparse path (decided from shapes only)."""
@@ -150,8 +156,18 @@ class RSparseLinear(nn.Module):
         the sparse kernel would then read the whole weight, so the dense GEMM serves it."""
         return self.budget is not None and self.budget.k >= self.in_features and self.rank == 0
 
+    def takes_kernel(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` runs ``rsparse::sparse_linear`` (decided from shapes and settings only)."""
+        return self.uses_sparse_path(x) and not self.keeps_every_channel()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.uses_sparse_path(x) or self.keeps_every_channel():
+        if self.shared_input is not None:  # may answer from one fused launch for the whole group
+            return self.shared_input(self, x)
+        return self.forward_alone(x)
+
+    def forward_alone(self, x: torch.Tensor) -> torch.Tensor:
+        """This layer's output computed on its own (no fused launch with the layers sharing its input)."""
+        if not self.takes_kernel(x):
             return self.forward_dense(x)
         y = torch.ops.rsparse.sparse_linear(
             x.reshape(-1, self.in_features),
@@ -202,8 +218,13 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     """
     if len({m.in_features for m in modules}) != 1:
         raise ValueError(f"modules must share in_features, got {[m.in_features for m in modules]}")
-    if len(modules) < 2 or any(m.keeps_every_channel() or not m.uses_sparse_path(x) for m in modules):
-        return [m(x) for m in modules]
+    if len(modules) < 2 or not all(m.takes_kernel(x) for m in modules):
+        return [m.forward_alone(x) for m in modules]
+    return fused_forward(x, modules)
+
+
+def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
+    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
     n = modules[0].in_features
     ys = torch.ops.rsparse.sparse_linear_multi(
         x.reshape(-1, n),
