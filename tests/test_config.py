@@ -10,6 +10,7 @@ from rsparse.config import FORMAT_VERSION, RSparseConfig
 def test_round_trip_through_json():
     cfg = RSparseConfig(target=0.7, rho=0.9, score="magnitude", include=["*mlp*"], seed=3)
     cfg.layers = {"model.layers.0.mlp.up_proj": layer_budget(64, 96, 0.7, 0.9)}
+    cfg.groups = [["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]]
     again = RSparseConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert again.library_version == rsparse.__version__
@@ -33,6 +34,7 @@ def test_unknown_key_lists_valid_keys():
         ({"calibration_samples": 0}, r"calibration_samples must be a positive int"),
         ({"include": "*proj"}, r"include must be a list of fnmatch patterns"),
         ({"format_version": FORMAT_VERSION + 1}, r"newer than this rsparse supports"),
+        ({"groups": ["q_proj", "k_proj"]}, r"groups must be a list of lists of layer names"),
     ],
 )
 def test_invalid_values_are_named(kwargs, match):
@@ -48,3 +50,9 @@ def test_format_1_configs_still_load():
     old.update(format_version=1, search="none")
     cfg = rsparse.RSparseConfig.from_dict(old)
     assert cfg.format_version == 1 and cfg.factorization == "activation" and cfg.search == "none"
+
+
+def test_configs_without_groups_still_load():
+    # Written before shared-input groups were recorded: they load, their layers run unfused.
+    old = {k: v for k, v in rsparse.RSparseConfig().to_dict().items() if k != "groups"}
+    assert rsparse.RSparseConfig.from_dict(old).groups == []

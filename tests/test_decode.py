@@ -19,6 +19,7 @@ from transformers import CompileConfig
 
 import rsparse
 from rsparse.bench import compile_decode_step, decode_speed, decode_tokens
+from rsparse.fuse import linked_groups, set_fusion
 from rsparse.nn import rsparse_modules
 
 from .conftest import random_tokens, tiny_model
@@ -28,16 +29,28 @@ PROMPT = 16  # above the decode cut-off (8): the prefill takes the dense path in
 
 
 class OpCalls(TorchDispatchMode):
-    """Records the token count of every ``rsparse::sparse_linear`` call that reaches the dispatcher."""
+    """Records the token count of every sparsified linear served by ``rsparse::sparse_linear`` or
+    by a fused ``rsparse::sparse_linear_multi`` launch (one entry per projection), and the launches."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tokens: list[int] = []
+        self.launches = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.rsparse.sparse_linear.default:
             self.tokens.append(args[0].shape[0])
+            self.launches += 1
+        elif func is torch.ops.rsparse.sparse_linear_multi.default:
+            self.tokens += [args[0].shape[0]] * len(args[1])
+            self.launches += 1
         return func(*args, **(kwargs or {}))
+
+
+def launches_per_step(model) -> int:
+    """Sparse op calls per decode step: one per shared-input group (q/k/v, gate/up), one per other layer."""
+    groups = linked_groups(model)
+    return len(rsparse_modules(model)) - sum(len(g) - 1 for g in groups)
 
 
 def sparse_model(target: float = 0.5, seed: int = 0, dtype=torch.float32):
@@ -75,8 +88,10 @@ def test_generate_auto_mode_prefill_dense_decode_sparse():
         tokens = greedy(model, prompt, new)
     assert tokens.shape == (1, new)
     # The prefill (16 tokens) never reaches the sparse op; every decode step (1 token) sends
-    # every sparsified linear through it.
+    # every sparsified linear through it, q/k/v and gate/up in one fused launch each.
     assert calls.tokens == [1] * (linears * (new - 1))
+    assert launches_per_step(model) == 4 * 2  # q/k/v, o, gate/up, down in each of 2 layers
+    assert calls.launches == launches_per_step(model) * (new - 1)
 
     rsparse.set_mode(model, "dense")
     with OpCalls() as calls:
@@ -114,9 +129,33 @@ def test_compiled_decode_step_is_one_graph_through_the_sparse_op():
     assert len(graphs) == 1 and counters["stats"]["unique_graphs"] == 1
     assert not counters["graph_break"]
     ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert sum(op.startswith("rsparse.sparse_linear") for op in ops) == linears  # packet or overload
+    # One fused op per shared-input group (q/k/v, gate/up), one op per other layer.
+    assert sum(op.startswith("rsparse.sparse_linear_multi") for op in ops) == len(linked_groups(model)) == 4
+    assert sum(op.startswith("rsparse.sparse_linear") for op in ops) == launches_per_step(model) < linears
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    for m in rsparse_modules(model).values():  # the compiled rounds leave nothing kept
+        assert m.shared_input is None or m.shared_input._input is None
+
+
+def test_compiled_unfused_decode_is_one_op_per_linear_and_gives_the_same_tokens():
+    model = sparse_model()
+    prompt, new = random_tokens(2, PROMPT, seed=5), 6
+    fused = decode_tokens(model, prompt, new)
+    set_fusion(model, False)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = decode_tokens(model, prompt, new, step=compile_decode_step(model, backend=backend))
+    assert len(graphs) == 1 and not counters["graph_break"]
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum(op.startswith("rsparse.sparse_linear") for op in ops) == len(rsparse_modules(model))
+    assert not any(op.startswith("rsparse.sparse_linear_multi") for op in ops)
+    torch.testing.assert_close(compiled, fused, rtol=0, atol=0)
 
 
 def test_compiled_decode_aot_eager_tokens_equal_eager():

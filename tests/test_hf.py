@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 import rsparse
 from rsparse.config import FORMAT_VERSION
 import rsparse.hf
+from rsparse.fuse import linked_groups
 from rsparse.nn import RSparseLinear, rsparse_modules
 from tests.conftest import FAMILIES, random_tokens, tiny_model
 
@@ -61,6 +62,20 @@ def test_generate_same_tokens_after_reload(saved):
     kw = dict(max_new_tokens=32, do_sample=False, pad_token_id=0, min_new_tokens=32)
     loaded = rsparse.from_pretrained(folder)
     assert torch.equal(model.generate(prompt, **kw), loaded.generate(prompt, **kw))
+
+
+def test_reloaded_model_fuses_its_shared_input_groups(saved):
+    model, folder = saved
+    groups = linked_groups(model)
+    assert len(groups) == 4 and model.rsparse_config.groups == groups  # q/k/v and gate/up per layer
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert qc["groups"] == groups
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert linked_groups(loaded) == groups
+    # The link is no state: the checkpoint holds exactly the tensors of the layers.
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    q = loaded.get_submodule("model.layers.1.self_attn.q_proj")
+    assert q.shared_input.members[2] is loaded.get_submodule("model.layers.1.self_attn.v_proj")
 
 
 def test_config_json_and_model_card(saved):

@@ -60,18 +60,22 @@ class SharedInputGroup:
     def clear(self) -> None:
         """Drop the kept outputs and the reference to their input."""
         self._input: torch.Tensor | None = None
-        self._outputs: list[torch.Tensor | None] = []
+        self._outputs: list[torch.Tensor | None] = []  # per slot: kept for a later call, or None
+        self._fused: list[bool] = []  # per slot: computed by the round's launch
         self._version: int | None = None
         self._grad = False
 
     def __call__(self, member: RSparseLinear, x: torch.Tensor) -> torch.Tensor:
         slot = member.shared_slot
-        if x is self._input and self._outputs[slot] is not None and self._unchanged(x):
+        if x is self._input and self._unchanged(x):
             y = self._outputs[slot]
-            self._outputs[slot] = None
-            if all(o is None for o in self._outputs):
-                self.clear()
-            return y
+            if y is not None:
+                self._outputs[slot] = None
+                if all(o is None for o in self._outputs):
+                    self.clear()
+                return y
+            if not self._fused[slot]:  # a member outside the launch (dense dispatch): the round goes on
+                return member.forward_alone(x)
         self.clear()  # a call outside the round ends it: nothing kept may go stale
         fused = [m for m in self.members if m.takes_kernel(x) and m.weight_t.device == x.device] if self.enabled else []
         # Only the first member that takes the kernel starts a round, so a member called alone
@@ -80,11 +84,13 @@ class SharedInputGroup:
         if len(fused) < 2 or fused[0].shared_slot != slot:
             return member.forward_alone(x)
         ys = fused_forward(x, fused)
-        outputs: list[torch.Tensor | None] = [None] * len(self.members)
-        for m, y in zip(fused[1:], ys[1:]):
-            outputs[m.shared_slot] = y
-        self._input, self._outputs = x, outputs
-        self._version, self._grad = _version(x), torch.is_grad_enabled()
+        self._outputs = [None] * len(self.members)
+        self._fused = [False] * len(self.members)
+        for m, y in zip(fused, ys):
+            self._fused[m.shared_slot] = True
+            if m.shared_slot != slot:
+                self._outputs[m.shared_slot] = y
+        self._input, self._version, self._grad = x, _version(x), torch.is_grad_enabled()
         return ys[0]
 
     def _unchanged(self, x: torch.Tensor) -> bool:
