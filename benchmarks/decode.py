@@ -6,9 +6,10 @@ values, DESIGN.md §8), or any local model (``--model PATH``). Each sparse varia
 the dense model sparsified by ``rsparse.sparsify(model, target, calibration=<4×64 random
 tokens>)``, i.e. thresholds calibrated through the real pipeline so that the decode steps read
 the real number of weight rows; the kept fraction measured on decode steps is reported.
-Backend forced to ``"triton"`` for every sparse variant. "0 (kernel)" is target 0 with the
-budgets hidden, so that every layer runs the sparse kernel with every channel active instead of
-the dense GEMM it dispatches to by design.
+Backend forced to ``"triton"`` for every sparse variant. Layers that read the same input (q/k/v,
+gate/up) share one fused launch per decode step (`rsparse.fuse`) unless ``--no-fuse``.
+"0 (kernel)" is target 0 with the budgets hidden, so that every layer runs the sparse kernel
+with every channel active instead of the dense GEMM it dispatches to by design.
 
 Each row: greedy decoding of ``--new-tokens`` tokens after a random prompt (eager dense prefill,
 static KV cache), decode steps eager or compiled (inductor, full graph, CUDA graphs), median
@@ -60,8 +61,9 @@ def build_dense(args) -> torch.nn.Module:
     return model.eval()
 
 
-def sparsify_copy(dense, target: float, device) -> tuple[torch.nn.Module, float]:
+def sparsify_copy(dense, target: float, device, fuse: bool = True) -> tuple[torch.nn.Module, float]:
     import rsparse
+    from rsparse.fuse import set_fusion
 
     model = copy.deepcopy(dense)
     vocab = model.config.get_text_config().vocab_size
@@ -69,6 +71,7 @@ def sparsify_copy(dense, target: float, device) -> tuple[torch.nn.Module, float]
     _sync(device)
     t0 = time.perf_counter()
     rsparse.sparsify(model, target, calibration=calib, search="none", show_progress=False)  # uniform: every layer at the target
+    set_fusion(model, fuse)
     _sync(device)
     return model, time.perf_counter() - t0
 
@@ -151,6 +154,7 @@ def run(args) -> None:
         "model": args.model or ("Llama-3-8B shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
+        "fused_shared_input": args.fuse,
     }
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
@@ -163,7 +167,7 @@ def run(args) -> None:
     variants = {"dense": (dense, None)}
     info = {}
     for target in args.targets:
-        model, secs = sparsify_copy(dense, target, args.device)
+        model, secs = sparsify_copy(dense, target, args.device, args.fuse)
         variants[f"{target:g}"] = (model, target)
         info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept_fraction(model, args.device)}
         print(f"target {target:g}: sparsify {secs:.1f}s, decode kept fraction {info[f'{target:g}']['kept_fraction_decode']:.3f}", flush=True)
@@ -309,6 +313,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eager-repeats", type=int, default=2)
     p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
     p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")
