@@ -12,11 +12,11 @@ unexpected order) runs the member on its own, so results never depend on the cal
 
 Nothing outlives a round: the last member to take its output clears the group, and any call
 that is not part of the round clears it first. The kept outputs are the tensors the separate
-calls would have made (only made a little earlier), so fusing adds no memory. The group is plain Python state (never in
-the state dict); `sparsify` records the groups' names in ``RSparseConfig.groups`` and loading
-links them again. Under ``torch.compile`` the round happens inside the traced graph: dynamo
-follows the attribute writes, and the group is empty again when the graph ends, so its guards
-hold on the next step (no recompilation).
+calls would have made (only made a little earlier), so fusing adds no memory. The group is
+plain Python state, never in the state dict; `sparsify` records the groups' names in
+``RSparseConfig.groups`` and loading links them again. Under ``torch.compile`` the round
+happens inside the traced graph: dynamo follows the attribute writes, and the group is empty
+again when the graph ends, so its guards hold on the next step (no recompilation).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class SharedInputGroup:
                 f"a shared-input group needs at least 2 RSparseLinear, got {[type(m).__name__ for m in members]}"
             )
         if len({m.in_features for m in members}) != 1:
-            raise ValueError(f"members of a shared-input group must share in_features, got {[m.in_features for m in members]}")
+            raise ValueError(
+                f"members of a shared-input group must share in_features, got {[m.in_features for m in members]}"
+            )
         self.members = list(members)
         self.enabled = True
         for slot, m in enumerate(self.members):
@@ -67,17 +69,22 @@ class SharedInputGroup:
 
     def __call__(self, member: RSparseLinear, x: torch.Tensor) -> torch.Tensor:
         slot = member.shared_slot
-        if x is self._input and self._unchanged(x):
-            y = self._outputs[slot]
+        # Read the round once: `clear` swaps in new lists, so a round that another thread ends
+        # meanwhile leaves these intact (and this call still correct).
+        kept, outputs, fused_slots = self._input, self._outputs, self._fused
+        if x is kept and self._unchanged(x):
+            y = outputs[slot]
             if y is not None:
-                self._outputs[slot] = None
-                if all(o is None for o in self._outputs):
+                outputs[slot] = None
+                if all(o is None for o in outputs):
                     self.clear()
                 return y
-            if not self._fused[slot]:  # a member outside the launch (dense dispatch): the round goes on
+            if not fused_slots[slot]:  # a member outside the launch (dense dispatch): the round goes on
                 return member.forward_alone(x)
         self.clear()  # a call outside the round ends it: nothing kept may go stale
-        fused = [m for m in self.members if m.takes_kernel(x) and m.weight_t.device == x.device] if self.enabled else []
+        fused = (
+            [m for m in self.members if m.takes_kernel(x) and m.weight_t.device == x.device] if self.enabled else []
+        )
         # Only the first member that takes the kernel starts a round, so a member called alone
         # (k_proj without q_proj) computes nothing for the others. The device check leaves
         # offloaded members (weights on "meta" until their own hook loads them) to their own call.
@@ -123,7 +130,9 @@ def link_groups(model: nn.Module, groups: list[list[str]]) -> list[SharedInputGr
     for names in groups:
         missing = [n for n in names if n not in modules]
         if missing:
-            raise ValueError(f"shared-input group {names} names {missing}, which are not RSparseLinear layers of the model")
+            raise ValueError(
+                f"shared-input group {names} names {missing}, which are not RSparseLinear layers of the model"
+            )
         if len(names) >= 2:
             linked.append(SharedInputGroup([modules[n] for n in names]))
     return linked
@@ -131,9 +140,10 @@ def link_groups(model: nn.Module, groups: list[list[str]]) -> list[SharedInputGr
 
 def linked_groups(model: nn.Module) -> list[list[str]]:
     """The qualified names of every linked group in ``model``, in module order (for the config)."""
-    names = {id(m): name for name, m in rsparse_modules(model).items()}
+    modules = rsparse_modules(model)
+    names = {id(m): name for name, m in modules.items()}
     seen, groups = set(), []
-    for m in rsparse_modules(model).values():
+    for m in modules.values():
         group = m.shared_input
         if group is not None and id(group) not in seen:
             seen.add(id(group))
