@@ -47,8 +47,7 @@ def patched(linear, score):
         return cw[id(linear)].to(linear.weight.device)
     return orig(linear, score)
 inst._channel_weights = patched
-sp = copy.deepcopy(model)  # deepcopy: ids differ -> map by name instead
-names = {id(m): n for n, m in lin.items()}
+sp = copy.deepcopy(model)  # the copy has new module ids: map the weights over by name
 cw2 = {}
 for n, m in sp.named_modules():
     if n in lin: cw2[id(m)] = cw[id(lin[n])]
