@@ -98,22 +98,48 @@ def _compact_kernel(
 
 
 @triton.jit
-def _rows(q, q_end, r, w_ptr, stride_w, lo_ptr, stride_lo, idx_ptr, xs_ptr, z_ptr, HAS_LR: tl.constexpr):
-    # Row pointers and coefficients of virtual rows q: [0, r) low rank, then the active list.
-    ok = q < q_end
-    if HAS_LR:
-        is_lr = q < r
-        on = ok & (q >= r)
-        j = tl.load(idx_ptr + (q - r), mask=on, other=0)
-        xv = tl.load(xs_ptr + (q - r), mask=on, other=0.0)
-        zv = tl.load(z_ptr + q, mask=ok & is_lr, other=0.0)
-        row = tl.where(is_lr, lo_ptr + q * stride_lo, w_ptr + j * stride_w)
-        coef = tl.where(is_lr, zv, xv)
+def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr):
+    # Row numbers and coefficients of list positions p (LIST) or of rows p themselves.
+    ok = p < p_end
+    if LIST:
+        # Unmasked (so 16 bytes wide): the lists have 2 * BLOCK_K slack slots, and a slot past
+        # the count holds garbage that only masked-off weight loads and a zeroed coefficient see.
+        j = tl.load(idx_ptr + p)
+        coef = tl.where(ok, tl.load(coef_ptr + p), 0.0)
     else:
-        j = tl.load(idx_ptr + q, mask=ok, other=0)
-        coef = tl.load(xs_ptr + q, mask=ok, other=0.0)
-        row = w_ptr + j * stride_w
-    return row, coef, ok
+        j = p
+        coef = tl.load(coef_ptr + p, mask=ok, other=0.0)
+    return j, coef, ok
+
+
+@triton.jit
+def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
+            LIST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr):
+    # acc += sum over positions [p0, p1) of coef[p] * base[row(p), offs_m], BLOCK_K rows a step.
+    # Full rows, no per-row test: only the last step of a slice has masked-off rows.
+    p = p0 + tl.arange(0, BLOCK_K)
+    if PREFETCH:
+        # The rows of step s+1 and the indices of step s+2 are in flight while step s multiplies.
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        for _ in range(p0, p1, BLOCK_K):
+            w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
+            p += BLOCK_K
+            j2, coef2, ok2 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            w = w1
+            coef = coef1
+            j1 = j2
+            coef1 = coef2
+            ok1 = ok2
+    else:
+        for _ in range(p0, p1, BLOCK_K):
+            j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+            w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            p += BLOCK_K
+    return acc
 
 
 @triton.jit
@@ -125,35 +151,19 @@ def _gather_item(
 ):
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
-    ar = tl.arange(0, BLOCK_K)
     length = r + tl.load(cnt_ptr)
     steps = tl.cdiv(length, BLOCK_K)
-    s0 = chunk * steps // chunks
-    s1 = (chunk + 1) * steps // chunks
-    q_end = tl.minimum(s1 * BLOCK_K, length)
+    q0 = (chunk * steps // chunks) * BLOCK_K
+    q1 = tl.minimum(((chunk + 1) * steps // chunks) * BLOCK_K, length)
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    q = s0 * BLOCK_K + ar
-    if PREFETCH:
-        # Loads for step s+1 and indices for step s+2 are in flight while step s multiplies.
-        row, coef, ok = _rows(q, q_end, r, w_ptr, stride_w, lo_ptr, stride_lo, idx_ptr, xs_ptr, z_ptr, HAS_LR)
-        w = tl.load(row[:, None] + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
-        row1, coef1, ok1 = _rows(q + BLOCK_K, q_end, r, w_ptr, stride_w, lo_ptr, stride_lo, idx_ptr, xs_ptr, z_ptr, HAS_LR)
-        for _ in range(s0, s1):
-            w1 = tl.load(row1[:, None] + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
-            q += BLOCK_K
-            row2, coef2, ok2 = _rows(q + BLOCK_K, q_end, r, w_ptr, stride_w, lo_ptr, stride_lo, idx_ptr, xs_ptr, z_ptr, HAS_LR)
-            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
-            w = w1
-            coef = coef1
-            row1 = row2
-            coef1 = coef2
-            ok1 = ok2
+    if HAS_LR:
+        # Two plain loops rather than one with a per-row pointer select: fewer registers.
+        acc = _stream(acc, lo_ptr, stride_lo, z_ptr, idx_ptr, q0, tl.minimum(q1, r), offs_m, m_ok, False, PREFETCH, BLOCK_K)
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, tl.maximum(q0, r) - r, q1 - r, offs_m, m_ok, True, PREFETCH, BLOCK_K)
     else:
-        for _ in range(s0, s1):
-            row, coef, ok = _rows(q, q_end, r, w_ptr, stride_w, lo_ptr, stride_lo, idx_ptr, xs_ptr, z_ptr, HAS_LR)
-            w = tl.load(row[:, None] + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
-            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
-            q += BLOCK_K
+        # Slices start on a step boundary: index and coefficient loads can be 16-byte wide.
+        q0 = tl.multiple_of(q0, BLOCK_K)
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K)
     tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
     # Every thread's partial sums land before the counter moves (release); the last program
     # of the tile sees all of them (acquire) and reads through L2 (volatile).
@@ -282,9 +292,12 @@ def compact_gemv(
     gcnt, cnts = head[:1], [head[1 + i : 2 + i] for i in range(k)]
     state_len = sum(state_sizes)
     # The compacted lists: every slot a gather reads was written by the compaction launch.
-    lists = torch.empty(2 * k * n, dtype=torch.float32, device=x.device)
-    idx = [lists[2 * i * n : (2 * i + 1) * n].view(torch.int32) for i in range(k)]
-    xs = [lists[(2 * i + 1) * n : (2 * i + 2) * n] for i in range(k)]
+    # Each list has 2 * block_k slack slots (the gather reads two steps ahead, unmasked) and
+    # starts on a 256-byte boundary.
+    ln = triton.cdiv(n + 2 * block_k, 64) * 64
+    lists = torch.empty(2 * k * ln, dtype=torch.float32, device=x.device)
+    idx = [lists[2 * i * ln : (2 * i + 1) * ln].view(torch.int32) for i in range(k)]
+    xs = [lists[(2 * i + 1) * ln : (2 * i + 2) * ln] for i in range(k)]
 
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
