@@ -67,6 +67,7 @@ def ptxas_report(k):
 
 GATHER = [  # dtype, has_lr, prefetch, block_k, block_m, warps
     ("bf16", False, True, 8, 1024, 4),
+    ("bf16", False, True, 8, 1024, 4, True),
     ("bf16", False, False, 8, 1024, 4),
     ("bf16", True, True, 8, 1024, 4),
     ("bf16", False, True, 16, 1024, 4),
@@ -78,10 +79,11 @@ GATHER = [  # dtype, has_lr, prefetch, block_k, block_m, warps
 COMPACT = [("bf16", False, 128, 64), ("bf16", True, 128, 64), ("fp32", True, 128, 64)]  # dtype, has_lr, block_n, block_r
 
 if __name__ == "__main__":
-    for dt, lr, pf, bk, bm, w in GATHER:
-        v = ("gather", dt, lr, pf, bk, bm, w)
+    for dt, lr, pf, bk, bm, w, *rest in GATHER:
+        pdl = bool(rest and rest[0])
+        v = ("gather", dt, lr, pf, bk, bm, w, "pdl" if pdl else "")
         try:
-            const = dict(BIAS0=False, BIAS1=True, BIAS2=False, HAS_LR=lr, PREFETCH=pf, BLOCK_K=bk, BLOCK_M=bm)
+            const = dict(BIAS0=False, BIAS1=True, BIAS2=False, HAS_LR=lr, PREFETCH=pf, BLOCK_K=bk, BLOCK_M=bm, PDL=pdl)
             k = compile_kernel(_gather_kernel, dt, const, w)
             print(v, ptxas_report(k), "shared", k.metadata.shared, flush=True)
             if args.dump:
@@ -94,7 +96,7 @@ if __name__ == "__main__":
     for dt, lr, bn, br in COMPACT:
         v = ("compact", dt, lr, bn, br)
         try:
-            k = compile_kernel(_compact_kernel, dt, dict(HAS_LR=lr, BLOCK_N=bn, BLOCK_R=br), 4)
+            k = compile_kernel(_compact_kernel, dt, dict(HAS_LR=lr, BLOCK_N=bn, BLOCK_R=br, PDL=True), 4)
             print(v, ptxas_report(k), "shared", k.metadata.shared, flush=True)
         except Exception as e:
             print(v, "FAILED", type(e).__name__, str(e)[-800:], flush=True)

@@ -38,6 +38,8 @@ compacted lists).  Calls sharing the buffer must not run concurrently on two str
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -81,8 +83,10 @@ def _compact_kernel(
     c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0,
     c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1,
     c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
-    HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # let the gather launch now; it waits (gdc_wait) for this grid before reading
+        tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_r = tl.program_id(1)
     p = tl.program_id(2)
@@ -194,8 +198,10 @@ def _gather_kernel(
     w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1, tiles1,
     w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2, out2, m2, tiles2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr, HAS_LR: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): wait for the compaction grid
+        tl.extra.cuda.gdc_wait()
     # Programs: slice-major, the tiles of projection 0, 1, 2 fastest, so one wave covers
     # every tile's first slices together.
     pid = tl.program_id(0)
@@ -250,6 +256,7 @@ def compact_gemv(
     prefetch: bool = True,
     block_n: int = 128,
     block_r: int = 64,
+    pdl: bool = False,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -262,6 +269,8 @@ def compact_gemv(
         sm_count (`int`): multiprocessors of the device (sizes the one-wave grid).
         block_k, block_m, programs_per_sm, num_warps, prefetch: tiles of the gather launch.
         block_n, block_r: channels and ``z`` columns per program of the compaction launch.
+        pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
+            the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -317,10 +326,14 @@ def compact_gemv(
                    ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
     r_progs = max(1, triton.cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
-    _compact_kernel[(triton.cdiv(n, block_n), r_progs, k)](*a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=4)
+    pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    _compact_kernel[(triton.cdiv(n, block_n), r_progs, k)](
+        *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, num_warps=4,
+    )
+    extra = {"launch_pdl": True} if pdl else {}
     _gather_kernel[(chunks * sum(tiles),)](
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
-        PREFETCH=prefetch, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=num_warps, num_stages=1,
+        PREFETCH=prefetch, BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
+        num_warps=num_warps, num_stages=1, **extra,
     )
     return outs

@@ -300,6 +300,7 @@ class Config:
     # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r.
     path: str = "splitk"
     prefetch: bool = True
+    pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -374,7 +375,7 @@ def sparse_linear_multi(
         return compact_gemv(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
             block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
-            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r,
+            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
         )
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = triton.cdiv(T, block_t)
