@@ -37,14 +37,14 @@ LIMIT = float(os.environ.get("SWEEP_LIMIT_S", "400"))
 RUN4 = K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)  # main's default
 # block_k, block_m, programs_per_sm, num_warps, prefetch, pdl
 COMPACT = [
-    (8, 1024, 4, 4, True, False),
-    (8, 1024, 4, 4, True, True),
-    (8, 1024, 4, 4, False, False),
-    (8, 512, 8, 2, True, False),
-    (8, 1024, 3, 4, True, False),
-    (8, 1024, 8, 4, True, False),
-    (16, 1024, 2, 4, True, False),
-    (8, 2048, 2, 8, True, False),
+    (8, 1024, 4, 4, 1, False),
+    (8, 1024, 4, 4, 1, True),
+    (8, 1024, 3, 4, 2, False),
+    (8, 1024, 4, 4, 0, False),
+    (8, 512, 8, 2, 1, False),
+    (8, 512, 6, 2, 2, False),
+    (8, 1024, 8, 4, 1, False),
+    (16, 1024, 2, 4, 1, False),
 ]
 
 

@@ -196,7 +196,7 @@ COMPACT_SHAPES = [  # n, m, r, bias, active
 
 
 @needs_triton
-@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "plain"])
+@pytest.mark.parametrize("prefetch", [0, 1, 2], ids=["plain", "prefetch1", "prefetch2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", COMPACT_SHAPES, ids=str)
 def test_compact_path_matches_reference(shape, dtype, prefetch, compact_path):
@@ -213,7 +213,7 @@ def test_compact_path_multi_projection_and_tiles(compact_path):
 
     # Tiles of 16 columns and steps of 4 rows: many slices per tile, slices that cross the
     # low-rank / active boundary, and projections with and without rank.
-    compact_path(block_k=4, block_m=16, programs_per_sm=16)
+    compact_path(block_k=4, block_m=16, programs_per_sm=16, prefetch=2)
     dtype, n = torch.float32, 90
     projs = [make_args(1, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s) for s, (m, r, b) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
     x = projs[0][0]
@@ -252,8 +252,11 @@ def test_compact_config_errors(compact_path):
     with pytest.raises(ValueError, match="'splitk' or 'compact', got 'fast'"):
         kernels.sparse_linear(*args)
     x = torch.zeros(2, 8)
+    lists = [[a] for a in args[1:6]] + [[None], [x], 2]
     with pytest.raises(ValueError, match="one token"):
-        compact_gemv.compact_gemv(x, [args[1]], [args[2]], [args[3]], [args[4]], [args[5]], [None], [x], 2)
+        compact_gemv.compact_gemv(x, *lists)
+    with pytest.raises(ValueError, match="prefetch must be 0, 1 or 2 steps, got 3"):
+        compact_gemv.compact_gemv(args[0], *lists, prefetch=3)
 
 
 def test_set_backend_errors(monkeypatch):

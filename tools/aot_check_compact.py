@@ -68,6 +68,9 @@ def ptxas_report(k):
 GATHER = [  # dtype, has_lr, prefetch, block_k, block_m, warps
     ("bf16", False, True, 8, 1024, 4),
     ("bf16", False, True, 8, 1024, 4, True),
+    ("bf16", False, 2, 8, 1024, 4),
+    ("bf16", True, 2, 8, 1024, 4),
+    ("bf16", False, 2, 8, 512, 2),
     ("bf16", False, False, 8, 1024, 4),
     ("bf16", True, True, 8, 1024, 4),
     ("bf16", False, True, 16, 1024, 4),
@@ -83,7 +86,7 @@ if __name__ == "__main__":
         pdl = bool(rest and rest[0])
         v = ("gather", dt, lr, pf, bk, bm, w, "pdl" if pdl else "")
         try:
-            const = dict(BIAS0=False, BIAS1=True, BIAS2=False, HAS_LR=lr, PREFETCH=pf, BLOCK_K=bk, BLOCK_M=bm, PDL=pdl)
+            const = dict(BIAS0=False, BIAS1=True, BIAS2=False, HAS_LR=lr, PREFETCH=int(pf), BLOCK_K=bk, BLOCK_M=bm, PDL=pdl)
             k = compile_kernel(_gather_kernel, dt, const, w)
             print(v, ptxas_report(k), "shared", k.metadata.shared, flush=True)
             if args.dump:

@@ -106,7 +106,7 @@ def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr):
     # Row numbers and coefficients of list positions p (LIST) or of rows p themselves.
     ok = p < p_end
     if LIST:
-        # Unmasked (so 16 bytes wide): the lists have 2 * BLOCK_K slack slots, and a slot past
+        # Unmasked (so 16 bytes wide): the lists have 3 * BLOCK_K slack slots, and a slot past
         # the count holds garbage that only masked-off weight loads and a zeroed coefficient see.
         j = tl.load(idx_ptr + p)
         coef = tl.where(ok, tl.load(coef_ptr + p), 0.0)
@@ -122,7 +122,26 @@ def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
     # acc += sum over positions [p0, p1) of coef[p] * base[row(p), offs_m], BLOCK_K rows a step.
     # Full rows, no per-row test: only the last step of a slice has masked-off rows.
     p = p0 + tl.arange(0, BLOCK_K)
-    if PREFETCH:
+    if PREFETCH == 2:
+        # Two steps of rows in flight (steps s+1 and s+2) while step s multiplies.
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
+        j2, coef2, ok2 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        for _ in range(p0, p1, BLOCK_K):
+            w2 = tl.load(base_ptr + j2[:, None] * stride + offs_m[None, :], mask=ok2[:, None] & m_ok[None, :], other=0.0)
+            p += BLOCK_K
+            j3, coef3, ok3 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            w = w1
+            coef = coef1
+            w1 = w2
+            coef1 = coef2
+            j2 = j3
+            coef2 = coef3
+            ok2 = ok3
+    elif PREFETCH == 1:
         # The rows of step s+1 and the indices of step s+2 are in flight while step s multiplies.
         j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
         w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
@@ -253,7 +272,7 @@ def compact_gemv(
     block_m: int = 1024,
     programs_per_sm: int = 4,
     num_warps: int = 4,
-    prefetch: bool = True,
+    prefetch: int = 1,
     block_n: int = 128,
     block_r: int = 64,
     pdl: bool = False,
@@ -267,7 +286,8 @@ def compact_gemv(
             layouts as in the module docstring.
         outs (`list[torch.Tensor]`): ``[1, m_p]`` outputs, every element written.
         sm_count (`int`): multiprocessors of the device (sizes the one-wave grid).
-        block_k, block_m, programs_per_sm, num_warps, prefetch: tiles of the gather launch.
+        block_k, block_m, programs_per_sm, num_warps: tiles of the gather launch.
+        prefetch (`int`): steps of weight rows loaded ahead of the multiply (0, 1 or 2).
         block_n, block_r: channels and ``z`` columns per program of the compaction launch.
         pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
             the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
@@ -276,6 +296,8 @@ def compact_gemv(
         `list[torch.Tensor]`: ``outs``.
     """
     T, n = x.shape
+    if int(prefetch) not in (0, 1, 2):
+        raise ValueError(f"prefetch must be 0, 1 or 2 steps, got {prefetch}")
     if T != 1:
         raise ValueError(f"compact_gemv serves one token, got x of shape {tuple(x.shape)}")
     k = len(weight_t)
@@ -301,9 +323,9 @@ def compact_gemv(
     gcnt, cnts = head[:1], [head[1 + i : 2 + i] for i in range(k)]
     state_len = sum(state_sizes)
     # The compacted lists: every slot a gather reads was written by the compaction launch.
-    # Each list has 2 * block_k slack slots (the gather reads two steps ahead, unmasked) and
-    # starts on a 256-byte boundary.
-    ln = triton.cdiv(n + 2 * block_k, 64) * 64
+    # Each list has 3 * block_k slack slots (the gather reads up to three steps ahead,
+    # unmasked) and starts on a 256-byte boundary.
+    ln = triton.cdiv(n + 3 * block_k, 64) * 64
     lists = torch.empty(2 * k * ln, dtype=torch.float32, device=x.device)
     idx = [lists[2 * i * ln : (2 * i + 1) * ln].view(torch.int32) for i in range(k)]
     xs = [lists[(2 * i + 1) * ln : (2 * i + 2) * ln] for i in range(k)]
@@ -333,7 +355,7 @@ def compact_gemv(
     extra = {"launch_pdl": True} if pdl else {}
     _gather_kernel[(chunks * sum(tiles),)](
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
-        PREFETCH=prefetch, BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
+        PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
         num_warps=num_warps, num_stages=1, **extra,
     )
     return outs

@@ -299,7 +299,7 @@ class Config:
     # `rsparse.kernels.compact_gemv` (compaction, then a gathered GEMV), which uses
     # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r.
     path: str = "splitk"
-    prefetch: bool = True
+    prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
 
 
