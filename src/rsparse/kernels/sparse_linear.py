@@ -23,6 +23,11 @@ has counted, then use ``z`` as their coefficients.  The producers have lower pro
 so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
 in order, so there it never waits.
 
+One token can instead take the two-launch path of `rsparse.kernels.compact_gemv` (compaction,
+then a gathered split-K GEMV over only the active rows), chosen with
+``set_config(Config(path="compact", ...), "gemv1")``; opt-in until measured faster on a GPU
+(benchmarks/NOTES.md, run 6).
+
 Graph safety: the grid depends only on shapes; no host synchronisation; the only
 allocation is one zero-filled fp32 workspace whose size depends on shapes only.
 """
