@@ -22,6 +22,7 @@ import datetime
 import json
 import math
 import os
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -273,6 +274,8 @@ def main():
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
     p.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
     p.add_argument("--batches", type=int, nargs="*", default=BATCHES)
+    p.add_argument("--gemv1", metavar="KEY=VALUE,...",
+                   help="one-token Config fields, e.g. path=compact,block_k=8,programs_per_sm=4,pdl=1")
     args = p.parse_args()
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))
@@ -284,6 +287,17 @@ def main():
     import rsparse
 
     rsparse.set_backend("triton")
+    if args.gemv1:
+        from rsparse.kernels import sparse_linear as K
+
+        fields = {f.name: f.type for f in dataclasses.fields(K.Config)}
+        kw = {}
+        for item in args.gemv1.split(","):
+            key, _, val = item.partition("=")
+            if key not in fields:
+                raise ValueError(f"--gemv1 keys must be Config fields {sorted(fields)}, got {key!r}")
+            kw[key] = val if key == "path" else (val in ("1", "true", "True") if fields[key] in (bool, "bool") else int(val))
+        K.set_config(K.Config(**kw), "gemv1")
     device, dtype = "cuda", torch.bfloat16
     gen = torch.Generator(device=device).manual_seed(SEED)
     torch.manual_seed(SEED)
@@ -291,6 +305,7 @@ def main():
         "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "torch": torch.__version__,
         "triton": triton.__version__, "seed": SEED, "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
+        "gemv1": args.gemv1 or "default",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,101 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.rsparse.sparse_linear_multi.default, (x, *lists))
 
 
+# ---------------------------------------------------------------- two-launch path (one token)
+
+
+@pytest.fixture
+def compact_path():
+    """Route one-token launches through `rsparse.kernels.compact_gemv` (opt-in today)."""
+    from rsparse.kernels import sparse_linear as kernels
+
+    def use(**kw):
+        base = dict(path="compact", block_k=8, block_m=32, programs_per_sm=4)
+        kernels.set_config(kernels.Config(**{**base, **kw}), "gemv1")
+
+    yield use
+    kernels.set_config(None, "gemv1")
+
+
+def _workspace_is_zero():
+    from rsparse.kernels import compact_gemv
+
+    return all(bool((buf == 0).all()) for buf in compact_gemv._WORKSPACE.values())
+
+
+COMPACT_SHAPES = [  # n, m, r, bias, active
+    (70, 45, 0, False, 0.5),
+    (130, 77, 5, True, 0.3),
+    (33, 100, 40, False, 0.6),
+    (200, 64, 17, True, 0.0),
+    (64, 50, 0, True, 1.0),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("prefetch", [0, 1, 2], ids=["plain", "prefetch1", "prefetch2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", COMPACT_SHAPES, ids=str)
+def test_compact_path_matches_reference(shape, dtype, prefetch, compact_path):
+    n, m, r, bias, active = shape
+    compact_path(prefetch=prefetch)
+    for seed in range(2):  # a second call proves the first left its state at zero
+        check(make_args(1, n, m, r, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
+    assert _workspace_is_zero()
+
+
+@needs_triton
+def test_compact_path_multi_projection_and_tiles(compact_path):
+    from rsparse.kernels import sparse_linear as kernels
+
+    # Tiles of 16 columns and steps of 4 rows: many slices per tile, slices that cross the
+    # low-rank / active boundary, and projections with and without rank.
+    compact_path(block_k=4, block_m=16, programs_per_sm=16, prefetch=2)
+    dtype, n = torch.float32, 90
+    projs = [make_args(1, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s) for s, (m, r, b) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
+    x = projs[0][0]
+    lists = [list(a) for a in zip(*[p[1:] for p in projs])]
+    outs = [torch.full((1, p[1].shape[1]), float("nan")) for p in projs]
+    ys = kernels.sparse_linear_multi(x, *lists, out=outs)
+    for y, p in zip(ys, projs):
+        assert not torch.isnan(y).any()
+        assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+    assert _workspace_is_zero()
+
+
+@needs_triton
+def test_compact_path_leaves_batches_to_splitk(compact_path):
+    from rsparse.kernels import compact_gemv
+
+    compact_path()
+    calls = []
+    orig = compact_gemv.compact_gemv
+    compact_gemv.compact_gemv = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        check(make_args(3, 40, 30, 4, torch.float32, "cpu", 0.5, True, seed=5), torch.float32, "cpu")
+        assert not calls  # several tokens: run 4's launch
+        check(make_args(1, 40, 30, 4, torch.float32, "cpu", 0.5, True, seed=5), torch.float32, "cpu")
+        assert calls == [1]
+    finally:
+        compact_gemv.compact_gemv = orig
+
+
+def test_compact_config_errors(compact_path):
+    from rsparse.kernels import compact_gemv
+    from rsparse.kernels import sparse_linear as kernels
+
+    kernels.set_config(kernels.Config(path="fast"), "gemv1")
+    args = make_args(1, 8, 4, 0, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="'splitk' or 'compact', got 'fast'"):
+        kernels.sparse_linear(*args)
+    x = torch.zeros(2, 8)
+    lists = [[a] for a in args[1:6]] + [[None], [x], 2]
+    with pytest.raises(ValueError, match="one token"):
+        compact_gemv.compact_gemv(x, *lists)
+    with pytest.raises(ValueError, match="prefetch must be 0, 1 or 2 steps, got 3"):
+        compact_gemv.compact_gemv(args[0], *lists, prefetch=3)
+
+
 def test_set_backend_errors(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         rsparse.set_backend("cuda")
@@ -266,3 +361,42 @@ def test_gpu_torch_compile_fullgraph():
     for _ in range(3):
         x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
         torch.testing.assert_close(compiled_ro(x).clone(), mod(x), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_compact_path_matches_reference(dtype, compact_path):
+    compact_path(block_m=1024)
+    for n, m, r, bias, active in [(4096, 14336, 0, False, 0.5), (14336, 4096, 300, True, 0.4), (777, 333, 31, True, 0.7),
+                                  (513, 1025, 9, False, 0.5), (4096, 1024, 64, True, 0.4)]:
+        for seed in range(2):
+            check(make_args(1, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda")
+        for a in (0.0, 1.0):
+            check(make_args(1, n, m, r, dtype, "cuda", a, bias, seed=7), dtype, "cuda")
+    torch.cuda.synchronize()
+    assert _workspace_is_zero()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_compact_path_graph_and_compile(compact_path):
+    compact_path(block_m=1024)
+    mod = _gpu_module()
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    mod(x)  # compile outside the capture (and create the workspace)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = mod(x)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        assert rel_err(y, ref.double()) <= 1e-2
+    compiled = torch.compile(mod, fullgraph=True, mode="reduce-overhead")
+    for _ in range(3):
+        x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(compiled(x).clone(), mod(x), rtol=1e-2, atol=1e-2)
+    torch.cuda.synchronize()
+    assert _workspace_is_zero()

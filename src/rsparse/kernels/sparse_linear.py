@@ -23,6 +23,11 @@ has counted, then use ``z`` as their coefficients.  The producers have lower pro
 so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
 in order, so there it never waits.
 
+One token can instead take the two-launch path of `rsparse.kernels.compact_gemv` (compaction,
+then a gathered split-K GEMV over only the active rows), chosen with
+``set_config(Config(path="compact", ...), "gemv1")``; opt-in until measured faster on a GPU
+(benchmarks/NOTES.md, run 6).
+
 Graph safety: the grid depends only on shapes; no host synchronisation; the only
 allocation is one zero-filled fp32 workspace whose size depends on shapes only.
 """
@@ -295,6 +300,12 @@ class Config:
     acc2d: bool = False  # one token: keep [block_k, block_m] fp32 partials, reduce once
     block_kz: int = 32  # rows per step of the z (V_rᵀ x) loop
     block_r: int = 64  # z columns per program
+    # One token only: "splitk" is the launch above; "compact" the two-launch path of
+    # `rsparse.kernels.compact_gemv` (compaction, then a gathered GEMV), which uses
+    # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r.
+    path: str = "splitk"
+    prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
+    pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -360,11 +371,21 @@ def sparse_linear_multi(
     if T == 0:
         return outs
     use_dot = T > 1
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size())
+    if cfg.path not in ("splitk", "compact"):
+        raise ValueError(f"Config.path must be 'splitk' or 'compact', got {cfg.path!r}")
+    if cfg.path == "compact" and T == 1 and all(o.stride(-1) == 1 for o in outs):
+        from rsparse.kernels.compact_gemv import compact_gemv
+
+        return compact_gemv(
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
+            block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
+            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
+        )
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = triton.cdiv(T, block_t)
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size())
     tiles = [triton.cdiv(m, cfg.block_m) for m in ms]
     # Rows per program: about programs_per_sm weight items per multiprocessor.
     target = max(1, _sm_count(x.device) * cfg.programs_per_sm)

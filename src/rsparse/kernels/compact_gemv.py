@@ -1,0 +1,361 @@
+"""Two-launch batch-1 decode path: compact the active channels, then stream their rows.
+
+Same computation and layout as `rsparse.kernels.sparse_linear` (``x`` ``[1, n]``,
+``weight_t`` ``[n, m]`` row-major, ``lowrank_in`` ``[n, r]``, ``lowrank_out`` ``[r, m]``,
+``c`` fp32 ``[n]``, ``tau`` 0-dim fp32), for one token and up to three projections that
+share ``x``.  Run 4's one-launch kernel decides per row whether to load it, so at 50 %
+sparsity half of every step's lanes are dead and the step chain (x and c loads -> mask ->
+weight loads) repeats for rows that are never read.  Here the mask is built once:
+
+* ``_compact_kernel`` (grid: channel blocks x r-blocks x projections): ``|x|*c > tau``,
+  an exclusive prefix sum inside the block and one atomic per block on the projection's
+  count give each active channel a slot; it writes the channel index and its fp32 ``x``
+  there.  The order of the blocks is whatever the atomics give: the sum order is not
+  deterministic anyway (fp32 atomics below).  With rank ``r > 0`` the same programs add
+  ``V_rᵀ (x ⊙ (1 - m))`` over their block to ``z`` (fp32 atomics), reading only the
+  inactive rows of ``V_r``.
+* ``_gather_kernel`` (grid: about one wave): the rows of projection ``p`` form one virtual
+  list of length ``r + count``: first the ``r`` rows of ``(U_r S_r)ᵀ`` with coefficients
+  ``z``, then the active rows of ``Wᵀ`` with coefficients ``x_j``.  Each program takes one
+  ``BLOCK_M``-column tile and a contiguous slice of that list (the slice is cut at run time
+  from the count, so every program has work at any density), streams ``BLOCK_K`` full rows
+  a step with no per-row mask, and issues the next step's row loads (and the indices of the
+  step after) before multiplying the current one.  It adds its partial sums to an fp32
+  workspace with one atomic per output element; the last program of a tile (acq_rel
+  counter) adds the bias, writes the output and puts the workspace tile and its counter
+  back to zero; the last tile to finish puts the counts and ``z`` back to zero.
+
+Bytes per call: ``k*m + r*(n+m)`` weight elements (``k`` active channels; ``V_r`` only on
+inactive rows), ``x``, ``c`` once, ``2*k`` index/value words written and read, and ``m``
+fp32 partial sums per slice through L2 atomics.  FLOPs ``2*(k*m + r*(n+m))`` on CUDA cores.
+
+Graph safety: grids depend on shapes only, the counts reach the second kernel as device
+data, no host synchronisation.  The zeroed state (counts, ``z``, split-K sums, counters)
+lives in one persistent fp32 buffer per device that every call leaves zero, so no memset
+launch precedes the kernels; per call only a ``torch.empty`` of shape-dependent size (the
+compacted lists).  Calls sharing the buffer must not run concurrently on two streams.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_PROJ = 3
+
+
+# ---------------------------------------------------------------- launch 1: compaction + z
+
+
+@triton.jit
+def _compact_one(x_ptr, n, c_ptr, tau_ptr, li_ptr, stride_li, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr, pid_n, pid_r,
+                 r_progs, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < n
+    xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
+    tau = tl.load(tau_ptr)
+    # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
+    act = (tl.abs(xf) * cv > tau) & ok
+    if pid_r == 0:
+        a = act.to(tl.int32)
+        pos = tl.cumsum(a, axis=0) - a  # exclusive prefix sum: slot inside the block
+        base = tl.atomic_add(cnt_ptr, tl.sum(a, axis=0), sem="relaxed")
+        tl.store(idx_ptr + base + pos, offs, mask=act)
+        tl.store(xs_ptr + base + pos, xf, mask=act)
+    if HAS_LR:
+        inact = ok & (act == 0)
+        coef = tl.where(inact, xf, 0.0)
+        for rb in range(pid_r, tl.cdiv(r, BLOCK_R), r_progs):
+            offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+            r_ok = offs_r < r
+            v = tl.load(li_ptr + offs[:, None] * stride_li + offs_r[None, :], mask=inact[:, None] & r_ok[None, :], other=0.0)
+            part = tl.sum(coef[:, None] * v.to(tl.float32), axis=0)
+            tl.atomic_add(z_ptr + offs_r, part, mask=r_ok, sem="relaxed")
+
+
+@triton.jit
+def _compact_kernel(
+    x_ptr, n, r_progs,
+    c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0,
+    c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1,
+    c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
+    HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+):
+    if PDL:  # let the gather launch now; it waits (gdc_wait) for this grid before reading
+        tl.extra.cuda.gdc_launch_dependents()
+    pid_n = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    p = tl.program_id(2)
+    if p == 0:
+        _compact_one(x_ptr, n, c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+    elif p == 1:
+        _compact_one(x_ptr, n, c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+    else:
+        _compact_one(x_ptr, n, c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+
+
+# ---------------------------------------------------------------- launch 2: gathered GEMV
+
+
+@triton.jit
+def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr):
+    # Row numbers and coefficients of list positions p (LIST) or of rows p themselves.
+    ok = p < p_end
+    if LIST:
+        # Unmasked (so 16 bytes wide): the lists have 3 * BLOCK_K slack slots, and a slot past
+        # the count holds garbage that only masked-off weight loads and a zeroed coefficient see.
+        j = tl.load(idx_ptr + p)
+        coef = tl.where(ok, tl.load(coef_ptr + p), 0.0)
+    else:
+        j = p
+        coef = tl.load(coef_ptr + p, mask=ok, other=0.0)
+    return j, coef, ok
+
+
+@triton.jit
+def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
+            LIST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr):
+    # acc += sum over positions [p0, p1) of coef[p] * base[row(p), offs_m], BLOCK_K rows a step.
+    # Full rows, no per-row test: only the last step of a slice has masked-off rows.
+    p = p0 + tl.arange(0, BLOCK_K)
+    if PREFETCH == 2:
+        # Two steps of rows in flight (steps s+1 and s+2) while step s multiplies.
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
+        j2, coef2, ok2 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        for _ in range(p0, p1, BLOCK_K):
+            w2 = tl.load(base_ptr + j2[:, None] * stride + offs_m[None, :], mask=ok2[:, None] & m_ok[None, :], other=0.0)
+            p += BLOCK_K
+            j3, coef3, ok3 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            w = w1
+            coef = coef1
+            w1 = w2
+            coef1 = coef2
+            j2 = j3
+            coef2 = coef3
+            ok2 = ok3
+    elif PREFETCH == 1:
+        # The rows of step s+1 and the indices of step s+2 are in flight while step s multiplies.
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        for _ in range(p0, p1, BLOCK_K):
+            w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
+            p += BLOCK_K
+            j2, coef2, ok2 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            w = w1
+            coef = coef1
+            j1 = j2
+            coef1 = coef2
+            ok1 = ok2
+    else:
+        for _ in range(p0, p1, BLOCK_K):
+            j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+            w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
+            acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+            p += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _gather_item(
+    chunk, tile, chunks, w_ptr, stride_w, lo_ptr, stride_lo, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr,
+    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, state_ptr, state_len, gcnt_ptr, total_tiles,
+    HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < m
+    length = r + tl.load(cnt_ptr)
+    steps = tl.cdiv(length, BLOCK_K)
+    q0 = (chunk * steps // chunks) * BLOCK_K
+    q1 = tl.minimum(((chunk + 1) * steps // chunks) * BLOCK_K, length)
+    acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_LR:
+        # Two plain loops rather than one with a per-row pointer select: fewer registers.
+        acc = _stream(acc, lo_ptr, stride_lo, z_ptr, idx_ptr, q0, tl.minimum(q1, r), offs_m, m_ok, False, PREFETCH, BLOCK_K)
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, tl.maximum(q0, r) - r, q1 - r, offs_m, m_ok, True, PREFETCH, BLOCK_K)
+    else:
+        # Slices start on a step boundary: index and coefficient loads can be 16-byte wide.
+        q0 = tl.multiple_of(q0, BLOCK_K)
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K)
+    tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
+    # Every thread's partial sums land before the counter moves (release); the last program
+    # of the tile sees all of them (acquire) and reads through L2 (volatile).
+    tl.debug_barrier()
+    done = tl.atomic_add(tcnt_ptr + tile, 1, sem="acq_rel")
+    if done == chunks - 1:
+        y = tl.load(ws_ptr + offs_m, mask=m_ok, other=0.0, volatile=True)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs_m, y.to(out_ptr.dtype.element_ty), mask=m_ok)
+        # Leave the workspace as found: zero.  Every program of this tile has finished.
+        tl.store(ws_ptr + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=m_ok)
+        tl.atomic_xchg(tcnt_ptr + tile, 0, sem="relaxed")
+        tl.debug_barrier()
+        # The last tile of the launch: every program has read its count and z (each tile's
+        # counter chain orders them before this point), so those go back to zero too.
+        g = tl.atomic_add(gcnt_ptr, 1, sem="acq_rel")
+        if g == total_tiles - 1:
+            for s in range(0, state_len, BLOCK_M):
+                offs = s + tl.arange(0, BLOCK_M)
+                tl.store(state_ptr + offs, tl.zeros([BLOCK_M], dtype=tl.float32), mask=offs < state_len)
+
+
+@triton.jit
+def _gather_kernel(
+    chunks, state_ptr, state_len, gcnt_ptr,
+    w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0, tiles0,
+    w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1, tiles1,
+    w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2, out2, m2, tiles2,
+    BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr, HAS_LR: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
+):
+    if PDL:  # launched early (programmatic dependent launch): wait for the compaction grid
+        tl.extra.cuda.gdc_wait()
+    # Programs: slice-major, the tiles of projection 0, 1, 2 fastest, so one wave covers
+    # every tile's first slices together.
+    pid = tl.program_id(0)
+    tiles = tiles0 + tiles1 + tiles2
+    chunk = pid // tiles
+    tile = pid % tiles
+    if tile < tiles0:
+        _gather_item(chunk, tile, chunks, w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0,
+                     state_ptr, state_len, gcnt_ptr, tiles, BIAS0, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+    elif tile < tiles0 + tiles1:
+        _gather_item(chunk, tile - tiles0, chunks, w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1,
+                     state_ptr, state_len, gcnt_ptr, tiles, BIAS1, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+    else:
+        _gather_item(chunk, tile - tiles0 - tiles1, chunks, w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2,
+                     out2, m2, state_ptr, state_len, gcnt_ptr, tiles, BIAS2, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+
+
+# ---------------------------------------------------------------- host side
+
+# One fp32 buffer per device, zero at the start and at the end of every call (see the
+# module docstring).  A larger one replaces it when needed; old ones stay alive because
+# captured CUDA graphs may still point at them.
+_WORKSPACE: dict[tuple[str, int | None], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def _workspace(device: torch.device, numel: int) -> torch.Tensor:
+    key = (device.type, device.index)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < numel:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.zeros(max(numel, 1 << 16, 2 * buf.numel() if buf is not None else 0), dtype=torch.float32, device=device)
+        _WORKSPACE[key] = buf
+    return buf[:numel]
+
+
+def compact_gemv(
+    x: torch.Tensor,
+    weight_t: list[torch.Tensor],
+    c: list[torch.Tensor],
+    tau: list[torch.Tensor],
+    lowrank_in: list[torch.Tensor],
+    lowrank_out: list[torch.Tensor],
+    bias: list[torch.Tensor | None],
+    outs: list[torch.Tensor],
+    sm_count: int,
+    block_k: int = 8,
+    block_m: int = 1024,
+    programs_per_sm: int = 4,
+    num_warps: int = 4,
+    prefetch: int = 1,
+    block_n: int = 128,
+    block_r: int = 64,
+    pdl: bool = False,
+) -> list[torch.Tensor]:
+    """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
+    `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
+
+    Args:
+        x (`torch.Tensor`): ``[1, n]``, unit stride along ``n``.
+        weight_t, c, tau, lowrank_in, lowrank_out, bias (`list`): one entry per projection,
+            layouts as in the module docstring.
+        outs (`list[torch.Tensor]`): ``[1, m_p]`` outputs, every element written.
+        sm_count (`int`): multiprocessors of the device (sizes the one-wave grid).
+        block_k, block_m, programs_per_sm, num_warps: tiles of the gather launch.
+        prefetch (`int`): steps of weight rows loaded ahead of the multiply (0, 1 or 2).
+        block_n, block_r: channels and ``z`` columns per program of the compaction launch.
+        pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
+            the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
+
+    Returns:
+        `list[torch.Tensor]`: ``outs``.
+    """
+    T, n = x.shape
+    if int(prefetch) not in (0, 1, 2):
+        raise ValueError(f"prefetch must be 0, 1 or 2 steps, got {prefetch}")
+    if T != 1:
+        raise ValueError(f"compact_gemv serves one token, got x of shape {tuple(x.shape)}")
+    k = len(weight_t)
+    if not 1 <= k <= MAX_PROJ:
+        raise ValueError(f"compact_gemv takes 1 to {MAX_PROJ} projections, got {k}")
+    ms = [w.shape[1] for w in weight_t]
+    rs = [li.shape[1] for li in lowrank_in]
+    has_lr = any(rs)
+    tiles = [triton.cdiv(m, block_m) for m in ms]
+    # Slices per tile: about programs_per_sm programs per multiprocessor in all, and no more
+    # slices than the longest list has steps.
+    max_steps = triton.cdiv(n + max(rs), block_k)
+    chunks = max(1, min(max_steps, round(sm_count * programs_per_sm / sum(tiles))))
+
+    # Persistent zeroed state: [global tile counter, counts (k)] + z (sum r) | tile counters | split-K sums.
+    state_sizes = [1 + k] + rs
+    sizes = state_sizes + tiles + ms
+    flat = _workspace(x.device, sum(sizes))
+    parts = list(flat.split(sizes))
+    head, zs = parts[0].view(torch.int32), parts[1 : 1 + k]
+    tcnt = [p.view(torch.int32) for p in parts[1 + k : 1 + 2 * k]]
+    ws = parts[1 + 2 * k :]
+    gcnt, cnts = head[:1], [head[1 + i : 2 + i] for i in range(k)]
+    state_len = sum(state_sizes)
+    # The compacted lists: every slot a gather reads was written by the compaction launch.
+    # Each list has 3 * block_k slack slots (the gather reads up to three steps ahead,
+    # unmasked) and starts on a 256-byte boundary.
+    ln = triton.cdiv(n + 3 * block_k, 64) * 64
+    lists = torch.empty(2 * k * ln, dtype=torch.float32, device=x.device)
+    idx = [lists[2 * i * ln : (2 * i + 1) * ln].view(torch.int32) for i in range(k)]
+    xs = [lists[(2 * i + 1) * ln : (2 * i + 2) * ln] for i in range(k)]
+
+    li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
+    lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
+    w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
+    zs = [z if z.numel() else ws[i] for i, z in enumerate(zs)]  # never read when r = 0
+
+    a_args = [x, n, 0]
+    b_args = [chunks, flat, state_len, gcnt]
+    has_bias = []
+    for i in range(MAX_PROJ):
+        j = min(i, k - 1)  # unused slots repeat the last projection; no program reaches them
+        real = i < k
+        b = bias[j] if real else None
+        has_bias.append(b is not None)
+        a_args += [c[j], tau[j], li_[j], max(li_[j].stride(0), 1), rs[j], idx[j], xs[j], cnts[j], zs[j]]
+        b_args += [w_[j], w_[j].stride(0), lo_[j], max(lo_[j].stride(0), 1), rs[j], idx[j], xs[j], cnts[j], zs[j],
+                   ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
+    r_progs = max(1, triton.cdiv(max(rs), block_r)) if has_lr else 1
+    a_args[2] = r_progs
+    pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    _compact_kernel[(triton.cdiv(n, block_n), r_progs, k)](
+        *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, num_warps=4,
+    )
+    extra = {"launch_pdl": True} if pdl else {}
+    _gather_kernel[(chunks * sum(tiles),)](
+        *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
+        PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
+        num_warps=num_warps, num_stages=1, **extra,
+    )
+    return outs
