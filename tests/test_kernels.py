@@ -400,3 +400,41 @@ def test_gpu_compact_path_graph_and_compile(compact_path):
         torch.testing.assert_close(compiled(x).clone(), mod(x), rtol=1e-2, atol=1e-2)
     torch.cuda.synchronize()
     assert _workspace_is_zero()
+
+
+def test_choose_config_takes_compact_path_only_for_big_sparse_one_token_layers():
+    from rsparse.kernels import sparse_linear as kernels
+
+    big = (4096, 14336)
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.3).path == "compact"
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.5).path == "splitk"  # measured no faster
+    assert kernels.choose_config(*big, False, 2).path == "splitk"  # no hint: dense-like
+    assert kernels.choose_config(*big, True, 2, active_fraction=0.3).path == "splitk"  # several tokens
+    assert kernels.choose_config(4096, 4096, False, 2, active_fraction=0.3).path == "splitk"  # small: unmeasured
+    kernels.set_config(kernels.Config(path="splitk"), "gemv1")  # an override wins
+    try:
+        assert kernels.choose_config(*big, False, 2, active_fraction=0.1).path == "splitk"
+    finally:
+        kernels.set_config(None, "gemv1")
+
+
+@needs_triton
+@pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused"])
+def test_layers_pass_their_budget_active_fraction_to_the_kernel(fused, monkeypatch):
+    from rsparse.kernels import sparse_linear as kernels
+
+    rsparse.set_backend("triton")
+    seen = []
+    orig = kernels.choose_config
+    monkeypatch.setattr(kernels, "choose_config", lambda *a, **k: seen.append(a[4] if len(a) > 4 else k.get("active_fraction")) or orig(*a, **k))
+    torch.manual_seed(0)
+    mods = []
+    for m, s in [(24, 0.7), (16, 0.4)]:
+        lin = torch.nn.Linear(40, m)
+        mods.append(RSparseLinear.from_linear(lin, tau=0.5, budget=layer_budget(40, m, s=s, rho=1.0)))
+    x = torch.randn(1, 40)
+    ys = forward_shared_input(x, mods) if fused else [mods[0](x)]
+    assert seen == ([pytest.approx(0.6)] if fused else [pytest.approx(0.3)])  # the group passes its largest
+    rsparse.set_backend("torch")
+    for y, mod in zip(ys, mods):
+        torch.testing.assert_close(y, mod(x), rtol=1e-5, atol=1e-5)

@@ -177,8 +177,15 @@ class RSparseLinear(nn.Module):
             self.lowrank_in,
             self.lowrank_out,
             self.bias,
+            self.expected_active_fraction(),
         )
         return y.view(*x.shape[:-1], self.out_features)
+
+    def expected_active_fraction(self) -> float:
+        """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
+        if self.budget is None:
+            return 1.0
+        return min(1.0, self.budget.k / self.in_features)
 
     def _apply(self, fn, recurse=True):
         # `model.to(dtype)` / `.half()` cast every floating buffer; the score inputs must
@@ -234,6 +241,7 @@ def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch
         [m.lowrank_in for m in modules],
         [m.lowrank_out for m in modules],
         [m.bias for m in modules],
+        max(m.expected_active_fraction() for m in modules),
     )
     return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
 

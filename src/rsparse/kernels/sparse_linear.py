@@ -24,9 +24,9 @@ so they are scheduled first and the wait cannot dead-lock; the interpreter runs 
 in order, so there it never waits.
 
 One token can instead take the two-launch path of `rsparse.kernels.compact_gemv` (compaction,
-then a gathered split-K GEMV over only the active rows), chosen with
-``set_config(Config(path="compact", ...), "gemv1")``; opt-in until measured faster on a GPU
-(benchmarks/NOTES.md, run 6).
+then a gathered split-K GEMV over only the active rows).  `choose_config` takes it for big
+layers whose budget keeps at most `COMPACT_MAX_ACTIVE` of the channels (where the H200 measured
+it faster, benchmarks/NOTES.md run 6); ``set_config(Config(path=...), "gemv1")`` forces a path.
 
 Graph safety: the grid depends only on shapes; no host synchronisation; the only
 allocation is one zero-filled fp32 workspace whose size depends on shapes only.
@@ -320,11 +320,22 @@ def set_config(config: Config | None, kind: str = "gemv1") -> None:
         _OVERRIDE[kind] = config
 
 
-def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int) -> Config:
-    """Tile sizes of a launch (fixed per kind today; the arguments leave room for shape rules)."""
+# The compact path serves one token when the layer is big and expected sparse enough; the H200
+# sweep of run 6 (benchmarks/NOTES.md) measured it faster than run 4's launch at 30 % and 10 %
+# active channels on 4096x14336 and 14336x4096, and no faster at 50 %; smaller shapes and
+# fractions in between were not measured, so they keep run 4's launch.
+COMPACT_MAX_ACTIVE = 0.35
+COMPACT_MIN_ELEMENTS = 32 * 2**20  # n * m_total
+
+
+def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0) -> Config:
+    """Tile sizes and path of a launch, from the shape and the layer's expected active fraction."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
+    if not use_dot and active_fraction <= COMPACT_MAX_ACTIVE and n * m_total >= COMPACT_MIN_ELEMENTS:
+        # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
+        return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
@@ -349,6 +360,7 @@ def sparse_linear_multi(
     lowrank_out: list[torch.Tensor],
     bias: list[torch.Tensor | None],
     out: list[torch.Tensor] | None = None,
+    active_fraction: float = 1.0,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
@@ -359,7 +371,7 @@ def sparse_linear_multi(
             e = s + MAX_PROJ
             outs += sparse_linear_multi(
                 x, weight_t[s:e], c[s:e], tau[s:e], lowrank_in[s:e], lowrank_out[s:e], bias[s:e],
-                None if out is None else out[s:e],
+                None if out is None else out[s:e], active_fraction,
             )
         return outs
     T, n = x.shape
@@ -371,7 +383,7 @@ def sparse_linear_multi(
     if T == 0:
         return outs
     use_dot = T > 1
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size())
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction)
     if cfg.path not in ("splitk", "compact"):
         raise ValueError(f"Config.path must be 'splitk' or 'compact', got {cfg.path!r}")
     if cfg.path == "compact" and T == 1 and all(o.stride(-1) == 1 for o in outs):
@@ -430,7 +442,11 @@ def sparse_linear_multi(
     return outs
 
 
-def sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None) -> torch.Tensor:
+def sparse_linear(
+    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0
+) -> torch.Tensor:
     """Triton implementation of ``rsparse::sparse_linear``."""
     outs = None if out is None else [out]
-    return sparse_linear_multi(x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs)[0]
+    return sparse_linear_multi(
+        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction
+    )[0]

@@ -43,13 +43,17 @@ def sparse_linear(
     lowrank_in: torch.Tensor,
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
+    active_fraction: float = 1.0,
 ) -> torch.Tensor:
-    """R-Sparse linear on ``x`` of shape ``[T, n]``; returns ``[T, m]`` in ``x.dtype``."""
+    """R-Sparse linear on ``x`` of shape ``[T, n]``; returns ``[T, m]`` in ``x.dtype``.
+
+    ``active_fraction`` is the layer's expected share of active input channels (its budget's
+    ``k / n``); it never changes the result, only which kernel launch serves it."""
     return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
 @sparse_linear.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     torch._check(x.shape[1] == weight_t.shape[0], lambda: "x and weight_t disagree on n")
     return x.new_empty(x.shape[0], weight_t.shape[1])

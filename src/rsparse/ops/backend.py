@@ -82,19 +82,23 @@ def _use_triton(x: torch.Tensor) -> bool:
     return False
 
 
-def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
-        return kernels.sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+        return kernels.sparse_linear(
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction
+        )
     return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
-def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias):
+def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
-        return kernels.sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+        return kernels.sparse_linear_multi(
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction
+        )
     return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
