@@ -52,6 +52,8 @@ DENSITY_STEP = 0.01
 STEPS = (1.0, 0.5, 0.25)
 #: Depth bins with a log-weight knob each (0: only the linear depth slope).
 DEPTH_BINS = 0
+#: Whether the descent also tunes an exponent on every layer's relative error.
+CURVE_KNOB = False
 
 
 @dataclass
@@ -183,6 +185,7 @@ class _Tables:
         binned = torch.tensor([knobs.get(f"depth{int(b)}", 0.0) for b in bins], dtype=torch.float64)
         weight = self.sensitivity**trust * torch.exp(groups + binned + knobs.get("depth", 0.0) * (self.depth - 0.5))
         error = weight[:, None] * self.dropped * self.rank_left ** math.exp(knobs.get("rank", 0.0))
+        error = error ** math.exp(knobs.get("curve", 0.0))
         bytes_ = self.size[:, None] * self.density[None, :] / self.size.sum()
         wanted = 1.0 - target
 
@@ -306,7 +309,7 @@ def _refine(
     started = time.perf_counter()
     knob_names = (
         ["sensitivity"] + sorted({f"group{g}" for g in tables.group}) + ["depth"]
-        + [f"depth{b}" for b in range(DEPTH_BINS)] + (["rank"] if cfg.rho is None else [])
+        + [f"depth{b}" for b in range(DEPTH_BINS)] + (["rank"] if cfg.rho is None else []) + (["curve"] if CURVE_KNOB else [])
     )
     budget_limit = cfg.search_evaluations
     seen: dict[tuple, float] = {}
