@@ -50,10 +50,6 @@ RHOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 DENSITY_STEP = 0.01
 #: Step sizes, in log-weight units, of the coordinate descent.
 STEPS = (1.0, 0.5, 0.25)
-#: Depth bins with a log-weight knob each (0: only the linear depth slope).
-DEPTH_BINS = 0
-#: Whether the descent also tunes an exponent on every layer's relative error.
-CURVE_KNOB = False
 
 
 @dataclass
@@ -181,11 +177,8 @@ class _Tables:
         groups = torch.tensor([knobs.get(f"group{g}", 0.0) for g in self.group], dtype=torch.float64)
         # "sensitivity" trusts the Fisher weights more (> 0) or less (< 0, down to ignoring them at -1).
         trust = 1.0 + knobs.get("sensitivity", 0.0)
-        bins = (self.depth * DEPTH_BINS).long().clamp(max=max(DEPTH_BINS - 1, 0))
-        binned = torch.tensor([knobs.get(f"depth{int(b)}", 0.0) for b in bins], dtype=torch.float64)
-        weight = self.sensitivity**trust * torch.exp(groups + binned + knobs.get("depth", 0.0) * (self.depth - 0.5))
+        weight = self.sensitivity**trust * torch.exp(groups + knobs.get("depth", 0.0) * (self.depth - 0.5))
         error = weight[:, None] * self.dropped * self.rank_left ** math.exp(knobs.get("rank", 0.0))
-        error = error ** math.exp(knobs.get("curve", 0.0))
         bytes_ = self.size[:, None] * self.density[None, :] / self.size.sum()
         wanted = 1.0 - target
 
@@ -308,8 +301,7 @@ def _refine(
     """Coordinate descent over the knobs, each candidate allocation scored end to end."""
     started = time.perf_counter()
     knob_names = (
-        ["sensitivity"] + sorted({f"group{g}" for g in tables.group}) + ["depth"]
-        + [f"depth{b}" for b in range(DEPTH_BINS)] + (["rank"] if cfg.rho is None else []) + (["curve"] if CURVE_KNOB else [])
+        ["sensitivity"] + sorted({f"group{g}" for g in tables.group}) + ["depth"] + (["rank"] if cfg.rho is None else [])
     )
     budget_limit = cfg.search_evaluations
     seen: dict[tuple, float] = {}
