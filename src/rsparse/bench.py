@@ -54,7 +54,8 @@ def decode_tokens(
     step: Any = None,
     cache: Any = None,
 ) -> torch.Tensor:
-    """Greedy decoding with a static KV cache: dense prefill by ``model``, then ``new_tokens - 1``
+    """Greedy decoding with a static KV cache: prefill by ``model`` (dense in mode ``"auto"`` when the
+    prompt is longer than the layers' ``decode_cutoff``, sparse otherwise), then ``new_tokens - 1``
     single-token steps by ``step`` (``model`` itself, or `compile_decode_step(model)`).
 
     Args:
