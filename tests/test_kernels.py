@@ -316,17 +316,8 @@ def _gpu_module(rank=32):
     return RSparseLinear.from_linear(lin, tau=0.02, lowrank_in=li, lowrank_out=lo, mode="sparse")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-def test_gpu_cuda_graph_capture():
-    mod = _gpu_module()
-    x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
-    ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        mod(x)  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(s)
+def assert_graph_replays_match_reference(mod, x):
+    """Capture ``mod(x)`` in a CUDA graph, then replay it on 3 fresh inputs written into ``x``."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = mod(x)
@@ -336,6 +327,19 @@ def test_gpu_cuda_graph_capture():
         torch.cuda.synchronize()
         ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
         assert rel_err(y, ref.double()) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_cuda_graph_capture():
+    mod = _gpu_module()
+    x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        mod(x)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    assert_graph_replays_match_reference(mod, x)
 
 
 @pytest.mark.gpu
@@ -385,15 +389,7 @@ def test_gpu_compact_path_graph_and_compile(compact_path):
     mod = _gpu_module()
     x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     mod(x)  # compile outside the capture (and create the workspace)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = mod(x)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
-        assert rel_err(y, ref.double()) <= 1e-2
+    assert_graph_replays_match_reference(mod, x)
     compiled = torch.compile(mod, fullgraph=True, mode="reduce-overhead")
     for _ in range(3):
         x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
