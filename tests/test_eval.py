@@ -185,7 +185,12 @@ def test_shared_dense_prefill_store(calib):
     requests = _requests(2)
     store: dict = {}
     first = loglikelihoods(dense, requests, protocol="deployment", dense_prefill=store)
-    assert len(store) == 2 and first == loglikelihoods(dense, requests, protocol="deployment", dense_prefill=store)
+    assert len(store) == 1  # one entry per prefill call: both contexts fit one
+    assert first == loglikelihoods(dense, requests, protocol="deployment", dense_prefill=store)
+    one_per_call: dict = {}
+    unbatched = loglikelihoods(dense, requests, protocol="deployment", dense_prefill=one_per_call, batch_size=1)
+    assert [s for s, _ in unbatched] == pytest.approx([s for s, _ in first], abs=1e-4)
+    assert len(one_per_call) == 2
     plain = loglikelihoods(sparse, requests, protocol="deployment")
     shared = loglikelihoods(sparse, requests, protocol="deployment", dense_prefill=store)
     assert [s for s, _ in shared] == pytest.approx([p for p, _ in plain], abs=1e-4)

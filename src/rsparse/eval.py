@@ -233,13 +233,18 @@ def perplexity(
     return math.exp(nll / count)
 
 
+# Padded tokens per forward call when scoring: on a CPU a GEMM over a few thousand rows runs
+# near full speed, while one short prompt per call leaves most of every weight read unused.
+TOKENS_PER_CALL = 2048
+
+
 @torch.no_grad()
 def loglikelihoods(
     model: nn.Module,
     requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
     protocol: str = "strict",
-    batch_size: int = 16,
+    batch_size: int = 32,
     show_progress: bool = False,
     desc: str = "rsparse: score",
     dense_prefill: dict | None = None,
@@ -248,23 +253,27 @@ def loglikelihoods(
 
     Requests that share a context share one prefill: the context runs once into a KV cache
     (sparse under ``"strict"``, dense under ``"deployment"``) and its continuations are then
-    scored together, every continuation token sparse, as a right-padded batch on copies of
-    that cache. The model's `RSparseLinear` modes are restored afterwards.
+    scored from that cache, every continuation token sparse. Distinct contexts are batched:
+    sorted by length, left-padded (with an attention mask and per-row positions) up to
+    ``batch_size`` rows or `TOKENS_PER_CALL` padded tokens per call; their continuations run as
+    right-padded rows on the selected cache rows. The model's `RSparseLinear` modes are restored
+    afterwards.
 
     Args:
         model (`nn.Module`): a causal LM, sparsified or not.
         requests: ``(context_ids, continuation_ids)`` pairs, both non-empty.
         protocol (`str`, defaults to ``"strict"``): ``"strict"`` or ``"deployment"`` (see the module
             docstring).
-        batch_size (`int`, defaults to 16): continuations per forward call.
+        batch_size (`int`, defaults to 32): most sequences per forward call (contexts in a prefill
+            call, continuations in a scoring call).
         show_progress (`bool`, defaults to `False`): a progress bar over distinct contexts.
         desc (`str`): the progress bar's label.
         dense_prefill (`dict`, *optional*): under ``"deployment"``, a store of dense context
-            prefills (first-token log-probabilities and KV cache per context) filled on first use
-            and read afterwards. Share one dict only between models whose dense weights are the
-            same, e.g. several sparsifications of one dense model: each then pays for its sparse
-            continuation tokens only. It holds one KV cache per context (about 46 KB per context
-            token for SmolLM2-135M in fp32).
+            prefills (first-token log-probabilities and KV cache per batch of contexts) filled on
+            first use and read afterwards. Share one dict only between models whose dense weights
+            are the same, e.g. several sparsifications of one dense model, scored on the same
+            requests: each then pays for its sparse continuation tokens only. It holds the KV
+            caches (about 46 KB per padded context token for SmolLM2-135M in fp32).
 
     Returns:
         `list[tuple[float, bool]]`: per request, the summed log-probability of the continuation
@@ -278,7 +287,7 @@ def loglikelihoods(
     ```
     """
     _check_protocol(protocol)
-    if batch_size < 1:
+    if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, cont) in enumerate(requests):
@@ -287,62 +296,111 @@ def loglikelihoods(
                 f"request {i}: context and continuation must both hold tokens, got {len(ctx)} and {len(cont)}"
             )
         groups.setdefault(tuple(int(t) for t in ctx), []).append(i)
+    conts = [[int(t) for t in cont] for _, cont in requests]
+    # Longest first: the slowest batch runs while the progress bar is still honest about the rest.
+    contexts = sorted(groups, key=len, reverse=True)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-    with _modes_restored(model) as modules:
-        for ctx, members in tqdm(groups.items(), desc=desc, unit="ctx", disable=not show_progress):
-            conts = [[int(t) for t in requests[i][1]] for i in members]
-            store = dense_prefill if protocol == "deployment" else None
-            scored = _score_group(model, modules, list(ctx), conts, protocol, batch_size, store)
-            for i, result in zip(members, scored):
+    store = dense_prefill if protocol == "deployment" else None
+    with _modes_restored(model) as modules, tqdm(
+        total=len(contexts), desc=desc, unit="ctx", disable=not show_progress
+    ) as bar:
+        for batch in _pack([len(c) for c in contexts], batch_size):
+            ctxs = [contexts[k] for k in batch]
+            members = [groups[c] for c in ctxs]
+            prefill = _prefill(model, modules, ctxs, [[conts[i] for i in m] for m in members], protocol, store)
+            scored = _continue(model, modules, prefill, members, conts, batch_size)
+            for i, result in scored.items():
                 results[i] = result
+            bar.update(len(batch))
     return results
 
 
-def _score_group(
-    model: nn.Module,
-    modules: dict[str, RSparseLinear],
-    ctx: list[int],
-    conts: list[list[int]],
-    protocol: str,
-    batch_size: int,
-    store: dict | None = None,
-) -> list[tuple[float, bool]]:
-    device = _device(model)
-    longer = [j for j, c in enumerate(conts) if len(c) > 1]
-    key = tuple(ctx)
+def _pack(lengths: list[int], max_rows: int) -> list[list[int]]:
+    """Consecutive index runs of ``lengths`` (sorted) with at most ``max_rows`` rows and, padded to
+    their longest, at most `TOKENS_PER_CALL` tokens (always at least one row)."""
+    runs: list[list[int]] = []
+    for k, n in enumerate(lengths):
+        run = runs[-1] if runs else None
+        if run and len(run) < max_rows and (len(run) + 1) * max(n, lengths[run[0]]) <= TOKENS_PER_CALL:
+            run.append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+@dataclasses.dataclass
+class _Prefill:
+    """A batch of contexts run once: per context the log-probabilities of its continuations'
+    first tokens and the argmax; the left-padded attention mask and the KV cache (when some
+    continuation is longer than one token)."""
+
+    first_logp: list[dict[int, float]]
+    argmax: list[int]
+    mask: torch.Tensor
+    cache: object | None
+
+
+def _prefill(model, modules, ctxs, conts_per_ctx, protocol, store) -> _Prefill:
+    need_cache = any(len(c) > 1 for cs in conts_per_ctx for c in cs)
+    key = tuple(ctxs)
     entry = store.get(key) if store is not None else None
-    if entry is None or any(c[0] not in entry[0] for c in conts) or (longer and entry[2] is None):
+    fits = entry is not None and (entry.cache is not None or not need_cache) and all(
+        c[0] in firsts for firsts, cs in zip(entry.first_logp, conts_per_ctx) for c in cs
+    )
+    if not fits:
+        device = _device(model)
+        width = max(len(c) for c in ctxs)
+        ids = torch.zeros(len(ctxs), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(ctxs), width, dtype=torch.long, device=device)
+        for row, ctx in enumerate(ctxs):
+            ids[row, width - len(ctx) :] = torch.tensor(ctx, device=device)
+            mask[row, width - len(ctx) :] = 1
+        # Per-row positions count real tokens only, so a padded row computes what it would alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         _set_modes(modules, "sparse" if protocol == "strict" else "dense")
-        out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, logits_to_keep=1)
-        first = out.logits[0, -1].float().log_softmax(-1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=need_cache, logits_to_keep=1)
+        logp = out.logits[:, -1].float().log_softmax(-1)
         # Keep only what scoring reads: each first token's log-probability and the argmax.
-        entry = ({c[0]: first[c[0]].item() for c in conts}, int(first.argmax()), out.past_key_values if longer else None)
+        entry = _Prefill(
+            [{c[0]: logp[row, c[0]].item() for c in cs} for row, cs in enumerate(conts_per_ctx)],
+            logp.argmax(-1).tolist(), mask, out.past_key_values if need_cache else None,
+        )
         if store is not None:
             store[key] = entry
-    first_logp, argmax, cache = entry
-    if store is not None and cache is not None:
-        cache = copy.deepcopy(cache)  # the stored prefill must stay as it is: continuing extends a cache
-    scores = [[first_logp[c[0]]] for c in conts]
-    greedy = [argmax == c[0] for c in conts]
+    return entry
 
+
+def _continue(model, modules, prefill: _Prefill, members, conts, batch_size) -> dict[int, tuple[float, bool]]:
+    """Score every request of a prefilled batch: the first token from the prefill, the rest as
+    right-padded rows continuing a copy of their context's cache rows, all sparse."""
+    device = prefill.mask.device
+    scores = {i: [prefill.first_logp[row][conts[i][0]]] for row, m in enumerate(members) for i in m}
+    greedy = {i: prefill.argmax[row] == conts[i][0] for row, m in enumerate(members) for i in m}
+    rows = [(row, i) for row, m in enumerate(members) for i in m if len(conts[i]) > 1]
+    rows.sort(key=lambda r: len(conts[r[1]]), reverse=True)  # similar widths share a call
     _set_modes(modules, "sparse")
-    chunks = [longer[k : k + batch_size] for k in range(0, len(longer), batch_size)]
-    for n, chunk in enumerate(chunks):
-        # Continuing a cache extends it in place: every chunk but the last gets a copy.
-        kv = cache if n == len(chunks) - 1 else copy.deepcopy(cache)
-        kv.batch_repeat_interleave(len(chunk))
-        width = max(len(conts[j]) - 1 for j in chunk)
-        # Right padding needs no attention mask: causality keeps real tokens from seeing it.
-        inputs = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-        for row, j in enumerate(chunk):
-            inputs[row, : len(conts[j]) - 1] = torch.tensor(conts[j][:-1])
-        logits = model(input_ids=inputs, past_key_values=kv, use_cache=True).logits
-        for row, j in enumerate(chunk):
-            target = torch.tensor(conts[j][1:], device=device)
-            logp = logits[row, : len(target)].float().log_softmax(-1)
-            scores[j].append(logp.gather(1, target[:, None]).sum().item())
-            greedy[j] = greedy[j] and bool((logp.argmax(-1) == target).all())
-    return [(math.fsum(s), g) for s, g in zip(scores, greedy)]
+    lengths = prefill.mask.sum(-1)
+    for chunk in _pack([len(conts[i]) - 1 for _, i in rows], batch_size):
+        picked = [rows[k] for k in chunk]
+        width = len(conts[picked[0][1]]) - 1
+        index = torch.tensor([row for row, _ in picked], device=device)
+        # Continuing a cache extends it in place: each call works on its own copy of the rows.
+        kv = copy.deepcopy(prefill.cache)
+        kv.batch_select_indices(index)
+        inputs = torch.zeros(len(picked), width, dtype=torch.long, device=device)
+        for r, (_, i) in enumerate(picked):
+            inputs[r, : len(conts[i]) - 1] = torch.tensor(conts[i][:-1], device=device)
+        # Right padding of the continuation needs no mask: causality keeps real tokens from seeing it.
+        mask = torch.cat([prefill.mask[index], torch.ones_like(inputs)], 1)
+        positions = lengths[index, None] + torch.arange(width, device=device)
+        logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=kv,
+                       use_cache=True).logits
+        for r, (_, i) in enumerate(picked):
+            target = torch.tensor(conts[i][1:], device=device)
+            logp = logits[r, : len(target)].float().log_softmax(-1)
+            scores[i].append(logp.gather(1, target[:, None]).sum().item())
+            greedy[i] = greedy[i] and bool((logp.argmax(-1) == target).all())
+    return {i: (math.fsum(s), greedy[i]) for i, s in scores.items()}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -524,7 +582,7 @@ def multiple_choice(
     *,
     protocol: str = "strict",
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     show_progress: bool = True,
     seed: int = 0,
     items: Sequence[Item] | None = None,
@@ -543,7 +601,7 @@ def multiple_choice(
         protocol (`str`, defaults to ``"strict"``): ``"strict"`` (every token sparse) or
             ``"deployment"`` (prompt dense, continuation decoded sparsely).
         limit (`int`, *optional*): evaluate a seeded random subset of this many items.
-        batch_size (`int`, defaults to 16): continuations per forward call.
+        batch_size (`int`, defaults to 32): most sequences per forward call (see `loglikelihoods`).
         show_progress (`bool`, defaults to `True`): show a progress bar.
         seed (`int`, defaults to 0): seed of the subset.
         items (`Sequence[Item]`, *optional*): items already read with `read_task` (then ``limit``
