@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--ppl-windows", type=int, default=4)
     parser.add_argument("--ppl-seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32, help="most sequences per forward call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -132,6 +132,7 @@ def load_model(args: argparse.Namespace):
 
 
 def main() -> None:
+    wall_start = time.perf_counter()
     args = parse_args()
     torch.manual_seed(args.seed)
     show = not args.no_progress
@@ -174,6 +175,7 @@ def main() -> None:
         results = {}  # a different setup: start again
     results["meta"] = meta
     rows = results.setdefault("rows", {})
+    resumed = len(rows)
     store: dict[str, dict] = {task: {} for task in args.tasks}  # dense prefills shared by all methods
 
     def save() -> None:
@@ -229,6 +231,10 @@ def main() -> None:
             evaluate(model, method, target, args.protocols)
             del model
 
+    # This invocation's wall time; the rows it found already in --out were not re-run.
+    results["meta"]["wall_seconds_last_run"] = round(time.perf_counter() - wall_start, 1)
+    results["meta"]["rows_resumed"] = resumed
+    save()
     write_markdown(results, args.out.with_suffix(".md"))
     write_plot(results, args.out.with_suffix(".png"))
 
@@ -261,6 +267,9 @@ def write_markdown(results: dict, path: Path) -> None:
         + f" ({meta['item_selection']}). {meta['metric_note']}.",
         "",
     ]
+    if "wall_seconds_last_run" in meta:
+        lines += [f"Wall time of the run that wrote this table: {meta['wall_seconds_last_run'] / 60:.1f} min "
+                  f"({meta['rows_resumed']} rows taken from an earlier run's JSON).", ""]
     dense_avg = {}
     for metric in ("acc", "acc_norm"):
         for protocol in PROTOCOLS:
