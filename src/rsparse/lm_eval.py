@@ -37,7 +37,7 @@ class RSparseLM(LM):
         tokenizer: its tokenizer (a ``transformers`` tokenizer; ``decode`` is needed for generation).
         protocol (`str`, defaults to ``"strict"``): ``"strict"`` or ``"deployment"``; recorded in
             `get_model_info`.
-        batch_size (`int`, defaults to 16): continuations per forward call.
+        batch_size (`int`, defaults to 32): most sequences per forward call (see `rsparse.eval.loglikelihoods`).
         max_length (`int`, *optional*): longest token sequence fed to the model; contexts are cut
             from the left to fit. Defaults to the model's ``max_position_embeddings`` (at most 4096).
         max_gen_toks (`int`, defaults to 256): generation length when a request does not set one.
@@ -59,7 +59,7 @@ class RSparseLM(LM):
         tokenizer: Any,
         *,
         protocol: str = "strict",
-        batch_size: int = 16,
+        batch_size: int = 32,
         max_length: int | None = None,
         max_gen_toks: int = 256,
         show_progress: bool = True,
