@@ -307,10 +307,11 @@ def compact_gemv(
     rs = [li.shape[1] for li in lowrank_in]
     has_lr = any(rs)
     tiles = [triton.cdiv(m, block_m) for m in ms]
-    # Slices per tile: about programs_per_sm programs per multiprocessor in all, and no more
-    # slices than the longest list has steps.
+    # Slices per tile: at most programs_per_sm programs per multiprocessor in all (rounded
+    # down: one program past a full wave runs alone for a whole slice, measured +4 µs on
+    # 4096->14336 with ncu), and no more slices than the longest list has steps.
     max_steps = triton.cdiv(n + max(rs), block_k)
-    chunks = max(1, min(max_steps, round(sm_count * programs_per_sm / sum(tiles))))
+    chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
 
     # Persistent zeroed state: [global tile counter, counts (k)] + z (sum r) | tile counters | split-K sums.
     state_sizes = [1 + k] + rs
