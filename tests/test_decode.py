@@ -217,6 +217,19 @@ def test_smollm2_compiled_greedy_equals_eager():
     (passed once on the 2-core dev machine: 370 s, too long for CI)."""
     from rsparse.eval import load_offline_model
 
+    # One thread: on 2026-11-30 (torch 2.13 CPU, transformers 5.24, numpy 2.4.6) eager and
+    # aot_eager forked at 2 threads (55 of 64 tokens differ) and agreed at 1. A sparse model turns
+    # rounding-level differences into different tokens (NOTES, "Strict-protocol scores move with
+    # fp32 rounding"); which op rounds differently at 2 threads is not known yet.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _smollm2_compiled_vs_eager(load_offline_model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _smollm2_compiled_vs_eager(load_offline_model):
     model, tokenizer = load_offline_model(torch.float32)
     calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
     rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False)
