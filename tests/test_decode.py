@@ -215,8 +215,6 @@ def test_smollm2_compiled_greedy_equals_eager():
     """Acceptance 2, first half: 64 greedy tokens of the sparse SmolLM2-135M (fp32), compiled
     decode step (shared-input groups fused) vs eager, fused and unfused. ``aot_eager`` by default; ``RSPARSE_TEST_INDUCTOR=1`` compiles with inductor
     (passed once on the 2-core dev machine: 370 s, too long for CI)."""
-    from rsparse.eval import load_offline_model
-
     # One thread: on 2026-11-30 (torch 2.13 CPU, transformers 5.24, numpy 2.4.6) eager and
     # aot_eager forked at 2 threads (55 of 64 tokens differ) and agreed at 1. A sparse model turns
     # rounding-level differences into different tokens (NOTES, "Strict-protocol scores move with
@@ -224,12 +222,14 @@ def test_smollm2_compiled_greedy_equals_eager():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _smollm2_compiled_vs_eager(load_offline_model)
+        _smollm2_compiled_vs_eager()
     finally:
         torch.set_num_threads(threads)
 
 
-def _smollm2_compiled_vs_eager(load_offline_model):
+def _smollm2_compiled_vs_eager():
+    from rsparse.eval import load_offline_model
+
     model, tokenizer = load_offline_model(torch.float32)
     calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
     rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False)
