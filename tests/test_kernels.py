@@ -226,6 +226,63 @@ def test_compact_path_multi_projection_and_tiles(compact_path):
     assert _workspace_is_zero()
 
 
+INLINE_SHAPES = [  # n, m, bias, active, programs_per_sm (chunks of 1 to 200 channels)
+    (70, 45, False, 0.5, 4),
+    (130, 77, True, 0.3, 16),
+    (200, 64, True, 0.0, 4),
+    (64, 50, True, 1.0, 4),
+    (301, 40, False, 0.6, 64),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("prefetch", [0, 1, 2], ids=["plain", "prefetch1", "prefetch2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", INLINE_SHAPES, ids=str)
+def test_inline_path_matches_reference(shape, dtype, prefetch, compact_path):
+    from rsparse.kernels import compact_gemv
+
+    n, m, bias, active, pps = shape
+    compact_path(path="inline", prefetch=prefetch, programs_per_sm=pps)
+    calls = []
+    orig = compact_gemv._inline
+    compact_gemv._inline = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        for seed in range(2):  # a second call proves the first left its state at zero
+            check(make_args(1, n, m, 0, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
+    finally:
+        compact_gemv._inline = orig
+    assert calls == [1, 1]  # the one-launch kernel ran, not the two-launch fallback
+    assert _workspace_is_zero()
+
+
+@needs_triton
+def test_inline_path_multi_projection_and_rank_fallback(compact_path):
+    from rsparse.kernels import compact_gemv
+    from rsparse.kernels import sparse_linear as kernels
+
+    compact_path(path="inline", block_k=4, block_m=16, programs_per_sm=16, prefetch=1)
+    dtype, n = torch.float32, 90
+    for ranks, one_launch in (((0, 0, 0), True), ((6, 0, 11), False)):
+        projs = [make_args(1, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s)
+                 for s, (m, r, b) in enumerate(zip((50, 24, 40), ranks, (True, False, False)))]
+        x = projs[0][0]
+        lists = [list(a) for a in zip(*[p[1:] for p in projs])]
+        outs = [torch.full((1, p[1].shape[1]), float("nan")) for p in projs]
+        calls = []
+        orig = compact_gemv._inline
+        compact_gemv._inline = lambda *a, **k: calls.append(1) or orig(*a, **k)
+        try:
+            ys = kernels.sparse_linear_multi(x, *lists, out=outs)
+        finally:
+            compact_gemv._inline = orig
+        assert calls == ([1] if one_launch else [])  # a rank sends the group to the two launches
+        for y, p in zip(ys, projs):
+            assert not torch.isnan(y).any()
+            assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+    assert _workspace_is_zero()
+
+
 @needs_triton
 def test_compact_path_leaves_batches_to_splitk(compact_path):
     from rsparse.kernels import compact_gemv
@@ -249,7 +306,7 @@ def test_compact_config_errors(compact_path):
 
     kernels.set_config(kernels.Config(path="fast"), "gemv1")
     args = make_args(1, 8, 4, 0, torch.float32, "cpu")
-    with pytest.raises(ValueError, match="'splitk' or 'compact', got 'fast'"):
+    with pytest.raises(ValueError, match="'splitk', 'compact' or 'inline', got 'fast'"):
         kernels.sparse_linear(*args)
     x = torch.zeros(2, 8)
     lists = [[a] for a in args[1:6]] + [[None], [x], 2]
@@ -369,11 +426,15 @@ def test_gpu_torch_compile_fullgraph():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("path", ["compact", "inline"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_compact_path_matches_reference(dtype, compact_path):
-    compact_path(block_m=1024)
-    for n, m, r, bias, active in [(4096, 14336, 0, False, 0.5), (14336, 4096, 300, True, 0.4), (777, 333, 31, True, 0.7),
-                                  (513, 1025, 9, False, 0.5), (4096, 1024, 64, True, 0.4)]:
+def test_gpu_compact_path_matches_reference(dtype, path, compact_path):
+    compact_path(path=path, block_m=1024)
+    shapes = [(4096, 14336, 0, False, 0.5), (14336, 4096, 300, True, 0.4), (777, 333, 31, True, 0.7),
+              (513, 1025, 9, False, 0.5), (4096, 1024, 64, True, 0.4)]
+    if path == "inline":  # the one launch serves layers without rank
+        shapes += [(14336, 4096, 0, True, 0.4), (777, 333, 0, True, 0.7), (513, 1025, 0, False, 0.3), (4096, 1024, 0, True, 0.1)]
+    for n, m, r, bias, active in shapes:
         for seed in range(2):
             check(make_args(1, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda")
         for a in (0.0, 1.0):
@@ -384,9 +445,10 @@ def test_gpu_compact_path_matches_reference(dtype, compact_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-def test_gpu_compact_path_graph_and_compile(compact_path):
-    compact_path(block_m=1024)
-    mod = _gpu_module()
+@pytest.mark.parametrize("path", ["compact", "inline"])
+def test_gpu_compact_path_graph_and_compile(path, compact_path):
+    compact_path(path=path, block_m=1024)
+    mod = _gpu_module(rank=0 if path == "inline" else 32)
     x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     mod(x)  # compile outside the capture (and create the workspace)
     assert_graph_replays_match_reference(mod, x)

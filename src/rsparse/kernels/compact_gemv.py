@@ -102,10 +102,14 @@ def _compact_kernel(
 
 
 @triton.jit
-def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr):
+def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr, FRESH: tl.constexpr):
     # Row numbers and coefficients of list positions p (LIST) or of rows p themselves.
     ok = p < p_end
-    if LIST:
+    if LIST and FRESH:
+        # Lists this launch just wrote (`_inline_kernel`): read through L2, never a stale L1 line.
+        j = tl.load(idx_ptr + p, cache_modifier=".cg")
+        coef = tl.where(ok, tl.load(coef_ptr + p, cache_modifier=".cg"), 0.0)
+    elif LIST:
         # Unmasked (so 16 bytes wide): the lists have 3 * BLOCK_K slack slots, and a slot past
         # the count holds garbage that only masked-off weight loads and a zeroed coefficient see.
         j = tl.load(idx_ptr + p)
@@ -118,21 +122,21 @@ def _info(p, p_end, coef_ptr, idx_ptr, LIST: tl.constexpr):
 
 @triton.jit
 def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
-            LIST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr):
+            LIST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, FRESH: tl.constexpr):
     # acc += sum over positions [p0, p1) of coef[p] * base[row(p), offs_m], BLOCK_K rows a step.
     # Full rows, no per-row test: only the last step of a slice has masked-off rows.
     p = p0 + tl.arange(0, BLOCK_K)
     if PREFETCH == 2:
         # Two steps of rows in flight (steps s+1 and s+2) while step s multiplies.
-        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST, FRESH)
         w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
-        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST, FRESH)
         w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
-        j2, coef2, ok2 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        j2, coef2, ok2 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST, FRESH)
         for _ in range(p0, p1, BLOCK_K):
             w2 = tl.load(base_ptr + j2[:, None] * stride + offs_m[None, :], mask=ok2[:, None] & m_ok[None, :], other=0.0)
             p += BLOCK_K
-            j3, coef3, ok3 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            j3, coef3, ok3 = _info(p + 2 * BLOCK_K, p1, coef_ptr, idx_ptr, LIST, FRESH)
             acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
             w = w1
             coef = coef1
@@ -143,13 +147,13 @@ def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
             ok2 = ok3
     elif PREFETCH == 1:
         # The rows of step s+1 and the indices of step s+2 are in flight while step s multiplies.
-        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+        j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST, FRESH)
         w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
-        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+        j1, coef1, ok1 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST, FRESH)
         for _ in range(p0, p1, BLOCK_K):
             w1 = tl.load(base_ptr + j1[:, None] * stride + offs_m[None, :], mask=ok1[:, None] & m_ok[None, :], other=0.0)
             p += BLOCK_K
-            j2, coef2, ok2 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST)
+            j2, coef2, ok2 = _info(p + BLOCK_K, p1, coef_ptr, idx_ptr, LIST, FRESH)
             acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
             w = w1
             coef = coef1
@@ -158,11 +162,33 @@ def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
             ok1 = ok2
     else:
         for _ in range(p0, p1, BLOCK_K):
-            j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST)
+            j, coef, ok = _info(p, p1, coef_ptr, idx_ptr, LIST, FRESH)
             w = tl.load(base_ptr + j[:, None] * stride + offs_m[None, :], mask=ok[:, None] & m_ok[None, :], other=0.0)
             acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
             p += BLOCK_K
     return acc
+
+
+@triton.jit
+def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok,
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr):
+    # Split-K: add this program's partial sums to the tile's fp32 workspace; the last of the
+    # tile's `chunks` programs writes the output and leaves workspace and counter at zero.
+    tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
+    # Every thread's partial sums land before the counter moves (release); the last program
+    # of the tile sees all of them (acquire) and reads through L2 (volatile).
+    tl.debug_barrier()
+    done = tl.atomic_add(tcnt_ptr + tile, 1, sem="acq_rel")
+    last = done == chunks - 1
+    if last:
+        y = tl.load(ws_ptr + offs_m, mask=m_ok, other=0.0, volatile=True)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs_m, y.to(out_ptr.dtype.element_ty), mask=m_ok)
+        # Leave the workspace as found: zero.  Every program of this tile has finished.
+        tl.store(ws_ptr + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=m_ok)
+        tl.atomic_xchg(tcnt_ptr + tile, 0, sem="relaxed")
+    return last
 
 
 @triton.jit
@@ -181,25 +207,13 @@ def _gather_item(
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_LR:
         # Two plain loops rather than one with a per-row pointer select: fewer registers.
-        acc = _stream(acc, lo_ptr, stride_lo, z_ptr, idx_ptr, q0, tl.minimum(q1, r), offs_m, m_ok, False, PREFETCH, BLOCK_K)
-        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, tl.maximum(q0, r) - r, q1 - r, offs_m, m_ok, True, PREFETCH, BLOCK_K)
+        acc = _stream(acc, lo_ptr, stride_lo, z_ptr, idx_ptr, q0, tl.minimum(q1, r), offs_m, m_ok, False, PREFETCH, BLOCK_K, False)
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, tl.maximum(q0, r) - r, q1 - r, offs_m, m_ok, True, PREFETCH, BLOCK_K, False)
     else:
         # Slices start on a step boundary: index and coefficient loads can be 16-byte wide.
         q0 = tl.multiple_of(q0, BLOCK_K)
-        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K)
-    tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
-    # Every thread's partial sums land before the counter moves (release); the last program
-    # of the tile sees all of them (acquire) and reads through L2 (volatile).
-    tl.debug_barrier()
-    done = tl.atomic_add(tcnt_ptr + tile, 1, sem="acq_rel")
-    if done == chunks - 1:
-        y = tl.load(ws_ptr + offs_m, mask=m_ok, other=0.0, volatile=True)
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs_m, y.to(out_ptr.dtype.element_ty), mask=m_ok)
-        # Leave the workspace as found: zero.  Every program of this tile has finished.
-        tl.store(ws_ptr + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=m_ok)
-        tl.atomic_xchg(tcnt_ptr + tile, 0, sem="relaxed")
+        acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K, False)
+    if _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, HAS_BIAS, BLOCK_M):
         tl.debug_barrier()
         # The last tile of the launch: every program has read its count and z (each tile's
         # counter chain orders them before this point), so those go back to zero too.
@@ -236,6 +250,66 @@ def _gather_kernel(
     else:
         _gather_item(chunk, tile - tiles0 - tiles1, chunks, w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2,
                      out2, m2, state_ptr, state_len, gcnt_ptr, tiles, BIAS2, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+
+
+# ---------------------------------------------------------------- one launch: compaction inline
+
+
+@triton.jit
+def _inline_item(
+    chunk, tile, chunks, rows, x_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
+    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m,
+    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
+    # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
+    # the chunk writes the same values to the same slots, so the lists need no cross-program
+    # order; the barrier makes this program's stores visible to all its threads.
+    k0 = chunk * rows
+    offs = k0 + tl.arange(0, CHUNK)
+    ok = (offs < k0 + rows) & (offs < n)
+    xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
+    # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
+    act = (tl.abs(xf) * cv > tl.load(tau_ptr)) & ok
+    a = act.to(tl.int32)
+    pos = tl.cumsum(a, axis=0) - a
+    count = tl.sum(a, axis=0)
+    tl.store(idx_ptr + pos, offs, mask=act)
+    tl.store(xs_ptr + pos, xf, mask=act)
+    tl.debug_barrier()
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < m
+    acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, 0, count, offs_m, m_ok, True, PREFETCH, BLOCK_K, True)
+    _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, HAS_BIAS, BLOCK_M)
+
+
+@triton.jit
+def _inline_kernel(
+    x_ptr, n, chunks, rows, list_stride,
+    c0, tau0, w0, sw0, idx0, xs0, ws0, tc0, b0, out0, m0, tiles0,
+    c1, tau1, w1, sw1, idx1, xs1, ws1, tc1, b1, out1, m1, tiles1,
+    c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
+    BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+):
+    # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
+    pid = tl.program_id(0)
+    tiles = tiles0 + tiles1 + tiles2
+    chunk = pid // tiles
+    tile = pid % tiles
+    lst = chunk * list_stride
+    if tile < tiles0:
+        _inline_item(chunk, tile, chunks, rows, x_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
+                     BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
+    elif tile < tiles0 + tiles1:
+        _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
+                     out1, m1, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
+    else:
+        _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
+                     tc2, b2, out2, m2, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
 
 
 # ---------------------------------------------------------------- host side
@@ -276,6 +350,7 @@ def compact_gemv(
     block_n: int = 128,
     block_r: int = 64,
     pdl: bool = False,
+    inline: bool = False,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -291,6 +366,10 @@ def compact_gemv(
         block_n, block_r: channels and ``z`` columns per program of the compaction launch.
         pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
             the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
+        inline (`bool`): one launch (`_inline_kernel`): each program compacts its own fixed
+            chunk of channels, then streams their rows.  Only without a low-rank path (its
+            ``z`` needs every chunk first) and for chunks of at most `INLINE_MAX_CHUNK`
+            channels; otherwise the two launches run.
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -312,6 +391,12 @@ def compact_gemv(
     # 4096->14336 with ncu), and no more slices than the longest list has steps.
     max_steps = triton.cdiv(n + max(rs), block_k)
     chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
+
+    if inline and not has_lr:
+        rows = triton.cdiv(n, chunks)
+        if triton.next_power_of_2(rows) <= INLINE_MAX_CHUNK:
+            return _inline(x, weight_t, c, tau, bias, outs, tiles, triton.cdiv(n, rows), rows,
+                           block_k, block_m, num_warps, prefetch)
 
     # Persistent zeroed state: [global tile counter, counts (k)] + z (sum r) | tile counters | split-K sums.
     state_sizes = [1 + k] + rs
@@ -358,5 +443,43 @@ def compact_gemv(
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
         PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
         num_warps=num_warps, num_stages=1, **extra,
+    )
+    return outs
+
+
+INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` compacts in registers
+
+
+def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch):
+    # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels.
+    n = x.shape[1]
+    k = len(weight_t)
+    ms = [w.shape[1] for w in weight_t]
+    chunk_p2 = triton.next_power_of_2(rows)
+    # Persistent zeroed state: tile counters | split-K sums (each call leaves them zero).
+    sizes = tiles + ms
+    parts = list(_workspace(x.device, sum(sizes)).split(sizes))
+    tcnt = [t.view(torch.int32) for t in parts[:k]]
+    ws = parts[k:]
+    # Per projection and chunk, a list of up to `rows` active channels plus the 3 * block_k
+    # slots `_stream` reads ahead unmasked; slots past a chunk's count are never used.
+    stride = triton.cdiv(chunk_p2 + 3 * block_k, 4) * 4
+    lists = torch.empty(2 * k * chunks * stride, dtype=torch.float32, device=x.device)
+    per = chunks * stride
+    idx = [lists[2 * i * per : (2 * i + 1) * per].view(torch.int32) for i in range(k)]
+    xs = [lists[(2 * i + 1) * per : (2 * i + 2) * per] for i in range(k)]
+    w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
+    args = [x, n, chunks, rows, stride]
+    has_bias = []
+    for i in range(MAX_PROJ):
+        j = min(i, k - 1)  # unused slots repeat the last projection; no program reaches them
+        real = i < k
+        b = bias[j] if real else None
+        has_bias.append(b is not None)
+        args += [c[j], tau[j], w_[j], w_[j].stride(0), idx[j], xs[j], ws[j], tcnt[j], b if b is not None else w_[j],
+                 outs[j], ms[j], tiles[j] if real else 0]
+    _inline_kernel[(chunks * sum(tiles),)](
+        *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
+        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, num_warps=num_warps, num_stages=1,
     )
     return outs

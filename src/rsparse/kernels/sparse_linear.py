@@ -302,7 +302,8 @@ class Config:
     block_r: int = 64  # z columns per program
     # One token only: "splitk" is the launch above; "compact" the two-launch path of
     # `rsparse.kernels.compact_gemv` (compaction, then a gathered GEMV), which uses
-    # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r.
+    # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r; "inline" its
+    # one-launch form (each program compacts its own channels; layers without rank).
     path: str = "splitk"
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
@@ -384,15 +385,16 @@ def sparse_linear_multi(
         return outs
     use_dot = T > 1
     cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction)
-    if cfg.path not in ("splitk", "compact"):
-        raise ValueError(f"Config.path must be 'splitk' or 'compact', got {cfg.path!r}")
-    if cfg.path == "compact" and T == 1 and all(o.stride(-1) == 1 for o in outs):
+    if cfg.path not in ("splitk", "compact", "inline"):
+        raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
+    if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
         from rsparse.kernels.compact_gemv import compact_gemv
 
         return compact_gemv(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
             block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
             num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
+            inline=cfg.path == "inline",
         )
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = triton.cdiv(T, block_t)

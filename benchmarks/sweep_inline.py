@@ -1,0 +1,128 @@
+"""Device script for kernel run 8 (issue 5): the one-launch `inline` path of
+`rsparse.kernels.compact_gemv` (each program compacts its own channels, then streams their
+rows) against run 4's launch, the two-launch compact path and cuBLAS, in one process.
+
+For every point (case, sparsity; rho 1, batch 1, bf16) the layers are built once (random
+weights, ``tau`` at the budget's quantile of the benchmark input, weight copies rotated
+beyond L2 as in `kernels.py`), cuBLAS dense is timed once, then every variant on the very
+same layers: median µs per call under CUDA-graph replay, and the relative error of one
+call against the PyTorch reference.  One JSON line per result in ``--out``/inline.jsonl as
+it goes; new points stop after ``--limit`` seconds.
+
+    PYTHONPATH=$PWD/src python3 benchmarks/sweep_inline.py --out $OUT --reps 10 --limit 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernels as B  # noqa: E402
+
+import rsparse  # noqa: E402
+from rsparse.kernels import sparse_linear as K  # noqa: E402
+from rsparse.ops import sparse_linear_reference  # noqa: E402
+
+T0 = time.time()
+VARIANTS = {  # name -> one-token Config
+    "run4": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),
+    "compact": K.Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
+    "inline 8,512,8,2,1": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
+    "inline 8,512,6,2,2": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=6, num_warps=2, prefetch=2),
+    "inline 8,1024,4,4,1": K.Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1),
+    "inline 8,256,16,1,1": K.Config(path="inline", block_k=8, block_m=256, programs_per_sm=16, num_warps=1, prefetch=1),
+}
+CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024"]
+
+
+def emit(d, f):
+    d["t"] = round(time.time() - T0, 1)
+    line = json.dumps(d)
+    print(line, flush=True)
+    f.write(line + "\n")
+    f.flush()
+
+
+def build(name, s, gen):
+    n, ms = B.CASES[name]
+    with_o = name == "qkv fused + o"
+    layer_bytes = n * sum(ms) * 2 + (4096 * 4096 * 2 if with_o else 0)
+    copies = max(2, math.ceil(3 * B.L2_BYTES / layer_bytes))
+    x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+    layers, dense_w = [], []
+    for _ in range(copies):
+        mods, ws = zip(*[B.build_layer(n, m, s, 1.0, x, torch.bfloat16, "cuda", gen) for m in ms])
+        if with_o:
+            o, wo = B.build_layer(4096, 4096, s, 1.0, x, torch.bfloat16, "cuda", gen)
+            mods, ws = mods + (o,), ws + (wo,)
+        layers.append(mods)
+        dense_w.append(ws)
+    return x, layers, dense_w, with_o
+
+
+def kernel_call(x, mods, with_o):
+    args = lambda m: (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)  # noqa: E731
+    group = mods[:3] if with_o else mods
+    call = lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in group])])  # noqa: E731
+    if with_o:
+        return lambda: (call(), torch.ops.rsparse.sparse_linear(x, *args(mods[3])))
+    return call
+
+
+def max_err(x, mods):
+    errs = []
+    for m in mods:
+        a = (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)
+        ref = sparse_linear_reference(x, *a).double()
+        y = torch.ops.rsparse.sparse_linear(x, *a)
+        errs.append(((y.double() - ref).norm() / ref.norm()).item())
+    return max(errs)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=".")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--limit", type=float, default=300.0)
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--cases", nargs="+", default=CASES)
+    a = p.parse_args()
+    rsparse.set_backend("triton")
+    f = open(Path(a.out) / "inline.jsonl", "w")
+    props = torch.cuda.get_device_properties(0)
+    import triton
+
+    emit({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+          "sms": props.multi_processor_count, "reps": a.reps}, f)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for s in a.sparsities:
+        for name in a.cases:
+            if time.time() - T0 > a.limit:
+                emit({"stopped": "time limit", "before": [name, s]}, f)
+                return
+            x, layers, dense_w, with_o = build(name, s, gen)
+            dense = B.graph_time_us([lambda ws=ws: [F.linear(x, w) for w in ws] for ws in dense_w], a.reps)
+            row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
+            for v, cfg in VARIANTS.items():
+                K.set_config(cfg, "gemv1")
+                try:
+                    us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
+                    row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0])}
+                except Exception as e:  # a variant that fails is a data point too
+                    row[v] = {"error": repr(e)[:300]}
+                K.set_config(None, "gemv1")
+            emit(row, f)
+            del layers, dense_w
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
