@@ -460,7 +460,7 @@ def test_gpu_compact_path_graph_and_compile(path, compact_path):
     assert _workspace_is_zero()
 
 
-def test_choose_config_takes_compact_path_only_for_big_sparse_one_token_layers():
+def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_token_layers():
     from rsparse.kernels import sparse_linear as kernels
 
     big = (4096, 14336)
@@ -469,6 +469,12 @@ def test_choose_config_takes_compact_path_only_for_big_sparse_one_token_layers()
     assert kernels.choose_config(*big, False, 2).path == "splitk"  # no hint: dense-like
     assert kernels.choose_config(*big, True, 2, active_fraction=0.3).path == "splitk"  # several tokens
     assert kernels.choose_config(4096, 4096, False, 2, active_fraction=0.3).path == "splitk"  # small: unmeasured
+    down = (14336, 4096)
+    assert kernels.choose_config(*down, False, 2, active_fraction=0.5).path == "inline"
+    assert kernels.choose_config(*down, False, 2, active_fraction=0.7).path == "splitk"
+    gate_up = (4096, 2 * 14336)
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
     kernels.set_config(kernels.Config(path="splitk"), "gemv1")  # an override wins
     try:
         assert kernels.choose_config(*big, False, 2, active_fraction=0.1).path == "splitk"

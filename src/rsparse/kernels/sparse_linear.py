@@ -321,12 +321,20 @@ def set_config(config: Config | None, kind: str = "gemv1") -> None:
         _OVERRIDE[kind] = config
 
 
-# The compact path serves one token when the layer is big and expected sparse enough; the H200
-# sweep of run 6 (benchmarks/NOTES.md) measured it faster than run 4's launch at 30 % and 10 %
-# active channels on 4096x14336 and 14336x4096, and no faster at 50 %; smaller shapes and
-# fractions in between were not measured, so they keep run 4's launch.
+# One-token path rules, from H200 measurements (benchmarks/NOTES.md, runs 6 and 8), for big
+# layers (n * m_total >= COMPACT_MIN_ELEMENTS) by the layer's expected active fraction:
+# * tall layers (down_proj, n >= 2 * m_total): the one-launch inline path up to
+#   INLINE_MAX_ACTIVE (run 8: 14336x4096 at 30 % active 17.7 us against 20.6 compact, 21.4 run 4);
+#   with a low-rank path it runs as the two compact launches with the same tiles;
+# * wide layers: the two-launch compact path up to COMPACT_MAX_ACTIVE, and up to
+#   WIDE_COMPACT_MAX_ACTIVE for the widest groups (gate+up fused 4096x2x14336 at 50 %:
+#   37.3 us against 42.6 run 4; a single 4096x14336 at 50 % stays faster on run 4).
+# Smaller shapes and denser layers keep run 4's launch.
 COMPACT_MAX_ACTIVE = 0.35
 COMPACT_MIN_ELEMENTS = 32 * 2**20  # n * m_total
+WIDE_COMPACT_MAX_ACTIVE = 0.55
+WIDE_COMPACT_MIN_ELEMENTS = 96 * 2**20
+INLINE_MAX_ACTIVE = 0.55
 
 
 def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0) -> Config:
@@ -334,9 +342,14 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fra
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
-    if not use_dot and active_fraction <= COMPACT_MAX_ACTIVE and n * m_total >= COMPACT_MIN_ELEMENTS:
-        # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
-        return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
+    if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
+        if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE:
+            # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
+            return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
+        wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
+        if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide):
+            # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
+            return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
