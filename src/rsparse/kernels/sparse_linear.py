@@ -28,8 +28,11 @@ then a gathered split-K GEMV over only the active rows).  `choose_config` takes 
 layers whose budget keeps at most `COMPACT_MAX_ACTIVE` of the channels (where the H200 measured
 it faster, benchmarks/NOTES.md run 6); ``set_config(Config(path=...), "gemv1")`` forces a path.
 
-Graph safety: the grid depends only on shapes; no host synchronisation; the only
-allocation is one zero-filled fp32 workspace whose size depends on shapes only.
+Graph safety: the grid depends only on shapes; no host synchronisation.  Without a low-rank
+path the split-K sums and tile counters live in the persistent per-device buffer of
+`rsparse.kernels.compact_gemv` (the last program of each tile puts its part back to zero, so
+no memset launch precedes the kernel); with one, a zero-filled fp32 workspace whose size
+depends on shapes only is allocated per call.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 @triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr):
+            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -167,6 +170,9 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
+        if RESET:  # persistent workspace: leave this tile's sums and counter at zero
+            tl.store(ws_ptrs, tl.zeros_like(y), mask=o_mask)
+            tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
 
 
 @triton.jit
@@ -188,7 +194,7 @@ def _weight_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -206,7 +212,7 @@ def _weight_item(
         acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                       USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D)
+            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D, RESET)
 
 
 @triton.jit
@@ -216,6 +222,7 @@ def _lowrank_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+    RESET: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -233,7 +240,7 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D)
+            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D, RESET)
 
 
 @triton.jit
@@ -245,7 +252,7 @@ def _splitk_kernel(
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
 ):
     # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
     # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
@@ -259,15 +266,15 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
+                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
+                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R)
+                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
     else:
         q = pid - n_weight
         l0 = lrc0 * tiles0
@@ -275,17 +282,17 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows, chunks_w,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows, chunks_w,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows, chunks_w,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R)
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
 
 
 @dataclass(frozen=True)
@@ -421,9 +428,18 @@ def sparse_linear_multi(
     chunks_w = triton.cdiv(n, rows)
     lrc = [triton.cdiv(r, rows) for r in rs]
 
-    # One zero-filled fp32 workspace: split-K sums, z, tile counters, z counters.
+    # One zeroed fp32 workspace: split-K sums, z, tile counters, z counters.  Without a
+    # low-rank path the last program of each tile puts its sums and counter back to zero, so
+    # the persistent buffer of `compact_gemv` serves and no memset launch precedes the kernel
+    # (z and its counters have no single last reader; with a rank a fresh zeroed buffer is used).
     sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
-    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
+    reset = not any(rs)
+    if reset:
+        from rsparse.kernels.compact_gemv import _workspace
+
+        flat = _workspace(x.device, sum(sizes))
+    else:
+        flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
     parts = list(flat.split(sizes))
     k = len(ms)
     ws = parts[:k]
@@ -452,7 +468,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
