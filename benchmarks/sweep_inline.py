@@ -34,6 +34,7 @@ from rsparse.ops import sparse_linear_reference  # noqa: E402
 T0 = time.time()
 VARIANTS = {  # name -> one-token Config
     "run4": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),
+    "run4 memset": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),  # fresh zeroed workspace
     "compact": K.Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
     "inline 8,512,8,2,1": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
     "inline 8,512,6,2,2": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=6, num_warps=2, prefetch=2),
@@ -113,12 +114,14 @@ def main():
             row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
             for v, cfg in VARIANTS.items():
                 K.set_config(cfg, "gemv1")
+                K.PERSISTENT_WORKSPACE = v != "run4 memset"
                 try:
                     us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0])}
                 except Exception as e:  # a variant that fails is a data point too
                     row[v] = {"error": repr(e)[:300]}
                 K.set_config(None, "gemv1")
+                K.PERSISTENT_WORKSPACE = True
             emit(row, f)
             del layers, dense_w
             torch.cuda.empty_cache()

@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
+PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
 
 
 @triton.jit
@@ -433,7 +434,7 @@ def sparse_linear_multi(
     # the persistent buffer of `compact_gemv` serves and no memset launch precedes the kernel
     # (z and its counters have no single last reader; with a rank a fresh zeroed buffer is used).
     sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
-    reset = not any(rs)
+    reset = PERSISTENT_WORKSPACE and not any(rs)
     if reset:
         from rsparse.kernels.compact_gemv import _workspace
 
