@@ -154,12 +154,8 @@ def run(args) -> None:
         "model": args.model or ("Llama-3-8B shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
-        "fused_shared_input": args.fuse, "pdl": args.pdl,
+        "fused_shared_input": args.fuse,
     }
-    if args.pdl:  # every sparse launch programmatic-dependent (rsparse.kernels.sparse_linear.LAUNCH_PDL)
-        from rsparse.kernels import sparse_linear as kernels
-
-        kernels.LAUNCH_PDL = True
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
         f.write(json.dumps({"meta": meta}) + "\n")
@@ -321,7 +317,6 @@ def main() -> None:
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
-    p.add_argument("--pdl", action="store_true", help="launch the sparse kernels with programmatic dependent launch")
     p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")
     args = p.parse_args()
     if args.render:

@@ -463,23 +463,6 @@ def test_gpu_compact_path_graph_and_compile(path, compact_path):
     assert _workspace_is_zero()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("path", ["splitk", "compact", "inline"])
-def test_gpu_pdl_launches_match_reference(path, compact_path):
-    # Programmatic dependent launch: every grid waits in-kernel for the kernel before it.
-    compact_path(path=path, block_m=1024, pdl=True)
-    for n, m, r, bias, active in [(4096, 14336, 0, False, 0.5), (14336, 4096, 0, True, 0.3), (777, 333, 31, True, 0.7)]:
-        for dtype in DTYPES:
-            check(make_args(1, n, m, r, dtype, "cuda", active, bias, seed=3), dtype, "cuda")
-    mod = _gpu_module(rank=0 if path == "inline" else 32)
-    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
-    mod(x)
-    assert_graph_replays_match_reference(mod, x)
-    torch.cuda.synchronize()
-    assert _workspace_is_zero()
-
-
 def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_token_layers():
     from rsparse.kernels import sparse_linear as kernels
 

@@ -85,8 +85,6 @@ def _compact_kernel(
     c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
     HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:  # launched early itself: wait for the kernel before it (the producer of x)
-        tl.extra.cuda.gdc_wait()
     if PDL:  # let the gather launch now; it waits (gdc_wait) for this grid before reading
         tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
@@ -296,10 +294,7 @@ def _inline_kernel(
     c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before it
-        tl.extra.cuda.gdc_wait()
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
     pid = tl.program_id(0)
     tiles = tiles0 + tiles1 + tiles2
@@ -369,9 +364,8 @@ def compact_gemv(
         block_k, block_m, programs_per_sm, num_warps: tiles of the gather launch.
         prefetch (`int`): steps of weight rows loaded ahead of the multiply (0, 1 or 2).
         block_n, block_r: channels and ``z`` columns per program of the compaction launch.
-        pdl (`bool`): programmatic dependent launch (Hopper+): each grid may start before the
-            kernel ahead of it has finished (the gather while the compaction runs) and waits
-            for it in-kernel before reading; ignored under the interpreter.
+        pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
+            the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
         inline (`bool`): one launch (`_inline_kernel`): each program compacts its own fixed
             chunk of channels, then streams their rows.  Only without a low-rank path (its
             ``z`` needs every chunk first) and for chunks of at most `INLINE_MAX_CHUNK`
@@ -398,12 +392,11 @@ def compact_gemv(
     max_steps = triton.cdiv(n + max(rs), block_k)
     chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
 
-    pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
     if inline and not has_lr:
         rows = triton.cdiv(n, chunks)
         if triton.next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, triton.cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch, pdl)
+                           block_k, block_m, num_warps, prefetch)
 
     # Persistent zeroed state: [global tile counter, counts (k)] + z (sum r) | tile counters | split-K sums.
     state_sizes = [1 + k] + rs
@@ -441,9 +434,9 @@ def compact_gemv(
                    ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
     r_progs = max(1, triton.cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
+    pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
     _compact_kernel[(triton.cdiv(n, block_n), r_progs, k)](
         *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, num_warps=4,
-        **({"launch_pdl": True} if pdl else {}),
     )
     extra = {"launch_pdl": True} if pdl else {}
     _gather_kernel[(chunks * sum(tiles),)](
@@ -457,7 +450,7 @@ def compact_gemv(
 INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` compacts in registers
 
 
-def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, pdl):
+def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch):
     # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels.
     n = x.shape[1]
     k = len(weight_t)
@@ -487,7 +480,6 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
                  outs[j], ms[j], tiles[j] if real else 0]
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
-        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, PDL=pdl, num_warps=num_warps, num_stages=1,
-        **({"launch_pdl": True} if pdl else {}),
+        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, num_warps=num_warps, num_stages=1,
     )
     return outs

@@ -47,7 +47,6 @@ import triton.language as tl
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
-LAUNCH_PDL = False  # `choose_config`'s default for Config.pdl (benchmarks/decode.py --pdl)
 
 
 @triton.jit
@@ -254,10 +253,8 @@ def _splitk_kernel(
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before it
-        tl.extra.cuda.gdc_wait()
     # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
     # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
     pid = tl.program_id(0)
@@ -317,10 +314,7 @@ class Config:
     # one-launch form (each program compacts its own channels; layers without rank).
     path: str = "splitk"
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
-    # Programmatic dependent launch (Hopper+): the grid may start before the kernel ahead of
-    # it in the stream has finished, and waits for it in-kernel before reading anything
-    # (compact path: both launches).  Ignored under the interpreter.
-    pdl: bool = False
+    pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -359,19 +353,17 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fra
     if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
-            return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1,
-                          pdl=LAUNCH_PDL)
+            return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
         if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide):
             # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
-            return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1,
-                          pdl=LAUNCH_PDL)
+            return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
     if use_dot:
-        return Config(block_k=16, block_m=512, programs_per_sm=2, num_warps=4, num_stages=4, pdl=LAUNCH_PDL)
-    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, pdl=LAUNCH_PDL)
+        return Config(block_k=16, block_m=512, programs_per_sm=2, num_warps=4, num_stages=4)
+    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -414,7 +406,6 @@ def sparse_linear_multi(
         return outs
     use_dot = T > 1
     cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction)
-    pdl = cfg.pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
@@ -478,7 +469,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"launch_pdl": True} if pdl else {}),
+        RESET=reset, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
