@@ -88,14 +88,34 @@ def max_err(x, mods):
     return max(errs)
 
 
+def render(jsonl: Path) -> str:
+    """Markdown table (µs, speed-up over cuBLAS of the same row) from an inline.jsonl."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    head = rows[0]
+    names = [k for k in rows[1] if isinstance(rows[1][k], dict)]
+    out = [f"{head['device']}, torch {head['torch']}, Triton {head.get('triton', '?')}, bf16, batch 1, rho 1; "
+           f"median µs per call under CUDA-graph replay (weights rotated beyond L2), speed-up over cuBLAS in brackets.", "",
+           "| case | sparsity | cuBLAS | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    for r in rows[1:]:
+        if "case" not in r:
+            continue
+        cells = [f"{r[n]['us']} ({r[n]['speedup']:.2f}×)" if "us" in r.get(n, {}) else "error" for n in names]
+        out.append(f"| {r['case']} | {r['sparsity']} | {r['dense_us']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--render", metavar="JSONL", help="only print the markdown table of a previous run")
     p.add_argument("--out", default=".")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--limit", type=float, default=300.0)
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--cases", nargs="+", default=CASES)
     a = p.parse_args()
+    if a.render:
+        print(render(Path(a.render)), end="")
+        return
     rsparse.set_backend("triton")
     f = open(Path(a.out) / "inline.jsonl", "w")
     props = torch.cuda.get_device_properties(0)
