@@ -321,6 +321,12 @@ _WORKSPACE: dict[tuple[str, int | None], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []
 
 
+def _slots(k: int) -> list[tuple[int, bool]]:
+    # The kernels take MAX_PROJ projection slots: (projection served, real?).  Unused slots
+    # repeat the last projection with no tiles, so no program reaches them.
+    return [(min(i, k - 1), i < k) for i in range(MAX_PROJ)]
+
+
 def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     key = (device.type, device.index)
     buf = _WORKSPACE.get(key)
@@ -424,9 +430,7 @@ def compact_gemv(
     a_args = [x, n, 0]
     b_args = [chunks, flat, state_len, gcnt]
     has_bias = []
-    for i in range(MAX_PROJ):
-        j = min(i, k - 1)  # unused slots repeat the last projection; no program reaches them
-        real = i < k
+    for j, real in _slots(k):
         b = bias[j] if real else None
         has_bias.append(b is not None)
         a_args += [c[j], tau[j], li_[j], max(li_[j].stride(0), 1), rs[j], idx[j], xs[j], cnts[j], zs[j]]
@@ -471,9 +475,7 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     args = [x, n, chunks, rows, stride]
     has_bias = []
-    for i in range(MAX_PROJ):
-        j = min(i, k - 1)  # unused slots repeat the last projection; no program reaches them
-        real = i < k
+    for j, real in _slots(k):
         b = bias[j] if real else None
         has_bias.append(b is not None)
         args += [c[j], tau[j], w_[j], w_[j].stride(0), idx[j], xs[j], ws[j], tcnt[j], b if b is not None else w_[j],
