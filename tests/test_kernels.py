@@ -287,6 +287,22 @@ def test_inline_path_multi_projection_and_rank_fallback(compact_path):
 
 
 @needs_triton
+def test_inline_path_falls_back_to_two_launches_for_long_chunks(compact_path, monkeypatch):
+    from rsparse.kernels import compact_gemv
+
+    # Chunks longer than INLINE_MAX_CHUNK channels (few programs for a wide input) do not fit
+    # one program's registers: the two launches serve them, with the same result.
+    monkeypatch.setattr(compact_gemv, "INLINE_MAX_CHUNK", 16)
+    compact_path(path="inline", programs_per_sm=2)
+    calls = []
+    orig = compact_gemv._inline
+    monkeypatch.setattr(compact_gemv, "_inline", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    check(make_args(1, 130, 40, 0, torch.float32, "cpu", 0.5, True, seed=4), torch.float32, "cpu")
+    assert not calls
+    assert _workspace_is_zero()
+
+
+@needs_triton
 def test_compact_path_leaves_batches_to_splitk(compact_path):
     from rsparse.kernels import compact_gemv
 
