@@ -25,6 +25,12 @@ weight loads) repeats for rows that are never read.  Here the mask is built once
   counter) adds the bias, writes the output and puts the workspace tile and its counter
   back to zero; the last tile to finish puts the counts and ``z`` back to zero.
 
+One-launch form (``inline=True``, layers without rank): ``_inline_kernel`` has the gather's
+grid, but each program owns a fixed chunk of about ``n / chunks`` channels, compacts that chunk
+itself (mask, prefix sum, list into a scratch slot shared by the chunk's programs, which all
+write the same values), then streams the active rows.  It saves the compaction launch but not
+the imbalance between chunks: the program with the most active channels sets the time.
+
 Bytes per call: ``k*m + r*(n+m)`` weight elements (``k`` active channels; ``V_r`` only on
 inactive rows), ``x``, ``c`` once, ``2*k`` index/value words written and read, and ``m``
 fp32 partial sums per slice through L2 atomics.  FLOPs ``2*(k*m + r*(n+m))`` on CUDA cores.
