@@ -242,29 +242,27 @@ INLINE_SHAPES = [  # n, m, bias, active, programs_per_sm (chunks of 1 to 200 cha
 @pytest.mark.parametrize("prefetch", [0, 1, 2], ids=["plain", "prefetch1", "prefetch2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", INLINE_SHAPES, ids=str)
-def test_inline_path_matches_reference(shape, dtype, prefetch, compact_path):
+def test_inline_path_matches_reference(shape, dtype, prefetch, compact_path, monkeypatch):
     from rsparse.kernels import compact_gemv
 
     n, m, bias, active, pps = shape
     compact_path(path="inline", prefetch=prefetch, programs_per_sm=pps)
     calls = []
     orig = compact_gemv._inline
-    compact_gemv._inline = lambda *a, **k: calls.append(1) or orig(*a, **k)
-    try:
-        for seed in range(2):  # a second call proves the first left its state at zero
-            check(make_args(1, n, m, 0, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
-    finally:
-        compact_gemv._inline = orig
+    monkeypatch.setattr(compact_gemv, "_inline", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    for seed in range(2):  # a second call proves the first left its state at zero
+        check(make_args(1, n, m, 0, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
     assert calls == [1, 1]  # the one-launch kernel ran, not the two-launch fallback
     assert _workspace_is_zero()
 
 
 @needs_triton
-def test_inline_path_multi_projection_and_rank_fallback(compact_path):
+def test_inline_path_multi_projection_and_rank_fallback(compact_path, monkeypatch):
     from rsparse.kernels import compact_gemv
     from rsparse.kernels import sparse_linear as kernels
 
     compact_path(path="inline", block_k=4, block_m=16, programs_per_sm=16, prefetch=1)
+    orig = compact_gemv._inline
     dtype, n = torch.float32, 90
     for ranks, one_launch in (((0, 0, 0), True), ((6, 0, 11), False)):
         projs = [make_args(1, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s)
@@ -273,12 +271,8 @@ def test_inline_path_multi_projection_and_rank_fallback(compact_path):
         lists = [list(a) for a in zip(*[p[1:] for p in projs])]
         outs = [torch.full((1, p[1].shape[1]), float("nan")) for p in projs]
         calls = []
-        orig = compact_gemv._inline
-        compact_gemv._inline = lambda *a, **k: calls.append(1) or orig(*a, **k)
-        try:
-            ys = kernels.sparse_linear_multi(x, *lists, out=outs)
-        finally:
-            compact_gemv._inline = orig
+        monkeypatch.setattr(compact_gemv, "_inline", lambda *a, **k: calls.append(1) or orig(*a, **k))
+        ys = kernels.sparse_linear_multi(x, *lists, out=outs)
         assert calls == ([1] if one_launch else [])  # a rank sends the group to the two launches
         for y, p in zip(ys, projs):
             assert not torch.isnan(y).any()

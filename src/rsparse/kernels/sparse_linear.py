@@ -23,10 +23,11 @@ has counted, then use ``z`` as their coefficients.  The producers have lower pro
 so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
 in order, so there it never waits.
 
-One token can instead take the two-launch path of `rsparse.kernels.compact_gemv` (compaction,
-then a gathered split-K GEMV over only the active rows).  `choose_config` takes it for big
-layers whose budget keeps at most `COMPACT_MAX_ACTIVE` of the channels (where the H200 measured
-it faster, benchmarks/NOTES.md run 6); ``set_config(Config(path=...), "gemv1")`` forces a path.
+One token can instead take a path of `rsparse.kernels.compact_gemv`: the two-launch
+``"compact"`` (compaction, then a gathered split-K GEMV over only the active rows) or its
+one-launch form ``"inline"``.  `choose_config` picks them for big layers by shape and the
+layer's expected active fraction (rules and H200 figures above `choose_config`;
+benchmarks/NOTES.md runs 6 and 8); ``set_config(Config(path=...), "gemv1")`` forces a path.
 
 Graph safety: the grid depends only on shapes; no host synchronisation.  Without a low-rank
 path the split-K sums and tile counters live in the persistent per-device buffer of
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from rsparse.kernels import compact_gemv as _compact
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -409,9 +412,7 @@ def sparse_linear_multi(
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
-        from rsparse.kernels.compact_gemv import compact_gemv
-
-        return compact_gemv(
+        return _compact.compact_gemv(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
             block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
             num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
@@ -436,9 +437,7 @@ def sparse_linear_multi(
     sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
     reset = PERSISTENT_WORKSPACE and not any(rs)
     if reset:
-        from rsparse.kernels.compact_gemv import _workspace
-
-        flat = _workspace(x.device, sum(sizes))
+        flat = _compact._workspace(x.device, sum(sizes))
     else:
         flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
     parts = list(flat.split(sizes))
