@@ -1,6 +1,8 @@
-"""Device script for kernel run 8 (issue 5): the one-launch `inline` path of
+"""Device script for kernel runs 8 and 9 (issue 5): the one-launch `inline` path of
 `rsparse.kernels.compact_gemv` (each program compacts its own channels, then streams their
 rows) against run 4's launch, the two-launch compact path and cuBLAS, in one process.
+``--variants run9`` times the run-9 set: inline launches with narrower tiles and fewer,
+longer channel chunks.
 
 For every point (case, sparsity; rho 1, batch 1, bf16) the layers are built once (random
 weights, ``tau`` at the budget's quantile of the benchmark input, weight copies rotated
@@ -32,7 +34,7 @@ from rsparse.kernels import sparse_linear as K  # noqa: E402
 from rsparse.ops import sparse_linear_reference  # noqa: E402
 
 T0 = time.time()
-VARIANTS = {  # name -> one-token Config
+VARIANTS = {  # name -> one-token Config (kernel run 8)
     "run4": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),
     "run4 memset": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),  # fresh zeroed workspace
     "compact": K.Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
@@ -41,6 +43,22 @@ VARIANTS = {  # name -> one-token Config
     "inline 8,1024,4,4,1": K.Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1),
     "inline 8,256,16,1,1": K.Config(path="inline", block_k=8, block_m=256, programs_per_sm=16, num_warps=1, prefetch=1),
 }
+# Kernel run 9: narrower tiles and fewer programs per multiprocessor give the inline path fewer,
+# longer channel chunks (chunks = programs / tiles), so the busiest chunk is closer to the mean.
+VARIANTS_RUN9 = {
+    "run4": VARIANTS["run4"],
+    "compact": VARIANTS["compact"],
+    "inline 8,1024,4,4,1": VARIANTS["inline 8,1024,4,4,1"],
+    "inline 8,256,4,2,1": K.Config(path="inline", block_k=8, block_m=256, programs_per_sm=4, num_warps=2, prefetch=1),
+    "inline 16,256,4,2,1": K.Config(path="inline", block_k=16, block_m=256, programs_per_sm=4, num_warps=2, prefetch=1),
+    "inline 8,256,4,2,2": K.Config(path="inline", block_k=8, block_m=256, programs_per_sm=4, num_warps=2, prefetch=2),
+    "inline 8,256,8,1,1": K.Config(path="inline", block_k=8, block_m=256, programs_per_sm=8, num_warps=1, prefetch=1),
+    "inline 8,128,8,1,1": K.Config(path="inline", block_k=8, block_m=128, programs_per_sm=8, num_warps=1, prefetch=1),
+    "inline 16,512,4,4,1": K.Config(path="inline", block_k=16, block_m=512, programs_per_sm=4, num_warps=4, prefetch=1),
+    "inline 8,512,4,2,2": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=4, num_warps=2, prefetch=2),
+    "inline 16,256,2,4,1": K.Config(path="inline", block_k=16, block_m=256, programs_per_sm=2, num_warps=4, prefetch=1),
+}
+VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024"]
 
 
@@ -78,6 +96,17 @@ def kernel_call(x, mods, with_o):
     return call
 
 
+def launch_shape(cfg, n, ms):
+    """Grid of the (first) launch: programs, channel chunks, and whether inline falls back."""
+    from rsparse.kernels import compact_gemv as CG
+
+    tiles = sum(math.ceil(m / cfg.block_m) for m in ms)
+    chunks = max(1, min(math.ceil(n / cfg.block_k), K._sm_count(torch.device("cuda")) * cfg.programs_per_sm // tiles))
+    rows = math.ceil(n / chunks)
+    fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
+    return {"programs": chunks * tiles, "chunks": chunks, "rows": rows, "fallback": fallback}
+
+
 def max_err(x, mods):
     errs = []
     for m in mods:
@@ -112,6 +141,7 @@ def main():
     p.add_argument("--limit", type=float, default=300.0)
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--cases", nargs="+", default=CASES)
+    p.add_argument("--variants", choices=sorted(VARIANT_SETS), default="run8", help="which set of launch settings to time")
     a = p.parse_args()
     if a.render:
         print(render(Path(a.render)), end="")
@@ -132,12 +162,13 @@ def main():
             x, layers, dense_w, with_o = build(name, s, gen)
             dense = B.graph_time_us([lambda ws=ws: [F.linear(x, w) for w in ws] for ws in dense_w], a.reps)
             row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
-            for v, cfg in VARIANTS.items():
+            for v, cfg in VARIANT_SETS[a.variants].items():
                 K.set_config(cfg, "gemv1")
                 K.PERSISTENT_WORKSPACE = v != "run4 memset"
                 try:
                     us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
-                    row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0])}
+                    row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
+                              **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]])}
                 except Exception as e:  # a variant that fails is a data point too
                     row[v] = {"error": repr(e)[:300]}
                 K.set_config(None, "gemv1")

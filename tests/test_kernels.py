@@ -473,6 +473,44 @@ def test_gpu_compact_path_graph_and_compile(path, compact_path):
     assert _workspace_is_zero()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("path", ["splitk", "compact", "inline"])
+def test_gpu_compiled_first_call_keeps_the_workspace_out_of_the_graph_pool(path, compact_path, monkeypatch):
+    # A model compiled with CUDA graphs before any eager call: the persistent workspace is
+    # created while cudagraph trees warm a graph up, and must not come from the graph's pool
+    # (torch raises "tensor(s) in the cudagraph pool not tracked as outputs").  Batch 4 then
+    # needs a larger workspace than batch 1, created at its own warm-up.
+    from rsparse.kernels import compact_gemv
+
+    monkeypatch.setattr(compact_gemv, "_WORKSPACE", {})
+    if path != "splitk":
+        compact_path(path=path, block_m=1024)
+    mod = _gpu_module(rank=0)
+    compiled = torch.compile(mod, fullgraph=True, mode="reduce-overhead")
+    for T in (1, 1, 1, 4, 4, 4):
+        x = torch.randn(T, 1024, device="cuda", dtype=torch.bfloat16)
+        y = compiled(x).clone()
+        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        assert rel_err(y, ref.double()) <= 1e-2
+    torch.cuda.synchronize()
+    assert compact_gemv._WORKSPACE and _workspace_is_zero()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_capture_without_workspace_uses_a_zeroed_buffer_of_its_own(monkeypatch):
+    from rsparse.kernels import compact_gemv
+
+    mod = _gpu_module(rank=0)
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    mod(x)  # compile the kernel outside the capture
+    torch.cuda.synchronize()
+    monkeypatch.setattr(compact_gemv, "_WORKSPACE", {})  # ... but capture with no workspace yet
+    assert_graph_replays_match_reference(mod, x)
+    assert not compact_gemv._WORKSPACE  # nothing persistent was allocated inside the capture
+
+
 def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_token_layers():
     from rsparse.kernels import sparse_linear as kernels
 

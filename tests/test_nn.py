@@ -67,3 +67,40 @@ def test_lowrank_factors_reconstruct_and_truncate():
     assert (w.T - a @ b).norm() == pytest.approx(s[3:].norm().item(), rel=1e-4)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 20\], got 21"):
         lowrank_factors(w, 21)
+
+
+def test_direct_call_only_for_plain_eager_cuda_tensors():
+    from rsparse.nn import direct_call
+
+    assert not direct_call(torch.zeros(2, 3))  # CPU: through the dispatcher
+    with torch.device("meta"):
+        assert not direct_call(torch.zeros(2, 3))
+    if torch.cuda.is_available():
+        x = torch.zeros(2, 3, device="cuda")
+        assert direct_call(x)
+        assert not direct_call(x.requires_grad_())  # autograd sees the op
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused"])
+def test_direct_call_gives_the_op_result(fused, monkeypatch):
+    # Eager CUDA calls skip the dispatcher; the function they run must be the op's own.
+    import rsparse.nn as rnn
+    from rsparse.budget import layer_budget
+    from rsparse.nn import forward_shared_input
+
+    torch.manual_seed(0)
+    mods = [
+        RSparseLinear.from_linear(torch.nn.Linear(40, m), tau=0.5, budget=layer_budget(40, m, s=0.5, rho=1.0), mode="sparse")
+        for m in (24, 16)
+    ]
+    x = torch.randn(3, 40)
+    via_op = forward_shared_input(x, mods) if fused else [mods[0](x)]
+    calls = []
+    run, run_multi = rnn.backend.run_sparse_linear, rnn.backend.run_sparse_linear_multi
+    monkeypatch.setattr(rnn, "direct_call", lambda x: True)
+    monkeypatch.setattr(rnn.backend, "run_sparse_linear", lambda *a: calls.append("one") or run(*a))
+    monkeypatch.setattr(rnn.backend, "run_sparse_linear_multi", lambda *a: calls.append("multi") or run_multi(*a))
+    direct = forward_shared_input(x, mods) if fused else [mods[0](x)]
+    assert calls == (["multi"] if fused else ["one"])
+    for a, b in zip(direct, via_op):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

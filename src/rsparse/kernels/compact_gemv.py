@@ -45,6 +45,7 @@ compacted lists).  Calls sharing the buffer must not run concurrently on two str
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import triton
@@ -333,15 +334,83 @@ def _slots(k: int) -> list[tuple[int, bool]]:
     return [(min(i, k - 1), i < k) for i in range(MAX_PROJ)]
 
 
+def _zeros_outside_graph_pool(numel: int, device: torch.device) -> torch.Tensor:
+    # torch.compile's CUDA graphs (cudagraph trees) route every allocation of the calling
+    # thread into the graph's private pool while they warm up a graph, and a tensor from that
+    # pool that outlives the graph is an error ("tensor(s) in the cudagraph pool not tracked
+    # as outputs").  The routing is per thread, so a helper thread allocates the persistent
+    # buffer from the ordinary pool; it waits for its zero fill before handing it over.
+    box: list = []
+
+    def allocate() -> None:
+        try:
+            with torch.cuda.device(device):
+                buf = torch.zeros(numel, dtype=torch.float32, device=device)
+                torch.cuda.current_stream(device).synchronize()
+            box.append(buf)
+        except BaseException as e:  # re-raised in the caller's thread
+            box.append(e)
+
+    worker = threading.Thread(target=allocate, name="rsparse-workspace")
+    worker.start()
+    worker.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host code (``triton.cdiv`` costs microseconds per host call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     key = (device.type, device.index)
     buf = _WORKSPACE.get(key)
-    if buf is None or buf.numel() < numel:
-        if buf is not None:
-            _RETIRED.append(buf)
-        buf = torch.zeros(max(numel, 1 << 16, 2 * buf.numel() if buf is not None else 0), dtype=torch.float32, device=device)
-        _WORKSPACE[key] = buf
-    return buf[:numel]
+    if buf is not None and buf.numel() >= numel:
+        return buf[:numel]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # No persistent allocation inside a capture (its memory belongs to the graph): this
+        # call's own zeroed buffer serves, a memset node in the graph.  Warm-up calls before a
+        # capture normally size the persistent buffer first, so this is the rare path.
+        return torch.zeros(numel, dtype=torch.float32, device=device)
+    size = max(numel, 1 << 16, 2 * buf.numel() if buf is not None else 0)
+    if device.type == "cuda":
+        new = _zeros_outside_graph_pool(size, device)
+    else:
+        new = torch.zeros(size, dtype=torch.float32, device=device)
+    if buf is not None:
+        _RETIRED.append(buf)
+    _WORKSPACE[key] = new
+    return new[:numel]
+
+
+_VIEWS: dict[tuple, tuple[int, list[torch.Tensor]]] = {}
+
+
+def workspace_parts(
+    device: torch.device, sizes: list[int], int32: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The zeroed workspace (fp32, ``sum(sizes)`` words) and its consecutive parts of ``sizes``
+    (the parts whose index is in ``int32`` viewed as int32).  Cut once per persistent buffer:
+    slicing anew on every call costs more host time than the launch it serves in eager decoding."""
+    key = (device.type, device.index, tuple(sizes), int32)
+    hit = _VIEWS.get(key)
+    persistent = _WORKSPACE.get(key[:2])
+    if hit is not None and persistent is not None and hit[0] == persistent.data_ptr():
+        return hit[1]
+    flat = _workspace(device, sum(sizes))
+    parts = flat, [p.view(torch.int32) if i in int32 else p for i, p in enumerate(flat.split(sizes))]
+    # Persistent buffers are never freed (see _RETIRED), so no other tensor can take their
+    # address: a data pointer identifies them.  A capture's own buffer is not cached.
+    persistent = _WORKSPACE.get(key[:2])
+    if persistent is not None and flat.data_ptr() == persistent.data_ptr():
+        _VIEWS[key] = (flat.data_ptr(), parts)
+    return parts
 
 
 def compact_gemv(
@@ -397,33 +466,30 @@ def compact_gemv(
     ms = [w.shape[1] for w in weight_t]
     rs = [li.shape[1] for li in lowrank_in]
     has_lr = any(rs)
-    tiles = [triton.cdiv(m, block_m) for m in ms]
+    tiles = [cdiv(m, block_m) for m in ms]
     # Slices per tile: at most programs_per_sm programs per multiprocessor in all (rounded
     # down: one program past a full wave runs alone for a whole slice, measured +4 µs on
     # 4096->14336 with ncu), and no more slices than the longest list has steps.
-    max_steps = triton.cdiv(n + max(rs), block_k)
+    max_steps = cdiv(n + max(rs), block_k)
     chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
 
     if inline and not has_lr:
-        rows = triton.cdiv(n, chunks)
-        if triton.next_power_of_2(rows) <= INLINE_MAX_CHUNK:
-            return _inline(x, weight_t, c, tau, bias, outs, tiles, triton.cdiv(n, rows), rows,
+        rows = cdiv(n, chunks)
+        if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
+            return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
                            block_k, block_m, num_warps, prefetch)
 
-    # Persistent zeroed state: [global tile counter, counts (k)] + z (sum r) | tile counters | split-K sums.
-    state_sizes = [1 + k] + rs
+    # Persistent zeroed state: global tile counter, counts (k), z (k) | tile counters (k) | split-K sums (k).
+    state_sizes = [1] * (1 + k) + rs
     sizes = state_sizes + tiles + ms
-    flat = _workspace(x.device, sum(sizes))
-    parts = list(flat.split(sizes))
-    head, zs = parts[0].view(torch.int32), parts[1 : 1 + k]
-    tcnt = [p.view(torch.int32) for p in parts[1 + k : 1 + 2 * k]]
-    ws = parts[1 + 2 * k :]
-    gcnt, cnts = head[:1], [head[1 + i : 2 + i] for i in range(k)]
+    flat, parts = workspace_parts(x.device, sizes, int32=(*range(1 + k), *range(1 + 2 * k, 1 + 3 * k)))
+    gcnt, cnts, zs = parts[0], parts[1 : 1 + k], parts[1 + k : 1 + 2 * k]
+    tcnt, ws = parts[1 + 2 * k : 1 + 3 * k], parts[1 + 3 * k :]
     state_len = sum(state_sizes)
     # The compacted lists: every slot a gather reads was written by the compaction launch.
     # Each list has 3 * block_k slack slots (the gather reads up to three steps ahead,
     # unmasked) and starts on a 256-byte boundary.
-    ln = triton.cdiv(n + 3 * block_k, 64) * 64
+    ln = cdiv(n + 3 * block_k, 64) * 64
     lists = torch.empty(2 * k * ln, dtype=torch.float32, device=x.device)
     idx = [lists[2 * i * ln : (2 * i + 1) * ln].view(torch.int32) for i in range(k)]
     xs = [lists[(2 * i + 1) * ln : (2 * i + 2) * ln] for i in range(k)]
@@ -442,10 +508,10 @@ def compact_gemv(
         a_args += [c[j], tau[j], li_[j], max(li_[j].stride(0), 1), rs[j], idx[j], xs[j], cnts[j], zs[j]]
         b_args += [w_[j], w_[j].stride(0), lo_[j], max(lo_[j].stride(0), 1), rs[j], idx[j], xs[j], cnts[j], zs[j],
                    ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
-    r_progs = max(1, triton.cdiv(max(rs), block_r)) if has_lr else 1
+    r_progs = max(1, cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
     pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
-    _compact_kernel[(triton.cdiv(n, block_n), r_progs, k)](
+    _compact_kernel[(cdiv(n, block_n), r_progs, k)](
         *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, num_warps=4,
     )
     extra = {"launch_pdl": True} if pdl else {}
@@ -465,15 +531,14 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
     n = x.shape[1]
     k = len(weight_t)
     ms = [w.shape[1] for w in weight_t]
-    chunk_p2 = triton.next_power_of_2(rows)
+    chunk_p2 = next_power_of_2(rows)
     # Persistent zeroed state: tile counters | split-K sums (each call leaves them zero).
     sizes = tiles + ms
-    parts = list(_workspace(x.device, sum(sizes)).split(sizes))
-    tcnt = [t.view(torch.int32) for t in parts[:k]]
-    ws = parts[k:]
+    _, parts = workspace_parts(x.device, sizes, int32=tuple(range(k)))
+    tcnt, ws = parts[:k], parts[k:]
     # Per projection and chunk, a list of up to `rows` active channels plus the 3 * block_k
     # slots `_stream` reads ahead unmasked; slots past a chunk's count are never used.
-    stride = triton.cdiv(chunk_p2 + 3 * block_k, 4) * 4
+    stride = cdiv(chunk_p2 + 3 * block_k, 4) * 4
     lists = torch.empty(2 * k * chunks * stride, dtype=torch.float32, device=x.device)
     per = chunks * stride
     idx = [lists[2 * i * per : (2 * i + 1) * per].view(torch.int32) for i in range(k)]

@@ -419,16 +419,16 @@ def sparse_linear_multi(
             inline=cfg.path == "inline",
         )
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
-    t_blocks = triton.cdiv(T, block_t)
+    t_blocks = _compact.cdiv(T, block_t)
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
-    tiles = [triton.cdiv(m, cfg.block_m) for m in ms]
+    tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
     # Rows per program: about programs_per_sm weight items per multiprocessor.
     target = max(1, _sm_count(x.device) * cfg.programs_per_sm)
-    steps = max(1, round(triton.cdiv(n, cfg.block_k) * sum(tiles) / target))
+    steps = max(1, round(_compact.cdiv(n, cfg.block_k) * sum(tiles) / target))
     rows = steps * cfg.block_k
-    chunks_w = triton.cdiv(n, rows)
-    lrc = [triton.cdiv(r, rows) for r in rs]
+    chunks_w = _compact.cdiv(n, rows)
+    lrc = [_compact.cdiv(r, rows) for r in rs]
 
     # One zeroed fp32 workspace: split-K sums, z, tile counters, z counters.  Without a
     # low-rank path the last program of each tile puts its sums and counter back to zero, so
@@ -436,16 +436,15 @@ def sparse_linear_multi(
     # (z and its counters have no single last reader; with a rank a fresh zeroed buffer is used).
     sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
     reset = PERSISTENT_WORKSPACE and not any(rs)
+    k = len(ms)
     if reset:
-        flat = _compact._workspace(x.device, sum(sizes))
+        _, parts = _compact.workspace_parts(x.device, sizes, int32=tuple(range(2 * k, 4 * k)))
     else:
         flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-    parts = list(flat.split(sizes))
-    k = len(ms)
+        parts = [p.view(torch.int32) if i >= 2 * k else p for i, p in enumerate(flat.split(sizes))]
     ws = parts[:k]
     z = [p.view(T, r) for p, r in zip(parts[k : 2 * k], rs)]
-    cnt = [p.view(torch.int32) for p in parts[2 * k : 3 * k]]
-    zcnt = [p.view(torch.int32) for p in parts[3 * k :]]
+    cnt, zcnt = parts[2 * k : 3 * k], parts[3 * k :]
 
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]

@@ -102,6 +102,12 @@ def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, act
     return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
+# The implementations the ops dispatch to on CPU and CUDA, for callers that skip the dispatcher
+# (`rsparse.nn` in eager mode on CUDA tensors: see `rsparse.nn.direct_call`).
+run_sparse_linear = _sparse_linear
+run_sparse_linear_multi = _sparse_linear_multi
+
+
 def register(sparse_linear_op) -> None:
     for device in ("cuda", "cpu"):
         sparse_linear_op.register_kernel(device)(_sparse_linear)
