@@ -1,0 +1,81 @@
+"""Host time per eager call of a sparse layer on the GPU (issue 6: eager `generate` is host-bound).
+
+Eager decoding of one token runs hundreds of small launches; when the host cannot issue them
+faster than the GPU runs them, host time per call is what sets tokens per second. This times
+back-to-back eager calls (no synchronisation inside the loop, so the GPU runs behind the host
+and the loop measures issue time) of:
+
+* ``F.linear`` on the dense weight (what a dense model issues per projection);
+* an `RSparseLinear` module call (eager CUDA calls skip the op dispatcher: `rsparse.nn.direct_call`);
+* the same through ``torch.ops.rsparse.sparse_linear`` (the dispatcher, as traced code runs it);
+* the fused q/k/v call through `rsparse.nn.forward_shared_input`.
+
+    PYTHONPATH=$PWD/src python3 benchmarks/eager_overhead.py --out results/eager_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+import rsparse
+from rsparse.budget import layer_budget
+from rsparse.nn import RSparseLinear, forward_shared_input
+
+
+def per_call_us(fn, calls: int) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+        torch.cuda.synchronize()
+    return best
+
+
+def layer(n, m, s, x):
+    lin = torch.nn.Linear(n, m, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    mod = RSparseLinear.from_linear(lin, tau=0.0, budget=layer_budget(n, m, s=s, rho=1.0), mode="sparse")
+    score = (x.float().abs() * mod.c).flatten()
+    mod.tau.fill_(float(score.quantile(s)))  # keeps about 1 - s of the channels of x
+    return mod
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    rsparse.set_backend("triton")
+    torch.manual_seed(0)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    o = layer(4096, 4096, 0.5, x)
+    qkv = [layer(4096, m, 0.5, x) for m in (4096, 1024, 1024)]
+    w = o.weight.contiguous()
+    args = (o.weight_t, o.c, o.tau, o.lowrank_in, o.lowrank_out, o.bias, 0.5)
+    rows = {
+        "F.linear 4096x4096 (dense)": per_call_us(lambda: F.linear(x, w), a.calls),
+        "RSparseLinear call (direct)": per_call_us(lambda: o(x), a.calls),
+        "torch.ops.rsparse.sparse_linear (dispatcher)": per_call_us(lambda: torch.ops.rsparse.sparse_linear(x, *args), a.calls),
+        "3 x F.linear q/k/v (dense)": per_call_us(lambda: [F.linear(x, m.weight) for m in qkv], a.calls),
+        "forward_shared_input q/k/v (one launch)": per_call_us(lambda: forward_shared_input(x, qkv), a.calls),
+    }
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": a.calls,
+            "what": "host µs per eager call, back to back, best of 5 loops"}
+    for k, v in rows.items():
+        print(f"{v:8.1f} µs  {k}", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"meta": meta, "us_per_call": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
