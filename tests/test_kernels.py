@@ -483,11 +483,15 @@ def test_gpu_compiled_first_call_keeps_the_workspace_out_of_the_graph_pool(path,
     # needs a larger workspace than batch 1, created at its own warm-up.
     from rsparse.kernels import compact_gemv
 
+    torch._dynamo.reset()  # no compiled code or recorded graph of an earlier test is replayed
     monkeypatch.setattr(compact_gemv, "_WORKSPACE", {})
     if path != "splitk":
         compact_path(path=path, block_m=1024)
     mod = _gpu_module(rank=0)
     compiled = torch.compile(mod, fullgraph=True, mode="reduce-overhead")
+    calls = []
+    real = compact_gemv.compact_gemv
+    monkeypatch.setattr(compact_gemv, "compact_gemv", lambda *a, **k: calls.append(k["inline"]) or real(*a, **k))
     for T in (1, 1, 1, 4, 4, 4):
         x = torch.randn(T, 1024, device="cuda", dtype=torch.bfloat16)
         y = compiled(x).clone()
@@ -495,6 +499,8 @@ def test_gpu_compiled_first_call_keeps_the_workspace_out_of_the_graph_pool(path,
         assert rel_err(y, ref.double()) <= 1e-2
     torch.cuda.synchronize()
     assert compact_gemv._WORKSPACE and _workspace_is_zero()
+    if path != "splitk":  # the path under test ran (at warm-up and recording: T = 1)
+        assert calls and all(inline == (path == "inline") for inline in calls)
 
 
 @pytest.mark.gpu
