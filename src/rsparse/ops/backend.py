@@ -8,6 +8,7 @@ kernels module is imported on first use only, so ``import rsparse`` needs no Tri
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -26,7 +27,9 @@ MAX_TRITON_TOKENS = 32
 _backend = "auto"
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_installed() -> bool:
+    # Cached: the default "auto" backend asks on every decode call, and a module search takes microseconds.
     return importlib.util.find_spec("triton") is not None
 
 
