@@ -252,10 +252,10 @@ def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch
 def direct_call(x: torch.Tensor) -> bool:
     """Whether a call on ``x`` runs the op's implementation without going through the dispatcher.
 
-    In eager decoding on a GPU the dispatcher of a Python custom op costs about as much host
-    time as the kernel launch behind it (about 70 µs per call measured on CPU), and eager
-    decoding is bound by host time. Plain CUDA tensors outside tracing and autograd skip it:
-    the same function runs either way. Traced code (``torch.compile``, export) keeps the op.
+    Eager decoding is bound by host time, and the dispatcher of a Python custom op adds to it:
+    12–14 µs per call on an H200's host, on top of 106–167 µs for the call itself
+    (benchmarks/NOTES.md, decode runs 7–9). Plain CUDA tensors outside tracing and autograd skip
+    it: the same function runs either way. Traced code (``torch.compile``, export) keeps the op.
     """
     return (
         type(x) is torch.Tensor

@@ -39,7 +39,9 @@ Graph safety: grids depend on shapes only, the counts reach the second kernel as
 data, no host synchronisation.  The zeroed state (counts, ``z``, split-K sums, counters)
 lives in one persistent fp32 buffer per device that every call leaves zero, so no memset
 launch precedes the kernels; per call only a ``torch.empty`` of shape-dependent size (the
-compacted lists).  Calls sharing the buffer must not run concurrently on two streams.
+compacted lists).  Calls sharing the buffer must not run concurrently on two streams.  The
+buffer is allocated outside the memory pool of any CUDA graph being warmed up
+(`_zeros_outside_graph_pool`); a capture that finds it too small takes a zeroed buffer of its own.
 """
 
 from __future__ import annotations
