@@ -284,6 +284,22 @@ def test_bench(sparse_dir, capsys):
     assert rc == 0 and "sparse" in out and "dense" in out and "speedup (dense ms / sparse ms)" in out
 
 
+@pytest.mark.skipif(importlib.util.find_spec("rsparse.bench") is None, reason="rsparse.bench not in this checkout")
+@pytest.mark.parametrize("flag, expected", [(None, False), ("--compile", True), ("--no-compile", False)])
+def test_bench_compiles_on_cuda_by_default_only(flag, expected, sparse_dir, capsys, monkeypatch):
+    # Eager decode on a GPU is bound by host time, so `bench` compiles there unless told not to;
+    # this CPU run decides "eager" by default and follows the flag when one is given.
+    import rsparse.bench
+
+    seen = []
+    fake = {"ms_per_token": 1.0, "tokens_per_s": 1000.0, "peak_memory_mb": None}
+    monkeypatch.setattr(rsparse.bench, "decode_speed", lambda model, **kw: seen.append(kw["compile"]) or dict(fake))
+    args = ["bench", sparse_dir, "--repeats", "1", "-q"] + ([flag] if flag else [])
+    rc, out, _ = run(capsys, *args)
+    assert rc == 0 and seen == [expected, expected]
+    assert ("compiled" if expected else "eager") in out
+
+
 # --------------------------------------------------------------------------- the program itself
 
 

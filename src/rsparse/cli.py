@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=_positive_int, default=128, help="prompt tokens, prefilled dense (default: 128)")
     p.add_argument("--new-tokens", type=_positive_int, default=256, help="tokens decoded per repeat (default: 256)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (default: 3)")
-    p.add_argument("--compile", action="store_true", help="compile the decode step (passed to rsparse.bench.decode_speed)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the decode step into a CUDA graph, as generate does with a static cache "
+                        "(default: on CUDA devices; eager decoding is bound by host time and hides the speed-up)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     sparsify_options(p, None)
 
@@ -665,8 +667,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                        "(upgrade rsparse)") from None
     model, _ = _load_for_use(args, need_tokenizer=False, need_sparse=True)
     device = next(model.parameters()).device
+    compiled = device.type == "cuda" if args.compile is None else args.compile
     kw = dict(batch_size=args.batch_size, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-              compile=args.compile, repeats=args.repeats)
+              compile=compiled, repeats=args.repeats)
     modes = {name: m.mode for name, m in rsparse_modules(model).items()}
     _say(args, f"rsparse: decode speed on {device}, sparse ...")
     sparse = decode_speed(model, **kw)
@@ -683,7 +686,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                      "speedup": speedup})
         return
     print(f"decode on {device}, batch {args.batch_size}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
-          f"{args.repeats} repeats{', compiled' if args.compile else ''}")
+          f"{args.repeats} repeats, {'compiled' if compiled else 'eager'}")
     print(f"{'':<8} {'ms/token':>10} {'tokens/s':>10} {'peak MB':>10}")
     for name, r in (("sparse", sparse), ("dense", dense)):
         peak = r.get("peak_memory_mb")
