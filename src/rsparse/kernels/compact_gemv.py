@@ -391,7 +391,7 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     return new[:numel]
 
 
-_VIEWS: dict[tuple, tuple[int, list[torch.Tensor]]] = {}
+_VIEWS: dict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]] = {}
 
 
 def workspace_parts(
@@ -402,16 +402,13 @@ def workspace_parts(
     slicing anew on every call costs more host time than the launch it serves in eager decoding."""
     key = (device.type, device.index, tuple(sizes), int32)
     hit = _VIEWS.get(key)
-    persistent = _WORKSPACE.get(key[:2])
-    if hit is not None and persistent is not None and hit[0] == persistent.data_ptr():
+    if hit is not None and hit[0] is _WORKSPACE.get(key[:2]):
         return hit[1]
     flat = _workspace(device, sum(sizes))
     parts = flat, [p.view(torch.int32) if i in int32 else p for i, p in enumerate(flat.split(sizes))]
-    # Persistent buffers are never freed (see _RETIRED), so no other tensor can take their
-    # address: a data pointer identifies them.  A capture's own buffer is not cached.
     persistent = _WORKSPACE.get(key[:2])
-    if persistent is not None and flat.data_ptr() == persistent.data_ptr():
-        _VIEWS[key] = (flat.data_ptr(), parts)
+    if persistent is not None and flat.data_ptr() == persistent.data_ptr():  # not a capture's own buffer
+        _VIEWS[key] = (persistent, parts)
     return parts
 
 

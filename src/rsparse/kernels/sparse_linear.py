@@ -452,9 +452,7 @@ def sparse_linear_multi(
 
     args = [x, x.stride(0), T, n, rows, chunks_w]
     has_bias = []
-    for i in range(MAX_PROJ):
-        j = min(i, k - 1)  # unused slots repeat the last projection with 0 tiles
-        real = i < k
+    for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
         has_bias.append(b is not None)
         args += [
