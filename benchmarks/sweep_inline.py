@@ -2,7 +2,8 @@
 `rsparse.kernels.compact_gemv` (each program compacts its own channels, then streams their
 rows) against run 4's launch, the two-launch compact path and cuBLAS, in one process.
 ``--variants run9`` times the run-9 set: inline launches with narrower tiles and fewer,
-longer channel chunks.
+longer channel chunks; ``--variants run10`` the run-10 set: launch settings for the attention
+shapes (q/k/v fused, o).
 
 For every point (case, sparsity; rho 1, batch 1, bf16) the layers are built once (random
 weights, ``tau`` at the budget's quantile of the benchmark input, weight copies rotated
@@ -35,8 +36,8 @@ from rsparse.ops import sparse_linear_reference  # noqa: E402
 
 T0 = time.time()
 VARIANTS = {  # name -> one-token Config (kernel run 8)
-    "run4": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),
-    "run4 memset": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1),  # fresh zeroed workspace
+    "run4": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, prefetch=0),
+    "run4 memset": K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, prefetch=0),  # fresh zeroed workspace
     "compact": K.Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
     "inline 8,512,8,2,1": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1),
     "inline 8,512,6,2,2": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=6, num_warps=2, prefetch=2),
@@ -58,8 +59,72 @@ VARIANTS_RUN9 = {
     "inline 8,512,4,2,2": K.Config(path="inline", block_k=8, block_m=512, programs_per_sm=4, num_warps=2, prefetch=2),
     "inline 16,256,2,4,1": K.Config(path="inline", block_k=16, block_m=256, programs_per_sm=2, num_warps=4, prefetch=1),
 }
-VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9}
-CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024"]
+# Kernel run 10: the attention shapes (q/k/v fused, o), which took the big shapes' setting
+# unswept.  There each program walks only 4-6 steps, and every step waits twice (x and c, then
+# the rows they select): shorter chains (more, wider steps per program, more programs) or the
+# pipeliner (num_stages 2) may hide that latency.
+_S = lambda bk, bm, pps, nw, st=1: K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, num_stages=st)  # noqa: E731
+VARIANTS_RUN10 = {
+    "run4": VARIANTS["run4"],
+    "8,1024,8,4": _S(8, 1024, 8, 4),
+    "8,512,8,2": _S(8, 512, 8, 2),
+    "16,512,8,4": _S(16, 512, 8, 4),
+    "16,512,4,4": _S(16, 512, 4, 4),
+    "16,1024,4,8": _S(16, 1024, 4, 8),
+    "32,512,8,8": _S(32, 512, 8, 8),
+    "32,256,16,4": _S(32, 256, 16, 4),
+    "16,256,16,2": _S(16, 256, 16, 2),
+    "8,256,16,2": _S(8, 256, 16, 2),
+    "8,1024,4,4,st2": _S(8, 1024, 4, 4, 2),
+    "8,512,8,2,st2": _S(8, 512, 8, 2, 2),
+    "16,512,8,4,st2": _S(16, 512, 8, 4, 2),
+    "inline 8,1024,4,4,1": VARIANTS["inline 8,1024,4,4,1"],
+    "inline 8,512,8,2,1": VARIANTS["inline 8,512,8,2,1"],
+}
+# Kernel run 10, second set: run 4's one-token loop pipelined by hand (`Config.prefetch` 1:
+# the next step's rows and the x/c of the step after are in flight during the FMAs).
+_P = lambda bk, bm, pps, nw, pf=1: K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, prefetch=pf)  # noqa: E731
+VARIANTS_RUN10B = {
+    "run4 pf0": _P(8, 1024, 4, 4, 0),
+    "run4 pf1": _P(8, 1024, 4, 4),
+    "pf1 8,1024,3,4": _P(8, 1024, 3, 4),
+    "pf1 8,1024,6,4": _P(8, 1024, 6, 4),
+    "pf1 8,512,8,2": _P(8, 512, 8, 2),
+    "pf1 8,512,6,2": _P(8, 512, 6, 2),
+    "pf1 8,2048,2,8": _P(8, 2048, 2, 8),
+    "compact": VARIANTS["compact"],
+    "inline 8,1024,4,4,1": VARIANTS["inline 8,1024,4,4,1"],
+}
+# Third set: the pipelined loop on narrower tiles and more programs, on a grid that stays
+# within one wave (`sparse_linear.ONE_WAVE_GRID`); "round" names the earlier grid rule.
+VARIANTS_RUN10C = {
+    "run4 pf0": _P(8, 1024, 4, 4, 0),
+    "pf1 8,512,8,2": _P(8, 512, 8, 2),
+    "pf1 8,512,8,2 round": (_P(8, 512, 8, 2), {"ONE_WAVE_GRID": False}),
+    "pf1 8,512,10,2": _P(8, 512, 10, 2),
+    "pf1 8,512,12,2": _P(8, 512, 12, 2),
+    "pf1 8,256,16,1": _P(8, 256, 16, 1),
+    "pf1 8,1024,4,8": _P(8, 1024, 4, 8),
+    "pf1 8,1024,6,8": _P(8, 1024, 6, 8),
+    "pf1 4,1024,8,4": _P(4, 1024, 8, 4),
+    "pf1 8,512,6,4": _P(8, 512, 6, 4),
+    "compact": VARIANTS["compact"],
+    "inline 8,1024,4,4,1": VARIANTS["inline 8,1024,4,4,1"],
+}
+# Batch 4 (the tl.dot path, `set_config(..., "dot")`): run 4's setting on the earlier grid rule,
+# which put 272-280 items on 264 slots for the big shapes, against the one-wave grid.
+_D = lambda bk, bm, pps, nw, st: K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, num_stages=st)  # noqa: E731
+VARIANTS_DOT10 = {
+    "dot 16,512,2,4,4 round": (_D(16, 512, 2, 4, 4), {"ONE_WAVE_GRID": False}),
+    "dot 16,512,2,4,4": _D(16, 512, 2, 4, 4),
+    "dot 16,512,3,4,3": _D(16, 512, 3, 4, 3),
+    "dot 16,256,4,4,4": _D(16, 256, 4, 4, 4),
+    "dot 16,1024,1,8,3": _D(16, 1024, 1, 8, 3),
+}
+VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+                "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10}
+CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
+         "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
 
 def emit(d, f):
@@ -70,12 +135,12 @@ def emit(d, f):
     f.flush()
 
 
-def build(name, s, gen):
+def build(name, s, gen, batch=1):
     n, ms = B.CASES[name]
     with_o = name == "qkv fused + o"
     layer_bytes = n * sum(ms) * 2 + (4096 * 4096 * 2 if with_o else 0)
     copies = max(2, math.ceil(3 * B.L2_BYTES / layer_bytes))
-    x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+    x = torch.randn(batch, n, device="cuda", dtype=torch.bfloat16, generator=gen)
     layers, dense_w = [], []
     for _ in range(copies):
         mods, ws = zip(*[B.build_layer(n, m, s, 1.0, x, torch.bfloat16, "cuda", gen) for m in ms])
@@ -101,10 +166,32 @@ def launch_shape(cfg, n, ms):
     from rsparse.kernels import compact_gemv as CG
 
     tiles = sum(math.ceil(m / cfg.block_m) for m in ms)
-    chunks = max(1, min(math.ceil(n / cfg.block_k), K._sm_count(torch.device("cuda")) * cfg.programs_per_sm // tiles))
-    rows = math.ceil(n / chunks)
+    target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
+    if cfg.path == "splitk":  # run 4's launch (this rule reads ONE_WAVE_GRID as the call did)
+        rows = K._rows_per_item(n, tiles, cfg.block_k, target)
+        chunks = math.ceil(n / rows)
+    else:
+        chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
+        rows = math.ceil(n / chunks)
     fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
     return {"programs": chunks * tiles, "chunks": chunks, "rows": rows, "fallback": fallback}
+
+
+def compiled_kernels() -> dict:
+    """Registers and spills of every Triton kernel compiled so far (key -> facts), to tell a
+    slow setting that spills or lost occupancy from one that is slow for other reasons."""
+    from rsparse.kernels import compact_gemv as CG
+
+    out = {}
+    for fn in (K._splitk_kernel, CG._compact_kernel, CG._gather_kernel, CG._inline_kernel):
+        for caches in getattr(fn, "device_caches", {}).values():
+            for key, k in caches[0].items():
+                try:
+                    out[f"{fn.__name__}:{hash(key)}"] = {"kernel": fn.__name__, "warps": k.metadata.num_warps,
+                                                         "regs": k.n_regs, "spills": k.n_spills}
+                except Exception as e:  # facts are a bonus, never a failure
+                    out[f"{fn.__name__}:{hash(key)}"] = {"kernel": fn.__name__, "error": repr(e)[:100]}
+    return out
 
 
 def max_err(x, mods):
@@ -121,8 +208,9 @@ def render(jsonl: Path) -> str:
     """Markdown table (µs, speed-up over cuBLAS of the same row) from an inline.jsonl."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     head = rows[0]
+    batch = head.get("batch", 1)
     names = [k for k in rows[1] if isinstance(rows[1][k], dict)]
-    out = [f"{head['device']}, torch {head['torch']}, Triton {head.get('triton', '?')}, bf16, batch 1, rho 1; "
+    out = [f"{head['device']}, torch {head['torch']}, Triton {head.get('triton', '?')}, bf16, batch {batch}, rho 1; "
            f"median µs per call under CUDA-graph replay (weights rotated beyond L2), speed-up over cuBLAS in brackets.", "",
            "| case | sparsity | cuBLAS | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in rows[1:]:
@@ -142,6 +230,7 @@ def main():
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--cases", nargs="+", default=CASES)
     p.add_argument("--variants", choices=sorted(VARIANT_SETS), default="run8", help="which set of launch settings to time")
+    p.add_argument("--batch", type=int, default=1, help="tokens per call (2-16 take the tl.dot launch: use --variants dot10)")
     a = p.parse_args()
     if a.render:
         print(render(Path(a.render)), end="")
@@ -152,26 +241,37 @@ def main():
     import triton
 
     emit({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-          "sms": props.multi_processor_count, "reps": a.reps}, f)
+          "sms": props.multi_processor_count, "reps": a.reps, "batch": a.batch, "variants": a.variants}, f)
     gen = torch.Generator(device="cuda").manual_seed(0)
     for s in a.sparsities:
         for name in a.cases:
             if time.time() - T0 > a.limit:
                 emit({"stopped": "time limit", "before": [name, s]}, f)
                 return
-            x, layers, dense_w, with_o = build(name, s, gen)
+            x, layers, dense_w, with_o = build(name, s, gen, a.batch)
             dense = B.graph_time_us([lambda ws=ws: [F.linear(x, w) for w in ws] for ws in dense_w], a.reps)
             row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
-            for v, cfg in VARIANT_SETS[a.variants].items():
-                K.set_config(cfg, "gemv1")
+            kind = "gemv1" if a.batch == 1 else "dot"
+            for v, spec in VARIANT_SETS[a.variants].items():
+                cfg, flags = spec if isinstance(spec, tuple) else (spec, {})
+                K.set_config(cfg, kind)
                 K.PERSISTENT_WORKSPACE = v != "run4 memset"
+                saved = {flag: getattr(K, flag) for flag in flags}
+                for flag, value in flags.items():
+                    setattr(K, flag, value)
+                before = compiled_kernels()
                 try:
                     us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
                               **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]])}
+                    new = [facts for key, facts in compiled_kernels().items() if key not in before]
+                    if new:
+                        row[v]["compiled"] = new
                 except Exception as e:  # a variant that fails is a data point too
                     row[v] = {"error": repr(e)[:300]}
-                K.set_config(None, "gemv1")
+                for flag, value in saved.items():
+                    setattr(K, flag, value)
+                K.set_config(None, kind)
                 K.PERSISTENT_WORKSPACE = True
             emit(row, f)
             del layers, dense_w
