@@ -82,7 +82,9 @@ VARIANTS_RUN10 = {
     "inline 8,512,8,2,1": VARIANTS["inline 8,512,8,2,1"],
 }
 # Kernel run 10, second set: run 4's one-token loop pipelined by hand (`Config.prefetch` 1:
-# the next step's rows and the x/c of the step after are in flight during the FMAs).
+# the next step's rows and the x/c of the step after are in flight during the FMAs).  Measured
+# at commit d1ce5ee; the pipelined loop bought nothing and was removed after it, so on later
+# code the "pf1" settings of this set and the next run the plain loop.
 _P = lambda bk, bm, pps, nw, pf=1: K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, prefetch=pf)  # noqa: E731
 VARIANTS_RUN10B = {
     "run4 pf0": _P(8, 1024, 4, 4, 0),

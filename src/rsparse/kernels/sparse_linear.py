@@ -50,7 +50,6 @@ from rsparse.kernels import compact_gemv as _compact
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
-SPLITK_PREFETCH = True  # one token: `Config.prefetch > 0` pipelines run 4's loop (False: the plain loop)
 ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False: the nearest count, kernel run 4)
 
 
@@ -94,38 +93,6 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
             acc += prod
         else:
             acc += tl.sum(prod, axis=0)[None, :]
-    return acc
-
-
-@triton.jit
-def _w_rows_prefetch(acc, x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
-    # One token, software-pipelined: while step s multiplies, the rows of step s+1 and the
-    # x and c of step s+2 are in flight, so a step no longer waits for x/c and then for its
-    # rows back to back (kernel run 10).
-    offs = k_start + tl.arange(0, BLOCK_K)
-    ok = offs < k_end
-    xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    active = (tl.abs(xf) * tl.load(c_ptr + offs, mask=ok, other=0.0) > tau) & ok
-    w = tl.load(w_ptr + offs[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
-    coef = tl.where(active, xf, 0.0)
-    offs1 = offs + BLOCK_K
-    ok1 = offs1 < k_end
-    xf1 = tl.load(x_ptr + offs1, mask=ok1, other=0.0).to(tl.float32)
-    cv1 = tl.load(c_ptr + offs1, mask=ok1, other=0.0)
-    for _ in range(k_start, k_end, BLOCK_K):
-        active1 = (tl.abs(xf1) * cv1 > tau) & ok1
-        w1 = tl.load(w_ptr + offs1[:, None] * stride_w + offs_m[None, :], mask=active1[:, None] & m_ok[None, :], other=0.0)
-        offs2 = offs1 + BLOCK_K
-        ok2 = offs2 < k_end
-        xf2 = tl.load(x_ptr + offs2, mask=ok2, other=0.0).to(tl.float32)
-        cv2 = tl.load(c_ptr + offs2, mask=ok2, other=0.0)
-        acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
-        w = w1
-        coef = tl.where(active1, xf1, 0.0)
-        offs1 = offs2
-        ok1 = ok2
-        xf1 = xf2
-        cv1 = cv2
     return acc
 
 
@@ -232,7 +199,7 @@ def _weight_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -246,12 +213,9 @@ def _weight_item(
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R)
     acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
-    if PREFETCH:
-        acc = _w_rows_prefetch(acc, x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, BLOCK_K)
-    else:
-        for k0 in range(k_start, k_end, BLOCK_K):
-            acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-                          USE_DOT, FP32, ACC2D, BLOCK_K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
+                      USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D, RESET)
 
@@ -293,7 +257,7 @@ def _splitk_kernel(
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
 ):
     # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
     # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
@@ -307,15 +271,15 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET, PREFETCH)
+                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET, PREFETCH)
+                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET, PREFETCH)
+                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
     else:
         q = pid - n_weight
         l0 = lrc0 * tiles0
@@ -400,9 +364,10 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fra
             return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
-    # 2-16 tokens, 16x512 tiles pipelined over 4 stages.
+    # 2-16 tokens (kernel run 10, one-wave grid), 16x512 tiles over 3 stages, 3 items per
+    # multiprocessor (168 registers: 3 fit): batch 4 at 50 % 1.00-1.25x cuBLAS against 0.82-1.08x.
     if use_dot:
-        return Config(block_k=16, block_m=512, programs_per_sm=2, num_warps=4, num_stages=4)
+        return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
@@ -410,19 +375,14 @@ def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
     """Input channels per weight item, for about ``target`` items (programs_per_sm per multiprocessor).
 
     With `ONE_WAVE_GRID` the item count never exceeds ``target`` (as for the compact gather,
-    kernel run 7): a grid a few items over one wave leaves those few to run alone at the end.
+    kernel run 7). The earlier nearest count could overshoot: at batch 4 it put 272-280 items
+    on 264 slots, so some multiprocessors ran one item more than the rest and the call waited
+    for them (kernel run 10: 41.6 -> 33.6 us on 4096x14336 at 50 %).
     """
     if ONE_WAVE_GRID:
         chunks = max(1, target // tiles)
         return _compact.cdiv(_compact.cdiv(n, chunks), block_k) * block_k
     return max(1, round(_compact.cdiv(n, block_k) * tiles / target)) * block_k
-
-
-def _splitk_prefetch(cfg: Config, use_dot: bool) -> bool:
-    # The pipelined one-token loop (`_w_rows_prefetch`) exists for the plain FMA form only.
-    if cfg.prefetch not in (0, 1, 2):
-        raise ValueError(f"Config.prefetch must be 0, 1 or 2, got {cfg.prefetch!r}")
-    return SPLITK_PREFETCH and cfg.prefetch > 0 and not use_dot and not cfg.acc2d
 
 
 @functools.lru_cache(maxsize=None)
@@ -518,7 +478,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, PREFETCH=_splitk_prefetch(cfg, use_dot), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
