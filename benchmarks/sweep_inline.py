@@ -123,8 +123,23 @@ VARIANTS_DOT10 = {
     "dot 16,256,4,4,4": _D(16, 256, 4, 4, 4),
     "dot 16,1024,1,8,3": _D(16, 1024, 1, 8, 3),
 }
+# Low rank (use with --rho 0.8): the one-wave budget with and without the low-rank items, which
+# come last in the grid and wait for z, against the earlier nearest-count grid.
+_RUN4 = _P(8, 1024, 4, 4, 0)
+_DOT = _D(16, 512, 3, 4, 3)
+VARIANTS_LR10 = {
+    "run4 old grid": (_RUN4, {"ONE_WAVE_GRID": False}),
+    "run4 one wave, weight items": (_RUN4, {"ONE_WAVE_COUNTS_LOWRANK": False}),
+    "run4 one wave incl. low rank": _RUN4,
+    "compact": VARIANTS["compact"],
+}
+VARIANTS_DOTLR10 = {
+    "dot old grid": (_DOT, {"ONE_WAVE_GRID": False}),
+    "dot one wave, weight items": (_DOT, {"ONE_WAVE_COUNTS_LOWRANK": False}),
+    "dot one wave incl. low rank": _DOT,
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
-                "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10}
+                "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
@@ -137,7 +152,7 @@ def emit(d, f):
     f.flush()
 
 
-def build(name, s, gen, batch=1):
+def build(name, s, gen, batch=1, rho=1.0):
     n, ms = B.CASES[name]
     with_o = name == "qkv fused + o"
     layer_bytes = n * sum(ms) * 2 + (4096 * 4096 * 2 if with_o else 0)
@@ -145,9 +160,9 @@ def build(name, s, gen, batch=1):
     x = torch.randn(batch, n, device="cuda", dtype=torch.bfloat16, generator=gen)
     layers, dense_w = [], []
     for _ in range(copies):
-        mods, ws = zip(*[B.build_layer(n, m, s, 1.0, x, torch.bfloat16, "cuda", gen) for m in ms])
+        mods, ws = zip(*[B.build_layer(n, m, s, rho, x, torch.bfloat16, "cuda", gen) for m in ms])
         if with_o:
-            o, wo = B.build_layer(4096, 4096, s, 1.0, x, torch.bfloat16, "cuda", gen)
+            o, wo = B.build_layer(4096, 4096, s, rho, x, torch.bfloat16, "cuda", gen)
             mods, ws = mods + (o,), ws + (wo,)
         layers.append(mods)
         dense_w.append(ws)
@@ -163,15 +178,19 @@ def kernel_call(x, mods, with_o):
     return call
 
 
-def launch_shape(cfg, n, ms):
+def launch_shape(cfg, n, ms, rs=()):
     """Grid of the (first) launch: programs, channel chunks, and whether inline falls back."""
     from rsparse.kernels import compact_gemv as CG
 
-    tiles = sum(math.ceil(m / cfg.block_m) for m in ms)
+    per_proj = tuple(math.ceil(m / cfg.block_m) for m in ms)
+    tiles = sum(per_proj)
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
-    if cfg.path == "splitk":  # run 4's launch (this rule reads ONE_WAVE_GRID as the call did)
-        rows = K._rows_per_item(n, tiles, cfg.block_k, target)
+    if cfg.path == "splitk":  # run 4's launch (this reads the grid flags as the call did)
+        ranks = tuple(rs) or (0,) * len(ms)
+        rows = K._rows_per_item(n, per_proj, ranks, cfg.block_k, target)
         chunks = math.ceil(n / rows)
+        lowrank = sum(math.ceil(r / rows) * t for r, t in zip(ranks, per_proj))
+        return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "fallback": False}
     else:
         chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
         rows = math.ceil(n / chunks)
@@ -211,8 +230,9 @@ def render(jsonl: Path) -> str:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     head = rows[0]
     batch = head.get("batch", 1)
+    rho = head.get("rho", 1.0)
     names = [k for k in rows[1] if isinstance(rows[1][k], dict)]
-    out = [f"{head['device']}, torch {head['torch']}, Triton {head.get('triton', '?')}, bf16, batch {batch}, rho 1; "
+    out = [f"{head['device']}, torch {head['torch']}, Triton {head.get('triton', '?')}, bf16, batch {batch}, rho {rho}; "
            f"median µs per call under CUDA-graph replay (weights rotated beyond L2), speed-up over cuBLAS in brackets.", "",
            "| case | sparsity | cuBLAS | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in rows[1:]:
@@ -232,6 +252,7 @@ def main():
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--cases", nargs="+", default=CASES)
     p.add_argument("--variants", choices=sorted(VARIANT_SETS), default="run8", help="which set of launch settings to time")
+    p.add_argument("--rho", type=float, default=1.0, help="sparse share of every layer's budget (< 1: a low-rank path)")
     p.add_argument("--batch", type=int, default=1, help="tokens per call (2-16 take the tl.dot launch: use --variants dot10)")
     a = p.parse_args()
     if a.render:
@@ -243,14 +264,14 @@ def main():
     import triton
 
     emit({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-          "sms": props.multi_processor_count, "reps": a.reps, "batch": a.batch, "variants": a.variants}, f)
+          "sms": props.multi_processor_count, "reps": a.reps, "batch": a.batch, "rho": a.rho, "variants": a.variants}, f)
     gen = torch.Generator(device="cuda").manual_seed(0)
     for s in a.sparsities:
         for name in a.cases:
             if time.time() - T0 > a.limit:
                 emit({"stopped": "time limit", "before": [name, s]}, f)
                 return
-            x, layers, dense_w, with_o = build(name, s, gen, a.batch)
+            x, layers, dense_w, with_o = build(name, s, gen, a.batch, a.rho)
             dense = B.graph_time_us([lambda ws=ws: [F.linear(x, w) for w in ws] for ws in dense_w], a.reps)
             row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
             kind = "gemv1" if a.batch == 1 else "dot"
@@ -265,7 +286,8 @@ def main():
                 try:
                     us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
-                              **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]])}
+                              **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]],
+                                           [m.lowrank_in.shape[1] for m in layers[0][:3]])}
                     new = [facts for key, facts in compiled_kernels().items() if key not in before]
                     if new:
                         row[v]["compiled"] = new
