@@ -124,7 +124,9 @@ VARIANTS_DOT10 = {
     "dot 16,1024,1,8,3": _D(16, 1024, 1, 8, 3),
 }
 # Low rank (use with --rho 0.8): the one-wave budget with and without the low-rank items, which
-# come last in the grid and wait for z, against the earlier nearest-count grid.
+# come last in the grid and wait for z, against the earlier nearest-count grid.  Measured at
+# commit 8361050 (`ONE_WAVE_COUNTS_LOWRANK`); counting them bought nothing and the switch was
+# removed, so on later code the two one-wave settings are the same launch.
 _RUN4 = _P(8, 1024, 4, 4, 0)
 _DOT = _D(16, 512, 3, 4, 3)
 VARIANTS_LR10 = {
@@ -187,7 +189,7 @@ def launch_shape(cfg, n, ms, rs=()):
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
     if cfg.path == "splitk":  # run 4's launch (this reads the grid flags as the call did)
         ranks = tuple(rs) or (0,) * len(ms)
-        rows = K._rows_per_item(n, per_proj, ranks, cfg.block_k, target)
+        rows = K._rows_per_item(n, tiles, cfg.block_k, target)
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows) * t for r, t in zip(ranks, per_proj))
         return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "fallback": False}

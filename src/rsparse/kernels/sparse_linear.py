@@ -51,7 +51,6 @@ from rsparse.kernels import compact_gemv as _compact
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
 ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False: the nearest count, kernel run 4)
-ONE_WAVE_COUNTS_LOWRANK = True  # the one-wave budget includes the low-rank items (False: weight items only)
 
 
 @triton.jit
@@ -372,33 +371,18 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fra
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
-def _rows_per_item(n: int, tiles: tuple[int, ...], ranks: tuple[int, ...], block_k: int, target: int) -> int:
-    """Input channels (and low-rank rows) per work item, for about ``target`` items in all.
+def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
+    """Input channels per weight item, for about ``target`` items (programs_per_sm per multiprocessor).
 
-    With `ONE_WAVE_GRID` the items never exceed ``target`` (programs_per_sm per multiprocessor),
-    as for the compact gather since kernel run 7. The low-rank items (``ceil(r / rows)`` per
-    tile of a projection with rank ``r``) are counted too. The earlier nearest count could overshoot: at batch 4 it put 272-280
-    items on 264 slots, so some multiprocessors ran one item more than the rest and the call
-    waited for them (kernel run 10: 41.6 -> 33.6 us on 4096x14336 at 50 %); a rank added its
-    low-rank items on top.
+    With `ONE_WAVE_GRID` the item count never exceeds ``target`` (as for the compact gather,
+    kernel run 7). The earlier nearest count could overshoot: at batch 4 it put 272-280 items
+    on 264 slots, so some multiprocessors ran one item more than the rest and the call waited
+    for them (kernel run 10: 41.6 -> 33.6 us on 4096x14336 at 50 %).
     """
-    return _rows_cached(n, tiles, ranks, block_k, target, ONE_WAVE_GRID, ONE_WAVE_COUNTS_LOWRANK)
-
-
-@functools.lru_cache(maxsize=1024)
-def _rows_cached(n, tiles, ranks, block_k, target, one_wave, count_lowrank) -> int:
-    total = sum(tiles)
-    if not one_wave:
-        return max(1, round(_compact.cdiv(n, block_k) * total / target)) * block_k
-    rows = _compact.cdiv(_compact.cdiv(n, max(1, target // total)), block_k) * block_k
-    counted = [(r, t) for r, t in zip(ranks, tiles) if r > 0] if count_lowrank else []
-
-    def items(rows: int) -> int:
-        return _compact.cdiv(n, rows) * total + sum(_compact.cdiv(r, rows) * t for r, t in counted)
-
-    while items(rows) > target and rows < n + max((r for r, _ in counted), default=0):
-        rows += block_k
-    return rows
+    if ONE_WAVE_GRID:
+        chunks = max(1, target // tiles)
+        return _compact.cdiv(_compact.cdiv(n, chunks), block_k) * block_k
+    return max(1, round(_compact.cdiv(n, block_k) * tiles / target)) * block_k
 
 
 @functools.lru_cache(maxsize=None)
@@ -455,7 +439,7 @@ def sparse_linear_multi(
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
-    rows = _rows_per_item(n, tuple(tiles), tuple(rs), cfg.block_k, max(1, _sm_count(x.device) * cfg.programs_per_sm))
+    rows = _rows_per_item(n, sum(tiles), cfg.block_k, max(1, _sm_count(x.device) * cfg.programs_per_sm))
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows) for r in rs]
 
