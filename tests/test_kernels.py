@@ -559,3 +559,21 @@ def test_layers_pass_their_budget_active_fraction_to_the_kernel(fused, monkeypat
     rsparse.set_backend("torch")
     for y, mod in zip(ys, mods):
         torch.testing.assert_close(y, mod(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("programs_per_sm", [2, 3, 4, 8])
+def test_split_k_grid_stays_within_one_wave(programs_per_sm):
+    # Kernel run 10: a grid a few items over programs_per_sm x SMs left some multiprocessors one
+    # item more than the rest (batch 4: 0.82x -> 1.01x of cuBLAS once it fit).
+    from rsparse.kernels import sparse_linear as kernels
+    from rsparse.kernels.compact_gemv import cdiv
+
+    target = 132 * programs_per_sm
+    for n, ms in [(4096, [14336]), (14336, [4096]), (4096, [4096, 1024, 1024]), (4096, [14336, 14336]), (1000, [3001]), (513, [70])]:
+        for block_k, block_m in [(8, 1024), (16, 512), (8, 512)]:
+            tiles = sum(cdiv(m, block_m) for m in ms)
+            rows = kernels._rows_per_item(n, tiles, block_k, target)
+            assert rows % block_k == 0 and rows >= block_k
+            items = cdiv(n, rows) * tiles
+            assert items <= max(target, tiles), (n, ms, block_k, block_m, rows, items, target)
+            assert cdiv(n, rows) * rows >= n
