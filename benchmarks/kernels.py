@@ -176,7 +176,7 @@ def build_rank(n, m, s, rho):
 
 SWEEP = {  # kind -> (block_k, block_m, programs_per_sm, num_warps, num_stages); first = previous best
     "gemv1": [(8, 1024, 4, 4, 1), (16, 1024, 2, 4, 1), (8, 1024, 8, 4, 1), (16, 1024, 4, 4, 2)],
-    "dot": [(16, 512, 2, 4, 4), (32, 256, 2, 4, 3), (32, 256, 4, 4, 3)],
+    "dot": [(16, 512, 3, 4, 3), (16, 512, 2, 4, 4), (32, 256, 3, 4, 3)],
 }
 SWEEP_CASES = ("gate/up 4096->14336", "down 14336->4096")
 
