@@ -123,22 +123,20 @@ VARIANTS_DOT10 = {
     "dot 16,256,4,4,4": _D(16, 256, 4, 4, 4),
     "dot 16,1024,1,8,3": _D(16, 1024, 1, 8, 3),
 }
-# Low rank (use with --rho 0.8): the one-wave budget with and without the low-rank items, which
-# come last in the grid and wait for z, against the earlier nearest-count grid.  Measured at
-# commit 8361050 (`ONE_WAVE_COUNTS_LOWRANK`); counting them bought nothing and the switch was
-# removed, so on later code the two one-wave settings are the same launch.
+# Low rank (use with --rho 0.8): the one-wave grid against the earlier nearest-count grid.  The
+# low-rank items come last in the grid and wait for z; commit 8361050 also timed a budget that
+# counted them (`ONE_WAVE_COUNTS_LOWRANK`, results/sweep_run10_lowrank_*); it bought nothing and
+# was removed, so that setting is not in these sets.
 _RUN4 = _P(8, 1024, 4, 4, 0)
 _DOT = _D(16, 512, 3, 4, 3)
 VARIANTS_LR10 = {
     "run4 old grid": (_RUN4, {"ONE_WAVE_GRID": False}),
-    "run4 one wave, weight items": (_RUN4, {"ONE_WAVE_COUNTS_LOWRANK": False}),
-    "run4 one wave incl. low rank": _RUN4,
+    "run4 one wave, weight items": _RUN4,
     "compact": VARIANTS["compact"],
 }
 VARIANTS_DOTLR10 = {
     "dot old grid": (_DOT, {"ONE_WAVE_GRID": False}),
-    "dot one wave, weight items": (_DOT, {"ONE_WAVE_COUNTS_LOWRANK": False}),
-    "dot one wave incl. low rank": _DOT,
+    "dot one wave, weight items": _DOT,
 }
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10}
@@ -193,9 +191,8 @@ def launch_shape(cfg, n, ms, rs=()):
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows) * t for r, t in zip(ranks, per_proj))
         return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "fallback": False}
-    else:
-        chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
-        rows = math.ceil(n / chunks)
+    chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
+    rows = math.ceil(n / chunks)
     fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
     return {"programs": chunks * tiles, "chunks": chunks, "rows": rows, "fallback": fallback}
 
