@@ -138,8 +138,28 @@ VARIANTS_DOTLR10 = {
     "dot old grid": (_DOT, {"ONE_WAVE_GRID": False}),
     "dot one wave, weight items": _DOT,
 }
+# Kernel run 11 (use with --rho 0.8): low-rank items as long as a weight item's chunk ("chunk", runs 4-10)
+# stream 1/density times the rows a weight item loads; "density" sizes them by the layer's expected
+# share of rows read, "density+wave" also keeps weight and low-rank items within one wave.  "V all":
+# the z producers also read the rows of V_r whose channel is active (runs 4-10).
+_CHUNK_OLD = {"LOWRANK_ROWS": "chunk", "Z_SKIP_ACTIVE": False}
+VARIANTS_LR11 = {
+    "run4 chunk, V all": (_RUN4, _CHUNK_OLD),
+    "run4 chunk": (_RUN4, {"LOWRANK_ROWS": "chunk"}),
+    "run4 density": (_RUN4, {"LOWRANK_ROWS": "density"}),
+    "run4 density+wave": (_RUN4, {"LOWRANK_ROWS": "density+wave"}),
+    "8,512,8,2 density": (_S(8, 512, 8, 2), {"LOWRANK_ROWS": "density"}),
+    "8,512,8,2 density+wave": (_S(8, 512, 8, 2), {"LOWRANK_ROWS": "density+wave"}),
+    "compact": VARIANTS["compact"],
+}
+VARIANTS_DOTLR11 = {
+    "dot chunk, V all": (_DOT, _CHUNK_OLD),
+    "dot density": (_DOT, {"LOWRANK_ROWS": "density"}),
+    "dot density+wave": (_DOT, {"LOWRANK_ROWS": "density+wave"}),
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
-                "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10}
+                "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
+                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
@@ -170,15 +190,18 @@ def build(name, s, gen, batch=1, rho=1.0):
 
 
 def kernel_call(x, mods, with_o):
+    # The layers' expected active share goes with every call, as the modules pass it (it picks
+    # the path where no Config is forced, and sizes the low-rank items).
     args = lambda m: (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)  # noqa: E731
     group = mods[:3] if with_o else mods
-    call = lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in group])])  # noqa: E731
+    share = max(m.expected_active_fraction() for m in group)
+    call = lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in group])], share)  # noqa: E731
     if with_o:
-        return lambda: (call(), torch.ops.rsparse.sparse_linear(x, *args(mods[3])))
+        return lambda: (call(), torch.ops.rsparse.sparse_linear(x, *args(mods[3]), mods[3].expected_active_fraction()))
     return call
 
 
-def launch_shape(cfg, n, ms, rs=()):
+def launch_shape(cfg, n, ms, rs=(), density=1.0):
     """Grid of the (first) launch: programs, channel chunks, and whether inline falls back."""
     from rsparse.kernels import compact_gemv as CG
 
@@ -187,10 +210,10 @@ def launch_shape(cfg, n, ms, rs=()):
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
     if cfg.path == "splitk":  # run 4's launch (this reads the grid flags as the call did)
         ranks = tuple(rs) or (0,) * len(ms)
-        rows = K._rows_per_item(n, tiles, cfg.block_k, target)
+        rows, rows_lr = K._item_rows(n, per_proj, ranks, cfg.block_k, target, density)
         chunks = math.ceil(n / rows)
-        lowrank = sum(math.ceil(r / rows) * t for r, t in zip(ranks, per_proj))
-        return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "fallback": False}
+        lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))
+        return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr, "fallback": False}
     chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
     rows = math.ceil(n / chunks)
     fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
@@ -219,7 +242,7 @@ def max_err(x, mods):
     for m in mods:
         a = (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)
         ref = sparse_linear_reference(x, *a).double()
-        y = torch.ops.rsparse.sparse_linear(x, *a)
+        y = torch.ops.rsparse.sparse_linear(x, *a, m.expected_active_fraction())
         errs.append(((y.double() - ref).norm() / ref.norm()).item())
     return max(errs)
 
@@ -286,7 +309,8 @@ def main():
                     us = B.graph_time_us([kernel_call(x, m, with_o) for m in layers], a.reps)
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
                               **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]],
-                                           [m.lowrank_in.shape[1] for m in layers[0][:3]])}
+                                           [m.lowrank_in.shape[1] for m in layers[0][:3]],
+                                           1 - (1 - max(m.expected_active_fraction() for m in layers[0][:3])) ** a.batch)}
                     new = [facts for key, facts in compiled_kernels().items() if key not in before]
                     if new:
                         row[v]["compiled"] = new

@@ -75,12 +75,12 @@ def rel_err(y, ref):
     return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check(args, dtype, device):
+def check(args, dtype, device, active_fraction=1.0):
     from rsparse.kernels import sparse_linear as kernels
 
     x, w = args[0], args[1]
     out = torch.full((x.shape[0], w.shape[1]), float("nan"), dtype=dtype, device=device)
-    y = kernels.sparse_linear(*args, out=out)
+    y = kernels.sparse_linear(*args, out=out, active_fraction=active_fraction)
     assert not torch.isnan(y).any(), "an output element was not written"
     err = rel_err(y, exact(*args))
     assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
@@ -102,7 +102,8 @@ CPU_SHAPES = [  # T, n, m, r, bias, active
 def test_kernel_matches_reference(shape, dtype):
     T, n, m, r, bias, active = shape
     for seed in range(2):  # without rank the workspace is persistent: the second call needs it zero again
-        check(make_args(T, n, m, r, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
+        # The second call passes the layer's active share: low-rank items then take fewer rows.
+        check(make_args(T, n, m, r, dtype, "cpu", active, bias, seed=seed), dtype, "cpu", [1.0, active][seed])
     assert _workspace_is_zero()
 
 
@@ -577,3 +578,40 @@ def test_split_k_grid_stays_within_one_wave(programs_per_sm):
             items = cdiv(n, rows) * tiles
             assert items <= max(target, tiles), (n, ms, block_k, block_m, rows, items, target)
             assert cdiv(n, rows) * rows >= n
+
+
+@needs_triton
+@pytest.mark.parametrize("lowrank_rows", ["chunk", "density", "density+wave"])
+@pytest.mark.parametrize("z_skip", [False, True])
+@pytest.mark.parametrize("T", [1, 3])
+def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, T, monkeypatch):
+    # Kernel run 11: low-rank items take about as many rows as a weight item loads, and the z
+    # producers skip the rows of V_r whose channel every token keeps.  Same results either way.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "LOWRANK_ROWS", lowrank_rows)
+    monkeypatch.setattr(kernels, "Z_SKIP_ACTIVE", z_skip)
+    for dtype in DTYPES:
+        args = make_args(T, 300, 45, 20, dtype, "cpu", active=0.2, bias=True, seed=5)
+        check(args, dtype, "cpu", active_fraction=0.2)
+
+
+@pytest.mark.parametrize("programs_per_sm", [3, 4, 8])
+def test_low_rank_rows_follow_the_expected_density(programs_per_sm, monkeypatch):
+    from rsparse.kernels import sparse_linear as kernels
+    from rsparse.kernels.compact_gemv import cdiv
+
+    target = 132 * programs_per_sm
+    for n, ms, r in [(4096, [14336], 318), (14336, [4096], 318), (4096, [4096, 1024, 1024], 100), (70, [45], 20)]:
+        tiles = tuple(cdiv(m, 1024) for m in ms)
+        ranks = tuple([r] * len(ms))
+        monkeypatch.setattr(kernels, "LOWRANK_ROWS", "chunk")
+        assert kernels._item_rows(n, tiles, ranks, 8, target, 0.4) == (kernels._rows_per_item(n, sum(tiles), 8, target),) * 2
+        monkeypatch.setattr(kernels, "LOWRANK_ROWS", "density")
+        rows, rows_lr = kernels._item_rows(n, tiles, ranks, 8, target, 0.4)
+        assert rows_lr % 8 == 0 and abs(rows_lr - max(8, 0.4 * rows)) <= 4
+        assert kernels._item_rows(n, tiles, (0,) * len(ms), 8, target, 0.4) == (rows, rows)  # no rank: unchanged
+        monkeypatch.setattr(kernels, "LOWRANK_ROWS", "density+wave")
+        rows, rows_lr = kernels._item_rows(n, tiles, ranks, 8, target, 0.4)
+        items = cdiv(n, rows) * sum(tiles) + sum(cdiv(rk, rows_lr) * t for rk, t in zip(ranks, tiles))
+        assert items <= max(target, sum(tiles) * (1 + max(cdiv(rk, rows_lr) for rk in ranks))), (n, ms, rows, rows_lr, items)

@@ -51,6 +51,12 @@ from rsparse.kernels import compact_gemv as _compact
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
 ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False: the nearest count, kernel run 4)
+# Low rank (kernel run 11).  LOWRANK_ROWS: "chunk" gives a low-rank item as many rows of (U_r S_r)ᵀ as a
+# weight item has channels (kernel run 4); "density" about as many as a weight item *loads* (its chunk
+# times the expected share of rows read), so the dense low-rank rows stop being the longest items;
+# "density+wave" also shrinks the chunks until weight and low-rank items fit one wave together.
+LOWRANK_ROWS = "density"
+Z_SKIP_ACTIVE = True  # the z producers read a row of V_r only where some token leaves the channel inactive
 
 
 @triton.jit
@@ -119,7 +125,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
@@ -133,17 +139,27 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             offs_k = k0 + tl.arange(0, BLOCK_KZ)
             k_ok = offs_k < k_end
             cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
+            # A row of V_r is read only if some token leaves its channel inactive (Z_SKIP_ACTIVE).
             if USE_DOT:
                 xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                active = tl.abs(xf) * cv[None, :] > tau
+                coef = tl.where(active, 0.0, xf)  # the inactive channels
+                row_on = k_ok
+                if Z_SKIP_ACTIVE:
+                    row_on = row_on & (tl.min(tl.where(t_ok[:, None], active.to(tl.int32), 1), axis=0) == 0)
+                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
                 if FP32:
                     acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(coef.to(v.dtype), v, acc)
             else:
                 xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-                coef = tl.where(tl.abs(xf) * cv > tau, 0.0, xf)
+                active = tl.abs(xf) * cv > tau
+                coef = tl.where(active, 0.0, xf)
+                row_on = k_ok
+                if Z_SKIP_ACTIVE:
+                    row_on = row_on & (active == 0)
+                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
                 acc += coef[:, None] * v.to(tl.float32)
         if USE_DOT:
             part = acc
@@ -199,7 +215,7 @@ def _weight_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -211,7 +227,8 @@ def _weight_item(
     if r > 0:
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
-                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R)
+                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
+                    Z_SKIP_ACTIVE)
     acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
     for k0 in range(k_start, k_end, BLOCK_K):
         acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
@@ -250,14 +267,14 @@ def _lowrank_item(
 
 @triton.jit
 def _splitk_kernel(
-    x_ptr, stride_xt, T, n, rows, chunks_w,
+    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr,
 ):
     # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
     # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
@@ -271,31 +288,34 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
+                         BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
+                         Z_SKIP_ACTIVE)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
+                         BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
+                         Z_SKIP_ACTIVE)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET)
+                         BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
+                         Z_SKIP_ACTIVE)
     else:
         q = pid - n_weight
         l0 = lrc0 * tiles0
         l1 = lrc1 * tiles1
         if q < l0:
-            _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows, chunks_w,
+            _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
         elif q < l0 + l1:
             q -= l0
-            _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows, chunks_w,
+            _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
         else:
             q -= l0 + l1
-            _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows, chunks_w,
+            _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
 
@@ -385,6 +405,30 @@ def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
     return max(1, round(_compact.cdiv(n, block_k) * tiles / target)) * block_k
 
 
+def _item_rows(n: int, tiles: tuple[int, ...], ranks: tuple[int, ...], block_k: int, target: int,
+               density: float) -> tuple[int, int]:
+    """Rows per weight item (input channels) and per low-rank item (rows of ``(U_r S_r)ᵀ``).
+
+    A weight item loads only the rows its tokens keep (about ``density`` of its chunk) while a
+    low-rank item loads every row of its slice, so with equal slices the low-rank items run
+    ``1 / density`` times longer and the call waits for them (kernel run 11)."""
+    rows = _rows_per_item(n, sum(tiles), block_k, target)
+    if not any(ranks) or LOWRANK_ROWS == "chunk":
+        return rows, rows
+
+    def lowrank_rows(rows: int) -> int:
+        return max(block_k, round(rows * density / block_k) * block_k)
+
+    if LOWRANK_ROWS == "density+wave":
+        for chunks in range(max(1, target // sum(tiles)), 0, -1):
+            rows = _compact.cdiv(_compact.cdiv(n, chunks), block_k) * block_k
+            items = _compact.cdiv(n, rows) * sum(tiles)
+            items += sum(_compact.cdiv(r, lowrank_rows(rows)) * t for r, t in zip(ranks, tiles))
+            if items <= target:
+                break
+    return rows, lowrank_rows(rows)
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -439,9 +483,12 @@ def sparse_linear_multi(
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
-    rows = _rows_per_item(n, sum(tiles), cfg.block_k, max(1, _sm_count(x.device) * cfg.programs_per_sm))
+    # Expected share of weight rows a launch reads: the union over its tokens (independent tokens).
+    density = 1.0 - (1.0 - min(max(active_fraction, 0.0), 1.0)) ** min(T, block_t)
+    rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
+                               max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     chunks_w = _compact.cdiv(n, rows)
-    lrc = [_compact.cdiv(r, rows) for r in rs]
+    lrc = [_compact.cdiv(r, rows_lr) for r in rs]
 
     # One zeroed fp32 workspace: split-K sums, z, tile counters, z counters.  Without a
     # low-rank path the last program of each tile puts its sums and counter back to zero, so
@@ -463,7 +510,7 @@ def sparse_linear_multi(
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
-    args = [x, x.stride(0), T, n, rows, chunks_w]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -478,7 +525,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
