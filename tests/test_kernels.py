@@ -373,8 +373,8 @@ GPU_SHAPES = [  # T, n, m, r, bias, active
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
 def test_gpu_kernel_matches_reference(shape, dtype):
     T, n, m, r, bias, active = shape
-    for seed in range(2):  # fresh inputs each time
-        check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda")
+    for seed in range(2):  # fresh inputs each time; the second with the layer's active share (kernel run 11)
+        check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda", [1.0, active][seed])
     for active in (0.0, 1.0):
         check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=7), dtype, "cuda")
 
