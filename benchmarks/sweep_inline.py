@@ -310,7 +310,7 @@ def main():
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
                               **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]],
                                            [m.lowrank_in.shape[1] for m in layers[0][:3]],
-                                           1 - (1 - max(m.expected_active_fraction() for m in layers[0][:3])) ** a.batch)}
+                                           1.0 if a.batch > 1 else max(m.expected_active_fraction() for m in layers[0][:3]))}
                     new = [facts for key, facts in compiled_kernels().items() if key not in before]
                     if new:
                         row[v]["compiled"] = new

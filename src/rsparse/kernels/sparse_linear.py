@@ -21,7 +21,9 @@ Low rank (rank ``r > 0``) in the same launch: the programs of the first
 rows ``(U_r S_r)ᵀ`` come last in the grid; they wait (acquire) until every ``z`` producer
 has counted, then use ``z`` as their coefficients.  The producers have lower program ids,
 so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
-in order, so there it never waits.
+in order, so there it never waits.  For one token a low-rank item takes about as many rows as
+a weight item is expected to load (its chunk times the layer's active share), and the z
+producers read only the rows of ``V_r`` whose channel is inactive (kernel run 11).
 
 One token can instead take a path of `rsparse.kernels.compact_gemv`: the two-launch
 ``"compact"`` (compaction, then a gathered split-K GEMV over only the active rows) or its
@@ -29,7 +31,8 @@ one-launch form ``"inline"``.  `choose_config` picks them for big layers by shap
 layer's expected active fraction (rules and H200 figures above `choose_config`;
 benchmarks/NOTES.md runs 6 and 8); ``set_config(Config(path=...), "gemv1")`` forces a path.
 
-Graph safety: the grid depends only on shapes; no host synchronisation.  Without a low-rank
+Graph safety: the grid depends only on shapes and the layer's active-share hint; no host
+synchronisation.  Without a low-rank
 path the split-K sums and tile counters live in the persistent per-device buffer of
 `rsparse.kernels.compact_gemv` (the last program of each tile puts its part back to zero, so
 no memset launch precedes the kernel); with one, a zero-filled fp32 workspace whose size
@@ -51,12 +54,15 @@ from rsparse.kernels import compact_gemv as _compact
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
 ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False: the nearest count, kernel run 4)
-# Low rank (kernel run 11).  LOWRANK_ROWS: "chunk" gives a low-rank item as many rows of (U_r S_r)ᵀ as a
-# weight item has channels (kernel run 4); "density" about as many as a weight item *loads* (its chunk
-# times the expected share of rows read), so the dense low-rank rows stop being the longest items;
-# "density+wave" also shrinks the chunks until weight and low-rank items fit one wave together.
+# Low rank, one-token launches (kernel run 11, benchmarks/NOTES.md).  LOWRANK_ROWS: "chunk" gives a
+# low-rank item as many rows of (U_r S_r)ᵀ as a weight item has channels (runs 4-10); "density" about
+# as many as a weight item *loads* (its chunk times the layer's expected active share), so the dense
+# low-rank rows are not the longest items; "density+wave" also shrinks the chunks until weight and
+# low-rank items fit one wave together (measured slower: longer weight items).  Z_SKIP_ACTIVE: the z
+# producers read a row of V_r only where the channel is inactive (at batch 4 nearly every row is
+# inactive for some token, and the extra mask made the launch slower, so batches read every row).
 LOWRANK_ROWS = "density"
-Z_SKIP_ACTIVE = True  # the z producers read a row of V_r only where some token leaves the channel inactive
+Z_SKIP_ACTIVE = True
 
 
 @triton.jit
@@ -483,8 +489,8 @@ def sparse_linear_multi(
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
-    # Expected share of weight rows a launch reads: the union over its tokens (independent tokens).
-    density = 1.0 - (1.0 - min(max(active_fraction, 0.0), 1.0)) ** min(T, block_t)
+    # Share of weight rows a one-token launch is expected to read (batches: run 10's items, all rows).
+    density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     chunks_w = _compact.cdiv(n, rows)
@@ -525,7 +531,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
