@@ -157,9 +157,25 @@ VARIANTS_DOTLR11 = {
     "dot density": (_DOT, {"LOWRANK_ROWS": "density"}),
     "dot density+wave": (_DOT, {"LOWRANK_ROWS": "density+wave"}),
 }
+# Second run-11 set (--rho 0.8): every weight item of a tall layer is a z producer, and its z part is a chain
+# of block_kz-row steps per 64-column r-block before its first weight row; wider z steps and r-blocks
+# shorten that chain (block_kz, block_r of the Config).
+_Z = lambda kz, br: K.Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, block_kz=kz, block_r=br)  # noqa: E731
+VARIANTS_LR11B = {
+    "run4 chunk, V all": (_RUN4, _CHUNK_OLD),
+    "kz32 r64 (run 11a)": _Z(32, 64),
+    "kz64 r64": _Z(64, 64),
+    "kz128 r64": _Z(128, 64),
+    "kz16 r128": _Z(16, 128),
+    "kz32 r128": _Z(32, 128),
+    "kz64 r128": _Z(64, 128),
+    "kz16 r256": _Z(16, 256),
+    "kz64 r64 V all": (_Z(64, 64), {"Z_SKIP_ACTIVE": False}),
+    "compact": VARIANTS["compact"],
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
-                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11}
+                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
