@@ -173,9 +173,21 @@ VARIANTS_LR11B = {
     "kz64 r64 V all": (_Z(64, 64), {"Z_SKIP_ACTIVE": False}),
     "compact": VARIANTS["compact"],
 }
+# Third run-11 set (--rho 0.8): z as items of its own, first in the grid (`Z_ITEMS`), so no weight item
+# waits through a z prologue before its first row.
+VARIANTS_LR11C = {
+    "run4 chunk, V all (run 10)": (_RUN4, {**_CHUNK_OLD, "Z_ITEMS": False}),
+    "z in weight items (run 11a)": (_RUN4, {"Z_ITEMS": False}),
+    "z items": _RUN4,
+    "z items, chunk rows": (_RUN4, {"LOWRANK_ROWS": "chunk"}),
+    "z items kz16": _Z(16, 64),
+    "z items r128": _Z(32, 128),
+    "z items kz16 r128": _Z(16, 128),
+    "compact": VARIANTS["compact"],
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
-                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B}
+                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

@@ -63,6 +63,9 @@ ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False:
 # inactive for some token, and the extra mask made the launch slower, so batches read every row).
 LOWRANK_ROWS = "density"
 Z_SKIP_ACTIVE = True
+# Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
+# a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
+Z_ITEMS = True
 
 
 @triton.jit
@@ -221,7 +224,7 @@ def _weight_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -230,7 +233,7 @@ def _weight_item(
     tau = tl.load(tau_ptr)
     k_start = chunk * rows
     k_end = tl.minimum(k_start + rows, n)
-    if r > 0:
+    if (r > 0) and (not Z_ITEMS):  # with Z_ITEMS, z has items of its own
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
@@ -250,14 +253,17 @@ def _lowrank_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    RESET: tl.constexpr,
+    RESET: tl.constexpr, Z_ITEMS: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
     # Wait until every z producer of this token block has counted itself (acquire).
-    producers = chunks_w * tl.minimum(n_tiles, tl.cdiv(r, BLOCK_R))
+    if Z_ITEMS:
+        producers = chunks_w * tl.cdiv(r, BLOCK_R)
+    else:
+        producers = chunks_w * tl.minimum(n_tiles, tl.cdiv(r, BLOCK_R))
     seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
     while seen < producers:
         seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
@@ -272,58 +278,87 @@ def _lowrank_item(
 
 
 @triton.jit
+def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
+            USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+    # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
+    r_blocks = tl.cdiv(r, BLOCK_R)
+    chunk = q // r_blocks
+    rb = q % r_blocks
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    k_start = chunk * rows
+    k_end = tl.minimum(k_start + rows, n)
+    _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
+            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
+            Z_SKIP_ACTIVE)
+
+
+@triton.jit
 def _splitk_kernel(
-    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w,
+    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, zi0, zi1, zi2,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
-    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr,
+    BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
 ):
-    # Work items, in program order: the weight items (chunk-major, tiles of projection 0,
-    # 1, 2 fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
+    # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
+    # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
+    # fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
     pid = tl.program_id(0)
     pid_t = tl.program_id(1)
     tiles = tiles0 + tiles1 + tiles2
+    n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if pid < n_weight:
-        chunk = pid // tiles
-        tile = pid % tiles
+    if pid < n_z:
+        if pid < zi0:
+            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+        elif pid < zi0 + zi1:
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+        else:
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+    elif pid - n_z < n_weight:
+        chunk = (pid - n_z) // tiles
+        tile = (pid - n_z) % tiles
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE)
+                         Z_SKIP_ACTIVE, Z_ITEMS)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE)
+                         Z_SKIP_ACTIVE, Z_ITEMS)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE)
+                         Z_SKIP_ACTIVE, Z_ITEMS)
     else:
-        q = pid - n_weight
+        q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
         l1 = lrc1 * tiles1
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET)
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -516,7 +551,9 @@ def sparse_linear_multi(
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w]
+    z_items = Z_ITEMS and not use_dot
+    zi = [chunks_w * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, *zi]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -526,12 +563,12 @@ def sparse_linear_multi(
             z[j], max(z[j].stride(0), 1), zcnt[j], ws[j], cnt[j], b if b is not None else w_[j], outs[j],
             outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
         ]
-    grid = (chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
+    grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
