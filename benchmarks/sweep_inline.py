@@ -185,9 +185,23 @@ VARIANTS_LR11C = {
     "z items kz16 r128": _Z(16, 128),
     "compact": VARIANTS["compact"],
 }
+# Fourth run-11 set (--rho 0.8): z items of Z_STEPS steps of block_kz channels each, whatever the weight
+# chunk (run 11c: a z item as long as a weight chunk is a chain of rows / block_kz dependent steps).
+VARIANTS_LR11D = {
+    "z items (11c)": _RUN4,
+    "kz16 r128 (11c)": _Z(16, 128),
+    "kz16 r128 s2": (_Z(16, 128), {"Z_STEPS": 2}),
+    "kz16 r128 s4": (_Z(16, 128), {"Z_STEPS": 4}),
+    "kz16 r128 s8": (_Z(16, 128), {"Z_STEPS": 8}),
+    "kz32 r64 s2": (_RUN4, {"Z_STEPS": 2}),
+    "kz32 r64 s4": (_RUN4, {"Z_STEPS": 4}),
+    "kz16 r256 s4": (_Z(16, 256), {"Z_STEPS": 4}),
+    "kz8 r256 s8": (_Z(8, 256), {"Z_STEPS": 8}),
+    "compact": VARIANTS["compact"],
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
-                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C}
+                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

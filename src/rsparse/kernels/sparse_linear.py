@@ -66,6 +66,7 @@ Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
+Z_STEPS = 0  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
 
 
 @triton.jit
@@ -248,7 +249,7 @@ def _weight_item(
 
 @triton.jit
 def _lowrank_item(
-    T, chunk, tile, pid_t, rows, chunks_w,
+    T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
@@ -261,7 +262,7 @@ def _lowrank_item(
     m_ok = offs_m < m
     # Wait until every z producer of this token block has counted itself (acquire).
     if Z_ITEMS:
-        producers = chunks_w * tl.cdiv(r, BLOCK_R)
+        producers = chunks_z * tl.cdiv(r, BLOCK_R)
     else:
         producers = chunks_w * tl.minimum(n_tiles, tl.cdiv(r, BLOCK_R))
     seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
@@ -278,7 +279,7 @@ def _lowrank_item(
 
 
 @triton.jit
-def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
+def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
             BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
@@ -287,8 +288,8 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows, c_ptr, tau_ptr, li_ptr, stri
     rb = q % r_blocks
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
-    k_start = chunk * rows
-    k_end = tl.minimum(k_start + rows, n)
+    k_start = chunk * rows_z
+    k_end = tl.minimum(k_start + rows_z, n)
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
             zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
             Z_SKIP_ACTIVE)
@@ -296,7 +297,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows, c_ptr, tau_ptr, li_ptr, stri
 
 @triton.jit
 def _splitk_kernel(
-    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, zi0, zi1, zi2,
+    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -315,13 +316,13 @@ def _splitk_kernel(
     n_weight = chunks_w * tiles
     if pid < n_z:
         if pid < zi0:
-            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
+            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         elif pid < zi0 + zi1:
-            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
-            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
@@ -346,17 +347,17 @@ def _splitk_kernel(
         l0 = lrc0 * tiles0
         l1 = lrc1 * tiles1
         if q < l0:
-            _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w,
+            _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
         elif q < l0 + l1:
             q -= l0
-            _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w,
+            _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
         else:
             q -= l0 + l1
-            _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w,
+            _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
 
@@ -552,8 +553,10 @@ def sparse_linear_multi(
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
     z_items = Z_ITEMS and not use_dot
-    zi = [chunks_w * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, *zi]
+    rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
+    chunks_z = _compact.cdiv(n, rows_z)
+    zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
