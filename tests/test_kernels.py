@@ -530,6 +530,7 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     down = (14336, 4096)
     assert kernels.choose_config(*down, False, 2, active_fraction=0.5).path == "inline"
     assert kernels.choose_config(*down, False, 2, active_fraction=0.7).path == "splitk"
+    assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).path == "splitk"  # run 11
     gate_up = (4096, 2 * 14336)
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"

@@ -66,7 +66,7 @@ Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
-Z_STEPS = 0  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
+Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
 
 
 @triton.jit
@@ -399,7 +399,8 @@ def set_config(config: Config | None, kind: str = "gemv1") -> None:
 # layers (n * m_total >= COMPACT_MIN_ELEMENTS) by the layer's expected active fraction:
 # * tall layers (down_proj, n >= 2 * m_total): the one-launch inline path up to
 #   INLINE_MAX_ACTIVE (run 8: 14336x4096 at 30 % active 17.7 us against 20.6 compact, 21.4 run 4);
-#   with a low-rank path it runs as the two compact launches with the same tiles;
+#   with a low-rank path run 4's launch with z items (run 11: 27.8 us against 31.7 compact at rho 0.8,
+#   50 %);
 # * wide layers: the two-launch compact path up to COMPACT_MAX_ACTIVE, and up to
 #   WIDE_COMPACT_MAX_ACTIVE for the widest groups (gate+up fused 4096x2x14336 at 50 %:
 #   37.3 us against 42.6 run 4; a single 4096x14336 at 50 % stays faster on run 4).
@@ -411,13 +412,16 @@ WIDE_COMPACT_MIN_ELEMENTS = 96 * 2**20
 INLINE_MAX_ACTIVE = 0.55
 
 
-def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0) -> Config:
-    """Tile sizes and path of a launch, from the shape and the layer's expected active fraction."""
+def choose_config(
+    n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False
+) -> Config:
+    """Tile sizes and path of a launch, from the shape, the layer's expected active fraction and
+    whether any of its projections has a low-rank path."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
     if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
-        if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE:
+        if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
@@ -428,9 +432,10 @@ def choose_config(n: int, m_total: int, use_dot: bool, itemsize: int, active_fra
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens (kernel run 10, one-wave grid), 16x512 tiles over 3 stages, 3 items per
     # multiprocessor (168 registers: 3 fit): batch 4 at 50 % 1.00-1.25x cuBLAS against 0.82-1.08x.
+    # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
         return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
-    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
+    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, block_kz=16, block_r=128)
 
 
 def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
@@ -510,7 +515,7 @@ def sparse_linear_multi(
     if T == 0:
         return outs
     use_dot = T > 1
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction)
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
