@@ -314,7 +314,7 @@ def _splitk_kernel(
     tiles = tiles0 + tiles1 + tiles2
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if pid < n_z:
+    if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
@@ -435,7 +435,9 @@ def choose_config(
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
         return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
-    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, block_kz=16, block_r=128)
+    if has_rank:
+        return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, block_kz=16, block_r=128)
+    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
 def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
@@ -557,7 +559,7 @@ def sparse_linear_multi(
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
-    z_items = Z_ITEMS and not use_dot
+    z_items = Z_ITEMS and not use_dot and any(rs)
     rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
