@@ -15,15 +15,17 @@ masked-off lanes issue no memory traffic), reduces in registers and adds its par
 to an fp32 workspace with one atomic per output element.  The last program of a tile
 (counted with an acq_rel atomic) adds the bias and writes the output in its dtype.
 
-Low rank (rank ``r > 0``) in the same launch: the programs of the first
-``ceil(r / BLOCK_R)`` tiles also add ``V_rᵀ (x ⊙ (1 - m))`` over their chunk to ``z``
-``[T, r]`` and then count themselves done (release).  The programs of the ``r`` virtual
+Low rank (rank ``r > 0``) in the same launch: ``z = V_rᵀ (x ⊙ (1 - m))`` ``[T, r]`` is
+added up by its producers, which then count themselves done (release).  For one token the
+producers are work items of their own, first in the grid (`Z_ITEMS`: one per
+``Z_STEPS * BLOCK_KZ`` channels and ``BLOCK_R`` ranks, reading only the rows of ``V_r``
+whose channel is inactive); for batches they are the weight items of the first
+``ceil(r / BLOCK_R)`` tiles, before their first row.  The programs of the ``r`` virtual
 rows ``(U_r S_r)ᵀ`` come last in the grid; they wait (acquire) until every ``z`` producer
 has counted, then use ``z`` as their coefficients.  The producers have lower program ids,
 so they are scheduled first and the wait cannot dead-lock; the interpreter runs programs
-in order, so there it never waits.  For one token a low-rank item takes about as many rows as
-a weight item is expected to load (its chunk times the layer's active share), and the z
-producers read only the rows of ``V_r`` whose channel is inactive (kernel run 11).
+in order, so there it never waits.  For one token a low-rank item takes about as many rows
+as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
 One token can instead take a path of `rsparse.kernels.compact_gemv`: the two-launch
 ``"compact"`` (compaction, then a gathered split-K GEMV over only the active rows) or its
