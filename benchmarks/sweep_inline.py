@@ -243,7 +243,7 @@ def kernel_call(x, mods, with_o):
     return call
 
 
-def launch_shape(cfg, n, ms, rs=(), density=1.0):
+def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
     """Grid of the (first) launch: programs, channel chunks, and whether inline falls back."""
     from rsparse.kernels import compact_gemv as CG
 
@@ -255,7 +255,12 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0):
         rows, rows_lr = K._item_rows(n, per_proj, ranks, cfg.block_k, target, density)
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))
-        return {"programs": chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr, "fallback": False}
+        z_items = 0
+        if K.Z_ITEMS and batch == 1 and any(ranks):  # z items of their own (kernel run 11)
+            rows_z = K.Z_STEPS * cfg.block_kz if K.Z_STEPS else rows
+            z_items = math.ceil(n / rows_z) * sum(math.ceil(r / cfg.block_r) for r in ranks)
+        return {"programs": z_items + chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr,
+                "z_items": z_items, "fallback": False}
     chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
     rows = math.ceil(n / chunks)
     fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
@@ -352,7 +357,8 @@ def main():
                     row[v] = {"us": round(us, 2), "speedup": round(dense / us, 3), "err": max_err(x, layers[0]),
                               **launch_shape(cfg, x.shape[1], [m.out_features for m in layers[0][:3]],
                                            [m.lowrank_in.shape[1] for m in layers[0][:3]],
-                                           1.0 if a.batch > 1 else max(m.expected_active_fraction() for m in layers[0][:3]))}
+                                           1.0 if a.batch > 1 else max(m.expected_active_fraction() for m in layers[0][:3]),
+                                           a.batch)}
                     new = [facts for key, facts in compiled_kernels().items() if key not in before]
                     if new:
                         row[v]["compiled"] = new
