@@ -152,6 +152,8 @@ VARIANTS_LR11 = {
     "8,512,8,2 density+wave": (_S(8, 512, 8, 2), {"LOWRANK_ROWS": "density+wave"}),
     "compact": VARIANTS["compact"],
 }
+# Since run 11's final code, batch launches ignore LOWRANK_ROWS and Z_SKIP_ACTIVE (they were slower there),
+# so on today's code these three time the same launch; results/sweep_run11a_lowrank_b4.* has the run-11a figures.
 VARIANTS_DOTLR11 = {
     "dot chunk, V all": (_DOT, _CHUNK_OLD),
     "dot density": (_DOT, {"LOWRANK_ROWS": "density"}),

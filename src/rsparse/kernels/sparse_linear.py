@@ -151,15 +151,10 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             offs_k = k0 + tl.arange(0, BLOCK_KZ)
             k_ok = offs_k < k_end
             cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            # A row of V_r is read only if some token leaves its channel inactive (Z_SKIP_ACTIVE).
-            if USE_DOT:
+            if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
                 xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                active = tl.abs(xf) * cv[None, :] > tau
-                coef = tl.where(active, 0.0, xf)  # the inactive channels
-                row_on = k_ok
-                if Z_SKIP_ACTIVE:
-                    row_on = row_on & (tl.min(tl.where(t_ok[:, None], active.to(tl.int32), 1), axis=0) == 0)
-                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
+                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
                 if FP32:
                     acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
                 else:
@@ -169,7 +164,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 active = tl.abs(xf) * cv > tau
                 coef = tl.where(active, 0.0, xf)
                 row_on = k_ok
-                if Z_SKIP_ACTIVE:
+                if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
                 v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
                 acc += coef[:, None] * v.to(tl.float32)
