@@ -201,9 +201,26 @@ VARIANTS_LR11D = {
     "kz8 r256 s8": (_Z(8, 256), {"Z_STEPS": 8}),
     "compact": VARIANTS["compact"],
 }
+# Kernel run 12 (--rho 0.8): calls with a low-rank path leave z and its counters zero in the persistent
+# workspace (the last tile of the launch resets them), so no memset launch precedes the kernel; "memset" is
+# the run-11 call (a fresh torch.zeros per call).  Also shorter and longer z items on top.
+_ZR = _Z(16, 128)  # choose_config(..., has_rank=True), kernel run 11
+VARIANTS_LR12 = {
+    "z items, memset (run 11)": (_ZR, {"PERSISTENT_WORKSPACE": False}),
+    "z items, no memset": _ZR,
+    "no memset, s2": (_ZR, {"Z_STEPS": 2}),
+    "no memset, s8": (_ZR, {"Z_STEPS": 8}),
+    "no memset, kz32 r128 s2": (_Z(32, 128), {"Z_STEPS": 2}),
+    "compact": VARIANTS["compact"],
+}
+VARIANTS_DOTLR12 = {
+    "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
+    "dot, no memset": _DOT,
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
-                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D}
+                "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
+                "lr12": VARIANTS_LR12, "dotlr12": VARIANTS_DOTLR12}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

@@ -34,11 +34,10 @@ layer's expected active fraction (rules and H200 figures above `choose_config`;
 benchmarks/NOTES.md runs 6 and 8); ``set_config(Config(path=...), "gemv1")`` forces a path.
 
 Graph safety: the grid depends only on shapes and the layer's active-share hint; no host
-synchronisation.  Without a low-rank
-path the split-K sums and tile counters live in the persistent per-device buffer of
-`rsparse.kernels.compact_gemv` (the last program of each tile puts its part back to zero, so
-no memset launch precedes the kernel); with one, a zero-filled fp32 workspace whose size
-depends on shapes only is allocated per call.
+synchronisation.  The split-K sums, tile counters, ``z`` and its counters live in the
+persistent per-device buffer of `rsparse.kernels.compact_gemv`, and every call leaves it zero
+(the last program of each tile puts its sums back; with a low-rank path the last tile of the
+launch puts ``z`` and the counters back), so no memset launch precedes the kernel.
 """
 
 from __future__ import annotations
@@ -179,7 +178,9 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 @triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr):
+            gcnt_ptr, state_len, all_tiles,
+            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
+            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -201,6 +202,18 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             tl.store(ws_ptrs, tl.zeros_like(y), mask=o_mask)
             tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
+            if RESET_STATE:
+                # The last tile of the launch (all projections, all token blocks): every low-rank
+                # item has read z before its tile counted it, so z, the z counters and this
+                # launch counter (the state, from gcnt on) go back to zero, and no memset launch
+                # has to precede the next call (kernel run 12).
+                tl.debug_barrier()
+                g = tl.atomic_add(gcnt_ptr, 1, sem="acq_rel")
+                if g == all_tiles - 1:
+                    for s in range(0, state_len, BLOCK_M):
+                        offs = s + tl.arange(0, BLOCK_M)
+                        # int32 zeros: the same bits as fp32 zeros for the z part
+                        tl.store(gcnt_ptr + offs, tl.zeros([BLOCK_M], dtype=tl.int32), mask=offs < state_len)
 
 
 @triton.jit
@@ -219,10 +232,11 @@ def _init_acc(BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexp
 def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
-    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
+    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
+    RESET_STATE: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -241,17 +255,18 @@ def _weight_item(
         acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                       USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D, RESET)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M)
 
 
 @triton.jit
 def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
-    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks,
+    ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    RESET: tl.constexpr, Z_ITEMS: tl.constexpr,
+    RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -272,7 +287,8 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, HAS_BIAS, USE_DOT, ACC2D, RESET)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M)
 
 
 @triton.jit
@@ -295,6 +311,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
+    gcnt_ptr, state_len,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -302,6 +319,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
+    RESET_STATE: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -309,6 +327,7 @@ def _splitk_kernel(
     pid = tl.program_id(0)
     pid_t = tl.program_id(1)
     tiles = tiles0 + tiles1 + tiles2
+    all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
@@ -327,18 +346,21 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
+                         gcnt_ptr, state_len, all_tiles,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
+                         gcnt_ptr, state_len, all_tiles,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
+                         gcnt_ptr, state_len, all_tiles,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -346,17 +368,20 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
+                          gcnt_ptr, state_len, all_tiles,
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
+                          gcnt_ptr, state_len, all_tiles,
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS)
+                          gcnt_ptr, state_len, all_tiles,
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
 
 
 @dataclass(frozen=True)
@@ -536,21 +561,25 @@ def sparse_linear_multi(
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows_lr) for r in rs]
 
-    # One zeroed fp32 workspace: split-K sums, z, tile counters, z counters.  Without a
-    # low-rank path the last program of each tile puts its sums and counter back to zero, so
-    # the persistent buffer of `compact_gemv` serves and no memset launch precedes the kernel
-    # (z and its counters have no single last reader; with a rank a fresh zeroed buffer is used).
-    sizes = [T * m for m in ms] + [T * r for r in rs] + [t_blocks * t for t in tiles] + [t_blocks] * len(ms)
-    reset = PERSISTENT_WORKSPACE and not any(rs)
+    # One zeroed fp32 workspace: split-K sums | tile counters | the state: launch counter, z,
+    # z counters.  Each call leaves it zero: the last program of each tile puts its sums and
+    # counter back, and with a low-rank path the last tile of the launch puts the state back
+    # (kernel run 12; before, calls with a rank took a fresh torch.zeros, a memset launch of
+    # 1-2 us ahead of the kernel).  So the persistent buffer of `compact_gemv` serves.
     k = len(ms)
-    if reset:
-        _, parts = _compact.workspace_parts(x.device, sizes, int32=tuple(range(2 * k, 4 * k)))
+    state_sizes = [1] + [T * r for r in rs] + [t_blocks] * k
+    sizes = [T * m for m in ms] + [t_blocks * t for t in tiles] + state_sizes
+    int32 = (*range(k, 2 * k + 1), *range(3 * k + 1, 4 * k + 1))  # tile counters, launch counter, z counters
+    if PERSISTENT_WORKSPACE:
+        _, parts = _compact.workspace_parts(x.device, sizes, int32=int32)
     else:
         flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-        parts = [p.view(torch.int32) if i >= 2 * k else p for i, p in enumerate(flat.split(sizes))]
-    ws = parts[:k]
-    z = [p.view(T, r) for p, r in zip(parts[k : 2 * k], rs)]
-    cnt, zcnt = parts[2 * k : 3 * k], parts[3 * k :]
+        parts = [p.view(torch.int32) if i in int32 else p for i, p in enumerate(flat.split(sizes))]
+    ws, cnt, gcnt = parts[:k], parts[k : 2 * k], parts[2 * k]
+    z = [p.view(T, r) for p, r in zip(parts[2 * k + 1 : 3 * k + 1], rs)]
+    zcnt = parts[3 * k + 1 :]
+    state_len = sum(state_sizes)  # consecutive words from gcnt on
+    reset = PERSISTENT_WORKSPACE
 
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
@@ -560,7 +589,7 @@ def sparse_linear_multi(
     rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -575,7 +604,8 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
