@@ -213,6 +213,20 @@ VARIANTS_LR12 = {
     "no memset, kz32 r128 s2": (_Z(32, 128), {"Z_STEPS": 2}),
     "compact": VARIANTS["compact"],
 }
+# Second run-12 set (--rho 0.8): a z item is a chain of Z_STEPS dependent steps, and on down_proj its 672 items
+# fill the first wave, so the weight rows start late.  Z_ACC1D reduces each z step at once, so wider steps
+# (fewer steps per item, or fewer items) fit in the registers of the weight loop.
+_A1 = lambda kz, br, steps: (_Z(kz, br), {"Z_ACC1D": True, "Z_STEPS": steps})  # noqa: E731
+VARIANTS_LR12B = {
+    "kz16 r128 s4 (run 11)": _ZR,
+    "kz16 r128 s8": (_ZR, {"Z_STEPS": 8}),
+    "acc1d kz16 r128 s4": _A1(16, 128, 4),
+    "acc1d kz64 r128 s1": _A1(64, 128, 1),
+    "acc1d kz64 r128 s2": _A1(64, 128, 2),
+    "acc1d kz32 r256 s1": _A1(32, 256, 1),
+    "acc1d kz32 r256 s2": _A1(32, 256, 2),
+    "acc1d kz128 r64 s1": _A1(128, 64, 1),
+}
 VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
@@ -220,7 +234,7 @@ VARIANTS_DOTLR12 = {
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
-                "lr12": VARIANTS_LR12, "dotlr12": VARIANTS_DOTLR12}
+                "lr12": VARIANTS_LR12, "lr12b": VARIANTS_LR12B, "dotlr12": VARIANTS_DOTLR12}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
