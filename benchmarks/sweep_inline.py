@@ -227,6 +227,19 @@ VARIANTS_LR12B = {
     "acc1d kz32 r256 s2": _A1(32, 256, 2),
     "acc1d kz128 r64 s1": _A1(128, 64, 1),
 }
+# Third run-12 set (--rho 0.8): the z items after the weight items (Z_FIRST False), so the weight rows stream
+# from the start; with 3 weight items per multiprocessor the z items have slots of their own from the start.
+_Z3 = K.Config(block_k=8, block_m=1024, programs_per_sm=3, num_warps=4, num_stages=1, block_kz=16, block_r=128)
+VARIANTS_LR12C = {
+    "z first, 4/SM (run 11)": _ZR,
+    "z first, 4/SM, s8": (_ZR, {"Z_STEPS": 8}),
+    "z last, 4/SM": (_ZR, {"Z_FIRST": False}),
+    "z last, 4/SM, s8": (_ZR, {"Z_FIRST": False, "Z_STEPS": 8}),
+    "z first, 3/SM": _Z3,
+    "z last, 3/SM": (_Z3, {"Z_FIRST": False}),
+    "z last, 3/SM, s2": (_Z3, {"Z_FIRST": False, "Z_STEPS": 2}),
+    "z last, 3/SM, s8": (_Z3, {"Z_FIRST": False, "Z_STEPS": 8}),
+}
 VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
@@ -234,7 +247,7 @@ VARIANTS_DOTLR12 = {
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
-                "lr12": VARIANTS_LR12, "lr12b": VARIANTS_LR12B, "dotlr12": VARIANTS_DOTLR12}
+                "lr12": VARIANTS_LR12, "lr12b": VARIANTS_LR12B, "lr12c": VARIANTS_LR12C, "dotlr12": VARIANTS_DOTLR12}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

@@ -584,8 +584,9 @@ def test_split_k_grid_stays_within_one_wave(programs_per_sm):
 @needs_triton
 @pytest.mark.parametrize("lowrank_rows", ["chunk", "density", "density+wave"])
 @pytest.mark.parametrize("z_skip", [False, True])
-@pytest.mark.parametrize("z_items", [(False, 0, False), (True, 0, False), (True, 2, False), (True, 1, True)],
-                         ids=["z-in-weight-items", "z-items", "z-items-2-steps", "z-items-1-step-acc1d"])
+@pytest.mark.parametrize("z_items", [(False, 0, False, True), (True, 0, False, True), (True, 2, False, True),
+                                     (True, 1, True, True), (True, 2, False, False)],
+                         ids=["z-in-weight-items", "z-items", "z-items-2-steps", "z-items-1-step-acc1d", "z-items-last"])
 @pytest.mark.parametrize("T", [1, 3, 18])
 def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z_items, T, monkeypatch):
     # Kernel run 11: low-rank items take about as many rows as a weight item loads, the z
@@ -600,6 +601,7 @@ def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z
     monkeypatch.setattr(kernels, "Z_ITEMS", z_items[0])
     monkeypatch.setattr(kernels, "Z_STEPS", z_items[1])
     monkeypatch.setattr(kernels, "Z_ACC1D", z_items[2])
+    monkeypatch.setattr(kernels, "Z_FIRST", z_items[3])
     for dtype in DTYPES:
         args = make_args(T, 300, 45, 20, dtype, "cpu", active=0.2, bias=True, seed=5)
         check(args, dtype, "cpu", active_fraction=0.2)

@@ -72,6 +72,7 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # instead of keeping a [block_kz, block_r] fp32 accumulator: fewer registers, so wider z steps
 # (fewer dependent steps per z item) fit without lowering the occupancy of the whole kernel.
 Z_ACC1D = False
+Z_FIRST = True  # False: the z items come after the weight items (still before the low-rank items)
 
 
 @triton.jit
@@ -330,7 +331,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, Z_ACC1D: tl.constexpr,
+    RESET_STATE: tl.constexpr, Z_ACC1D: tl.constexpr, Z_FIRST: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -341,19 +342,25 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
-        if pid < zi0:
-            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
+    if Z_FIRST:
+        zq = pid
+        wq = pid - n_z
+    else:  # weight items first, then the z items (kernel run 12, measured)
+        wq = pid
+        zq = pid - n_weight
+    if Z_ITEMS and (zq >= 0) and (zq < n_z):  # compiled out without z items (kernel run 11: no cost at rank 0)
+        if zq < zi0:
+            _z_item(x_ptr, stride_xt, T, n, zq, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
-        elif pid < zi0 + zi1:
-            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
+        elif zq < zi0 + zi1:
+            _z_item(x_ptr, stride_xt, T, n, zq - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
         else:
-            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
+            _z_item(x_ptr, stride_xt, T, n, zq - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
-    elif pid - n_z < n_weight:
-        chunk = (pid - n_z) // tiles
-        tile = (pid - n_z) % tiles
+    elif wq < n_weight:
+        chunk = wq // tiles
+        tile = wq % tiles
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
@@ -615,7 +622,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs), Z_ACC1D=Z_ACC1D and not use_dot,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs), Z_ACC1D=Z_ACC1D and not use_dot, Z_FIRST=Z_FIRST,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
