@@ -213,33 +213,14 @@ VARIANTS_LR12 = {
     "no memset, kz32 r128 s2": (_Z(32, 128), {"Z_STEPS": 2}),
     "compact": VARIANTS["compact"],
 }
-# Second run-12 set (--rho 0.8): a z item is a chain of Z_STEPS dependent steps, and on down_proj its 672 items
-# fill the first wave, so the weight rows start late.  Z_ACC1D reduces each z step at once, so wider steps
-# (fewer steps per item, or fewer items) fit in the registers of the weight loop.
-_A1 = lambda kz, br, steps: (_Z(kz, br), {"Z_ACC1D": True, "Z_STEPS": steps})  # noqa: E731
-VARIANTS_LR12B = {
-    "kz16 r128 s4 (run 11)": _ZR,
-    "kz16 r128 s8": (_ZR, {"Z_STEPS": 8}),
-    "acc1d kz16 r128 s4": _A1(16, 128, 4),
-    "acc1d kz64 r128 s1": _A1(64, 128, 1),
-    "acc1d kz64 r128 s2": _A1(64, 128, 2),
-    "acc1d kz32 r256 s1": _A1(32, 256, 1),
-    "acc1d kz32 r256 s2": _A1(32, 256, 2),
-    "acc1d kz128 r64 s1": _A1(128, 64, 1),
-}
-# Third run-12 set (--rho 0.8): the z items after the weight items (Z_FIRST False), so the weight rows stream
-# from the start; with 3 weight items per multiprocessor the z items have slots of their own from the start.
+# Two more run-12 sets ran on commits 3fd129c ("lr12b": z steps reduced at once, Z_ACC1D, for wider z steps)
+# and be8623c ("lr12c": z items after the weight items, Z_FIRST False; 3 weight items per multiprocessor).
+# Both switches were slower and were removed again; results/sweep_run12b_lowrank_b1.* and sweep_run12c_*
+# have the figures (benchmarks/NOTES.md, run 12).
+# Fourth run-12 set (--rho 0.8, attention shapes): 3 weight items per multiprocessor instead of 4 (in lr12c,
+# q/k/v + o at 50 %: 26.3 against 28.7 us), each setting timed twice to see the spread.
 _Z3 = K.Config(block_k=8, block_m=1024, programs_per_sm=3, num_warps=4, num_stages=1, block_kz=16, block_r=128)
-VARIANTS_LR12C = {
-    "z first, 4/SM (run 11)": _ZR,
-    "z first, 4/SM, s8": (_ZR, {"Z_STEPS": 8}),
-    "z last, 4/SM": (_ZR, {"Z_FIRST": False}),
-    "z last, 4/SM, s8": (_ZR, {"Z_FIRST": False, "Z_STEPS": 8}),
-    "z first, 3/SM": _Z3,
-    "z last, 3/SM": (_Z3, {"Z_FIRST": False}),
-    "z last, 3/SM, s2": (_Z3, {"Z_FIRST": False, "Z_STEPS": 2}),
-    "z last, 3/SM, s8": (_Z3, {"Z_FIRST": False, "Z_STEPS": 8}),
-}
+VARIANTS_LR12D = {"4/SM (run 11)": _ZR, "3/SM": _Z3, "4/SM again": _ZR, "3/SM again": _Z3}
 VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
@@ -247,7 +228,7 @@ VARIANTS_DOTLR12 = {
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
-                "lr12": VARIANTS_LR12, "lr12b": VARIANTS_LR12B, "lr12c": VARIANTS_LR12C, "dotlr12": VARIANTS_DOTLR12}
+                "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

@@ -531,6 +531,10 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     assert kernels.choose_config(*down, False, 2, active_fraction=0.5).path == "inline"
     assert kernels.choose_config(*down, False, 2, active_fraction=0.7).path == "splitk"
     assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).path == "splitk"  # run 11
+    # Run 12: with a rank, attention-sized launches take 3 weight items per multiprocessor, big ones 4.
+    assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).programs_per_sm == 4
+    assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4, has_rank=True).programs_per_sm == 3
+    assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4).programs_per_sm == 4
     gate_up = (4096, 2 * 14336)
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
@@ -584,24 +588,20 @@ def test_split_k_grid_stays_within_one_wave(programs_per_sm):
 @needs_triton
 @pytest.mark.parametrize("lowrank_rows", ["chunk", "density", "density+wave"])
 @pytest.mark.parametrize("z_skip", [False, True])
-@pytest.mark.parametrize("z_items", [(False, 0, False, True), (True, 0, False, True), (True, 2, False, True),
-                                     (True, 1, True, True), (True, 2, False, False)],
-                         ids=["z-in-weight-items", "z-items", "z-items-2-steps", "z-items-1-step-acc1d", "z-items-last"])
+@pytest.mark.parametrize("z_items", [(False, 0), (True, 0), (True, 2)], ids=["z-in-weight-items", "z-items", "z-items-2-steps"])
 @pytest.mark.parametrize("T", [1, 3, 18])
 def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z_items, T, monkeypatch):
     # Kernel run 11: low-rank items take about as many rows as a weight item loads, the z
     # producers skip the rows of V_r whose channel every token keeps, and z may have items of
-    # its own.  Same results in every combination.  Run 12: z steps may reduce at once (acc1d),
-    # and each call leaves z and its counters zero in the persistent workspace (18 tokens: two
-    # token blocks), so the calls of the next dtypes start from a clean state.
+    # its own.  Same results in every combination.  Run 12: each call leaves z and its
+    # counters zero in the persistent workspace (18 tokens: two token blocks), so the calls of
+    # the next dtypes start from a clean state.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "LOWRANK_ROWS", lowrank_rows)
     monkeypatch.setattr(kernels, "Z_SKIP_ACTIVE", z_skip)
     monkeypatch.setattr(kernels, "Z_ITEMS", z_items[0])
     monkeypatch.setattr(kernels, "Z_STEPS", z_items[1])
-    monkeypatch.setattr(kernels, "Z_ACC1D", z_items[2])
-    monkeypatch.setattr(kernels, "Z_FIRST", z_items[3])
     for dtype in DTYPES:
         args = make_args(T, 300, 45, 20, dtype, "cpu", active=0.2, bias=True, seed=5)
         check(args, dtype, "cpu", active_fraction=0.2)

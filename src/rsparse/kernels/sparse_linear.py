@@ -68,11 +68,6 @@ Z_SKIP_ACTIVE = True
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
-# Z_ACC1D: one-token z steps reduce their [block_kz, block_r] products to [block_r] at once,
-# instead of keeping a [block_kz, block_r] fp32 accumulator: fewer registers, so wider z steps
-# (fewer dependent steps per z item) fit without lowering the occupancy of the whole kernel.
-Z_ACC1D = False
-Z_FIRST = True  # False: the z items come after the weight items (still before the low-rank items)
 
 
 @triton.jit
@@ -141,7 +136,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ACC1D: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
@@ -149,8 +144,6 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
         r_ok = offs_r < r
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-        elif Z_ACC1D:
-            acc = tl.zeros([BLOCK_R], dtype=tl.float32)
         else:
             acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_KZ):
@@ -173,14 +166,9 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
                 v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
-                if Z_ACC1D:
-                    acc += tl.sum(coef[:, None] * v.to(tl.float32), axis=0)
-                else:
-                    acc += coef[:, None] * v.to(tl.float32)
+                acc += coef[:, None] * v.to(tl.float32)
         if USE_DOT:
             part = acc
-        elif Z_ACC1D:
-            part = acc[None, :]
         else:
             part = tl.sum(acc, axis=0)[None, :]
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
@@ -248,7 +236,7 @@ def _weight_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, Z_ACC1D: tl.constexpr,
+    RESET_STATE: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -261,7 +249,7 @@ def _weight_item(
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                    Z_SKIP_ACTIVE, Z_ACC1D)
+                    Z_SKIP_ACTIVE)
     acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
     for k0 in range(k_start, k_end, BLOCK_K):
         acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
@@ -306,7 +294,7 @@ def _lowrank_item(
 @triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ACC1D: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -317,7 +305,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     k_end = tl.minimum(k_start + rows_z, n)
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
             zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-            Z_SKIP_ACTIVE, Z_ACC1D)
+            Z_SKIP_ACTIVE)
 
 
 @triton.jit
@@ -331,7 +319,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, Z_ACC1D: tl.constexpr, Z_FIRST: tl.constexpr,
+    RESET_STATE: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -342,43 +330,37 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if Z_FIRST:
-        zq = pid
-        wq = pid - n_z
-    else:  # weight items first, then the z items (kernel run 12, measured)
-        wq = pid
-        zq = pid - n_weight
-    if Z_ITEMS and (zq >= 0) and (zq < n_z):  # compiled out without z items (kernel run 11: no cost at rank 0)
-        if zq < zi0:
-            _z_item(x_ptr, stride_xt, T, n, zq, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
-        elif zq < zi0 + zi1:
-            _z_item(x_ptr, stride_xt, T, n, zq - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
+    if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
+        if pid < zi0:
+            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+        elif pid < zi0 + zi1:
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
-            _z_item(x_ptr, stride_xt, T, n, zq - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_ACC1D)
-    elif wq < n_weight:
-        chunk = wq // tiles
-        tile = wq % tiles
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+    elif pid - n_z < n_weight:
+        chunk = (pid - n_z) // tiles
+        tile = (pid - n_z) % tiles
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, Z_ACC1D)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, Z_ACC1D)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, Z_ACC1D)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -476,7 +458,11 @@ def choose_config(
     if use_dot:
         return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
     if has_rank:
-        return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, block_kz=16, block_r=128)
+        # Attention-sized launches (q/k/v fused, o) with a rank: 3 weight items per multiprocessor
+        # leave slots to the z items from the start (kernel run 12: q/k/v + o at 50 % 26.3 against 28.7 us);
+        # on the big shapes 4 stay faster (down_proj 27.4 against 32.1 us).
+        per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
+        return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16, block_r=128)
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
@@ -622,7 +608,7 @@ def sparse_linear_multi(
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
-        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs), Z_ACC1D=Z_ACC1D and not use_dot, Z_FIRST=Z_FIRST,
+        RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
