@@ -221,9 +221,8 @@ VARIANTS_LR12 = {
 # q/k/v + o at 50 %: 26.3 against 28.7 us), each setting timed twice to see the spread.
 _Z3 = K.Config(block_k=8, block_m=1024, programs_per_sm=3, num_warps=4, num_stages=1, block_kz=16, block_r=128)
 VARIANTS_LR12D = {"4/SM (run 11)": _ZR, "3/SM": _Z3, "4/SM again": _ZR, "3/SM again": _Z3}
-# Fifth run-12 set (--rho 0.8): the z item's steps unrolled at compile time (Z_UNROLL), each setting twice.
-VARIANTS_LR12E = {"loop (shipped)": (_ZR, {"Z_UNROLL": False}), "unrolled": _ZR,
-                  "loop again": (_ZR, {"Z_UNROLL": False}), "unrolled again": _ZR, "unrolled, 8 steps": (_ZR, {"Z_STEPS": 8})}
+# A fifth run-12 set ("lr12e", commit 0777f1b: the z item's steps unrolled at compile time, Z_UNROLL) was
+# slower on down_proj (31.7-31.9 against 27.2-28.5 us) and was removed again; results/sweep_run12e_lowrank_b1.*.
 VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
@@ -231,7 +230,7 @@ VARIANTS_DOTLR12 = {
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
-                "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "lr12e": VARIANTS_LR12E, "dotlr12": VARIANTS_DOTLR12}
+                "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

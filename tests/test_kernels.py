@@ -588,22 +588,20 @@ def test_split_k_grid_stays_within_one_wave(programs_per_sm):
 @needs_triton
 @pytest.mark.parametrize("lowrank_rows", ["chunk", "density", "density+wave"])
 @pytest.mark.parametrize("z_skip", [False, True])
-@pytest.mark.parametrize("z_items", [(False, 0, False), (True, 0, False), (True, 2, False), (True, 2, True)],
-                         ids=["z-in-weight-items", "z-items", "z-items-2-steps", "z-items-2-steps-unrolled"])
+@pytest.mark.parametrize("z_items", [(False, 0), (True, 0), (True, 2)], ids=["z-in-weight-items", "z-items", "z-items-2-steps"])
 @pytest.mark.parametrize("T", [1, 3, 18])
 def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z_items, T, monkeypatch):
     # Kernel run 11: low-rank items take about as many rows as a weight item loads, the z
     # producers skip the rows of V_r whose channel every token keeps, and z may have items of
-    # its own (its steps unrolled or not).  Same results in every combination.  Run 12: each
-    # call leaves z and its counters zero in the persistent workspace (18 tokens: two token
-    # blocks), so the calls of the next dtypes start from a clean state.
+    # its own.  Same results in every combination.  Run 12: each call leaves z and its
+    # counters zero in the persistent workspace (18 tokens: two token blocks), so the calls of
+    # the next dtypes start from a clean state.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "LOWRANK_ROWS", lowrank_rows)
     monkeypatch.setattr(kernels, "Z_SKIP_ACTIVE", z_skip)
     monkeypatch.setattr(kernels, "Z_ITEMS", z_items[0])
     monkeypatch.setattr(kernels, "Z_STEPS", z_items[1])
-    monkeypatch.setattr(kernels, "Z_UNROLL", z_items[2])
     for dtype in DTYPES:
         args = make_args(T, 300, 45, 20, dtype, "cpu", active=0.2, bias=True, seed=5)
         check(args, dtype, "cpu", active_fraction=0.2)

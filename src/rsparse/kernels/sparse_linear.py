@@ -68,9 +68,6 @@ Z_SKIP_ACTIVE = True
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
-# Z_UNROLL: a one-token z item's Z_STEPS steps are unrolled at compile time, so the loads of
-# later steps (x, c, then V_r rows) need not wait for the products of earlier ones.
-Z_UNROLL = True
 
 
 @triton.jit
@@ -295,33 +292,9 @@ def _lowrank_item(
 
 
 @triton.jit
-def _z_steps_unrolled(x_ptr, c_ptr, tau, li_ptr, stride_li, z_ptr, zcnt_ptr, k_start, k_end, rb, r,
-                      BLOCK_KZ: tl.constexpr, BLOCK_R: tl.constexpr, STEPS: tl.constexpr,
-                      Z_SKIP_ACTIVE: tl.constexpr):
-    # One token, one r-block: _z_part's loop over STEPS steps of BLOCK_KZ channels, unrolled.
-    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = offs_r < r
-    acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
-    for s in tl.static_range(STEPS):
-        offs_k = k_start + s * BLOCK_KZ + tl.arange(0, BLOCK_KZ)
-        k_ok = offs_k < k_end
-        cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-        xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-        active = tl.abs(xf) * cv > tau
-        row_on = k_ok
-        if Z_SKIP_ACTIVE:
-            row_on = row_on & (active == 0)
-        v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
-        acc += tl.where(active, 0.0, xf)[:, None] * v.to(tl.float32)
-    tl.atomic_add(z_ptr + offs_r, tl.sum(acc, axis=0), mask=r_ok, sem="relaxed")
-    tl.debug_barrier()
-    tl.atomic_add(zcnt_ptr, 1, sem="release")
-
-
-@triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_UNROLL: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -330,13 +303,9 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     t_ok = offs_t < T
     k_start = chunk * rows_z
     k_end = tl.minimum(k_start + rows_z, n)
-    if Z_UNROLL > 0:  # one token (pid_t 0): rows_z == Z_UNROLL * BLOCK_KZ
-        _z_steps_unrolled(x_ptr, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, zcnt_ptr, k_start, k_end, rb, r,
-                          BLOCK_KZ, BLOCK_R, Z_UNROLL, Z_SKIP_ACTIVE)
-    else:
-        _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
-                zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                Z_SKIP_ACTIVE)
+    _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
+            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
+            Z_SKIP_ACTIVE)
 
 
 @triton.jit
@@ -350,7 +319,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, Z_UNROLL: tl.constexpr,
+    RESET_STATE: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -364,13 +333,13 @@ def _splitk_kernel(
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_UNROLL)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_UNROLL)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_UNROLL)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
@@ -640,7 +609,6 @@ def sparse_linear_multi(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        Z_UNROLL=Z_STEPS if Z_UNROLL and z_items and Z_STEPS else 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
