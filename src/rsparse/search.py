@@ -53,6 +53,7 @@ STEPS = (1.0, 0.5, 0.25)
 #: Scale each linear's Fisher price by how its measured output error lines up with the
 #: log-likelihood gradient (`error_alignment`), instead of taking the error as isotropic.
 ALIGNED_PRICES = False
+ALIGNED_EXPONENT = 1.0  # 0.5: trust the measured alignment halfway
 
 
 @dataclass
@@ -136,7 +137,9 @@ def search_budgets(
         modules = rsparse_modules(model)
         if ALIGNED_PRICES:
             alignment = error_alignment(model, {k: modules[k] for k in targets}, heldout, seed=cfg.seed)
-            sensitivity = {k: v * alignment[k] for k, v in sensitivity.items()}
+            logger.info("rsparse search: error alignment min %.3g median %.3g max %.3g", min(alignment.values()),
+                        sorted(alignment.values())[len(alignment) // 2], max(alignment.values()))
+            sensitivity = {k: v * alignment[k] ** ALIGNED_EXPONENT for k, v in sensitivity.items()}
         tables = _Tables(stats, shapes, rhos, cfg, sensitivity)
         seconds_tables = time.perf_counter() - started
         logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), seconds_tables)
