@@ -6,7 +6,7 @@ with the log-likelihood gradient (`rsparse.search.error_alignment`, switch `ALIG
     OMP_NUM_THREADS=1 python benchmarks/ablations/aligned_prices.py 0.5 sqrt      # alignment ** 0.5
 
 Sparsifies SmolLM2-135M with the default search (16 x 256 BoolQ calibration tokens, seed 0) and
-prints the strict held-out perplexity (8 x 512 BoolQ tokens).  Ran at commit the NOTES name; the
+prints the strict held-out perplexity (8 x 512 BoolQ tokens).  Ran at commit a0499ee; the
 switch was removed afterwards (benchmarks/NOTES.md, budget search notes).
 """
 import copy, sys, time, torch

@@ -50,10 +50,6 @@ RHOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 DENSITY_STEP = 0.01
 #: Step sizes, in log-weight units, of the coordinate descent.
 STEPS = (1.0, 0.5, 0.25)
-#: Scale each linear's Fisher price by how its measured output error lines up with the
-#: log-likelihood gradient (`error_alignment`), instead of taking the error as isotropic.
-ALIGNED_PRICES = False
-ALIGNED_EXPONENT = 1.0  # 0.5: trust the measured alignment halfway
 
 
 @dataclass
@@ -135,11 +131,6 @@ def search_budgets(
     )
     try:
         modules = rsparse_modules(model)
-        if ALIGNED_PRICES:
-            alignment = error_alignment(model, {k: modules[k] for k in targets}, heldout, seed=cfg.seed)
-            logger.info("rsparse search: error alignment min %.3g median %.3g max %.3g", min(alignment.values()),
-                        sorted(alignment.values())[len(alignment) // 2], max(alignment.values()))
-            sensitivity = {k: v * alignment[k] ** ALIGNED_EXPONENT for k, v in sensitivity.items()}
         tables = _Tables(stats, shapes, rhos, cfg, sensitivity)
         seconds_tables = time.perf_counter() - started
         logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), seconds_tables)
@@ -294,66 +285,6 @@ def output_sensitivities(
         for p in params:
             p.requires_grad_(True)
     return logprobs, {name: float(v) for name, v in sums.items()}
-
-
-def error_alignment(model: nn.Module, modules: dict, batches: list[torch.Tensor], *, seed: int) -> dict[str, float]:
-    """Per linear, ``Σ_t (g_tᵀ δy_t)² / Σ_t ||g_t||² ||δy_t||² / out``: how much more (> 1) or less
-    (< 1) the linear's actual output error ``δy`` (its installed budget, on its own dense input)
-    costs in KL than an isotropic error of the same energy, which `output_sensitivities` assumes.
-    ``g`` as there: gradients of sampled-token log-likelihoods of the dense model (every module
-    runs dense during the pass)."""
-    from rsparse.ops import sparse_linear_reference
-
-    num = {name: 0.0 for name in modules}
-    den = {name: 0.0 for name in modules}
-
-    def track(name: str, module):
-        def hook(mod, args, out):
-            if not out.requires_grad:
-                return
-            x = args[0].detach().reshape(-1, module.in_features)
-            with torch.no_grad():
-                sparse = sparse_linear_reference(x, module.weight_t, module.c, module.tau, module.lowrank_in,
-                                                 module.lowrank_out, module.bias)
-                dy = sparse.float() - out.detach().reshape(x.shape[0], -1).float()
-
-            def on_grad(grad):
-                g = grad.float().reshape(dy.shape)
-                num[name] += float((g * dy).sum(-1).square().sum())
-                den[name] += float((g.square().sum(-1) * dy.square().sum(-1)).sum()) / module.out_features
-
-            out.register_hook(on_grad)
-
-        return hook
-
-    def needs_grad(module, args, out):
-        return out.requires_grad_()
-
-    modes = {name: m.mode for name, m in modules.items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    handles = [m.register_forward_hook(track(n, m)) for n, m in modules.items()]
-    handles.append(model.get_input_embeddings().register_forward_hook(needs_grad))
-    generator = torch.Generator(device=batches[0].device).manual_seed(seed)
-    try:
-        for m in modules.values():
-            m.set_mode("dense")
-        for p in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            for batch in batches:
-                lp = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
-                if not torch.isfinite(lp).all():
-                    continue
-                sampled = torch.multinomial(lp.detach().exp().flatten(0, 1), 1, generator=generator)
-                (-lp.flatten(0, 1).gather(1, sampled).sum()).backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p in params:
-            p.requires_grad_(True)
-        for name, m in modules.items():
-            m.set_mode(modes[name])
-    return {name: num[name] / den[name] if den[name] > 0 else 1.0 for name in modules}
 
 
 def _logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
