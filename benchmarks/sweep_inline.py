@@ -227,10 +227,34 @@ VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
 }
+# Kernel run 13.  "run13" (rho 1): the one-token loop loads the next step's x and c while the current rows
+# are in flight (XC_AHEAD), so a step's chain is the row loads alone; each setting twice for the spread.
+# "lr13" (--rho 0.8): z added up inside the weight loop (Z_INLOOP: each tile of a projection takes its share
+# of the ranks, no z items), with low-rank items of the layer's density share of a chunk or of 8 / 16 rows.
+# A None config is what choose_config picks (the shipped rules).
+_AHEAD = {"XC_AHEAD": True}
+VARIANTS_RUN13 = {
+    "shipped": (None, {}),
+    "run4": _RUN4,
+    "run4 ahead": (_RUN4, _AHEAD),
+    "8,512,8,2 ahead": (_S(8, 512, 8, 2), _AHEAD),
+    "run4 again": _RUN4,
+    "run4 ahead again": (_RUN4, _AHEAD),
+}
+VARIANTS_LR13 = {
+    "z items (shipped)": (None, {}),
+    "in-loop z": (None, {"Z_INLOOP": True}),
+    "in-loop z, 8 rows": (None, {"Z_INLOOP": True, "LOWRANK_ROWS": 8}),
+    "in-loop z, 16 rows": (None, {"Z_INLOOP": True, "LOWRANK_ROWS": 16}),
+    "in-loop z, 16 rows, run4": (_ZR, {"Z_INLOOP": True, "LOWRANK_ROWS": 16}),
+    "z items + ahead": (None, _AHEAD),
+    "z items again": (None, {}),
+}
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
-                "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12}
+                "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
+                "run13": VARIANTS_RUN13, "lr13": VARIANTS_LR13}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
@@ -276,6 +300,8 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
     """Grid of the (first) launch: programs, channel chunks, and whether inline falls back."""
     from rsparse.kernels import compact_gemv as CG
 
+    if cfg is None:  # the shipped rules
+        cfg = K.choose_config(n, sum(ms), batch > 1, 2, density, any(rs))
     per_proj = tuple(math.ceil(m / cfg.block_m) for m in ms)
     tiles = sum(per_proj)
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
@@ -285,15 +311,16 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))
         z_items = 0
-        if K.Z_ITEMS and batch == 1 and any(ranks):  # z items of their own (kernel run 11)
+        inloop = K.Z_INLOOP and batch == 1 and max(math.ceil(r / t) for r, t in zip(ranks, per_proj)) <= 256
+        if K.Z_ITEMS and batch == 1 and any(ranks) and not inloop:  # z items of their own (kernel run 11)
             rows_z = K.Z_STEPS * cfg.block_kz if K.Z_STEPS else rows
             z_items = math.ceil(n / rows_z) * sum(math.ceil(r / cfg.block_r) for r in ranks)
         return {"programs": z_items + chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr,
-                "z_items": z_items, "fallback": False}
+                "z_items": z_items, "fallback": False, "path": cfg.path, "per_sm": cfg.programs_per_sm}
     chunks = max(1, min(math.ceil(n / cfg.block_k), target // tiles))
     rows = math.ceil(n / chunks)
     fallback = cfg.path == "inline" and 1 << (rows - 1).bit_length() > CG.INLINE_MAX_CHUNK
-    return {"programs": chunks * tiles, "chunks": chunks, "rows": rows, "fallback": fallback}
+    return {"programs": chunks * tiles, "chunks": chunks, "rows": rows, "fallback": fallback, "path": cfg.path}
 
 
 def compiled_kernels() -> dict:
