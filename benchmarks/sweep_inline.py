@@ -227,34 +227,34 @@ VARIANTS_DOTLR12 = {
     "dot, memset (run 11)": (_DOT, {"PERSISTENT_WORKSPACE": False}),
     "dot, no memset": _DOT,
 }
-# Kernel run 13.  "run13" (rho 1): the one-token loop loads the next step's x and c while the current rows
-# are in flight (XC_AHEAD), so a step's chain is the row loads alone; each setting twice for the spread.
-# "lr13" (--rho 0.8): z added up inside the weight loop (Z_INLOOP: each tile of a projection takes its share
-# of the ranks, no z items), with low-rank items of the layer's density share of a chunk or of 8 / 16 rows.
-# A None config is what choose_config picks (the shipped rules).
+# Kernel run 13 (commit dbd5320).  "run13" (rho 1): the one-token loop loads the next step's x and c while the
+# current rows are in flight (XC_AHEAD, since adopted), each setting twice for the spread.  A second set, "lr13"
+# (--rho 0.8), added z up inside the weight loop (Z_INLOOP: each tile of a projection took its share of the ranks,
+# no z items): 4-10 us slower everywhere, removed again (results/sweep_run13a_lowrank_b1.*).  "lr13b" (--rho 0.8):
+# z items that load their next step's x and c ahead (Z_AHEAD).  A None config is what choose_config picks.
 _AHEAD = {"XC_AHEAD": True}
+_PLAIN = {"XC_AHEAD": False}
 VARIANTS_RUN13 = {
     "shipped": (None, {}),
-    "run4": _RUN4,
+    "run4": (_RUN4, _PLAIN),
     "run4 ahead": (_RUN4, _AHEAD),
     "8,512,8,2 ahead": (_S(8, 512, 8, 2), _AHEAD),
-    "run4 again": _RUN4,
+    "run4 again": (_RUN4, _PLAIN),
     "run4 ahead again": (_RUN4, _AHEAD),
 }
-VARIANTS_LR13 = {
-    "z items (shipped)": (None, {}),
-    "in-loop z": (None, {"Z_INLOOP": True}),
-    "in-loop z, 8 rows": (None, {"Z_INLOOP": True, "LOWRANK_ROWS": 8}),
-    "in-loop z, 16 rows": (None, {"Z_INLOOP": True, "LOWRANK_ROWS": 16}),
-    "in-loop z, 16 rows, run4": (_ZR, {"Z_INLOOP": True, "LOWRANK_ROWS": 16}),
-    "z items + ahead": (None, _AHEAD),
-    "z items again": (None, {}),
+VARIANTS_LR13B = {
+    "weights plain (run 12)": (None, _PLAIN),
+    "weights ahead": (None, {}),
+    "weights and z ahead": (None, {"Z_AHEAD": True}),
+    "weights plain again": (None, _PLAIN),
+    "weights ahead again": (None, {}),
+    "weights and z ahead again": (None, {"Z_AHEAD": True}),
 }
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
-                "run13": VARIANTS_RUN13, "lr13": VARIANTS_LR13}
+                "run13": VARIANTS_RUN13, "lr13b": VARIANTS_LR13B}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
@@ -311,8 +311,7 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))
         z_items = 0
-        inloop = K.Z_INLOOP and batch == 1 and max(math.ceil(r / t) for r, t in zip(ranks, per_proj)) <= 256
-        if K.Z_ITEMS and batch == 1 and any(ranks) and not inloop:  # z items of their own (kernel run 11)
+        if K.Z_ITEMS and batch == 1 and any(ranks):  # z items of their own (kernel run 11)
             rows_z = K.Z_STEPS * cfg.block_kz if K.Z_STEPS else rows
             z_items = math.ceil(n / rows_z) * sum(math.ceil(r / cfg.block_r) for r in ranks)
         return {"programs": z_items + chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr,

@@ -609,26 +609,25 @@ def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z
 
 
 @needs_triton
-@pytest.mark.parametrize("mode", ["xc-ahead", "z-in-loop", "z-in-loop-8-rows"])
+@pytest.mark.parametrize("ahead", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["plain", "xc-ahead", "z-ahead", "both"])
 @pytest.mark.parametrize("T", [1, 3])
-def test_run13_loops_match_reference(mode, T, monkeypatch):
-    # Kernel run 13, one token: the next step's x and c loaded ahead; z added up inside the weight
-    # loop, each of a projection's tiles taking its share of the ranks.  Tiles of 16 columns give
-    # 3-4 tiles per projection, so the shares split; a rank wider than 256 per tile takes the z items.
-    # Batches (T = 3) ignore both switches.
+def test_next_step_loaded_ahead_matches_reference(ahead, T, monkeypatch):
+    # Kernel run 13, one token: weight items (XC_AHEAD) and z items (Z_AHEAD) load the next step's x
+    # and c while the current rows are in flight.  Tiles of 16 columns give several tiles per
+    # projection; 300 channels over few items give long chunks, 70 a chunk shorter than a step
+    # pair.  Batches (T = 3) ignore both switches.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "XC_AHEAD", mode == "xc-ahead")
-    monkeypatch.setattr(kernels, "Z_INLOOP", mode != "xc-ahead")
-    if mode == "z-in-loop-8-rows":
-        monkeypatch.setattr(kernels, "LOWRANK_ROWS", 8)
-    kernels.set_config(kernels.Config(block_k=8, block_m=16, programs_per_sm=8), "gemv1")
+    monkeypatch.setattr(kernels, "XC_AHEAD", ahead[0])
+    monkeypatch.setattr(kernels, "Z_AHEAD", ahead[1])
+    kernels.set_config(kernels.Config(block_k=8, block_m=16, programs_per_sm=8, block_kz=16, block_r=32), "gemv1")
     try:
         for dtype in DTYPES:
-            for n, m, r, active in [(300, 45, 20, 0.2), (70, 33, 7, 0.6), (90, 16, 300, 0.5), (64, 40, 0, 0.5)]:
+            for n, m, r, active in [(300, 45, 20, 0.2), (70, 33, 7, 0.6), (90, 16, 50, 0.5), (64, 40, 0, 0.5)]:
                 check(make_args(T, n, m, r, dtype, "cpu", active, bias=True, seed=r), dtype, "cpu", active_fraction=active)
                 assert _workspace_is_zero()
-            n = 90  # a group: ranks 6, 0, 11 over 4, 2, 3 tiles
+            n = 90  # a group: ranks 6, 0, 11
             projs = [make_args(T, n, m, rk, dtype, "cpu", 0.4, bias=b, seed=s)
                      for s, (m, rk, b) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
             x = projs[0][0]

@@ -201,6 +201,18 @@ def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m,
 
 
 @triton.jit
+def zero_state_after_last_tile(gcnt_ptr, total_tiles, state_ptr, state_len, BLOCK: tl.constexpr):
+    # Count this tile done on the launch counter (acq_rel); the last tile of the launch puts the
+    # state_len words from state_ptr (zeros of their own type) back to zero, so the persistent
+    # workspace is zero for the next call without a memset launch.  Shared by both kernel files.
+    g = tl.atomic_add(gcnt_ptr, 1, sem="acq_rel")
+    if g == total_tiles - 1:
+        for s in range(0, state_len, BLOCK):
+            offs = s + tl.arange(0, BLOCK)
+            tl.store(state_ptr + offs, tl.zeros([BLOCK], dtype=state_ptr.dtype.element_ty), mask=offs < state_len)
+
+
+@triton.jit
 def _gather_item(
     chunk, tile, chunks, w_ptr, stride_w, lo_ptr, stride_lo, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr,
     ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, state_ptr, state_len, gcnt_ptr, total_tiles,
@@ -226,11 +238,7 @@ def _gather_item(
         tl.debug_barrier()
         # The last tile of the launch: every program has read its count and z (each tile's
         # counter chain orders them before this point), so those go back to zero too.
-        g = tl.atomic_add(gcnt_ptr, 1, sem="acq_rel")
-        if g == total_tiles - 1:
-            for s in range(0, state_len, BLOCK_M):
-                offs = s + tl.arange(0, BLOCK_M)
-                tl.store(state_ptr + offs, tl.zeros([BLOCK_M], dtype=tl.float32), mask=offs < state_len)
+        zero_state_after_last_tile(gcnt_ptr, total_tiles, state_ptr, state_len, BLOCK_M)
 
 
 @triton.jit

@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from rsparse.kernels import compact_gemv as _compact
+from rsparse.kernels.compact_gemv import zero_state_after_last_tile
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -68,14 +69,11 @@ Z_SKIP_ACTIVE = True
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
-# Kernel run 13, one token.  XC_AHEAD: a weight item loads the x and c of its next step while the
-# rows of the current step are in flight, so a step's chain is the row loads alone, not the x/c
-# loads, the mask, then the rows.  Z_INLOOP (with a rank): z is added up inside the weight loop
-# itself, each tile of a chunk taking its share of the ranks and reading V_r rows of the step's
-# inactive channels next to its weight rows (same x, c and mask), so no z items hold the first
-# wave; the low-rank items wait for every weight item of the ranked tiles.
-XC_AHEAD = False
-Z_INLOOP = False
+# Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
+# current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
+# then the rows (XC_AHEAD; z items likewise with Z_AHEAD).
+XC_AHEAD = True
+Z_AHEAD = False
 
 
 @triton.jit
@@ -123,21 +121,15 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 @triton.jit
 def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok,
-                  li_ptr, stride_li, z_ptr, zcnt_ptr, r, tile, n_tiles,
-                  Z_INLOOP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
-    # mask is needed.  With Z_INLOOP this tile's share of the ranks of z is added up on the way.
+    # mask is needed and the step waits for its rows alone.
     acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
     xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-    share = tl.cdiv(r, n_tiles)
-    r0 = tile * share
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    r_ok = (offs_r < r0 + share) & (offs_r < r)
-    zacc = tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
@@ -145,22 +137,11 @@ def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_
         active = (tl.abs(xf) * cv > tau) & k_ok
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
         coef = tl.where(active, xf, 0.0)
-        if Z_INLOOP:  # V_r rows of the inactive channels only
-            v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :],
-                        mask=(k_ok & (active == 0))[:, None] & r_ok[None, :], other=0.0)
-            zcoef = tl.where(active, 0.0, xf)
         nk = offs_k + BLOCK_K
         n_ok = nk < k_end
         cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
         xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
         acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
-        if Z_INLOOP:
-            zacc += zcoef[:, None] * v.to(tl.float32)
-    if Z_INLOOP:
-        if r0 < r:  # this item is a z producer: add its share, then count itself (release)
-            tl.atomic_add(z_ptr + offs_r, tl.sum(zacc, axis=0), mask=r_ok, sem="relaxed")
-            tl.debug_barrier()
-            tl.atomic_add(zcnt_ptr, 1, sem="release")
     return acc
 
 
@@ -187,7 +168,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_AHEAD: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
@@ -197,27 +178,47 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
             acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
-        for k0 in range(k_start, k_end, BLOCK_KZ):
-            offs_k = k0 + tl.arange(0, BLOCK_KZ)
+        if (not USE_DOT) and Z_AHEAD:  # one token, the next step's x and c loaded ahead (kernel run 13)
+            offs_k = k_start + tl.arange(0, BLOCK_KZ)
             k_ok = offs_k < k_end
             cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
-                xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
-                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
-                if FP32:
-                    acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(coef.to(v.dtype), v, acc)
-            else:
-                xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            for k0 in range(k_start, k_end, BLOCK_KZ):
+                offs_k = k0 + tl.arange(0, BLOCK_KZ)
+                k_ok = offs_k < k_end
                 active = tl.abs(xf) * cv > tau
                 coef = tl.where(active, 0.0, xf)
                 row_on = k_ok
-                if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
+                if Z_SKIP_ACTIVE:
                     row_on = row_on & (active == 0)
                 v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
+                nk = offs_k + BLOCK_KZ
+                n_ok = nk < k_end
+                cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
+                xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
                 acc += coef[:, None] * v.to(tl.float32)
+        else:
+            for k0 in range(k_start, k_end, BLOCK_KZ):
+                offs_k = k0 + tl.arange(0, BLOCK_KZ)
+                k_ok = offs_k < k_end
+                cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+                if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
+                    xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                    coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
+                    if FP32:
+                        acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(coef.to(v.dtype), v, acc)
+                else:
+                    xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+                    active = tl.abs(xf) * cv > tau
+                    coef = tl.where(active, 0.0, xf)
+                    row_on = k_ok
+                    if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
+                        row_on = row_on & (active == 0)
+                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
+                    acc += coef[:, None] * v.to(tl.float32)
         if USE_DOT:
             part = acc
         else:
@@ -258,13 +259,9 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
                 # item has read z before its tile counted it, so z, the z counters and this
                 # launch counter (the state, from gcnt on) go back to zero, and no memset launch
                 # has to precede the next call (kernel run 12).
+                # (int32 zeros from gcnt on: the same bits as fp32 zeros for the z part.)
                 tl.debug_barrier()
-                g = tl.atomic_add(gcnt_ptr, 1, sem="acq_rel")
-                if g == all_tiles - 1:
-                    for s in range(0, state_len, BLOCK_M):
-                        offs = s + tl.arange(0, BLOCK_M)
-                        # int32 zeros: the same bits as fp32 zeros for the z part
-                        tl.store(gcnt_ptr + offs, tl.zeros([BLOCK_M], dtype=tl.int32), mask=offs < state_len)
+                zero_state_after_last_tile(gcnt_ptr, all_tiles, gcnt_ptr, state_len, BLOCK_M)
 
 
 @triton.jit
@@ -287,7 +284,7 @@ def _weight_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_INLOOP: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_AHEAD: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -296,14 +293,13 @@ def _weight_item(
     tau = tl.load(tau_ptr)
     k_start = chunk * rows
     k_end = tl.minimum(k_start + rows, n)
-    if (r > 0) and (not Z_ITEMS) and (not Z_INLOOP):  # with Z_ITEMS, z has items of its own
+    if (r > 0) and (not Z_ITEMS):  # with Z_ITEMS, z has items of its own
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                    Z_SKIP_ACTIVE)
-    if XC_AHEAD or Z_INLOOP:  # one token, 1-D partial sums only (the host checks)
-        acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok,
-                            li_ptr, stride_li, z_ptr, zcnt_ptr + pid_t, r, tile, n_tiles, Z_INLOOP, BLOCK_K, BLOCK_M, BLOCK_R)
+                    Z_SKIP_ACTIVE, Z_AHEAD)
+    if XC_AHEAD:  # one token, 1-D partial sums only (the host checks)
+        acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, BLOCK_K, BLOCK_M)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -321,7 +317,7 @@ def _lowrank_item(
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, Z_INLOOP: tl.constexpr,
+    RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -330,8 +326,6 @@ def _lowrank_item(
     # Wait until every z producer of this token block has counted itself (acquire).
     if Z_ITEMS:
         producers = chunks_z * tl.cdiv(r, BLOCK_R)
-    elif Z_INLOOP:  # the weight items of the tiles that hold a share of the ranks
-        producers = chunks_w * tl.cdiv(r, tl.cdiv(r, n_tiles))
     else:
         producers = chunks_w * tl.minimum(n_tiles, tl.cdiv(r, BLOCK_R))
     seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
@@ -351,7 +345,7 @@ def _lowrank_item(
 @triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_AHEAD: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -362,7 +356,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     k_end = tl.minimum(k_start + rows_z, n)
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
             zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-            Z_SKIP_ACTIVE)
+            Z_SKIP_ACTIVE, Z_AHEAD)
 
 
 @triton.jit
@@ -376,7 +370,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_INLOOP: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_AHEAD: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -390,13 +384,13 @@ def _splitk_kernel(
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
@@ -405,19 +399,19 @@ def _splitk_kernel(
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_INLOOP)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_INLOOP)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_INLOOP)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -426,19 +420,19 @@ def _splitk_kernel(
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           gcnt_ptr, state_len, all_tiles,
-                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE, Z_INLOOP)
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           gcnt_ptr, state_len, all_tiles,
-                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE, Z_INLOOP)
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles,
-                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE, Z_INLOOP)
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
 
 
 @dataclass(frozen=True)
@@ -547,8 +541,6 @@ def _item_rows(n: int, tiles: tuple[int, ...], ranks: tuple[int, ...], block_k: 
     rows = _rows_per_item(n, sum(tiles), block_k, target)
     if not any(ranks) or LOWRANK_ROWS == "chunk":
         return rows, rows
-    if isinstance(LOWRANK_ROWS, int):  # a fixed count (kernel run 13: short low-rank items after in-loop z)
-        return rows, max(block_k, LOWRANK_ROWS // block_k * block_k)
 
     def lowrank_rows(rows: int) -> int:
         return max(block_k, round(rows * density / block_k) * block_k)
@@ -648,15 +640,7 @@ def sparse_linear_multi(
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
-    # In-loop z (kernel run 13): each tile of a projection takes cdiv(r, tiles) ranks, in one r-block.
-    block_r = cfg.block_r
-    z_inloop = Z_INLOOP and not use_dot and any(rs) and not cfg.acc2d
-    if z_inloop:
-        block_r = max(16, max(triton.next_power_of_2(_compact.cdiv(r, t)) for r, t in zip(rs, tiles)))
-        z_inloop = block_r <= 256  # wider shares would cost too many registers: z items instead
-        block_r = block_r if z_inloop else cfg.block_r
-    xc_ahead = (XC_AHEAD or z_inloop) and not use_dot and not cfg.acc2d
-    z_items = Z_ITEMS and not use_dot and any(rs) and not z_inloop
+    z_items = Z_ITEMS and not use_dot and any(rs)
     rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
@@ -674,9 +658,9 @@ def sparse_linear_multi(
     _splitk_kernel[grid](
         *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
-        BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=block_r,
+        BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        XC_AHEAD=xc_ahead, Z_INLOOP=z_inloop,
+        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d, Z_AHEAD=Z_AHEAD and not use_dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
