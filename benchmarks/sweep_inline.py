@@ -230,8 +230,9 @@ VARIANTS_DOTLR12 = {
 # Kernel run 13 (commit dbd5320).  "run13" (rho 1): the one-token loop loads the next step's x and c while the
 # current rows are in flight (XC_AHEAD, since adopted), each setting twice for the spread.  A second set, "lr13"
 # (--rho 0.8), added z up inside the weight loop (Z_INLOOP: each tile of a projection took its share of the ranks,
-# no z items): 4-10 us slower everywhere, removed again (results/sweep_run13a_lowrank_b1.*).  "lr13b" (--rho 0.8):
-# z items that load their next step's x and c ahead (Z_AHEAD).  A None config is what choose_config picks.
+# no z items): 4-10 us slower everywhere, removed again (results/sweep_run13a_lowrank_b1.*).  "lr13b" (--rho 0.8,
+# commit 3c3d247) also timed z items that load their next step's x and c ahead (Z_AHEAD): 1-2.4 us slower, removed
+# again (results/sweep_run13b_lowrank_b1.*).  A None config is what choose_config picks.
 _AHEAD = {"XC_AHEAD": True}
 _PLAIN = {"XC_AHEAD": False}
 VARIANTS_RUN13 = {
@@ -245,10 +246,8 @@ VARIANTS_RUN13 = {
 VARIANTS_LR13B = {
     "weights plain (run 12)": (None, _PLAIN),
     "weights ahead": (None, {}),
-    "weights and z ahead": (None, {"Z_AHEAD": True}),
     "weights plain again": (None, _PLAIN),
     "weights ahead again": (None, {}),
-    "weights and z ahead again": (None, {"Z_AHEAD": True}),
 }
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,

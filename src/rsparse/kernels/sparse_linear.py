@@ -71,9 +71,8 @@ Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
-# then the rows (XC_AHEAD; z items likewise with Z_AHEAD).
+# then the rows (XC_AHEAD; the same for z items was slower and was removed again).
 XC_AHEAD = True
-Z_AHEAD = False
 
 
 @triton.jit
@@ -168,7 +167,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_AHEAD: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
@@ -178,47 +177,27 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
             acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
-        if (not USE_DOT) and Z_AHEAD:  # one token, the next step's x and c loaded ahead (kernel run 13)
-            offs_k = k_start + tl.arange(0, BLOCK_KZ)
+        for k0 in range(k_start, k_end, BLOCK_KZ):
+            offs_k = k0 + tl.arange(0, BLOCK_KZ)
             k_ok = offs_k < k_end
             cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            for k0 in range(k_start, k_end, BLOCK_KZ):
-                offs_k = k0 + tl.arange(0, BLOCK_KZ)
-                k_ok = offs_k < k_end
+            if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
+                xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
+                if FP32:
+                    acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(coef.to(v.dtype), v, acc)
+            else:
+                xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
                 active = tl.abs(xf) * cv > tau
                 coef = tl.where(active, 0.0, xf)
                 row_on = k_ok
-                if Z_SKIP_ACTIVE:
+                if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
                 v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
-                nk = offs_k + BLOCK_KZ
-                n_ok = nk < k_end
-                cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
-                xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
                 acc += coef[:, None] * v.to(tl.float32)
-        else:
-            for k0 in range(k_start, k_end, BLOCK_KZ):
-                offs_k = k0 + tl.arange(0, BLOCK_KZ)
-                k_ok = offs_k < k_end
-                cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-                if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
-                    xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                    coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
-                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
-                    if FP32:
-                        acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(coef.to(v.dtype), v, acc)
-                else:
-                    xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-                    active = tl.abs(xf) * cv > tau
-                    coef = tl.where(active, 0.0, xf)
-                    row_on = k_ok
-                    if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
-                        row_on = row_on & (active == 0)
-                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
-                    acc += coef[:, None] * v.to(tl.float32)
         if USE_DOT:
             part = acc
         else:
@@ -284,7 +263,7 @@ def _weight_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_AHEAD: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -297,7 +276,7 @@ def _weight_item(
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                    Z_SKIP_ACTIVE, Z_AHEAD)
+                    Z_SKIP_ACTIVE)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks)
         acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, BLOCK_K, BLOCK_M)
     else:
@@ -345,7 +324,7 @@ def _lowrank_item(
 @triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_AHEAD: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -356,7 +335,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     k_end = tl.minimum(k_start + rows_z, n)
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
             zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-            Z_SKIP_ACTIVE, Z_AHEAD)
+            Z_SKIP_ACTIVE)
 
 
 @triton.jit
@@ -370,7 +349,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_AHEAD: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -384,13 +363,13 @@ def _splitk_kernel(
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, Z_AHEAD)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
@@ -399,19 +378,19 @@ def _splitk_kernel(
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, Z_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -660,7 +639,7 @@ def sparse_linear_multi(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d, Z_AHEAD=Z_AHEAD and not use_dot,
+        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
