@@ -249,24 +249,15 @@ VARIANTS_LR13B = {
     "weights plain again": (None, _PLAIN),
     "weights ahead again": (None, {}),
 }
-# "lr13c" (--rho 0.8): the z items in groups with the weight items (Z_INTERLEAVE k: k weight items, one z item),
-# so z runs beside the first wave's weight rows; with 5 programs per multiprocessor (the rank kernel's 96 registers
-# let 5 four-warp programs fit) the weight items keep 4 slots and z takes the fifth.
-_ZC = lambda pps: K.Config(block_k=8, block_m=1024, programs_per_sm=pps, num_warps=4, num_stages=1, block_kz=16, block_r=128)  # noqa: E731
-VARIANTS_LR13C = {
-    "z first (shipped)": (None, {}),
-    "interleave 4, 5/SM": (_ZC(5), {"Z_INTERLEAVE": 4}),
-    "interleave 3, 4/SM": (_ZC(4), {"Z_INTERLEAVE": 3}),
-    "z first, 5/SM": (_ZC(5), {}),
-    "z first again": (None, {}),
-    "interleave 4, 5/SM again": (_ZC(5), {"Z_INTERLEAVE": 4}),
-}
+# A third rho-0.8 set, "lr13c" (commit 23def3f), put the z items in groups with the weight items (Z_INTERLEAVE k: k
+# weight items, then one z item, first in the grid; 5 programs per multiprocessor, as the rank kernel's 96 registers
+# allow), so z would run beside the first wave's weight rows: 0.4-4 us slower, removed again
+# (results/sweep_run13c_lowrank_b1.*).
 VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
-                "run13": VARIANTS_RUN13, "lr13b": VARIANTS_LR13B,
-                "lr13c": VARIANTS_LR13C}
+                "run13": VARIANTS_RUN13, "lr13b": VARIANTS_LR13B}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 
@@ -319,8 +310,6 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm
     if cfg.path == "splitk":  # run 4's launch (this reads the grid flags as the call did)
         ranks = tuple(rs) or (0,) * len(ms)
-        k = K.Z_INTERLEAVE if (K.Z_ITEMS and batch == 1 and any(ranks)) else 0
-        target = target * k // (k + 1) if k else target
         rows, rows_lr = K._item_rows(n, per_proj, ranks, cfg.block_k, target, density)
         chunks = math.ceil(n / rows)
         lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))

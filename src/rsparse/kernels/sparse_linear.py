@@ -73,10 +73,6 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
 XC_AHEAD = True
-# Z_INTERLEAVE k > 0 (kernel run 13, one token with a rank): the first items of the grid are groups of k
-# weight items and one z item, and the weight items get k / (k + 1) of the programs_per_sm slots, so z
-# runs beside the weight rows of the first wave rather than ahead of them.
-Z_INTERLEAVE = 0
 
 
 @triton.jit
@@ -353,7 +349,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, Z_INTERLEAVE: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -364,41 +360,19 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    # Which item this program is: zq-th z item, wq-th weight item, or (after both) a low-rank item.
-    zq = pid
-    wq = pid - n_z
-    is_z = pid < n_z
-    if Z_ITEMS and Z_INTERLEAVE > 0:
-        # Kernel run 13: groups of Z_INTERLEAVE weight items and one z item come first, so the first
-        # wave runs z beside the weight rows instead of before them; then the weight and z items left.
-        head = tl.minimum(n_z, n_weight // Z_INTERLEAVE)
-        span = head * (Z_INTERLEAVE + 1)
-        if pid < span:
-            g = pid // (Z_INTERLEAVE + 1)
-            pos = pid % (Z_INTERLEAVE + 1)
-            is_z = pos == Z_INTERLEAVE
-            zq = g
-            wq = g * Z_INTERLEAVE + pos
-        elif pid < n_weight + head:
-            is_z = False
-            wq = head * Z_INTERLEAVE + pid - span
-        else:
-            is_z = pid < n_weight + n_z
-            zq = pid - n_weight
-            wq = pid - n_z
-    if Z_ITEMS and is_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
-        if zq < zi0:
-            _z_item(x_ptr, stride_xt, T, n, zq, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
+    if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
+        if pid < zi0:
+            _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
-        elif zq < zi0 + zi1:
-            _z_item(x_ptr, stride_xt, T, n, zq - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
+        elif pid < zi0 + zi1:
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
-            _z_item(x_ptr, stride_xt, T, n, zq - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
+            _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
                     USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
-    elif wq < n_weight:
-        chunk = wq // tiles
-        tile = wq % tiles
+    elif pid - n_z < n_weight:
+        chunk = (pid - n_z) // tiles
+        tile = (pid - n_z) % tiles
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
@@ -616,11 +590,8 @@ def sparse_linear_multi(
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
     # Share of weight rows a one-token launch is expected to read (batches: run 10's items, all rows).
     density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
-    z_items = Z_ITEMS and not use_dot and any(rs)
-    interleave = Z_INTERLEAVE if z_items else 0
-    slots = _sm_count(x.device) * cfg.programs_per_sm
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
-                               max(1, slots * interleave // (interleave + 1) if interleave else slots), density)
+                               max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows_lr) for r in rs]
 
@@ -648,6 +619,7 @@ def sparse_linear_multi(
     li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
+    z_items = Z_ITEMS and not use_dot and any(rs)
     rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
@@ -667,7 +639,7 @@ def sparse_linear_multi(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d, Z_INTERLEAVE=interleave,
+        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
