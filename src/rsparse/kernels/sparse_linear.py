@@ -11,7 +11,8 @@ One launch, ``_splitk_kernel``, a split-K gather-GEMV over the rows of
 `Config.programs_per_sm`): each program owns one output tile of ``BLOCK_M`` columns and a
 long chunk of input channels, loops over them ``BLOCK_K`` rows at a time (recomputing the
 mask ``|x|*c > tau`` of its rows, loading a weight row only when some token keeps it;
-masked-off lanes issue no memory traffic), reduces in registers and adds its partial sums
+masked-off lanes issue no memory traffic; for one token the next step's ``x`` and ``c`` are
+loaded while the current rows are in flight), reduces in registers and adds its partial sums
 to an fp32 workspace with one atomic per output element.  The last program of a tile
 (counted with an acq_rel atomic) adds the bias and writes the output in its dtype.
 
