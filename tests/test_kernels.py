@@ -87,6 +87,20 @@ def check(args, dtype, device, active_fraction=1.0):
     return y
 
 
+def check_group(projs, dtype, active_fraction=1.0):
+    """One launch for projections that share ``x`` (each ``projs`` entry from `make_args`), into
+    NaN-filled outputs: every element written, each within tolerance of its fp64 rule."""
+    from rsparse.kernels import sparse_linear as kernels
+
+    x = projs[0][0]
+    lists = [list(a) for a in zip(*[p[1:] for p in projs])]
+    outs = [torch.full((x.shape[0], p[1].shape[1]), float("nan"), dtype=dtype) for p in projs]
+    ys = kernels.sparse_linear_multi(x, *lists, out=outs, active_fraction=active_fraction)
+    for y, p in zip(ys, projs):
+        assert not torch.isnan(y).any()
+        assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+
+
 # Small and odd shapes: n, m not multiples of any block; T over the 8-token block.
 CPU_SHAPES = [  # T, n, m, r, bias, active
     (1, 70, 45, 0, False, 0.5),
@@ -213,20 +227,12 @@ def test_compact_path_matches_reference(shape, dtype, prefetch, compact_path):
 
 @needs_triton
 def test_compact_path_multi_projection_and_tiles(compact_path):
-    from rsparse.kernels import sparse_linear as kernels
-
     # Tiles of 16 columns and steps of 4 rows: many slices per tile, slices that cross the
     # low-rank / active boundary, and projections with and without rank.
     compact_path(block_k=4, block_m=16, programs_per_sm=16, prefetch=2)
     dtype, n = torch.float32, 90
     projs = [make_args(1, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s) for s, (m, r, b) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
-    x = projs[0][0]
-    lists = [list(a) for a in zip(*[p[1:] for p in projs])]
-    outs = [torch.full((1, p[1].shape[1]), float("nan")) for p in projs]
-    ys = kernels.sparse_linear_multi(x, *lists, out=outs)
-    for y, p in zip(ys, projs):
-        assert not torch.isnan(y).any()
-        assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+    check_group(projs, dtype)
     assert _workspace_is_zero()
 
 
@@ -627,13 +633,7 @@ def test_next_step_loaded_ahead_matches_reference(ahead, T, monkeypatch):
             n = 90  # a group: ranks 6, 0, 11
             projs = [make_args(T, n, m, rk, dtype, "cpu", 0.4, bias=b, seed=s)
                      for s, (m, rk, b) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
-            x = projs[0][0]
-            lists = [list(a) for a in zip(*[p[1:] for p in projs])]
-            outs = [torch.full((T, p[1].shape[1]), float("nan"), dtype=dtype) for p in projs]
-            ys = kernels.sparse_linear_multi(x, *lists, out=outs, active_fraction=0.4)
-            for y, p in zip(ys, projs):
-                assert not torch.isnan(y).any()
-                assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+            check_group(projs, dtype, active_fraction=0.4)
             assert _workspace_is_zero()
     finally:
         kernels.set_config(None, "gemv1")
