@@ -1,0 +1,155 @@
+"""Where a compiled decode step spends its time: every GPU kernel of the step, dense vs rsparse.
+
+Same model and harness as `benchmarks/decode.py` (Llama-3-8B shape, random bf16 weights,
+static cache, ``torch.compile(fullgraph=True, mode="reduce-overhead")``, sparse variants
+sparsified with uniform budgets and the Triton backend forced). After a warm-up, ``--steps``
+decode steps run once under CUDA events (ms per token) and once under ``torch.profiler``; the
+profiler's kernel records (CUPTI sees the kernels of a CUDA-graph replay) are grouped by name
+and by kind (rsparse Triton kernels, cuBLAS GEMMs, attention, inductor's fused kernels, other)
+into per-step sums. "busy" is the union of kernel intervals per step and "idle" the rest of the
+step's span: the gaps between kernels that a smaller kernel count would save.
+
+    python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from decode import SEED, build_dense, sparsify_copy  # noqa: E402
+
+KINDS = [  # (kind, substrings of the kernel name), first match wins
+    ("rsparse", ("_splitk_kernel", "_gather_kernel", "_inline_kernel", "_compact_kernel")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("gemm", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "sm90_", "splitkreduce")),
+    ("inductor", ("triton_",)),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k.lower() in low for k in keys):
+            return kind
+    return "other"
+
+
+@torch.no_grad()
+def profile_variant(model, steps: int, prompt_len: int) -> dict:
+    from rsparse.bench import _Decoder, _static_cache, compile_decode_step
+
+    torch._dynamo.reset()
+    step = compile_decode_step(model)
+    run = _Decoder(model, step, _static_cache(model, prompt_len + 3 * steps + 16))
+    vocab = model.config.get_text_config().vocab_size
+    prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(SEED)).cuda()
+    tok = run.prefill(prompt)
+    for _ in range(8):  # compile, record the graph
+        tok = run.step(tok)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        tok = run.step(tok)
+    end.record()
+    torch.cuda.synchronize()
+    ms_events = start.elapsed_time(end) / steps
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            tok = run.step(tok)
+        torch.cuda.synchronize()
+    trace = Path("/tmp/profile_decode_trace.json")
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "kernel" and "dur" in e), key=lambda e: e["ts"]
+    )
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for e in kernels:
+        by_name[e["name"]].append(e["dur"])
+    busy, last_end = 0.0, None
+    for e in kernels:
+        s, t = e["ts"], e["ts"] + e["dur"]
+        if last_end is None or s >= last_end:
+            busy += e["dur"]
+            last_end = t
+        elif t > last_end:
+            busy += t - last_end
+            last_end = t
+    span = (kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) if kernels else 0.0
+    per_kind = collections.Counter()
+    count_kind = collections.Counter()
+    for name, durs in by_name.items():
+        per_kind[kind_of(name)] += sum(durs) / steps
+        count_kind[kind_of(name)] += len(durs) / steps
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    return {
+        "ms_per_token_events": ms_events,
+        "kernels_per_step": len(kernels) / steps,
+        "busy_us_per_step": busy / steps,
+        "span_us_per_step": span / steps,
+        "idle_us_per_step": (span - busy) / steps,
+        "us_per_step_by_kind": dict(per_kind),
+        "kernels_per_step_by_kind": dict(count_kind),
+        "top_kernels": [
+            {"name": n[:160], "kind": kind_of(n), "per_step": len(d) / steps, "us_per_step": sum(d) / steps,
+             "median_us": sorted(d)[len(d) // 2]}
+            for n, d in top
+        ],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--no-fuse", dest="fuse", action="store_false")
+    args = p.parse_args()
+    args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
+    import rsparse
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dense = build_dense(args)
+    results = {}
+    rsparse.set_backend("auto")
+    t0 = time.perf_counter()
+    results["dense"] = profile_variant(dense, args.steps, args.prompt)
+    print(f"dense done in {time.perf_counter() - t0:.0f}s", flush=True)
+    for target in args.targets:
+        model, _ = sparsify_copy(dense, target, "cuda", args.fuse)
+        rsparse.set_backend("triton")
+        t0 = time.perf_counter()
+        results[f"{target:g}"] = profile_variant(model, args.steps, args.prompt)
+        rsparse.set_backend("auto")
+        print(f"{target:g} done in {time.perf_counter() - t0:.0f}s", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
+            "prompt": args.prompt, "fused_shared_input": args.fuse}
+    (out / "profile_decode.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=1))
+    for name, r in results.items():
+        print(f"\n## {name}: {r['ms_per_token_events']:.3f} ms/token (events); {r['kernels_per_step']:.0f} kernels, "
+              f"busy {r['busy_us_per_step']:.0f} µs, idle {r['idle_us_per_step']:.0f} µs per step")
+        print("by kind (µs/step, kernels/step): " + ", ".join(
+            f"{k} {v:.0f} ({r['kernels_per_step_by_kind'][k]:.0f})" for k, v in sorted(r["us_per_step_by_kind"].items())))
+        for t in r["top_kernels"][:18]:
+            print(f"  {t['us_per_step']:8.1f} µs  x{t['per_step']:5.1f}  med {t['median_us']:6.2f}  [{t['kind']}] {t['name'][:100]}")
+
+
+if __name__ == "__main__":
+    main()
