@@ -10,6 +10,7 @@ into per-step sums. "busy" is the union of kernel intervals per step and "idle" 
 step's span: the gaps between kernels that a smaller kernel count would save.
 
     python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
+    python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
 """
 
 from __future__ import annotations
@@ -118,9 +119,12 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--layers", type=int)
     p.add_argument("--no-fuse", dest="fuse", action="store_false")
+    p.add_argument("--silu-ab", action="store_true",
+                   help="also profile each target with the SiLU product formed by the model (rsparse.fuse_silu off)")
     args = p.parse_args()
     args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
     import rsparse
+    from rsparse.fuse_silu import set_silu_fusion
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,10 +137,13 @@ def main() -> None:
     for target in args.targets:
         model, _ = sparsify_copy(dense, target, "cuda", args.fuse)
         rsparse.set_backend("triton")
-        t0 = time.perf_counter()
-        results[f"{target:g}"] = profile_variant(model, args.steps, args.prompt)
+        for silu in (True, False) if args.silu_ab else (True,):
+            set_silu_fusion(model, silu)  # False: F.silu(gate) * up formed by the model (rsparse.fuse_silu)
+            name = f"{target:g}" + ("" if silu else " (product unfused)")
+            t0 = time.perf_counter()
+            results[name] = profile_variant(model, args.steps, args.prompt)
+            print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
         rsparse.set_backend("auto")
-        print(f"{target:g} done in {time.perf_counter() - t0:.0f}s", flush=True)
         del model
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,

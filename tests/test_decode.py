@@ -29,8 +29,9 @@ PROMPT = 16  # above the decode cut-off (8): the prefill takes the dense path in
 
 
 class OpCalls(TorchDispatchMode):
-    """Records the token count of every sparsified linear served by ``rsparse::sparse_linear`` or
-    by a fused ``rsparse::sparse_linear_multi`` launch (one entry per projection), and the launches."""
+    """Records the token count of every sparsified linear served by ``rsparse::sparse_linear``, by
+    a fused ``rsparse::sparse_linear_multi`` launch (one entry per projection) or by
+    ``rsparse::sparse_linear_silu_mul`` (a gated MLP's down projection), and the launches."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +39,7 @@ class OpCalls(TorchDispatchMode):
         self.launches = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.rsparse.sparse_linear.default:
+        if func in (torch.ops.rsparse.sparse_linear.default, torch.ops.rsparse.sparse_linear_silu_mul.default):
             self.tokens.append(args[0].shape[0])
             self.launches += 1
         elif func is torch.ops.rsparse.sparse_linear_multi.default:

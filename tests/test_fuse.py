@@ -34,6 +34,8 @@ class OpCalls(TorchDispatchMode):
             self.calls.append(("single", 1))
         elif func is torch.ops.rsparse.sparse_linear_multi.default:
             self.calls.append(("multi", len(args[1])))
+        elif func is torch.ops.rsparse.sparse_linear_silu_mul.default:
+            self.calls.append(("silu_mul", 1))
         return func(*args, **(kwargs or {}))
 
 
@@ -245,10 +247,14 @@ def test_sparsify_links_qkv_and_gate_up_and_decode_is_unchanged(family):
     kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with OpCalls() as ops:
         fused = model.generate(prompt, **kw)
-    # Per decode step and decoder layer: q/k/v in one launch, o, gate/up in one launch, down.
-    assert ops.calls == [("multi", 3), ("single", 1), ("multi", 2), ("single", 1)] * 2 * 5
+    # Per decode step and decoder layer: q/k/v in one launch, o, gate/up in one launch, down
+    # (fed gate and up where the MLP is SiLU-gated; Gemma's activation is GELU).
+    down = ("single", 1) if family == "gemma2" else ("silu_mul", 1)
+    assert ops.calls == [("multi", 3), ("single", 1), ("multi", 2), down] * 2 * 5
     set_fusion(model, False)
-    alone = model.generate(prompt, **kw)
+    with OpCalls() as ops:
+        alone = model.generate(prompt, **kw)
+    assert ops.calls == [("single", 1)] * 7 * 2 * 5  # every layer on its own
     torch.testing.assert_close(fused.sequences, alone.sequences, rtol=0, atol=0)
     for a, b in zip(fused.logits, alone.logits):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # fp32, torch backend: bitwise

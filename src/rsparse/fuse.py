@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rsparse.fuse_silu import set_silu_fusion
 from rsparse.nn import RSparseLinear, fused_forward, rsparse_modules
 
 __all__ = ["SharedInputGroup", "link_groups", "linked_groups", "set_fusion"]
@@ -152,7 +153,10 @@ def linked_groups(model: nn.Module) -> list[list[str]]:
 
 
 def set_fusion(model: nn.Module, enabled: bool) -> nn.Module:
-    """Turn the fused launch of shared-input groups on (the default) or off; outputs stay the same.
+    """Turn the fused launches on (the default) or off; outputs stay the same.
+
+    Covers the shared-input groups (q/k/v, gate/up: one launch each) and the gated MLPs whose
+    ``F.silu(gate) * up`` is formed inside the down projection's launch (`rsparse.fuse_silu`).
 
     Args:
         model: a sparsified model.
@@ -169,6 +173,7 @@ def set_fusion(model: nn.Module, enabled: bool) -> nn.Module:
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be a bool, got {enabled!r}")
+    set_silu_fusion(model, enabled)
     for m in rsparse_modules(model).values():
         if m.shared_input is not None:
             m.shared_input.enabled = enabled

@@ -30,6 +30,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from rsparse.config import RSparseConfig
 from rsparse.fuse import link_groups
+from rsparse.fuse_silu import link_silu_mlps
 from rsparse.nn import RSparseLinear, replace_module, rsparse_modules
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def install_skeletons(model: nn.Module, config: RSparseConfig) -> None:
         new.budget = budget
         replace_module(model, name, new)
     link_groups(model, config.groups)  # fused decode launches, as after sparsify
+    link_silu_mlps(model)
     model.rsparse_config = config
 
 

@@ -183,6 +183,33 @@ class RSparseLinear(nn.Module):
         )
         return y.view(*x.shape[:-1], self.out_features)
 
+    def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`).
+
+        Where the call takes the sparse kernel, it is one ``rsparse::sparse_linear_silu_mul``
+        call, which the one-token Triton launch serves without a launch of its own for the
+        product; otherwise the product is formed first and the layer called on it.
+        """
+        if gate.shape != up.shape or gate.shape[-1] != self.in_features:
+            raise ValueError(
+                f"gate and up must both be [..., {self.in_features}], got {tuple(gate.shape)} and {tuple(up.shape)}"
+            )
+        if self.shared_input is not None or not self.takes_kernel(gate):
+            return self(F.silu(gate) * up)
+        op = backend.run_sparse_linear_silu_mul if direct_call(gate) else torch.ops.rsparse.sparse_linear_silu_mul
+        y = op(
+            gate.reshape(-1, self.in_features),
+            up.reshape(-1, self.in_features),
+            self.weight_t,
+            self.c,
+            self.tau,
+            self.lowrank_in,
+            self.lowrank_out,
+            self.bias,
+            self.expected_active_fraction(),
+        )
+        return y.view(*gate.shape[:-1], self.out_features)
+
     def expected_active_fraction(self) -> float:
         """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
         if self.budget is None:

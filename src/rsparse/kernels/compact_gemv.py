@@ -52,6 +52,7 @@ import threading
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 MAX_PROJ = 3
 
@@ -273,11 +274,38 @@ def _gather_kernel(
 
 
 @triton.jit
+def round_like(v, DTYPE: tl.constexpr):
+    """``v`` (fp32) rounded to ``DTYPE`` to nearest even, returned as fp32.  bf16 is rounded on
+    the bits: the interpreter's fp32 -> bf16 cast truncates, the GPU's rounds to nearest even."""
+    if DTYPE == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return v.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def silu_mul(g, u, DTYPE: tl.constexpr, EXACT_EXP: tl.constexpr):
+    """``F.silu(gate) * up`` in ``DTYPE`` as eager PyTorch forms it on the GPU: ``g / (1 + exp(-g))``
+    in fp32 (libdevice's correctly rounded-to-nearest division and the CUDA ``expf``) rounded to
+    ``DTYPE``, times ``u`` in fp32, rounded again.  The interpreter has no libdevice: numpy's exp."""
+    if EXACT_EXP:
+        e = libdevice.exp(-g)
+    else:
+        e = tl.exp(-g)
+    s = round_like(tl.math.div_rn(g, 1.0 + e), DTYPE)
+    return round_like(s * u, DTYPE)
+
+
+
+
+@triton.jit
 def _inline_item(
-    chunk, tile, chunks, rows, x_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
+    chunk, tile, chunks, rows, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
     ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-    CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr,
 ):
     # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
     # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
@@ -287,6 +315,8 @@ def _inline_item(
     offs = k0 + tl.arange(0, CHUNK)
     ok = (offs < k0 + rows) & (offs < n)
     xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if SILU_MUL:  # x_ptr holds the gate, u_ptr the up projection: the input is silu(gate) * up
+        xf = silu_mul(xf, tl.load(u_ptr + offs, mask=ok, other=0.0).to(tl.float32), x_ptr.dtype.element_ty, EXACT_EXP)
     cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
     # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
     act = (tl.abs(xf) * cv > tl.load(tau_ptr)) & ok
@@ -305,12 +335,13 @@ def _inline_item(
 
 @triton.jit
 def _inline_kernel(
-    x_ptr, n, chunks, rows, list_stride,
+    x_ptr, u_ptr, n, chunks, rows, list_stride,
     c0, tau0, w0, sw0, idx0, xs0, ws0, tc0, b0, out0, m0, tiles0,
     c1, tau1, w1, sw1, idx1, xs1, ws1, tc1, b1, out1, m1, tiles1,
     c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr,
 ):
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
     pid = tl.program_id(0)
@@ -319,14 +350,14 @@ def _inline_kernel(
     tile = pid % tiles
     lst = chunk * list_stride
     if tile < tiles0:
-        _inline_item(chunk, tile, chunks, rows, x_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
-                     BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
+        _inline_item(chunk, tile, chunks, rows, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
+                     BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
     elif tile < tiles0 + tiles1:
-        _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
-                     out1, m1, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
+        _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
+                     out1, m1, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
     else:
-        _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
-                     tc2, b2, out2, m2, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK)
+        _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
+                     tc2, b2, out2, m2, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
 
 
 # ---------------------------------------------------------------- host side
@@ -439,6 +470,7 @@ def compact_gemv(
     block_r: int = 64,
     pdl: bool = False,
     inline: bool = False,
+    up: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -458,6 +490,9 @@ def compact_gemv(
             chunk of channels, then streams their rows.  Only without a low-rank path (its
             ``z`` needs every chunk first) and for chunks of at most `INLINE_MAX_CHUNK`
             channels; otherwise the two launches run.
+        up (`torch.Tensor`, *optional*): ``[1, n]``; the input is then ``F.silu(x) * up`` (``x``
+            the gate projection), formed inside the inline launch where it runs (no launch of
+            its own), by PyTorch ahead of the two launches otherwise.
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -484,7 +519,9 @@ def compact_gemv(
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch)
+                           block_k, block_m, num_warps, prefetch, up)
+    if up is not None:
+        x = torch.nn.functional.silu(x) * up
 
     # Persistent zeroed state: global tile counter, counts (k), z (k) | tile counters (k) | split-K sums (k).
     state_sizes = [1] * (1 + k) + rs
@@ -533,8 +570,9 @@ def compact_gemv(
 INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` compacts in registers
 
 
-def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch):
-    # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels.
+def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None):
+    # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
+    # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
     k = len(weight_t)
     ms = [w.shape[1] for w in weight_t]
@@ -551,7 +589,7 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
     idx = [lists[2 * i * per : (2 * i + 1) * per].view(torch.int32) for i in range(k)]
     xs = [lists[(2 * i + 1) * per : (2 * i + 2) * per] for i in range(k)]
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
-    args = [x, n, chunks, rows, stride]
+    args = [x, x if up is None else up, n, chunks, rows, stride]
     has_bias = []
     for j, real in _slots(k):
         b = bias[j] if real else None
@@ -560,6 +598,7 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
                  outs[j], ms[j], tiles[j] if real else 0]
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
-        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, num_warps=num_warps, num_stages=1,
+        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None,
+        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", num_warps=num_warps, num_stages=1,
     )
     return outs

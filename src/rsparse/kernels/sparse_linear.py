@@ -654,3 +654,29 @@ def sparse_linear(
     return sparse_linear_multi(
         x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction
     )[0]
+
+
+def sparse_linear_silu_mul(
+    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0
+) -> torch.Tensor:
+    """Triton implementation of ``rsparse::sparse_linear_silu_mul``: `sparse_linear` on
+    ``F.silu(gate) * up`` (the input of a gated MLP's down projection).
+
+    Where one token takes the one-launch ``"inline"`` path (down_proj without a low-rank path,
+    `choose_config`), its programs form the product from ``gate`` and ``up`` as they load their
+    chunk, so the product needs no launch of its own; every other call forms it with PyTorch first."""
+    T, n = gate.shape
+    if gate.stride(1) != 1:
+        gate = gate.contiguous()
+    if up.stride(1) != 1:
+        up = up.contiguous()
+    cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, lowrank_in.shape[1] > 0)
+    if T == 1 and cfg.path == "inline" and (out is None or out.stride(-1) == 1):
+        outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
+        return _compact.compact_gemv(
+            gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, _sm_count(gate.device),
+            block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
+            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl, inline=True, up=up,
+        )[0]
+    x = torch.nn.functional.silu(gate) * up
+    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction)

@@ -22,6 +22,7 @@ import torch
 from rsparse.ops.reference import active_mask, sparse_linear_reference
 
 from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
+from rsparse.ops.silu_mul import sparse_linear_silu_mul, sparse_linear_silu_mul_reference
 
 __all__ = [
     "sparse_linear",
@@ -29,6 +30,8 @@ __all__ = [
     "active_mask",
     "sparse_linear_reference",
     "sparse_linear_multi_reference",
+    "sparse_linear_silu_mul",
+    "sparse_linear_silu_mul_reference",
     "set_backend",
     "get_backend",
 ]

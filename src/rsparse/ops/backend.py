@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from rsparse.ops import fused
+from rsparse.ops import fused, silu_mul
 from rsparse.ops.reference import sparse_linear_reference
 
 __all__ = ["BACKENDS", "set_backend", "get_backend"]
@@ -105,13 +105,25 @@ def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, act
     return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
+def _sparse_linear_silu_mul(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
+    if _use_triton(gate):
+        from rsparse.kernels import sparse_linear as kernels
+
+        return kernels.sparse_linear_silu_mul(
+            gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction
+        )
+    return silu_mul.sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+
+
 # The implementations the ops dispatch to on CPU and CUDA, for callers that skip the dispatcher
 # (`rsparse.nn` in eager mode on CUDA tensors: see `rsparse.nn.direct_call`).
 run_sparse_linear = _sparse_linear
 run_sparse_linear_multi = _sparse_linear_multi
+run_sparse_linear_silu_mul = _sparse_linear_silu_mul
 
 
 def register(sparse_linear_op) -> None:
     for device in ("cuda", "cpu"):
         sparse_linear_op.register_kernel(device)(_sparse_linear)
         fused.sparse_linear_multi.register_kernel(device)(_sparse_linear_multi)
+        silu_mul.sparse_linear_silu_mul.register_kernel(device)(_sparse_linear_silu_mul)

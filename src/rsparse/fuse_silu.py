@@ -1,0 +1,89 @@
+"""A gated MLP's ``F.silu(gate) * up`` formed inside its down projection's decode launch.
+
+Llama-style MLPs (Llama, Mistral, Qwen2/3, ...) compute
+``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` with ``act_fn`` SiLU. In a compiled decode
+step the product is a small elementwise kernel of its own between the gate/up launch and the
+down launch, about 1.3 µs plus a gap of about 0.5 µs per layer on an H200
+(benchmarks/NOTES.md, decode profile). `link_silu_mlps` gives every such MLP whose
+``down_proj`` is an `RSparseLinear` a forward that hands ``gate`` and ``up`` to
+`RSparseLinear.forward_silu_mul` instead (one ``rsparse::sparse_linear_silu_mul`` call): the
+one-token launch that compacts its own input chunks forms the product as it loads them.
+
+The forward is set on the instance (``module.forward``), never on the class, and only where
+the class's forward has exactly the gated form (its code reads ``down_proj``, ``act_fn``,
+``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``. It keeps the
+model's call order (gate before up, so a fused gate/up launch still serves both) and falls
+back to the class's own forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`)
+or ``down_proj`` is not an `RSparseLinear` (after `rsparse.install.restore`). Results are the
+same as without it: the op is defined as the sparse linear on ``F.silu(gate) * up`` formed in
+the input dtype, as eager PyTorch forms it.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsparse.nn import RSparseLinear
+
+__all__ = ["link_silu_mlps", "is_silu_mlp"]
+
+_GATED_NAMES = ("down_proj", "act_fn", "gate_proj", "up_proj")
+
+
+def is_silu_mlp(module: nn.Module) -> bool:
+    """Whether ``module`` is a gated SiLU MLP whose down projection is an `RSparseLinear`."""
+    if not isinstance(getattr(module, "down_proj", None), RSparseLinear):
+        return False
+    if not all(isinstance(getattr(module, n, None), nn.Module) for n in ("gate_proj", "up_proj", "act_fn")):
+        return False
+    code = getattr(type(module).forward, "__code__", None)
+    if code is None or code.co_names != _GATED_NAMES:
+        return False
+    probe = torch.linspace(-12.0, 12.0, 481)
+    try:
+        return torch.equal(module.act_fn(probe), F.silu(probe))
+    except Exception:  # an activation that cannot run on a CPU fp32 tensor is not plain SiLU
+        return False
+
+
+def _silu_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    down = self.down_proj
+    if not (getattr(self, "rsparse_silu_mul", False) and isinstance(down, RSparseLinear)):
+        return type(self).forward(self, x)
+    return down.forward_silu_mul(self.gate_proj(x), self.up_proj(x))
+
+
+def link_silu_mlps(model: nn.Module) -> int:
+    """Give every gated SiLU MLP of ``model`` (see `is_silu_mlp`) the fused forward.
+
+    Args:
+        model: a sparsified model (linking again is harmless).
+
+    Returns:
+        `int`: the number of MLPs linked.
+
+    Example:
+
+    ```python
+    >>> link_silu_mlps(model)  # doctest: +SKIP
+    32
+    ```
+    """
+    linked = 0
+    for module in model.modules():
+        if is_silu_mlp(module):
+            module.forward = types.MethodType(_silu_mlp_forward, module)
+            module.rsparse_silu_mul = True
+            linked += 1
+    return linked
+
+
+def set_silu_fusion(model: nn.Module, enabled: bool) -> None:
+    """Turn the fused product on or off in every linked MLP (called by `rsparse.fuse.set_fusion`)."""
+    for module in model.modules():
+        if hasattr(module, "rsparse_silu_mul"):
+            module.rsparse_silu_mul = enabled
