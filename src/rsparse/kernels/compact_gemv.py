@@ -29,7 +29,9 @@ One-launch form (``inline=True``, layers without rank): ``_inline_kernel`` has t
 grid, but each program owns a fixed chunk of about ``n / chunks`` channels, compacts that chunk
 itself (mask, prefix sum, list into a scratch slot shared by the chunk's programs, which all
 write the same values), then streams the active rows.  It saves the compaction launch but not
-the imbalance between chunks: the program with the most active channels sets the time.
+the imbalance between chunks: the program with the most active channels sets the time.  Given
+``up``, its programs form the input ``F.silu(x) * up`` of a gated MLP's down projection as they
+load their chunk (`silu_mul`, with eager PyTorch's roundings), so the product needs no launch.
 
 Bytes per call: ``k*m + r*(n+m)`` weight elements (``k`` active channels; ``V_r`` only on
 inactive rows), ``x``, ``c`` once, ``2*k`` index/value words written and read, and ``m``
