@@ -249,6 +249,28 @@ def test_restored_linears_fall_back_to_the_models_forward():
         torch.testing.assert_close(mlp(x), ref(x), rtol=1e-6, atol=1e-6)
 
 
+def test_linked_model_copies_and_pickles_and_foreign_forwards_stay():
+    import copy
+    import io
+
+    model = _sparse("llama3")
+    prompt = random_tokens(1, 12, seed=7)
+    with torch.no_grad():
+        ref = model(prompt).logits
+        twin = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for other in (twin, loaded):
+            mlp = other.model.layers[1].mlp
+            assert mlp.forward.args[0] is mlp  # bound to the copy, not to the original
+            torch.testing.assert_close(other(prompt).logits, ref, rtol=0, atol=0)
+    hooked = model.model.layers[0].mlp
+    hooked.forward = lambda x: x  # e.g. an offloading hook installed after sparsify
+    assert link_silu_mlps(model) == 1 and vars(hooked)["forward"](3) == 3
+
+
 def test_reloaded_model_links_its_mlps(tmp_path):
     model = _sparse("llama3")
     model.save_pretrained(tmp_path)

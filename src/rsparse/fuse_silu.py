@@ -11,7 +11,8 @@ one-token launch that compacts its own input chunks forms the product as it load
 
 The forward is set on the instance (``module.forward``), never on the class, and only where
 the class's forward has exactly the gated form (its code reads ``down_proj``, ``act_fn``,
-``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``. It keeps the
+``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``; an instance forward set by someone else (an offloading hook)
+is left alone. It keeps the
 model's call order (gate before up, so a fused gate/up launch still serves both) and falls
 back to the class's own forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`)
 or ``down_proj`` is not an `RSparseLinear` (after `rsparse.install.restore`). Results are the
@@ -21,7 +22,7 @@ the input dtype, as eager PyTorch forms it.
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +76,19 @@ def link_silu_mlps(model: nn.Module) -> int:
     """
     linked = 0
     for module in model.modules():
+        own = vars(module).get("forward")
+        if own is not None and not _is_ours(own):
+            continue  # someone else's forward (e.g. an offloading hook of accelerate): left alone
         if is_silu_mlp(module):
-            module.forward = types.MethodType(_silu_mlp_forward, module)
+            # A partial (not a bound method) so that the model still pickles and deep-copies.
+            module.forward = functools.partial(_silu_mlp_forward, module)
             module.rsparse_silu_mul = True
             linked += 1
     return linked
+
+
+def _is_ours(forward) -> bool:
+    return isinstance(forward, functools.partial) and forward.func is _silu_mlp_forward
 
 
 def set_silu_fusion(model: nn.Module, enabled: bool) -> None:

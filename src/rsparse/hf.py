@@ -10,9 +10,9 @@ config before the weights load into them (DESIGN.md §7).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
-import types
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +183,9 @@ def attach(model: nn.Module, config: RSparseConfig) -> None:
 
 
 def _write_card_on_save(model: nn.Module) -> None:
-    # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
-    model.save_pretrained = types.MethodType(_save_pretrained_with_card, model)
+    # A partial of a module-level function (not a closure, not a bound method): copy.deepcopy(model)
+    # rebinds it to the copy, and the model still pickles (a bound method pickles by its name).
+    model.save_pretrained = functools.partial(_save_pretrained_with_card, model)
 
 
 def _save_pretrained_with_card(self: nn.Module, save_directory, *args: Any, **kwargs: Any):
