@@ -164,6 +164,15 @@ def test_forward_silu_mul_equals_the_layer_on_the_product():
                                                                         layer.lowrank_in, layer.lowrank_out, layer.bias), ref)
 
 
+@needs_triton
+def test_kernel_rejects_mismatched_inputs():
+    from rsparse.kernels import sparse_linear as kernels
+
+    gate, up, *layer = gated_args(1, 40, 30, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"gate and up must both be \[T, n\], got \(1, 40\) and \(1, 39\)"):
+        kernels.sparse_linear_silu_mul(gate, up[:, :39], *layer)
+
+
 def test_forward_silu_mul_rejects_mismatched_inputs():
     layer = _layer()
     with pytest.raises(ValueError, match=r"gate and up must both be \[\.\.\., 64\], got \(1, 64\) and \(1, 63\)"):

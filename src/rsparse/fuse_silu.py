@@ -11,13 +11,13 @@ one-token launch that compacts its own input chunks forms the product as it load
 
 The forward is set on the instance (``module.forward``), never on the class, and only where
 the class's forward has exactly the gated form (its code reads ``down_proj``, ``act_fn``,
-``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``; an instance forward set by someone else (an offloading hook)
-is left alone. It keeps the
-model's call order (gate before up, so a fused gate/up launch still serves both) and falls
-back to the class's own forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`)
-or ``down_proj`` is not an `RSparseLinear` (after `rsparse.install.restore`). Results are the
-same as without it: the op is defined as the sparse linear on ``F.silu(gate) * up`` formed in
-the input dtype, as eager PyTorch forms it.
+``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``; an instance
+forward set by someone else (an offloading hook) is left alone. It keeps the model's call order
+(gate before up, so a fused gate/up launch still serves both) and falls back to the class's own
+forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`) or ``down_proj`` is
+not an `RSparseLinear` (after `rsparse.install.restore`). Results are the same as without it: the
+op is defined as the sparse linear on ``F.silu(gate) * up`` formed in the input dtype, as eager
+PyTorch forms it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 
 from rsparse.nn import RSparseLinear
 
-__all__ = ["link_silu_mlps", "is_silu_mlp"]
+__all__ = ["link_silu_mlps", "is_silu_mlp", "set_silu_fusion"]
 
 _GATED_NAMES = ("down_proj", "act_fn", "gate_proj", "up_proj")
 

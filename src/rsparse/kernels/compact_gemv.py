@@ -300,8 +300,6 @@ def silu_mul(g, u, DTYPE: tl.constexpr, EXACT_EXP: tl.constexpr):
     return round_like(s * u, DTYPE)
 
 
-
-
 @triton.jit
 def _inline_item(
     chunk, tile, chunks, rows, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,

@@ -665,6 +665,8 @@ def sparse_linear_silu_mul(
     Where one token takes the one-launch ``"inline"`` path (down_proj without a low-rank path,
     `choose_config`), its programs form the product from ``gate`` and ``up`` as they load their
     chunk, so the product needs no launch of its own; every other call forms it with PyTorch first."""
+    if up.shape != gate.shape or gate.dim() != 2:
+        raise ValueError(f"gate and up must both be [T, n], got {tuple(gate.shape)} and {tuple(up.shape)}")
     T, n = gate.shape
     if gate.stride(1) != 1:
         gate = gate.contiguous()
