@@ -242,6 +242,28 @@ def test_decode_tokens_are_the_same_with_and_without_the_fused_product(backend_n
     assert torch.equal(fused, alone)
 
 
+def test_hooks_on_down_proj_still_see_its_input():
+    # rsparse.summary measures kept fractions with pre-hooks; the search records outputs with hooks.
+    model = _sparse("llama3")
+    down = model.model.layers[0].mlp.down_proj
+    seen = []
+    handle = down.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    tokens = random_tokens(1, 4, seed=2)
+    rsparse.set_mode(model, "sparse")
+    with torch.no_grad():
+        model(tokens)
+    assert seen == [torch.Size([1, 4, 96])]
+    handle.remove()
+    report = rsparse.summary(model, tokens=random_tokens(2, 8, seed=3))
+    assert all(layer.kept is not None for layer in report.layers)
+    calls = []
+    plain = down.forward
+    down.forward = lambda x: calls.append(x.shape) or plain(x)  # e.g. an offloading hook's wrapper
+    with torch.no_grad():
+        model(tokens)
+    assert calls == [torch.Size([1, 4, 96])]
+
+
 def test_restored_linears_fall_back_to_the_models_forward():
     from rsparse.install import restore
 

@@ -14,8 +14,9 @@ the class's forward has exactly the gated form (its code reads ``down_proj``, ``
 ``gate_proj`` and ``up_proj`` and nothing else) and ``act_fn`` computes ``F.silu``; an instance
 forward set by someone else (an offloading hook) is left alone. It keeps the model's call order
 (gate before up, so a fused gate/up launch still serves both) and falls back to the class's own
-forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`) or ``down_proj`` is
-not an `RSparseLinear` (after `rsparse.install.restore`). Results are the same as without it: the
+forward when the flag ``rsparse_silu_mul`` is off (`rsparse.fuse.set_fusion`), when ``down_proj``
+is not an `RSparseLinear` (after `rsparse.install.restore`) and when ``down_proj`` carries forward
+hooks or a forward of its own (the fused call would skip them). Results are the same as without it: the
 op is defined as the sparse linear on ``F.silu(gate) * up`` formed in the input dtype, as eager
 PyTorch forms it.
 """
@@ -53,9 +54,21 @@ def is_silu_mlp(module: nn.Module) -> bool:
 
 def _silu_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
-    if not (getattr(self, "rsparse_silu_mul", False) and isinstance(down, RSparseLinear)):
+    if not (getattr(self, "rsparse_silu_mul", False) and isinstance(down, RSparseLinear)) or _observed(down):
         return type(self).forward(self, x)
     return down.forward_silu_mul(self.gate_proj(x), self.up_proj(x))
+
+
+def _observed(module: nn.Module) -> bool:
+    # The fused call never runs down_proj's __call__, so hooks on it (rsparse.summary's kept
+    # fractions, the search's output records, a user's probes) or a replaced forward (an
+    # offloading hook) would be skipped: such a layer gets the model's own forward instead.
+    # (A replaced forward is looked up in eager mode only: traced code keeps to the hook dicts,
+    # which dynamo reads and guards anyway.)
+    hooks = torch.nn.modules.module
+    if module._forward_pre_hooks or module._forward_hooks or hooks._global_forward_pre_hooks or hooks._global_forward_hooks:
+        return True
+    return not torch.compiler.is_compiling() and "forward" in vars(module)
 
 
 def link_silu_mlps(model: nn.Module) -> int:
