@@ -578,12 +578,7 @@ def sparse_linear_multi(
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
-        return _compact.compact_gemv(
-            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
-            block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
-            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
-            inline=cfg.path == "inline",
-        )
+        return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs)
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = _compact.cdiv(T, block_t)
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
@@ -646,6 +641,16 @@ def sparse_linear_multi(
     return outs
 
 
+def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None):
+    """One token through `rsparse.kernels.compact_gemv` with ``cfg``'s tiles (path "compact" or "inline")."""
+    return _compact.compact_gemv(
+        x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
+        block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
+        num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
+        inline=cfg.path == "inline", up=up,
+    )
+
+
 def sparse_linear(
     x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0
 ) -> torch.Tensor:
@@ -675,10 +680,6 @@ def sparse_linear_silu_mul(
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, lowrank_in.shape[1] > 0)
     if T == 1 and cfg.path == "inline" and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
-        return _compact.compact_gemv(
-            gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, _sm_count(gate.device),
-            block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
-            num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl, inline=True, up=up,
-        )[0]
+        return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up)[0]
     x = torch.nn.functional.silu(gate) * up
     return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction)
