@@ -171,16 +171,7 @@ class RSparseLinear(nn.Module):
         if not self.takes_kernel(x):
             return self.forward_dense(x)
         op = backend.run_sparse_linear if direct_call(x) else torch.ops.rsparse.sparse_linear
-        y = op(
-            x.reshape(-1, self.in_features),
-            self.weight_t,
-            self.c,
-            self.tau,
-            self.lowrank_in,
-            self.lowrank_out,
-            self.bias,
-            self.expected_active_fraction(),
-        )
+        y = op(x.reshape(-1, self.in_features), *self._op_tensors(), self.expected_active_fraction())
         return y.view(*x.shape[:-1], self.out_features)
 
     def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -197,18 +188,13 @@ class RSparseLinear(nn.Module):
         if self.shared_input is not None or not self.takes_kernel(gate):
             return self(F.silu(gate) * up)
         op = backend.run_sparse_linear_silu_mul if direct_call(gate) else torch.ops.rsparse.sparse_linear_silu_mul
-        y = op(
-            gate.reshape(-1, self.in_features),
-            up.reshape(-1, self.in_features),
-            self.weight_t,
-            self.c,
-            self.tau,
-            self.lowrank_in,
-            self.lowrank_out,
-            self.bias,
-            self.expected_active_fraction(),
-        )
+        n = self.in_features
+        y = op(gate.reshape(-1, n), up.reshape(-1, n), *self._op_tensors(), self.expected_active_fraction())
         return y.view(*gate.shape[:-1], self.out_features)
+
+    def _op_tensors(self) -> tuple:
+        """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them."""
+        return self.weight_t, self.c, self.tau, self.lowrank_in, self.lowrank_out, self.bias
 
     def expected_active_fraction(self) -> float:
         """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
