@@ -11,6 +11,7 @@ step's span: the gaps between kernels that a smaller kernel count would save.
 
     python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
     python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
+    python benchmarks/profile_decode.py --out $OUT --prefetch-ab  # and without o_proj's L2 prefetch, then with it again
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def profile_variant(model, steps: int, prompt_len: int) -> dict:
         per_kind[kind_of(name)] += sum(durs) / steps
         count_kind[kind_of(name)] += len(durs) / steps
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    # rsparse's kernels in step order, folded by position inside a decoder layer (q/k/v, o, gate+up,
+    # ...: kernels of one name that serve different projections show apart).
+    ours = [e for e in kernels if kind_of(e["name"]) == "rsparse"]
+    layers = model.config.get_text_config().num_hidden_layers
+    per_layer = len(ours) // (steps * layers) if ours else 0
+    by_position = []
+    if per_layer and len(ours) == steps * layers * per_layer:
+        for pos in range(per_layer):
+            durs = sorted(e["dur"] for e in ours[pos::per_layer])
+            by_position.append({"position": pos, "name": ours[pos]["name"][:60], "median_us": durs[len(durs) // 2]})
     return {
         "ms_per_token_events": ms_events,
         "kernels_per_step": len(kernels) / steps,
@@ -103,6 +114,7 @@ def profile_variant(model, steps: int, prompt_len: int) -> dict:
         "idle_us_per_step": (span - busy) / steps,
         "us_per_step_by_kind": dict(per_kind),
         "kernels_per_step_by_kind": dict(count_kind),
+        "rsparse_by_position_in_layer": by_position,
         "top_kernels": [
             {"name": n[:160], "kind": kind_of(n), "per_step": len(d) / steps, "us_per_step": sum(d) / steps,
              "median_us": sorted(d)[len(d) // 2]}
@@ -121,10 +133,13 @@ def main() -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false")
     p.add_argument("--silu-ab", action="store_true",
                    help="also profile each target with the SiLU product formed by the model (rsparse.fuse_silu off)")
+    p.add_argument("--prefetch-ab", action="store_true",
+                   help="also profile each target without the L2 prefetch of o_proj's weight, then with it again")
     args = p.parse_args()
     args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
     import rsparse
     from rsparse.fuse_silu import set_silu_fusion
+    from rsparse.kernels import l2_prefetch
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +152,19 @@ def main() -> None:
     for target in args.targets:
         model, _ = sparsify_copy(dense, target, "cuda", args.fuse)
         rsparse.set_backend("triton")
-        for silu in (True, False) if args.silu_ab else (True,):
+        variants = [("", True, True)]  # (name suffix, SiLU product fused, L2 prefetch)
+        if args.silu_ab:
+            variants.append((" (product unfused)", False, True))
+        if args.prefetch_ab:
+            variants += [(" (no L2 prefetch)", True, False), (" (again)", True, True)]
+        for suffix, silu, prefetch in variants:
             set_silu_fusion(model, silu)  # False: F.silu(gate) * up formed by the model (rsparse.fuse_silu)
-            name = f"{target:g}" + ("" if silu else " (product unfused)")
+            l2_prefetch.L2_PREFETCH = prefetch  # read when the step is traced: profile_variant recompiles
+            name = f"{target:g}{suffix}"
             t0 = time.perf_counter()
             results[name] = profile_variant(model, args.steps, args.prompt)
             print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+        l2_prefetch.L2_PREFETCH = True
         rsparse.set_backend("auto")
         del model
         torch.cuda.empty_cache()
@@ -154,6 +176,8 @@ def main() -> None:
               f"busy {r['busy_us_per_step']:.0f} µs, idle {r['idle_us_per_step']:.0f} µs per step")
         print("by kind (µs/step, kernels/step): " + ", ".join(
             f"{k} {v:.0f} ({r['kernels_per_step_by_kind'][k]:.0f})" for k, v in sorted(r["us_per_step_by_kind"].items())))
+        print("rsparse kernels by position in a layer (median µs): " + ", ".join(
+            f"{b['position']}:{b['name'][:16]} {b['median_us']:.2f}" for b in r["rsparse_by_position_in_layer"]))
         for t in r["top_kernels"][:18]:
             print(f"  {t['us_per_step']:8.1f} µs  x{t['per_step']:5.1f}  med {t['median_us']:6.2f}  [{t['kind']}] {t['name'][:100]}")
 
