@@ -11,7 +11,6 @@ step's span: the gaps between kernels that a smaller kernel count would save.
 
     python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
     python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
-    python benchmarks/profile_decode.py --out $OUT --prefetch-ab  # and without o_proj's L2 prefetch, then with it again
 """
 
 from __future__ import annotations
@@ -133,13 +132,10 @@ def main() -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false")
     p.add_argument("--silu-ab", action="store_true",
                    help="also profile each target with the SiLU product formed by the model (rsparse.fuse_silu off)")
-    p.add_argument("--prefetch-ab", action="store_true",
-                   help="also profile each target without the L2 prefetch of o_proj's weight, then with it again")
     args = p.parse_args()
     args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
     import rsparse
     from rsparse.fuse_silu import set_silu_fusion
-    from rsparse.kernels import l2_prefetch
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,19 +148,12 @@ def main() -> None:
     for target in args.targets:
         model, _ = sparsify_copy(dense, target, "cuda", args.fuse)
         rsparse.set_backend("triton")
-        variants = [("", True, True)]  # (name suffix, SiLU product fused, L2 prefetch)
-        if args.silu_ab:
-            variants.append((" (product unfused)", False, True))
-        if args.prefetch_ab:
-            variants += [(" (no L2 prefetch)", True, False), (" (again)", True, True)]
-        for suffix, silu, prefetch in variants:
+        for silu in (True, False) if args.silu_ab else (True,):
             set_silu_fusion(model, silu)  # False: F.silu(gate) * up formed by the model (rsparse.fuse_silu)
-            l2_prefetch.L2_PREFETCH = prefetch  # read when the step is traced: profile_variant recompiles
-            name = f"{target:g}{suffix}"
+            name = f"{target:g}" + ("" if silu else " (product unfused)")
             t0 = time.perf_counter()
             results[name] = profile_variant(model, args.steps, args.prompt)
             print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
-        l2_prefetch.L2_PREFETCH = True
         rsparse.set_backend("auto")
         del model
         torch.cuda.empty_cache()

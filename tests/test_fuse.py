@@ -263,64 +263,6 @@ def test_sparsify_links_qkv_and_gate_up_and_decode_is_unchanged(family):
             _assert_empty(m.shared_input)
 
 
-class PrefetchArgs(TorchDispatchMode):
-    """Records the ``prefetch`` argument of every ``rsparse::sparse_linear_multi`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor | None] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.rsparse.sparse_linear_multi.default:
-            kwargs = kwargs or {}
-            self.seen.append(args[8] if len(args) > 8 else kwargs.get("prefetch"))
-        return func(*args, **(kwargs or {}))
-
-
-@pytest.mark.parametrize("family", ["llama3", "gemma2"])
-def test_attention_groups_prefetch_their_output_projection(family):
-    model = _sparse(family)
-    targets = {}
-    for name, m in rsparse_modules(model).items():
-        if m.shared_input is not None and m.shared_slot == 0:
-            targets[name.rsplit(".", 1)[1]] = m.shared_input.prefetch_target
-    assert set(targets) == {"q_proj", "gate_proj"}
-    for layer in model.model.layers:
-        assert layer.self_attn.q_proj.shared_input.prefetch_target is layer.self_attn.o_proj
-        # The MLP's down projection follows gate/up at once: nothing to prefetch there.
-        assert layer.mlp.gate_proj.shared_input.prefetch_target is None
-    with PrefetchArgs() as rec:
-        model.generate(random_tokens(1, 8, seed=3), max_new_tokens=3, do_sample=False)
-    # Every forward (the short prompt runs sparse too) and layer: q/k/v prefetching o_proj's
-    # weight, then gate/up prefetching nothing.
-    per_forward = [t for layer in model.model.layers for t in (layer.self_attn.o_proj.weight_t, None)]
-    assert len(rec.seen) == 3 * len(per_forward)
-    assert [id(t) for t in rec.seen] == [id(t) for t in per_forward] * 3
-    # Reloaded or copied models link the same way (the link follows the module structure).
-    twin = copy.deepcopy(model)
-    assert twin.model.layers[1].self_attn.q_proj.shared_input.prefetch_target is twin.model.layers[1].self_attn.o_proj
-
-
-def test_prefetch_is_a_hint_on_the_cpu():
-    # The interpreter has no L2 prefetch: a launch given a tensor to prefetch computes the same.
-    from rsparse.kernels.l2_prefetch import prefetch_lines
-
-    q, k, v = layers = _members(outs=(24, 8, 8))
-    o = _members(outs=(N,), seed=1)[0]
-    assert prefetch_lines(None, torch.device("cpu")) == 0
-    assert prefetch_lines(o.weight_t, torch.device("cpu")) == 0
-    x = torch.randn(1, N)
-    lists = [list(a) for a in zip(*[m._op_tensors() for m in layers])]
-    rsparse.set_backend("triton")
-    try:
-        with_pf = torch.ops.rsparse.sparse_linear_multi(x, *lists, 0.5, o.weight_t)
-        without = torch.ops.rsparse.sparse_linear_multi(x, *lists, 0.5)
-    finally:
-        rsparse.set_backend("auto")
-    for a, b in zip(with_pf, without):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-
-
 def test_fused_triton_matches_separate_triton():
     # CPU runs Triton under the interpreter (conftest); on CUDA this runs the real kernel.
     q, k, v = layers = _members(outs=(24, 8, 8))

@@ -408,30 +408,6 @@ def assert_graph_replays_match_reference(mod, x):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_l2_prefetch_leaves_results_unchanged(dtype):
-    from rsparse.kernels import l2_prefetch
-    from rsparse.kernels import sparse_linear as kernels
-
-    cuda = torch.device("cuda")
-    target = torch.randn(1000, 333, device=cuda, dtype=dtype)  # a line count that splits unevenly
-    assert l2_prefetch.prefetch_lines(target, cuda) == -(-target.numel() * target.element_size() // 128)
-    too_big = torch.empty(int(l2_prefetch._l2_bytes(cuda) * l2_prefetch.MAX_L2_SHARE) // 4 + 64, device=cuda)
-    assert l2_prefetch.prefetch_lines(too_big, cuda) == 0
-    assert l2_prefetch.prefetch_lines(target.t(), cuda) == 0  # not contiguous
-    for T, r, seed in ((1, 0, 0), (1, 9, 1), (4, 0, 2), (4, 9, 3)):  # one token and dot tiles, with z items
-        projs = [make_args(T, 300, m, r, dtype, "cuda", 0.5, m == 77, seed=seed + 10 * i) for i, m in enumerate((200, 77, 40))]
-        x = projs[0][0]
-        lists = [list(a) for a in zip(*[p[1:] for p in projs])]
-        outs = [torch.full((T, p[1].shape[1]), float("nan"), dtype=dtype, device=cuda) for p in projs]
-        ys = kernels.sparse_linear_multi(x, *lists, out=outs, active_fraction=0.5, prefetch=target)
-        for y, p in zip(ys, projs):
-            assert not torch.isnan(y).any()
-            assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 def test_gpu_cuda_graph_capture():
     mod = _gpu_module()
     x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)

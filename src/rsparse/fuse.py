@@ -17,11 +17,6 @@ plain Python state, never in the state dict; `sparsify` records the groups' name
 ``RSparseConfig.groups`` and loading links them again. Under ``torch.compile`` the round
 happens inside the traced graph: dynamo follows the attribute writes, and the group is empty
 again when the graph ends, so its guards hold on the next step (no recompilation).
-
-An attention block's q/k/v group also names the block's output projection as its
-``prefetch_target``: its fused launch asks L2 to fetch that layer's weight once its own rows are
-done, so that o_proj reads from L2 after attention instead of from memory
-(`rsparse.kernels.l2_prefetch`; results do not change).
 """
 
 from __future__ import annotations
@@ -61,7 +56,6 @@ class SharedInputGroup:
             )
         self.members = list(members)
         self.enabled = True
-        self.prefetch_target: RSparseLinear | None = None  # the layer read after this group's outputs
         for slot, m in enumerate(self.members):
             m.shared_input, m.shared_slot = self, slot
         self.clear()
@@ -97,8 +91,7 @@ class SharedInputGroup:
         # offloaded members (weights on "meta" until their own hook loads them) to their own call.
         if len(fused) < 2 or fused[0].shared_slot != slot:
             return member.forward_alone(x)
-        target = self.prefetch_target
-        ys = fused_forward(x, fused, target.weight_t if target is not None else None)
+        ys = fused_forward(x, fused)
         self._outputs = [None] * len(self.members)
         self._fused = [False] * len(self.members)
         for m, y in zip(fused, ys):
@@ -142,26 +135,8 @@ def link_groups(model: nn.Module, groups: list[list[str]]) -> list[SharedInputGr
                 f"shared-input group {names} names {missing}, which are not RSparseLinear layers of the model"
             )
         if len(names) >= 2:
-            group = SharedInputGroup([modules[n] for n in names])
-            group.prefetch_target = _output_projection(model, names, modules)
-            linked.append(group)
+            linked.append(SharedInputGroup([modules[n] for n in names]))
     return linked
-
-
-def _output_projection(model: nn.Module, names: list[str], modules: dict[str, RSparseLinear]) -> RSparseLinear | None:
-    """The one other `RSparseLinear` of the attention block whose projections ``names`` are (o_proj).
-
-    Only attention blocks: between q/k/v and o_proj the attention kernels read little from memory,
-    so o_proj's weight can be fetched into L2 meanwhile. An MLP calls its down projection right
-    after gate/up, with no such window (fetching all of its rows would only add bytes)."""
-    parent_name = names[0].rpartition(".")[0]
-    if any(n.rpartition(".")[0] != parent_name for n in names):
-        return None
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if "Attention" not in type(parent).__name__:
-        return None
-    others = [m for m in parent.children() if isinstance(m, RSparseLinear) and all(m is not modules[n] for n in names)]
-    return others[0] if len(others) == 1 else None
 
 
 def linked_groups(model: nn.Module) -> list[list[str]]:

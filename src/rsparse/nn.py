@@ -245,11 +245,8 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     return fused_forward(x, modules)
 
 
-def fused_forward(
-    x: torch.Tensor, modules: "list[RSparseLinear]", prefetch: torch.Tensor | None = None
-) -> list[torch.Tensor]:
-    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``);
-    ``prefetch``: the weight the model reads next, which the launch may warm in L2."""
+def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
+    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
     n = modules[0].in_features
     op = backend.run_sparse_linear_multi if direct_call(x) else torch.ops.rsparse.sparse_linear_multi
     ys = op(
@@ -261,7 +258,6 @@ def fused_forward(
         [m.lowrank_out for m in modules],
         [m.bias for m in modules],
         max(m.expected_active_fraction() for m in modules),
-        prefetch,
     )
     return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
 

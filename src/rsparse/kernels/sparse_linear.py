@@ -53,7 +53,6 @@ import triton.language as tl
 
 from rsparse.kernels import compact_gemv as _compact
 from rsparse.kernels.compact_gemv import zero_state_after_last_tile
-from rsparse.kernels.l2_prefetch import LINE_BYTES, prefetch_lines, prefetch_share
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -343,7 +342,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, pf_ptr, pf_lines,
+    gcnt_ptr, state_len,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -351,7 +350,7 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PREFETCH: tl.constexpr, PF_LINE: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -414,12 +413,6 @@ def _splitk_kernel(
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
-    if PREFETCH:
-        # The next projection's weight into L2 (`rsparse.kernels.l2_prefetch`), by the weight and
-        # low-rank items once their rows are done: the z items finish first and would compete
-        # with the rows still streaming.
-        if (pid_t == 0) and (pid >= n_z):
-            prefetch_share(pf_ptr, pf_lines, pid - n_z, tl.num_programs(0) - n_z, PF_LINE, 128)
 
 
 @dataclass(frozen=True)
@@ -559,20 +552,17 @@ def sparse_linear_multi(
     bias: list[torch.Tensor | None],
     out: list[torch.Tensor] | None = None,
     active_fraction: float = 1.0,
-    prefetch: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
-    e.g. NaN-filled buffers in tests proving that every element is written.  ``prefetch``
-    (optional): a tensor the launch's programs ask L2 to fetch once their rows are done
-    (`rsparse.kernels.l2_prefetch`; ``run 4``'s launch only, never changes the result)."""
+    e.g. NaN-filled buffers in tests proving that every element is written."""
     if len(weight_t) > MAX_PROJ:
         outs = []
         for s in range(0, len(weight_t), MAX_PROJ):
             e = s + MAX_PROJ
             outs += sparse_linear_multi(
                 x, weight_t[s:e], c[s:e], tau[s:e], lowrank_in[s:e], lowrank_out[s:e], bias[s:e],
-                None if out is None else out[s:e], active_fraction, prefetch if e >= len(weight_t) else None,
+                None if out is None else out[s:e], active_fraction,
             )
         return outs
     T, n = x.shape
@@ -629,9 +619,7 @@ def sparse_linear_multi(
     rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    pf_lines = prefetch_lines(prefetch, x.device)
-    pf = prefetch if pf_lines else x
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len, pf, pf_lines]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -647,8 +635,7 @@ def sparse_linear_multi(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d, PREFETCH=pf_lines > 0,
-        PF_LINE=LINE_BYTES // pf.element_size(),
+        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs

@@ -95,12 +95,12 @@ def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fr
     return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
-def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, prefetch=None):
+def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_multi(
-            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction, prefetch=prefetch
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction
         )
     return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 

@@ -40,17 +40,14 @@ def sparse_linear_multi(
     lowrank_out: list[torch.Tensor],
     bias: list[torch.Tensor | None],
     active_fraction: float = 1.0,
-    prefetch: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """``[sparse_linear(x, weight_t[i], c[i], ...) for i]`` for projections sharing ``x`` ``[T, n]``
-    (``active_fraction``: the largest expected share of active channels among them, a launch hint;
-    ``prefetch``: a tensor the next layer reads, which a GPU launch may warm in L2 once its own rows
-    are done, see `rsparse.kernels.l2_prefetch`; neither changes the result)."""
+    (``active_fraction``: the largest expected share of active channels among them, a launch hint)."""
     return sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
 
 
 @sparse_linear_multi.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, prefetch=None):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     counts = {len(weight_t), len(c), len(tau), len(lowrank_in), len(lowrank_out), len(bias)}
     torch._check(len(counts) == 1, lambda: "every argument list must have one entry per projection")
