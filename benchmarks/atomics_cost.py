@@ -7,8 +7,6 @@ times that epilogue alone, with no weight loads, under CUDA-graph replay (median
 20 launches in a graph), in the grids of the real launches:
 
 * ``atomic``: ``tl.atomic_add`` as the kernels do it;
-* ``red.v4 ...``: the same sums with 128-bit vector reductions (``red.global.add.v4.f32``, sm_90),
-  a quarter of the instructions; each syntax is tried and reported if it does not compile;
 * ``store``: plain stores of the partials (wrong sums; the floor without a reduction);
 * ``none``: no partials written (launch, counter and last-program write only).
 
@@ -29,28 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-RED_SYNTAX = {
-    "red.v4 a": "red.global.add.v4.f32 [$4], {$8, $9, $10, $11};",
-    "red.v4 b": "red.global.v4.f32.add [$4], {$8, $9, $10, $11};",
-    "red.v4 c": "red.relaxed.gpu.global.add.v4.f32 [$4], {$8, $9, $10, $11};",
-}
-
-
 @triton.jit
-def _epilogue(ws_ptr, cnt_ptr, out_ptr, tiles, chunks, MODE: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr):
+def _epilogue(ws_ptr, cnt_ptr, out_ptr, tiles, chunks, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid % tiles
     offs = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     part = ((offs % 97) + (pid % 13)).to(tl.float32) * 0.25  # exact in fp32 in any order
     if MODE == 0:
         tl.atomic_add(ws_ptr + offs, part, sem="relaxed")
-    elif MODE == 1:
-        # 4 elements per asm instance; only the first one's address is used, so the result check
-        # below also tells whether Triton packed 4 consecutive elements.
-        tl.inline_asm_elementwise(
-            ASM + "\n\tmov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
-            "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ws_ptr + offs, part], dtype=tl.int32, is_pure=False, pack=4,
-        )
     elif MODE == 2:
         tl.store(ws_ptr + offs, part)
     tl.debug_barrier()
@@ -96,6 +80,10 @@ def main() -> None:
         "o / down (m 4096, 1024 cols, 4/SM)": (4096, 1024, 4, 4),
         "q/k/v fused (m 6144, 1024 cols, 4/SM)": (6144, 1024, 4, 4),
         "gate+up gather (m 28672, 512 cols, 8/SM)": (28672, 512, 8, 2),
+        # o's shape with narrower tiles: as many programs, fewer partial sums each
+        "m 4096, 512 cols, 4/SM": (4096, 512, 4, 4),
+        "m 4096, 256 cols, 4/SM": (4096, 256, 4, 4),
+        "m 4096, 128 cols, 4/SM": (4096, 128, 4, 4),
     }
     rows = []
     for name, (m, block_m, per_sm, warps) in grids.items():
@@ -114,19 +102,18 @@ def main() -> None:
             o = offs[t * block_m:(t + 1) * block_m]
             want[t * block_m:(t + 1) * block_m] = ((o % 97)[None, :] + (sel % 13)[:, None]).sum(0) * 0.25
         row = {"grid": name, "programs": grid[0], "tiles": tiles, "atomics_per_launch": grid[0] * block_m}
-        variants = [("atomic", None, 0), *[(k, v, 1) for k, v in RED_SYNTAX.items()], ("store", None, 2), ("none", None, 3)]
-        for vname, asm, mode in variants:
+        for vname, mode in (("atomic", 0), ("store", 2), ("none", 3)):
             try:
-                launch = lambda: _epilogue[grid](ws, cnt, out, tiles, chunks, MODE=mode, ASM=asm or "",  # noqa: E731
-                                                 BLOCK_M=block_m, num_warps=warps)
+                launch = lambda: _epilogue[grid](ws, cnt, out, tiles, chunks, MODE=mode, BLOCK_M=block_m,  # noqa: E731
+                                                 num_warps=warps)
                 out.zero_()
                 launch()
                 torch.cuda.synchronize()
-                if mode <= 1:
+                if mode == 0:
                     err = (out.double() - want).abs().max().item()
                     row[f"{vname} max_abs_err"] = err
                 row[vname] = round(time_us(launch, args.reps), 2)
-            except Exception as e:  # a syntax the assembler rejects
+            except Exception as e:
                 row[vname] = f"failed: {type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -253,7 +253,23 @@ VARIANTS_LR13B = {
 # weight items, then one z item, first in the grid; 5 programs per multiprocessor, as the rank kernel's 96 registers
 # allow), so z would run beside the first wave's weight rows: 0.4-4 us slower, removed again
 # (results/sweep_run13c_lowrank_b1.*).
-VARIANT_SETS = {"run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Kernel run 15: the split-K epilogue (one fp32 atomic per output column per program, then the tile counter)
+# costs 1.2-2.2 µs of a launch (benchmarks/atomics_cost.py); narrower tiles with taller steps keep a step's
+# bytes (and the number of steps) but write a quarter or a half of the partial sums. ACC2D keeps [BLOCK_K, BLOCK_M]
+# fp32 partials and reduces them once at the end, so a step has no reduction across warps (run 10's 16- and
+# 32-row steps without it were 2-3x slower).
+_A = lambda bk, bm, pps, nw: K.Config(block_k=bk, block_m=bm, programs_per_sm=pps, num_warps=nw, acc2d=True)  # noqa: E731
+VARIANTS_RUN15 = {
+    "shipped": (None, {}),
+    "acc2d 8,1024,4,4": _A(8, 1024, 4, 4),
+    "acc2d 16,512,4,4": _A(16, 512, 4, 4),
+    "acc2d 32,256,4,4": _A(32, 256, 4, 4),
+    "acc2d 64,128,4,4": _A(64, 128, 4, 4),
+    "acc2d 16,256,8,2": _A(16, 256, 8, 2),
+    "acc2d 32,128,8,2": _A(32, 128, 8, 2),
+    "shipped again": (None, {}),
+}
+VARIANT_SETS = {"run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
