@@ -11,6 +11,7 @@ step's span: the gaps between kernels that a smaller kernel count would save.
 
     python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
     python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
+    python benchmarks/profile_decode.py --out $OUT --norms-removed  # and a bound: 0.5, 0.7 with no decoder RMSNorm
 """
 
 from __future__ import annotations
@@ -122,6 +123,18 @@ def profile_variant(model, steps: int, prompt_len: int) -> dict:
     }
 
 
+def without_decoder_norms(dense):
+    """A copy of ``dense`` whose decoder layers' two RMSNorms are `nn.Identity`: what a step would cost if
+    the norms were free (an upper bound for folding them into rsparse's launches; its outputs mean nothing)."""
+    import copy
+
+    bare = copy.deepcopy(dense)
+    for layer in bare.model.layers:
+        layer.input_layernorm = torch.nn.Identity()
+        layer.post_attention_layernorm = torch.nn.Identity()
+    return bare
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -132,6 +145,9 @@ def main() -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false")
     p.add_argument("--silu-ab", action="store_true",
                    help="also profile each target with the SiLU product formed by the model (rsparse.fuse_silu off)")
+    p.add_argument("--norms-removed", action="store_true",
+                   help="also profile each target on a copy whose decoder layers run no RMSNorm (nn.Identity, thresholds "
+                        "calibrated on that copy): wrong numbers, the time a step would take if the norms cost nothing")
     args = p.parse_args()
     args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
     import rsparse
@@ -157,6 +173,18 @@ def main() -> None:
         rsparse.set_backend("auto")
         del model
         torch.cuda.empty_cache()
+        if args.norms_removed:
+            bare = without_decoder_norms(dense)
+            model, _ = sparsify_copy(bare, target, "cuda", args.fuse)
+            del bare
+            rsparse.set_backend("triton")
+            name = f"{target:g} (decoder norms removed: a bound)"
+            t0 = time.perf_counter()
+            results[name] = profile_variant(model, args.steps, args.prompt)
+            print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+            rsparse.set_backend("auto")
+            del model
+            torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
             "prompt": args.prompt, "fused_shared_input": args.fuse}
     (out / "profile_decode.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=1))
