@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import graph_time_us  # noqa: E402
+
+LAUNCHES = 20  # per CUDA graph
 
 @triton.jit
 def _epilogue(ws_ptr, cnt_ptr, out_ptr, tiles, chunks, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -44,29 +48,6 @@ def _epilogue(ws_ptr, cnt_ptr, out_ptr, tiles, chunks, MODE: tl.constexpr, BLOCK
         tl.store(out_ptr + offs, y)
         tl.store(ws_ptr + offs, tl.zeros_like(y))
         tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed")
-
-
-def time_us(fn, reps: int, launches: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(launches):
-            fn()
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / launches)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -112,7 +93,7 @@ def main() -> None:
                 if mode == 0:
                     err = (out.double() - want).abs().max().item()
                     row[f"{vname} max_abs_err"] = err
-                row[vname] = round(time_us(launch, args.reps), 2)
+                row[vname] = round(graph_time_us([launch] * LAUNCHES, args.reps), 2)
             except Exception as e:
                 row[vname] = f"failed: {type(e).__name__}: {str(e)[:200]}"
         rows.append(row)

@@ -166,30 +166,24 @@ def main() -> None:
     t0 = time.perf_counter()
     results["dense"] = profile_variant(dense, args.steps, args.prompt)
     print(f"dense done in {time.perf_counter() - t0:.0f}s", flush=True)
-    for target in args.targets:
-        model, _ = sparsify_copy(dense, target, "cuda", args.fuse)
+
+    def profile_sparse(source, target: float, suffixes: dict[str, bool]) -> None:
+        # suffixes: name suffix -> SiLU product fused (False: F.silu(gate) * up formed by the model)
+        model, _ = sparsify_copy(source, target, "cuda", args.fuse)
         rsparse.set_backend("triton")
-        for silu in (True, False) if args.silu_ab else (True,):
-            set_silu_fusion(model, silu)  # False: F.silu(gate) * up formed by the model (rsparse.fuse_silu)
-            name = f"{target:g}" + ("" if silu else " (product unfused)")
+        for suffix, silu in suffixes.items():
+            set_silu_fusion(model, silu)
             t0 = time.perf_counter()
-            results[name] = profile_variant(model, args.steps, args.prompt)
-            print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+            results[f"{target:g}{suffix}"] = profile_variant(model, args.steps, args.prompt)
+            print(f"{target:g}{suffix} done in {time.perf_counter() - t0:.0f}s", flush=True)
         rsparse.set_backend("auto")
         del model
         torch.cuda.empty_cache()
+
+    for target in args.targets:
+        profile_sparse(dense, target, {"": True, " (product unfused)": False} if args.silu_ab else {"": True})
         if args.norms_removed:
-            bare = without_decoder_norms(dense)
-            model, _ = sparsify_copy(bare, target, "cuda", args.fuse)
-            del bare
-            rsparse.set_backend("triton")
-            name = f"{target:g} (decoder norms removed: a bound)"
-            t0 = time.perf_counter()
-            results[name] = profile_variant(model, args.steps, args.prompt)
-            print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
-            rsparse.set_backend("auto")
-            del model
-            torch.cuda.empty_cache()
+            profile_sparse(without_decoder_norms(dense), target, {" (decoder norms removed: a bound)": True})
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
             "prompt": args.prompt, "fused_shared_input": args.fuse}
     (out / "profile_decode.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=1))
