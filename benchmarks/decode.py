@@ -2,7 +2,8 @@
 
 Protocol: a Llama-3-8B-shaped model (hidden 4096, intermediate 14336, 32 layers, 32 heads,
 8 KV heads, vocab 128256) with random bf16 weights on the GPU (speed does not depend on weight
-values, DESIGN.md §8), or any local model (``--model PATH``). Each sparse variant is a copy of
+values, DESIGN.md §8), another published shape (``--shape mistral-7b`` or ``qwen2.5-7b``), or any
+local model (``--model PATH``). Each sparse variant is a copy of
 the dense model sparsified by ``rsparse.sparsify(model, target, calibration=<4×64 random
 tokens>)``, i.e. thresholds calibrated through the real pipeline so that the decode steps read
 the real number of weight rows; the kept fraction measured on decode steps is reported.
@@ -41,6 +42,19 @@ LLAMA3_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
 )
+# Other published shapes (from the models' config.json files), built with their own transformers
+# class: the same harness on another vocabulary size, q/k/v bias, or intermediate width.
+SHAPES = {
+    "llama3-8b": ("LlamaConfig", "Llama-3-8B", LLAMA3_8B),
+    "mistral-7b": ("MistralConfig", "Mistral-7B-v0.3", dict(
+        vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768, rope_theta=1000000.0,
+        sliding_window=None)),
+    "qwen2.5-7b": ("Qwen2Config", "Qwen2.5-7B", dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
+        tie_word_embeddings=False)),
+}
 SEED = 0
 
 
@@ -50,14 +64,15 @@ def build_dense(args) -> torch.nn.Module:
     if args.model:
         model = tf.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
         return model.eval()
-    shape = dict(LLAMA3_8B)
+    config_class, _, preset = SHAPES[args.shape]
+    shape = dict(preset)
     if args.layers:
         shape["num_hidden_layers"] = args.layers
     if args.tiny:  # a CPU smoke test of this script
         shape.update(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(SEED)
     with torch.device(args.device):
-        model = tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**shape), dtype=args.dtype)
+        model = tf.AutoModelForCausalLM.from_config(getattr(tf, config_class)(**shape), dtype=args.dtype)
     return model.eval()
 
 
@@ -151,7 +166,7 @@ def run(args) -> None:
     meta = {
         "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-        "model": args.model or ("Llama-3-8B shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
+        "model": args.model or (f"{SHAPES[args.shape][1]} shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
         "fused_shared_input": args.fuse,
@@ -303,6 +318,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--model", help="a local model folder instead of the random Llama-3-8B shape")
+    p.add_argument("--shape", default="llama3-8b", choices=list(SHAPES), help="random-weight model shape (default: Llama-3-8B)")
     p.add_argument("--layers", type=int, help="fewer decoder layers (quick checks)")
     p.add_argument("--tiny", action="store_true", help="tiny widths on the CPU: a smoke test of this script")
     p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.4, 0.5, 0.7])

@@ -22,7 +22,7 @@ from rsparse.bench import compile_decode_step, decode_speed, decode_tokens
 from rsparse.fuse import linked_groups, set_fusion
 from rsparse.nn import rsparse_modules
 
-from .conftest import random_tokens, tiny_model
+from .conftest import FAMILIES, random_tokens, tiny_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROMPT = 16  # above the decode cut-off (8): the prefill takes the dense path in mode "auto"
@@ -167,6 +167,40 @@ def test_compiled_decode_aot_eager_tokens_equal_eager():
         compiled = decode_tokens(model, prompt, 10, step=compile_decode_step(model, backend="aot_eager"))
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+def compiled_decode(model, prompt, new_tokens, backend="aot_eager"):
+    """Eager tokens, then two compiled runs of one step function: ``(eager, compiled, again,
+    graphs after the first compiled run, graphs after the second)``."""
+    torch._dynamo.reset()
+    counters.clear()
+    eager = decode_tokens(model, prompt, new_tokens)
+    step = compile_decode_step(model, backend=backend)
+    compiled = decode_tokens(model, prompt, new_tokens, step=step)
+    graphs = int(counters["stats"]["unique_graphs"])
+    again = decode_tokens(model, prompt, new_tokens, step=step)
+    return eager, compiled, again, graphs, int(counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiled_decode_of_every_family_adds_no_graph_over_dense(family):
+    """Every supported family decodes through one compiled step function with no graph break and
+    the eager tokens. Sliding-window caches (Mistral, Gemma 2/3) make dynamo compile the step twice,
+    for dense models too (transformers' cache, not rsparse): the sparse model must compile exactly
+    as many graphs as the dense one, and a second run must add none (no recompilation per step)."""
+    prompt = random_tokens(2, PROMPT, seed=6)
+    dense = tiny_model(family)
+    *_, dense_graphs, _ = compiled_decode(dense, prompt, 8)
+    model = tiny_model(family)
+    rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, seed=1), show_progress=False)
+    eager, compiled, again, graphs, graphs_after = compiled_decode(model, prompt, 8)
+    assert not counters["graph_break"]
+    assert graphs == dense_graphs and graphs_after == graphs
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    with OpCalls() as calls:  # the decode steps really take the sparse op: 7 steps x every linear
+        decode_tokens(model, prompt, 8)
+    assert calls.tokens == [2] * (7 * len(rsparse_modules(model)))
 
 
 def test_generate_static_cache_compiled_equals_eager():
@@ -332,6 +366,31 @@ def test_gpu_fused_and_unfused_triton_agree(dtype):
         torch.testing.assert_close(out[True], out[False], rtol=0, atol=0)
     else:
         assert agree > 0.5
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gpu_every_family_compiled_triton_equals_eager_and_torch(family):
+    """Each supported family on the GPU, fp32, sparsified at 0.5: the compiled decode (inductor,
+    CUDA graphs) with the Triton backend gives the eager Triton tokens with no graph break and no
+    graph added by a second run, and the eager torch backend gives the same tokens."""
+    model = tiny_model(family).cuda()
+    rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, seed=1).cuda(), show_progress=False)
+    prompt = random_tokens(2, PROMPT, seed=6).cuda()
+    rsparse.set_backend("triton")
+    try:
+        eager, compiled, again, graphs, graphs_after = compiled_decode(model, prompt, 12, backend="inductor")
+        breaks = dict(counters["graph_break"])
+        rsparse.set_backend("torch")
+        reference = decode_tokens(model, prompt, 12)
+    finally:
+        rsparse.set_backend("auto")
+    print(f"{family}: {graphs} graph(s), second run {graphs_after - graphs} more, breaks {breaks}")
+    assert not breaks and graphs_after == graphs
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    torch.testing.assert_close(eager, reference, rtol=0, atol=0)
 
 
 @pytest.mark.gpu
