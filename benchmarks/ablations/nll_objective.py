@@ -7,23 +7,17 @@ next-token distributions on held-out calibration sequences. The evaluation metri
 i.e. the NLL of the true next tokens. This script swaps the refinement's objective for that NLL
 (same held-out tokens, every token sparse) and prints the strict held-out perplexity of
 SmolLM2-135M at target 0.5 (16 x 256 BoolQ calibration tokens, seed 0; 8 x 512 held-out tokens).
-Result: benchmarks/NOTES.md, budget search notes.
+Result: benchmarks/NOTES.md, budget search notes (run at commit 1abb222, before `_Evaluator.install`
+was split out of `__call__`; the scoring is the same).
 """
 import copy, sys, time, torch
-import torch.nn.functional as F
 import rsparse
 from rsparse import search
 from rsparse.eval import boolq_passages, load_offline_model, perplexity, text_windows
 
 
 def nll_call(self, budgets):
-    for name, budget in budgets.items():
-        module, st = self.modules[name], self.stats[name]
-        module.tau.fill_(st.histogram.threshold(budget.active_fraction))
-        module.lowrank_in = st.lowrank_in[:, : budget.r]
-        module.lowrank_out = st.lowrank_out[: budget.r]
-        module.budget = budget
-        module.set_mode("sparse")
+    self.install(budgets)
     total, count = 0.0, 0
     for batch in self.heldout:
         logp = search._logprobs(self.model, batch)[:, :-1]

@@ -214,7 +214,8 @@ class _Evaluator:
         self.model, self.modules, self.stats = model, modules, stats
         self.heldout, self.dense = heldout, dense_logprobs
 
-    def __call__(self, budgets: dict[str, LayerBudget]) -> float:
+    def install(self, budgets: dict[str, LayerBudget]) -> None:
+        """Give every layer its budget's threshold and factor slices, every token sparse."""
         for name, budget in budgets.items():
             module, st = self.modules[name], self.stats[name]
             module.tau.fill_(st.histogram.threshold(budget.active_fraction))
@@ -222,6 +223,9 @@ class _Evaluator:
             module.lowrank_out = st.lowrank_out[: budget.r]
             module.budget = budget
             module.set_mode("sparse")
+
+    def __call__(self, budgets: dict[str, LayerBudget]) -> float:
+        self.install(budgets)
         total, count = 0.0, 0
         for batch, dense in zip(self.heldout, self.dense):
             sparse = _logprobs(self.model, batch)
