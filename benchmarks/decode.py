@@ -76,7 +76,7 @@ def build_dense(args) -> torch.nn.Module:
     return model.eval()
 
 
-def sparsify_copy(dense, target: float, device, fuse: bool = True, center: str = "median") -> tuple[torch.nn.Module, float]:
+def sparsify_copy(dense, target: float, device, fuse: bool = True) -> tuple[torch.nn.Module, float]:
     import rsparse
     from rsparse.fuse import set_fusion
 
@@ -85,8 +85,7 @@ def sparsify_copy(dense, target: float, device, fuse: bool = True, center: str =
     calib = torch.randint(0, vocab, (4, 64), generator=torch.Generator().manual_seed(SEED + 1)).to(device)
     _sync(device)
     t0 = time.perf_counter()
-    config = rsparse.RSparseConfig(center=center)
-    rsparse.sparsify(model, target, calibration=calib, search="none", show_progress=False, config=config)  # uniform: every layer at the target
+    rsparse.sparsify(model, target, calibration=calib, search="none", show_progress=False)  # uniform: every layer at the target
     set_fusion(model, fuse)
     _sync(device)
     return model, time.perf_counter() - t0
@@ -171,7 +170,6 @@ def run(args) -> None:
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
         "fused_shared_input": args.fuse,
-        "center": args.center,
     }
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
@@ -184,7 +182,7 @@ def run(args) -> None:
     variants = {"dense": (dense, None)}
     info = {}
     for target in args.targets:
-        model, secs = sparsify_copy(dense, target, args.device, args.fuse, args.center)
+        model, secs = sparsify_copy(dense, target, args.device, args.fuse)
         variants[f"{target:g}"] = (model, target)
         info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept_fraction(model, args.device)}
         print(f"target {target:g}: sparsify {secs:.1f}s, decode kept fraction {info[f'{target:g}']['kept_fraction_decode']:.3f}", flush=True)
@@ -333,7 +331,6 @@ def main() -> None:
     p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
-    p.add_argument("--center", default="median", choices=["median", "none"], help="RSparseConfig.center of the sparse models")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
     p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")

@@ -127,12 +127,10 @@ class RSparseConfig:
         },
     )
     center_exclude: list[str] = field(
-        default_factory=lambda: ["*o_proj", "*down_proj"],
+        default_factory=lambda: ["*down_proj"],
         metadata={
-            "help": "fnmatch patterns of linear names whose inputs stay uncentred. Default: the attention "
-            "output (its offsets follow the prompt's dense values at decode, so a calibrated center "
-            "keeps too many channels there) and a gated MLP's down projection (its input is formed "
-            "inside the fused SiLU launch; centring it measured no gain)"
+            "help": "fnmatch patterns of linear names whose inputs stay uncentred (default: a gated MLP's "
+            "down projection, whose input the fused SiLU launch forms and where centring measured no gain)"
         },
     )
     min_layer_sparsity: float = field(default=0.0, metadata={"help": "lower bound of a layer's sparsity in the search"})

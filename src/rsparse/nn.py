@@ -265,7 +265,7 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     """
     if len({m.in_features for m in modules}) != 1:
         raise ValueError(f"modules must share in_features, got {[m.in_features for m in modules]}")
-    if len({m.center is None for m in modules}) > 1:
+    if (modules[0].center is None) != all(m.center is None for m in modules):
         raise ValueError("modules must all be centred (sharing one center) or all uncentred")
     if len(modules) < 2 or not all(m.takes_kernel(x) for m in modules):
         return [m.forward_alone(x) for m in modules]
