@@ -102,7 +102,7 @@ def kept_fraction(model, device) -> float:
     def hook(mod, inputs):
         x = inputs[0].reshape(-1, mod.in_features)
         if mod.uses_sparse_path(inputs[0]):
-            sums.setdefault(mod, []).append(active_mask(mod.centered_input(x), mod.c, mod.tau).float().mean())
+            sums.setdefault(mod, []).append(active_mask(x, mod.c, mod.tau).float().mean())
 
     for m in rsparse_modules(model).values():
         hooks.append(m.register_forward_pre_hook(hook))

@@ -7,13 +7,9 @@ passages) and is scored on the same held-out text (windows from the second half)
 * ``rsparse/uniform/rho=R/fact=F``: every layer at the target, sparse share R, low-rank
   factors fitted by F (``activation``: weighted by the inactive inputs' second moment;
   ``weight``: the plain SVD of the weight) — `search="none"`;
-* ``magnitude/uniform``: the TEAL-style ``|x|`` score, every layer at the target, inputs not
-  centred (the published baseline);
+* ``magnitude/uniform``: the TEAL-style ``|x|`` score, every layer at the target;
 * ``magnitude/searched``: the same score with rsparse's per-layer search (rho fixed to 1);
 * ``rsparse/searched``: the default, `search="auto"` with rho chosen per layer.
-
-A ``/center=median`` or ``/center=none`` part overrides the center setting (rsparse methods
-default to the library's default, ``median``; magnitude methods to ``none``).
 
     python benchmarks/search.py                       # the grid (about an hour on 2 CPU cores)
     python benchmarks/search.py --targets 0.5 --methods rsparse/searched   # one cell
@@ -50,17 +46,14 @@ def settings(method: str) -> dict:
     """`sparsify` keyword arguments of a method name."""
     parts = method.split("/")
     kw: dict = {"score": parts[0], "search": "auto" if parts[1] == "searched" else "none"}
-    if parts[0] == "magnitude":
-        kw["rho"] = 1.0  # the baseline has no low-rank path
-        kw["center"] = "none"  # nor centred inputs, unless the method name asks for them
     for part in parts[2:]:
         key, value = part.split("=")
         if key == "rho":
             kw["rho"] = float(value)
         elif key == "fact":
             kw["factorization"] = value
-        elif key == "center":
-            kw["center"] = value
+    if parts[0] == "magnitude":
+        kw["rho"] = 1.0  # the baseline has no low-rank path
     return kw
 
 
@@ -111,9 +104,7 @@ def main() -> None:
             sparse = copy.deepcopy(model)
             started = time.perf_counter()
             kw = settings(method)
-            config = rsparse.RSparseConfig(
-                factorization=kw.pop("factorization", "activation"), center=kw.pop("center", "median")
-            )
+            config = rsparse.RSparseConfig(factorization=kw.pop("factorization", "activation"))
             rsparse.sparsify(
                 sparse, target, calibration=calib, seed=args.seed, show_progress=args.progress, config=config, **kw
             )
@@ -124,7 +115,6 @@ def main() -> None:
                 "method": method, "target": target, "ppl": ppl, "sparsify_seconds": seconds,
                 "model_sparsity": rsparse.summary(sparse).model_sparsity,
                 "layers_with_rank": sum(b.r > 0 for b in layers.values()),
-                "center": config.center, "layers_centered": sum(b.centered for b in layers.values()),
                 "layers": len(layers),
                 "budgets": {name: [round(b.s, 4), b.rho, b.r] for name, b in layers.items()},
             }

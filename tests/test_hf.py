@@ -99,16 +99,7 @@ def test_no_dense_copy_in_checkpoint(tmp_path):
     with safe_open(tmp_path / "sparse" / "model.safetensors", framework="pt") as f:
         keys = set(f.keys())
     assert not any(f"{name}.weight" in keys for name in names)
-    # Beyond the dense bytes only what a sparse layer adds per channel: c, tau, center, center_bias.
-    extra = sum(
-        t.numel() * t.element_size()
-        for m in rsparse_modules(model).values()
-        for t in (m.c, m.tau, m.center, m.center_bias)
-        if t is not None
-    )
-    assert any(m.center is not None for m in rsparse_modules(model).values())
-    header = 256 * len(keys)  # safetensors' JSON header grows with the number of tensors
-    assert _folder_bytes(tmp_path / "sparse") <= 1.02 * _folder_bytes(tmp_path / "dense") + extra + header
+    assert _folder_bytes(tmp_path / "sparse") <= 1.05 * _folder_bytes(tmp_path / "dense")
 
 
 def test_registration_is_idempotent(saved):

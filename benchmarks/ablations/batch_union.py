@@ -28,7 +28,7 @@ texts = text_windows(boolq_passages("heldout"), tok, 128, 8)  # 8 sequences x 12
 
 masks = {}
 hooks = [
-    m.register_forward_pre_hook(lambda mod, args, name=name: masks.__setitem__(name, active_mask(mod.centered_input(args[0]), mod.c, mod.tau)))
+    m.register_forward_pre_hook(lambda mod, args, name=name: masks.__setitem__(name, active_mask(args[0], mod.c, mod.tau)))
     for name, m in rsparse_modules(model).items()
 ]
 with torch.no_grad():

@@ -103,7 +103,7 @@ def sparsify(
 
     for m in rsparse_modules(model).values():
         m.set_mode(cfg.mode)
-    cfg.layers = {name: model.get_submodule(name).budget for name in replaced}  # with `centered` set
+    cfg.layers = {name: budgets[name] for name in replaced}
     cfg.groups = linked_groups(model)  # so that loading links them again
     model.rsparse_config = cfg
     attach(model, cfg)  # save_pretrained / from_pretrained support

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Version of the on-disk format of `RSparseConfig`; bump when a field changes meaning.
-FORMAT_VERSION = 3  # 2: search settings and factorization; 3: centred inputs
+FORMAT_VERSION = 2  # 2: search settings and factorization
 
 SCORES = ("rsparse", "magnitude")
 MODES = ("auto", "sparse", "dense")
 SEARCHES = ("auto", "none")
 FACTORIZATIONS = ("activation", "weight")
-CENTERS = ("median", "none")
 
 
 def _library_version() -> str:
@@ -49,8 +48,6 @@ class LayerBudget:
         rho (`float`): share of the budget spent on the sparse (channel) path.
         k (`float`): expected number of active input channels per token, ``rho * (1 - s) * n``.
         r (`int`): rank of the low-rank path, ``floor((1 - rho) * (1 - s) * m * n / (m + n))``.
-        centered (`bool`, defaults to `False`): whether the layer thresholds and multiplies its
-            inputs minus a per-channel center (its ``center`` and ``center_bias`` tensors).
 
     Example:
 
@@ -68,7 +65,6 @@ class LayerBudget:
     rho: float
     k: float
     r: int
-    centered: bool = False
 
     @property
     def density(self) -> float:
@@ -117,20 +113,6 @@ class RSparseConfig:
         metadata={
             "help": f"low-rank fit, one of {FACTORIZATIONS}: SVD weighted by the inactive inputs' second "
             f"moment, or the plain SVD of the weight"
-        },
-    )
-    center: str = field(
-        default="median",
-        metadata={
-            "help": f"per-channel center subtracted from the inputs before thresholding, one of {CENTERS}: "
-            f"the median of the calibration inputs (its product with the weight becomes a bias), or none"
-        },
-    )
-    center_exclude: list[str] = field(
-        default_factory=lambda: ["*down_proj"],
-        metadata={
-            "help": "fnmatch patterns of linear names whose inputs stay uncentred (default: a gated MLP's "
-            "down projection, whose input the fused SiLU launch forms and where centring measured no gain)"
         },
     )
     min_layer_sparsity: float = field(default=0.0, metadata={"help": "lower bound of a layer's sparsity in the search"})
@@ -205,8 +187,6 @@ class RSparseConfig:
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-        if self.center not in CENTERS:
-            raise ValueError(f"center must be one of {list(CENTERS)}, got {self.center!r}")
         if self.factorization not in FACTORIZATIONS:
             raise ValueError(f"factorization must be one of {list(FACTORIZATIONS)}, got {self.factorization!r}")
         lo, hi = self.min_layer_sparsity, self.max_layer_sparsity
@@ -238,7 +218,7 @@ class RSparseConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.decode_cutoff, int) or self.decode_cutoff < 0:
             raise ValueError(f"decode_cutoff must be an int >= 0, got {self.decode_cutoff!r}")
-        for name in ("include", "exclude", "center_exclude"):
+        for name in ("include", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(p, str) for p in value):
                 raise ValueError(f"{name} must be a list of fnmatch patterns, got {value!r}")
@@ -257,13 +237,10 @@ class RSparseConfig:
         data = dataclasses.asdict(self)
         data["include"] = list(self.include)
         data["exclude"] = list(self.exclude)
-        data["center_exclude"] = list(self.center_exclude)
         data["groups"] = [list(g) for g in self.groups]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RSparseConfig":
         """Build a config from `to_dict` output; unknown keys raise `ValueError` listing the valid ones."""
-        if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) < 3 and "center" not in data:
-            data = {**data, "center": "none"}  # written before centring existed: its layers are uncentred
         return _from_dict(cls, data)

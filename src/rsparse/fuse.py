@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rsparse.fuse_silu import set_silu_fusion
-from rsparse.nn import RSparseLinear, fused_forward, rsparse_modules, same_center
+from rsparse.nn import RSparseLinear, fused_forward, rsparse_modules
 
 __all__ = ["SharedInputGroup", "link_groups", "linked_groups", "set_fusion"]
 
@@ -54,8 +54,6 @@ class SharedInputGroup:
             raise ValueError(
                 f"members of a shared-input group must share in_features, got {[m.in_features for m in members]}"
             )
-        if not same_center(members):
-            raise ValueError("members of a shared-input group must subtract the same center (or none)")
         self.members = list(members)
         self.enabled = True
         for slot, m in enumerate(self.members):

@@ -82,9 +82,8 @@ class RSparseHfQuantizer(HfQuantizer):
             for param in model.parameters():
                 param.data = param.data.to(requested)
             for module in rsparse_modules(model).values():
-                for name in ("lowrank_in", "lowrank_out", "center", "center_bias"):
-                    if getattr(module, name) is not None:
-                        setattr(module, name, getattr(module, name).to(requested))
+                module.lowrank_in.data = module.lowrank_in.data.to(requested)
+                module.lowrank_out.data = module.lowrank_out.data.to(requested)
         _write_card_on_save(model)
         return model
 
@@ -136,8 +135,6 @@ def check_checkpoint(files: list[str], config: RSparseConfig) -> None:
             "weight_t": [b.in_features, b.out_features], "c": [b.in_features], "tau": [],
             "lowrank_in": [b.in_features, b.r], "lowrank_out": [b.r, b.out_features],
         }
-        if b.centered:
-            expected.update(center=[b.in_features], center_bias=[b.out_features])
         for tensor, shape in expected.items():
             key = f"{name}.{tensor}"
             if key not in shapes:
@@ -165,7 +162,7 @@ def install_skeletons(model: nn.Module, config: RSparseConfig) -> None:
             )
         new = RSparseLinear(
             budget.in_features, budget.out_features, budget.r, bias=linear.bias is not None,
-            centered=budget.centered, mode=config.mode, decode_cutoff=config.decode_cutoff,
+            mode=config.mode, decode_cutoff=config.decode_cutoff,
             dtype=linear.weight.dtype, device=linear.weight.device,
         )
         new.budget = budget

@@ -9,8 +9,6 @@ it learned about every linear (`LinearStats`).
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -96,10 +94,6 @@ def install_layers(
                 weights = {n: _channel_weights(m, cfg.score) for n, m in modules.items()}
                 norms = {n: column_norms(m.weight) for n, m in modules.items()} if max_ranks else None
                 inputs = group_inputs(layer, modules[group[0]], hidden, calls[i])
-                center = input_center(inputs, modules[group[0]].weight.dtype) if centers_group(
-                    cfg, [prefix + n for n in group]) else None
-                if center is not None:  # everything below is fitted on what the sparse path will see
-                    inputs = [x - center.to(x.dtype) for x in inputs]
                 hists = score_histograms(inputs, weights, prefix + group[0], norms)
                 taus = {n: hists[n].threshold(budgets[prefix + n].active_fraction) for n in group}
                 ranks = {
@@ -110,15 +104,14 @@ def install_layers(
                     moments = inactive_second_moments(inputs, weights, {n: taus[n] for n in group if ranks[n]})
                 del inputs
                 for n in group:
-                    name = prefix + n
-                    budget = dataclasses.replace(budgets[name], centered=center is not None)
+                    name, budget = prefix + n, budgets[prefix + n]
                     lowrank_in, lowrank_out, residual = _factors(
                         modules[n].weight, ranks[n], moments.get(n), cfg.factorization
                     )
                     new = RSparseLinear.from_linear(
                         modules[n], tau=taus[n], c=weights[n],
                         lowrank_in=lowrank_in[:, : budget.r], lowrank_out=lowrank_out[: budget.r],
-                        center=center, budget=budget, mode="sparse", decode_cutoff=cfg.decode_cutoff,
+                        budget=budget, mode="sparse", decode_cutoff=cfg.decode_cutoff,
                     )
                     if max_ranks:
                         stats[name] = LinearStats(
@@ -141,24 +134,6 @@ def restore(model: nn.Module, replaced: dict[str, nn.Linear]) -> None:
         new = model.get_submodule(name)
         original.weight.data = new.weight_t.detach().t().contiguous()
         replace_module(model, name, original)
-
-
-def centers_group(cfg: RSparseConfig, names: list[str]) -> bool:
-    """Whether the group of linears ``names`` (one shared input) gets a center: ``cfg.center`` is not
-    ``"none"`` and no member matches a ``cfg.center_exclude`` pattern."""
-    if cfg.center == "none":
-        return False
-    return not any(fnmatch.fnmatchcase(n, p) for n in names for p in cfg.center_exclude)
-
-
-def input_center(inputs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """Per-channel median of a group's calibration inputs (``[tokens, in]`` each), in ``dtype``.
-
-    The median, not the mean: the offsets sit where most tokens are (attention outputs lean on
-    a sink token's values), and on SmolLM2-135M the median dropped less output energy than the
-    mean at every input (benchmarks/NOTES.md, budget search notes).
-    """
-    return torch.cat([x.float() for x in inputs]).median(dim=0).values.to(dtype)
 
 
 def _factors(weight: torch.Tensor, rank: int, second_moment: torch.Tensor | None, factorization: str):

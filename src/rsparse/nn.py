@@ -26,17 +26,12 @@ class RSparseLinear(nn.Module):
     * ``lowrank_in`` ``[in, r]`` and ``lowrank_out`` ``[r, out]``: the low-rank path
       ``V_r`` and ``(U_r S_r)ᵀ`` applied to the inactive channels.
     * ``bias`` ``[out]`` or None.
-    * ``center`` ``[in]`` and ``center_bias`` ``[out]`` (weight dtype), or None: with a center the
-      sparse path thresholds and multiplies ``x - center`` and adds ``center_bias = W·center + bias``
-      instead of ``bias``, so the channels it drops are those near their typical value, not near 0
-      (attention outputs and normalised inputs sit at per-channel offsets; DESIGN.md §1).
 
     Args:
         in_features (`int`): input channels.
         out_features (`int`): output channels.
         rank (`int`, defaults to 0): rank of the low-rank path.
         bias (`bool`, defaults to `False`): whether the layer has a bias.
-        centered (`bool`, defaults to `False`): whether the layer has ``center`` and ``center_bias``.
         mode (`str`, defaults to ``"auto"``): ``"auto"`` (sparse when a call carries at most
             ``decode_cutoff`` tokens, dense otherwise), ``"sparse"`` or ``"dense"``.
         decode_cutoff (`int`, defaults to 8): see ``mode``.
@@ -60,7 +55,6 @@ class RSparseLinear(nn.Module):
         rank: int = 0,
         bias: bool = False,
         *,
-        centered: bool = False,
         mode: str = "auto",
         decode_cutoff: int = 8,
         dtype: torch.dtype | None = None,
@@ -79,8 +73,6 @@ class RSparseLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_features, **kw), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.register_buffer("center", torch.zeros(in_features, **kw) if centered else None)
-        self.register_buffer("center_bias", torch.zeros(out_features, **kw) if centered else None)
         self.budget: LayerBudget | None = None
         self.decode_cutoff = decode_cutoff
         # The `rsparse.fuse.SharedInputGroup` this layer belongs to (q/k/v, gate/up), and its
@@ -98,7 +90,6 @@ class RSparseLinear(nn.Module):
         c: torch.Tensor | None = None,
         lowrank_in: torch.Tensor | None = None,
         lowrank_out: torch.Tensor | None = None,
-        center: torch.Tensor | None = None,
         budget: LayerBudget | None = None,
         mode: str = "auto",
         decode_cutoff: int = 8,
@@ -110,8 +101,6 @@ class RSparseLinear(nn.Module):
             tau: threshold on ``|x| * c``.
             c: channel weights (fp32, ``[in]``); defaults to the weight's column norms.
             lowrank_in, lowrank_out: low-rank factors ``[in, r]`` and ``[r, out]``; none for rank 0.
-            center: per-channel center ``[in]`` subtracted from the sparse path's inputs (rounded to the
-                weight dtype); ``tau`` and the factors must have been fitted on centred inputs.
             budget: the `LayerBudget` this layer was built for (shown by `rsparse.summary`).
         """
         w = linear.weight.detach()
@@ -121,7 +110,6 @@ class RSparseLinear(nn.Module):
             linear.out_features,
             rank,
             bias=linear.bias is not None,
-            centered=center is not None,
             mode=mode,
             decode_cutoff=decode_cutoff,
             dtype=w.dtype,
@@ -135,10 +123,6 @@ class RSparseLinear(nn.Module):
             new.lowrank_out.copy_(lowrank_out)
         if linear.bias is not None:  # shares the storage; inference needs no gradient
             new.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
-        if center is not None:
-            new.center.copy_(center)
-            shift = w.float() @ new.center.float()  # fp32, from the center as stored
-            new.center_bias.copy_(shift if linear.bias is None else shift + linear.bias.float())
         new.budget = budget
         return new
 
@@ -187,12 +171,8 @@ class RSparseLinear(nn.Module):
         if not self.takes_kernel(x):
             return self.forward_dense(x)
         op = backend.run_sparse_linear if direct_call(x) else torch.ops.rsparse.sparse_linear
-        y = op(self.centered_input(x).reshape(-1, self.in_features), *self._op_tensors(), self.expected_active_fraction())
+        y = op(x.reshape(-1, self.in_features), *self._op_tensors(), self.expected_active_fraction())
         return y.view(*x.shape[:-1], self.out_features)
-
-    def centered_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the sparse path thresholds and multiplies: ``x - center`` (in ``x``'s dtype), or ``x``."""
-        return x if self.center is None else x - self.center.to(x.dtype)
 
     def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`).
@@ -205,7 +185,7 @@ class RSparseLinear(nn.Module):
             raise ValueError(
                 f"gate and up must both be [..., {self.in_features}], got {tuple(gate.shape)} and {tuple(up.shape)}"
             )
-        if self.shared_input is not None or self.center is not None or not self.takes_kernel(gate):
+        if self.shared_input is not None or not self.takes_kernel(gate):
             return self(F.silu(gate) * up)
         op = backend.run_sparse_linear_silu_mul if direct_call(gate) else torch.ops.rsparse.sparse_linear_silu_mul
         n = self.in_features
@@ -213,12 +193,8 @@ class RSparseLinear(nn.Module):
         return y.view(*gate.shape[:-1], self.out_features)
 
     def _op_tensors(self) -> tuple:
-        """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them (for centred inputs)."""
-        return self.weight_t, self.c, self.tau, self.lowrank_in, self.lowrank_out, self.sparse_path_bias()
-
-    def sparse_path_bias(self) -> torch.Tensor | None:
-        """The bias the sparse path adds: ``center_bias`` for a centred layer, else ``bias``."""
-        return self.bias if self.center_bias is None else self.center_bias
+        """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them."""
+        return self.weight_t, self.c, self.tau, self.lowrank_in, self.lowrank_out, self.bias
 
     def expected_active_fraction(self) -> float:
         """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
@@ -238,7 +214,7 @@ class RSparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"bias={self.bias is not None}, centered={self.center is not None}, mode={self.mode!r}"
+            f"bias={self.bias is not None}, mode={self.mode!r}"
         )
 
 
@@ -251,8 +227,7 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
 
     Args:
         x (`torch.Tensor`): input ``[..., in_features]`` shared by the modules.
-        modules (`list[RSparseLinear]`): layers with the same ``in_features`` and, if centred, the
-            same ``center`` (as `rsparse.sparsify` gives a group; only its presence is checked here).
+        modules (`list[RSparseLinear]`): layers with the same ``in_features``.
 
     Returns:
         `list[torch.Tensor]`: one output ``[..., out_features]`` per module.
@@ -265,44 +240,26 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     """
     if len({m.in_features for m in modules}) != 1:
         raise ValueError(f"modules must share in_features, got {[m.in_features for m in modules]}")
-    if (modules[0].center is None) != all(m.center is None for m in modules):
-        raise ValueError("modules must all be centred (sharing one center) or all uncentred")
     if len(modules) < 2 or not all(m.takes_kernel(x) for m in modules):
         return [m.forward_alone(x) for m in modules]
     return fused_forward(x, modules)
 
 
 def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
-    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``, one center)."""
+    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
     n = modules[0].in_features
     op = backend.run_sparse_linear_multi if direct_call(x) else torch.ops.rsparse.sparse_linear_multi
     ys = op(
-        modules[0].centered_input(x).reshape(-1, n),
+        x.reshape(-1, n),
         [m.weight_t for m in modules],
         [m.c for m in modules],
         [m.tau for m in modules],
         [m.lowrank_in for m in modules],
         [m.lowrank_out for m in modules],
-        [m.sparse_path_bias() for m in modules],
+        [m.bias for m in modules],
         max(m.expected_active_fraction() for m in modules),
     )
     return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
-
-
-def same_center(modules: "list[RSparseLinear] | tuple[RSparseLinear, ...]") -> bool:
-    """Whether ``modules`` subtract the same center from their input (so one launch can serve them).
-
-    Compares values (a host sync on the GPU): for link time, not for a forward. Skeletons not
-    yet loaded (on the "meta" device) are compared by presence only.
-    """
-    first = modules[0].center
-    if first is None:
-        return all(m.center is None for m in modules)
-    if any(m.center is None for m in modules):
-        return False
-    if any(m.center.is_meta for m in modules):
-        return True
-    return all(torch.equal(m.center, first) for m in modules[1:])
 
 
 def direct_call(x: torch.Tensor) -> bool:

@@ -117,7 +117,7 @@ def _measure_kept(model: nn.Module, modules: dict[str, RSparseLinear], tokens: t
     def make_hook(name):
         def hook(module, args):
             x = args[0].reshape(-1, module.in_features)
-            active[name] += int(active_mask(module.centered_input(x), module.c, module.tau).sum())
+            active[name] += int(active_mask(x, module.c, module.tau).sum())
             seen[name] += x.numel()
 
         return hook
