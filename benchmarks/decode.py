@@ -169,8 +169,9 @@ def run(args) -> None:
         "model": args.model or (f"{SHAPES[args.shape][1]} shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
-        "fused_shared_input": args.fuse,
+        "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs,
     }
+    rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
         f.write(json.dumps({"meta": meta}) + "\n")
@@ -329,6 +330,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eager-repeats", type=int, default=2)
     p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
+    p.add_argument("--no-eager-graphs", dest="eager_graphs", action="store_false",
+                   help="eager rows: run every sparse call uncaptured (rsparse.eager_graphs off)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")

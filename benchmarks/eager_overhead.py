@@ -6,9 +6,12 @@ back-to-back eager calls (no synchronisation inside the loop, so the GPU runs be
 and the loop measures issue time) of:
 
 * ``F.linear`` on the dense weight (what a dense model issues per projection);
-* an `RSparseLinear` module call (eager CUDA calls skip the op dispatcher: `rsparse.nn.direct_call`);
+* an `RSparseLinear` module call (eager CUDA calls skip the op dispatcher: `rsparse.nn.direct_call`),
+  uncaptured and replayed from its CUDA graph (`rsparse.eager_graphs`, the default);
 * the same through ``torch.ops.rsparse.sparse_linear`` (the dispatcher, as traced code runs it);
-* the fused q/k/v call through `rsparse.nn.forward_shared_input`.
+* the fused q/k/v call through `rsparse.nn.forward_shared_input`, uncaptured and replayed;
+* a gated MLP's down projection (14336 -> 4096) with ``F.silu(gate) * up`` formed in its launch,
+  uncaptured and replayed, against ``F.linear(F.silu(gate) * up)``.
 
     PYTHONPATH=$PWD/src python3 benchmarks/eager_overhead.py --out results/eager_overhead.json
 """
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import rsparse
+from rsparse import eager_graphs
 from rsparse.budget import layer_budget
 from rsparse.nn import RSparseLinear, forward_shared_input
 
@@ -61,13 +65,24 @@ def main() -> None:
     qkv = [layer(4096, m, 0.5, x) for m in (4096, 1024, 1024)]
     w = o.weight.contiguous()
     args = (o.weight_t, o.c, o.tau, o.lowrank_in, o.lowrank_out, o.bias, 0.5)
-    rows = {
-        "F.linear 4096x4096 (dense)": per_call_us(lambda: F.linear(x, w), a.calls),
-        "RSparseLinear call (direct)": per_call_us(lambda: o(x), a.calls),
-        "torch.ops.rsparse.sparse_linear (dispatcher)": per_call_us(lambda: torch.ops.rsparse.sparse_linear(x, *args), a.calls),
-        "3 x F.linear q/k/v (dense)": per_call_us(lambda: [F.linear(x, m.weight) for m in qkv], a.calls),
-        "forward_shared_input q/k/v (one launch)": per_call_us(lambda: forward_shared_input(x, qkv), a.calls),
-    }
+    gate, up = (torch.randn(1, 14336, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    down = layer(14336, 4096, 0.5, F.silu(gate) * up)
+    wd = down.weight.contiguous()
+    rows = {}
+
+    def both(name, fn):  # uncaptured, then replayed from the layer's CUDA graph
+        eager_graphs.set_enabled(False)
+        rows[f"{name}, uncaptured"] = per_call_us(fn, a.calls)
+        eager_graphs.set_enabled(True)
+        rows[f"{name}, graph replay"] = per_call_us(fn, a.calls)
+
+    rows["F.linear 4096x4096 (dense)"] = per_call_us(lambda: F.linear(x, w), a.calls)
+    both("RSparseLinear call 4096x4096", lambda: o(x))
+    rows["torch.ops.rsparse.sparse_linear (dispatcher)"] = per_call_us(lambda: torch.ops.rsparse.sparse_linear(x, *args), a.calls)
+    rows["3 x F.linear q/k/v (dense)"] = per_call_us(lambda: [F.linear(x, m.weight) for m in qkv], a.calls)
+    both("forward_shared_input q/k/v (one launch)", lambda: forward_shared_input(x, qkv))
+    rows["F.linear(F.silu(gate) * up) 14336->4096 (dense)"] = per_call_us(lambda: F.linear(F.silu(gate) * up, wd), a.calls)
+    both("down_proj forward_silu_mul 14336->4096", lambda: down.forward_silu_mul(gate, up))
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": a.calls,
             "what": "host µs per eager call, back to back, best of 5 loops"}
     for k, v in rows.items():

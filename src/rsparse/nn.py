@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import rsparse.ops  # noqa: F401  (registers torch.ops.rsparse.sparse_linear)
+from rsparse import eager_graphs
 from rsparse.config import MODES, LayerBudget
 from rsparse.ops import backend
 
@@ -170,9 +171,15 @@ class RSparseLinear(nn.Module):
         """This layer's output computed on its own (no fused launch with the layers sharing its input)."""
         if not self.takes_kernel(x):
             return self.forward_dense(x)
-        op = backend.run_sparse_linear if direct_call(x) else torch.ops.rsparse.sparse_linear
-        y = op(x.reshape(-1, self.in_features), *self._op_tensors(), self.expected_active_fraction())
+        x2 = x.reshape(-1, self.in_features)
+        if direct_call(x):
+            y = eager_graphs.call(self, "linear", self._run_direct, (x2,), self._op_tensors())
+        else:
+            y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction())
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _run_direct(self, x: torch.Tensor) -> torch.Tensor:
+        return backend.run_sparse_linear(x, *self._op_tensors(), self.expected_active_fraction())
 
     def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`).
@@ -187,10 +194,16 @@ class RSparseLinear(nn.Module):
             )
         if self.shared_input is not None or not self.takes_kernel(gate):
             return self(F.silu(gate) * up)
-        op = backend.run_sparse_linear_silu_mul if direct_call(gate) else torch.ops.rsparse.sparse_linear_silu_mul
         n = self.in_features
-        y = op(gate.reshape(-1, n), up.reshape(-1, n), *self._op_tensors(), self.expected_active_fraction())
+        gate2, up2 = gate.reshape(-1, n), up.reshape(-1, n)
+        if direct_call(gate):
+            y = eager_graphs.call(self, "silu_mul", self._run_direct_silu_mul, (gate2, up2), self._op_tensors())
+        else:
+            y = torch.ops.rsparse.sparse_linear_silu_mul(gate2, up2, *self._op_tensors(), self.expected_active_fraction())
         return y.view(*gate.shape[:-1], self.out_features)
+
+    def _run_direct_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return backend.run_sparse_linear_silu_mul(gate, up, *self._op_tensors(), self.expected_active_fraction())
 
     def _op_tensors(self) -> tuple:
         """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them."""
@@ -206,6 +219,7 @@ class RSparseLinear(nn.Module):
         # `model.to(dtype)` / `.half()` cast every floating buffer; the score inputs must
         # stay fp32 so that the mask does not depend on the model dtype.
         super()._apply(fn, recurse)
+        eager_graphs.clear(self)  # their pointers are stale now (new keys would miss them anyway)
         for name in ("c", "tau"):
             if self._buffers[name].dtype != torch.float32:
                 self._buffers[name] = self._buffers[name].float()
@@ -248,17 +262,24 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
 def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
     """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
     n = modules[0].in_features
-    op = backend.run_sparse_linear_multi if direct_call(x) else torch.ops.rsparse.sparse_linear_multi
-    ys = op(
-        x.reshape(-1, n),
+    tensors = (
         [m.weight_t for m in modules],
         [m.c for m in modules],
         [m.tau for m in modules],
         [m.lowrank_in for m in modules],
         [m.lowrank_out for m in modules],
         [m.bias for m in modules],
-        max(m.expected_active_fraction() for m in modules),
     )
+    fraction = max(m.expected_active_fraction() for m in modules)
+    x2 = x.reshape(-1, n)
+    if direct_call(x):
+        def run(x2: torch.Tensor) -> list[torch.Tensor]:
+            return backend.run_sparse_linear_multi(x2, *tensors, fraction)
+
+        state = [t for per_module in tensors for t in per_module]
+        ys = eager_graphs.call(modules[0], f"multi{len(modules)}", run, (x2,), state)
+    else:
+        ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction)
     return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
 
 

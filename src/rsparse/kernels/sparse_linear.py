@@ -51,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
 from rsparse.kernels.compact_gemv import zero_state_after_last_tile
 
@@ -446,6 +447,7 @@ def set_config(config: Config | None, kind: str = "gemv1") -> None:
         _OVERRIDE.pop(kind, None)
     else:
         _OVERRIDE[kind] = config
+    eager_graphs.invalidate()  # graphs captured so far recorded the old tiles
 
 
 # One-token path rules, from H200 measurements (benchmarks/NOTES.md, runs 6 and 8), for big

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from rsparse import eager_graphs
 from rsparse.ops import fused, silu_mul
 from rsparse.ops.reference import sparse_linear_reference
 
@@ -63,6 +64,7 @@ def set_backend(backend: str) -> None:
         if not (torch.cuda.is_available() or _interpreting()):
             raise ValueError("backend 'triton' needs a CUDA GPU or TRITON_INTERPRET=1; found neither")
     _backend = backend
+    eager_graphs.invalidate()  # graphs captured so far recorded the other backend's launches
 
 
 def get_backend() -> str:
