@@ -385,6 +385,26 @@ def test_gpu_kernel_matches_reference(shape, dtype):
         check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=7), dtype, "cuda")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("ms", [(14336, 14336), (8192, 8192), (4096, 1024, 1024)], ids=str)
+@pytest.mark.parametrize("T", [2, 3, 4, 8])
+def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms):
+    # Regression (2026-12-01): the last program of a tile zeroed the persistent workspace with no
+    # barrier after loading its sums; in the batched launch of gate+up at these widths the second
+    # projection's outputs then read zeros at random (up to 8 calls in 8 wrong).
+    from rsparse.kernels import sparse_linear as kernels
+
+    for call in range(6):
+        projs = [make_args(T, 4096, m, 0, torch.bfloat16, "cuda", 0.5, seed=10 * call + j) for j, m in enumerate(ms)]
+        x = projs[0][0]
+        lists = [list(a) for a in zip(*[p[1:] for p in projs])]
+        ys = kernels.sparse_linear_multi(x, *lists, active_fraction=0.5)
+        for j, (y, p) in enumerate(zip(ys, projs)):
+            err = rel_err(y, exact(x, *p[1:]))
+            assert err <= TOL[torch.bfloat16], f"call {call}, projection {j}: relative error {err:.2e}"
+
+
 def _gpu_module(rank=32):
     torch.manual_seed(0)
     lin = torch.nn.Linear(1024, 3000, bias=True, device="cuda", dtype=torch.bfloat16).requires_grad_(False)

@@ -56,7 +56,11 @@ MAX_GRAPHS = 4
 _enabled = True
 _generation = 0
 _GRAPHS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_POOLS: dict[int, tuple] = {}
+# Per device: [pool handle, graphs alive in it]. The allocator frees a pool once the last graph
+# using it is gone, and a capture that names a freed pool fails an internal assertion (and leaves
+# the allocator recording to it), so a device whose graphs are all gone gets a new handle.
+_POOLS: dict[int, list] = {}
+_warned = False
 _SEEN = object()  # a key seen once: the next call captures it
 _FAILED = object()  # a key that could not be captured: always uncaptured
 _LOCK = threading.Lock()  # copy, replay and clone of one graph, before any other graph replays
@@ -106,20 +110,32 @@ class CapturedCall:
         side = torch.cuda.Stream(device)
         side.wait_stream(caller)
         pool = _POOLS.get(device.index)
-        if pool is None:
-            pool = _POOLS[device.index] = torch.cuda.graph_pool_handle()
+        if pool is None or pool[1] == 0:
+            pool = _POOLS[device.index] = [torch.cuda.graph_pool_handle(), 0]
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(side):
-            fn(*self.inputs)  # compiles whatever these buffers specialise to, outside the capture
-            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-            try:
-                out = fn(*self.inputs)
-            finally:
-                self.graph.capture_end()
-        caller.wait_stream(side)
+        try:
+            with torch.cuda.stream(side):
+                fn(*self.inputs)  # compiles whatever these buffers specialise to, outside the capture
+                self.graph.capture_begin(pool=pool[0], capture_error_mode="thread_local")
+                try:
+                    out = fn(*self.inputs)
+                finally:
+                    self.graph.capture_end()
+        except Exception:
+            _POOLS.pop(device.index, None)  # never capture into a pool a failed capture touched
+            raise
+        finally:
+            caller.wait_stream(side)
+        pool[1] += 1
+        self._pool = pool
         self.many = isinstance(out, (list, tuple))
         self.outputs = list(out) if self.many else [out]
-        self.stream = _stream_id(device)
+        self.stream = _stream_id(device.index)
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool[1] -= 1
 
     def replay(self, inputs: Sequence[torch.Tensor]):
         with _LOCK:
@@ -141,11 +157,13 @@ def call(owner: nn.Module, tag: str, fn: Callable, inputs: Sequence[torch.Tensor
         inputs: the call's activations (first: ``[T, n]``).
         state: every other tensor the launch reads (their data pointers are part of the key).
     """
+    global _warned
     x = inputs[0]
     if not _enabled or x.shape[0] > MAX_TOKENS or not _capturable(x):
         return fn(*inputs)
-    key = (tag, _generation, tuple((t.shape, t.dtype) for t in inputs), x.device.index,
-           tuple(0 if s is None else s.data_ptr() for s in state))
+    index = x.get_device()
+    key = (tag, _generation, index, *[(t.shape, t.dtype) for t in inputs],
+           *[0 if s is None else s.data_ptr() for s in state])
     graphs = _GRAPHS.get(owner)
     if graphs is None:
         graphs = _GRAPHS[owner] = {}
@@ -159,11 +177,13 @@ def call(owner: nn.Module, tag: str, fn: Callable, inputs: Sequence[torch.Tensor
         try:
             entry = CapturedCall(fn, inputs)
         except Exception as err:  # noqa: BLE001 - any failure: this call runs uncaptured from now on
-            logger.warning("rsparse: an eager decode call of %s (%s) could not be captured in a CUDA graph "
-                           "and runs uncaptured: %s", type(owner).__name__, tag, err)
+            (logger.debug if _warned else logger.warning)(
+                "rsparse: an eager decode call of %s (%s) could not be captured in a CUDA graph and runs "
+                "uncaptured (further failures are logged at debug level): %s", type(owner).__name__, tag, err)
+            _warned = True
             entry = _FAILED
         graphs[key] = entry
-    if entry is _FAILED or entry.stream != _stream_id(x.device):
+    if entry is _FAILED or entry.stream != _stream_id(index):
         return fn(*inputs)
     return entry.replay(inputs)
 
@@ -173,5 +193,7 @@ def _capturable(x: torch.Tensor) -> bool:
     return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
-def _stream_id(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+def _stream_id(index: int) -> int:
+    # The raw stream handle, as inductor reads it: much cheaper than a `torch.cuda.Stream` object.
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream

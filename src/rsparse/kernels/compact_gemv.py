@@ -197,7 +197,9 @@ def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m,
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + offs_m, y.to(out_ptr.dtype.element_ty), mask=m_ok)
-        # Leave the workspace as found: zero.  Every program of this tile has finished.
+        # Leave the workspace as found: zero.  Every program of this tile has finished, and every
+        # thread of this one has loaded its sums (the zero store may be laid out over other threads).
+        tl.debug_barrier()
         tl.store(ws_ptr + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=m_ok)
         tl.atomic_xchg(tcnt_ptr + tile, 0, sem="relaxed")
     return last
