@@ -24,7 +24,7 @@ class FakeCapture:
     made: list = []
 
     def __init__(self, fn, inputs):
-        self.fn, self.inputs, self.stream = fn, [t.clone() for t in inputs], 0
+        self.fn, self.inputs, self.stream = fn, eager_graphs.static_copies(inputs), 0
         self.replays = 0
         FakeCapture.made.append(self)
 
@@ -148,6 +148,18 @@ def test_a_failed_capture_is_logged_once_and_runs_uncaptured(fake_cuda, monkeypa
     assert len(attempts) == 1 and "could not be captured" in caplog.text
     for y in ys:
         torch.testing.assert_close(y, layer._run_direct(x))
+
+
+def test_graphs_made_in_inference_mode_replay_outside_it(fake_cuda):
+    (layer,) = _layers()
+    x = torch.randn(1, 40)
+    with torch.inference_mode():
+        for _ in range(2):
+            layer(x)  # captured here: its static input must not be an inference tensor
+    assert not FakeCapture.made[0].inputs[0].is_inference()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer._run_direct(x))
+    assert FakeCapture.made[0].replays == 2
 
 
 def test_switch_cache_bound_and_module_copies(fake_cuda):

@@ -105,7 +105,7 @@ class CapturedCall:
 
     def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor]) -> None:
         device = inputs[0].device
-        self.inputs = [t.contiguous().clone() for t in inputs]
+        self.inputs = static_copies(inputs)
         caller = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(caller)
@@ -144,6 +144,13 @@ class CapturedCall:
             self.graph.replay()
             outs = [o.clone() for o in self.outputs]
         return outs if self.many else outs[0]
+
+
+def static_copies(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Contiguous copies of ``inputs`` that later calls may overwrite in place, in or out of
+    ``torch.inference_mode`` (an inference tensor cannot be written outside it, so these never are one)."""
+    with torch.inference_mode(False):
+        return [t.contiguous().clone() for t in inputs]
 
 
 def call(owner: nn.Module, tag: str, fn: Callable, inputs: Sequence[torch.Tensor],
