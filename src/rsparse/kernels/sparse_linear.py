@@ -234,8 +234,8 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             # Every thread's load of the sums is done before any thread zeroes them: the compiler
-            # may lay the zero store out over other threads than the load (it did for the second
-            # projection of a batched gate+up launch, whose outputs then read zeros at random).
+            # may lay the zero store out over other threads than the load. Without this barrier the
+            # second projection of batched gate+up launches read zeros at random (kernel run 16).
             tl.debug_barrier()
             tl.store(ws_ptrs, tl.zeros_like(y), mask=o_mask)
             tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
