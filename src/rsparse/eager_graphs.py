@@ -19,9 +19,8 @@ What keeps a replay correct:
   graph recorded stays valid.
 * `invalidate` (called by `rsparse.set_backend` and by the kernels' `set_config`) retires every
   graph captured before: they are not replayed again.
-* A graph replays only on the stream it was captured for; calls from another stream run
-  uncaptured. Calls inside someone
-  else's capture (``torch.cuda.graph``) run uncaptured too.
+* A graph replays only on the stream it was captured for; calls from another stream, and calls
+  inside someone else's capture (``torch.cuda.graph``), run uncaptured.
 * Every graph's outputs and scratch come from one memory pool per device, so a graph's scratch may
   overlap another graph's outputs: one lock orders copy, replay and clone across all graphs, and
   the outputs are cloned before any other graph replays.
@@ -200,7 +199,11 @@ def _capturable(x: torch.Tensor) -> bool:
     return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
+# The raw stream handle, as inductor reads it: much cheaper than a `torch.cuda.Stream` object.
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _stream_id(index: int) -> int:
-    # The raw stream handle, as inductor reads it: much cheaper than a `torch.cuda.Stream` object.
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(index)
+    return torch.cuda.current_stream(index).cuda_stream
