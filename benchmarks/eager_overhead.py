@@ -11,7 +11,10 @@ and the loop measures issue time) of:
 * the same through ``torch.ops.rsparse.sparse_linear`` (the dispatcher, as traced code runs it);
 * the fused q/k/v call through `rsparse.nn.forward_shared_input`, uncaptured and replayed;
 * a gated MLP's down projection (14336 -> 4096) with ``F.silu(gate) * up`` formed in its launch,
-  uncaptured and replayed, against ``F.linear(F.silu(gate) * up)``.
+  uncaptured and replayed, against ``F.linear(F.silu(gate) * up)``;
+* q/k/v as a decoder layer calls them (three module calls) and a whole Llama-3-8B MLP module,
+  each against its dense modules, with A/B rows for what the seventh session of 2026-12-01 changed
+  (one flat copy of a group's outputs; the whole MLP as one graph).
 
     PYTHONPATH=$PWD/src python3 benchmarks/eager_overhead.py --out results/eager_overhead.json
 """
@@ -19,6 +22,8 @@ and the loop measures issue time) of:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import time
 
@@ -28,7 +33,10 @@ import torch.nn.functional as F
 import rsparse
 from rsparse import eager_graphs
 from rsparse.budget import layer_budget
+from rsparse.fuse import SharedInputGroup
+from rsparse.fuse_silu import link_silu_mlps
 from rsparse.nn import RSparseLinear, forward_shared_input
+from transformers.models.llama.modeling_llama import LlamaConfig, LlamaMLP
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -47,10 +55,33 @@ def per_call_us(fn, calls: int) -> float:
 
 def layer(n, m, s, x):
     lin = torch.nn.Linear(n, m, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    return layer_from(lin, s, x)
+
+
+def layer_from(lin, s, x):
+    n, m = lin.in_features, lin.out_features
     mod = RSparseLinear.from_linear(lin, tau=0.0, budget=layer_budget(n, m, s=s, rho=1.0), mode="sparse")
     score = (x.float().abs() * mod.c).flatten()
     mod.tau.fill_(float(score.quantile(s)))  # keeps about 1 - s of the channels of x
     return mod
+
+
+def lin_of(mod):
+    lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=False, device="cuda", dtype=torch.bfloat16)
+    lin.weight.data = mod.weight.contiguous()
+    return lin.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def patched(owner, name, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    eager_graphs.invalidate()  # graphs captured before would replay the other variant
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+        eager_graphs.invalidate()
 
 
 def main() -> None:
@@ -83,6 +114,35 @@ def main() -> None:
     both("forward_shared_input q/k/v (one launch)", lambda: forward_shared_input(x, qkv))
     rows["F.linear(F.silu(gate) * up) 14336->4096 (dense)"] = per_call_us(lambda: F.linear(F.silu(gate) * up, wd), a.calls)
     both("down_proj forward_silu_mul 14336->4096", lambda: down.forward_silu_mul(gate, up))
+
+    # As a decoder layer calls them: q/k/v as three module calls of a linked group (one launch),
+    # against three nn.Linear calls; the A/B clones the group's outputs one by one (before
+    # 2026-12-01, seventh session) instead of one flat copy.
+    dense_qkv = [lin_of(m) for m in qkv]
+    rows["q/k/v: 3 nn.Linear calls (dense)"] = per_call_us(lambda: [m(x) for m in dense_qkv], a.calls)
+    SharedInputGroup(qkv)
+    both("q/k/v: 3 RSparseLinear calls, one fused launch", lambda: [m(x) for m in qkv])
+    with patched(eager_graphs, "packed", lambda outs: None):
+        rows["q/k/v: 3 RSparseLinear calls, graph replay, outputs cloned one by one"] = per_call_us(
+            lambda: [m(x) for m in qkv], a.calls)
+
+    # A whole Llama-3-8B MLP (4096 -> 2 x 14336 -> 4096) as a module call: dense (three nn.Linear,
+    # SiLU, product) against rsparse's MLP, replayed as one graph (gate/up launch and down launch),
+    # as two graphs (the layer-by-layer calls, before 2026-12-01, seventh session), and uncaptured.
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336)
+    with torch.device("cuda"):
+        dense_mlp = LlamaMLP(cfg).to(torch.bfloat16).requires_grad_(False)
+    sparse_mlp = copy.deepcopy(dense_mlp)
+    h = F.silu(dense_mlp.gate_proj(x)) * dense_mlp.up_proj(x)
+    for name, inp in (("gate_proj", x), ("up_proj", x), ("down_proj", h)):
+        setattr(sparse_mlp, name, layer_from(getattr(dense_mlp, name), 0.5, inp))
+    SharedInputGroup([sparse_mlp.gate_proj, sparse_mlp.up_proj])
+    assert link_silu_mlps(sparse_mlp) == 1
+    x3 = x.view(1, 1, 4096)
+    rows["MLP 4096->14336->4096 (dense module)"] = per_call_us(lambda: dense_mlp(x3), a.calls)
+    both("MLP (rsparse module)", lambda: sparse_mlp(x3))
+    with patched(rsparse.fuse_silu, "_whole_mlp_launches", lambda mlp, x: None):
+        rows["MLP (rsparse module), two graph replays (layer by layer)"] = per_call_us(lambda: sparse_mlp(x3), a.calls)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": a.calls,
             "what": "host µs per eager call, back to back, best of 5 loops"}
     for k, v in rows.items():

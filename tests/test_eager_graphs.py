@@ -182,6 +182,63 @@ def test_switch_cache_bound_and_module_copies(fake_cuda):
     assert layer not in eager_graphs._GRAPHS
 
 
+def _tiny_sparse_llama():
+    from tests.conftest import random_tokens, tiny_model
+
+    model = tiny_model("llama3")
+    rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, seed=1), search="none", show_progress=False)
+    return model
+
+
+def _tags(module) -> list[str]:
+    return [key[0] for key in eager_graphs._GRAPHS.get(module, {})]
+
+
+def test_whole_mlp_is_one_graph_with_the_layer_by_layer_result(fake_cuda):
+    model = _tiny_sparse_llama()
+    mlp = model.model.layers[0].mlp
+    xs = [torch.randn(1, 1, model.config.hidden_size) for _ in range(4)]
+    with torch.no_grad():
+        eager_graphs.set_enabled(False)
+        want = [mlp(x) for x in xs]
+        eager_graphs.set_enabled(True)
+        got = [mlp(x) for x in xs]
+    assert _tags(mlp.down_proj) == ["mlp"]  # one graph for gate/up and down
+    assert _tags(mlp.gate_proj) == [] and len(FakeCapture.made) == 1 and FakeCapture.made[0].replays == 3
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_whole_mlp_graph_leaves_observed_or_unfused_layers_to_their_calls(fake_cuda):
+    model = _tiny_sparse_llama()
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(1, 1, model.config.hidden_size)
+    seen = []
+    handle = mlp.up_proj.register_forward_hook(lambda mod, args, out: seen.append(out))
+    with torch.no_grad():
+        for _ in range(3):
+            mlp(x)
+    handle.remove()
+    assert len(seen) == 3 and "mlp" not in _tags(mlp.down_proj)  # the hook ran on every call
+    rsparse.fuse.set_fusion(model, False)
+    with torch.no_grad():
+        for _ in range(3):
+            mlp(x)
+    assert "mlp" not in _tags(mlp.down_proj)
+
+
+def test_several_outputs_travel_as_one_flat_tensor():
+    outs = [torch.randn(2, 5), torch.randn(2, 3), torch.randn(2, 3)]
+    flat = eager_graphs.packed(outs)
+    assert flat.shape == (22,)
+    back = eager_graphs.unpacked(flat.clone(), [o.numel() for o in outs], [o.shape for o in outs])
+    for a, b in zip(back, outs):
+        assert a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert eager_graphs.packed(outs[:1]) is None
+    assert eager_graphs.packed([outs[0], outs[1].double()]) is None
+
+
 # --------------------------------------------------------------------------- on the GPU
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -312,5 +369,37 @@ def test_gpu_graphs_capture_again_after_every_graph_was_dropped(caplog):
                 torch.testing.assert_close(y, want, **TOL[torch.bfloat16])
                 eager_graphs.invalidate()  # every graph dropped: their pool is released
         assert "could not be captured" not in caplog.text
+    finally:
+        rsparse.set_backend("auto")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_gpu_replayed_whole_mlp_equals_uncaptured(tokens, dtype):
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=1024, intermediate_size=4096, num_hidden_layers=1,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = tf.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    calib = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(1)).cuda()
+    rsparse.sparsify(model, 0.5, calibration=calib, search="none", show_progress=False)
+    mlp = model.model.layers[0].mlp
+    xs = [torch.randn(1, tokens, 1024, device="cuda", dtype=dtype) for _ in range(5)]
+    rsparse.set_backend("triton")
+    try:
+        with torch.no_grad():
+            eager_graphs.set_enabled(False)
+            want = [mlp(x) for x in xs]
+            eager_graphs.set_enabled(True)
+            got = [mlp(x) for x in xs]
+        torch.cuda.synchronize()
+        assert _captured(mlp.down_proj) and "mlp" in _tags(mlp.down_proj)
+        for a, b in zip(got, want):  # fresh inputs every call, kept outputs intact
+            assert a.isfinite().all()
+            torch.testing.assert_close(a, b, **TOL[dtype])
     finally:
         rsparse.set_backend("auto")

@@ -84,7 +84,7 @@ class SharedInputGroup:
                 return member.forward_alone(x)
         self.clear()  # a call outside the round ends it: nothing kept may go stale
         fused = (
-            [m for m in self.members if m.takes_kernel(x) and m.weight_t.device == x.device] if self.enabled else []
+            [m for m in self.members if m.takes_kernel(x) and m._parameters["weight_t"].device == x.device] if self.enabled else []
         )
         # Only the first member that takes the kernel starts a round, so a member called alone
         # (k_proj without q_proj) computes nothing for the others. The device check leaves

@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsparse.nn import RSparseLinear
+import rsparse.nn as rsparse_nn
+from rsparse import eager_graphs
+from rsparse.nn import RSparseLinear, multi_args
+from rsparse.ops import backend
 
 __all__ = ["link_silu_mlps", "is_silu_mlp", "set_silu_fusion"]
 
@@ -56,7 +59,43 @@ def _silu_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
     if not (getattr(self, "rsparse_silu_mul", False) and isinstance(down, RSparseLinear)) or _observed(down):
         return type(self).forward(self, x)
+    if rsparse_nn.direct_call(x) and eager_graphs.is_enabled():
+        launches = _whole_mlp_launches(self, x)
+        if launches is not None:  # graphs kept beside down_proj, whose `_apply` drops them
+            run, state = launches
+            y = eager_graphs.call(down, "mlp", run, (x.reshape(-1, x.shape[-1]),), state)
+            return y.view(*x.shape[:-1], down.out_features)
     return down.forward_silu_mul(self.gate_proj(x), self.up_proj(x))
+
+
+def _whole_mlp_launches(mlp: nn.Module, x: torch.Tensor):
+    """The whole MLP as one function of ``x`` (the fused gate/up launch, then down_proj's
+    SiLU-product launch) and the tensors it reads, where every launch of it takes the kernel;
+    ``None`` otherwise.
+
+    An eager decode call of it is then one graph replay (`rsparse.eager_graphs`) instead of two
+    plus three module calls: eager decoding is bound by host time. Outputs are the same as the
+    layer-by-layer calls', which run the same two launches.
+    """
+    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    group = getattr(gate, "shared_input", None)
+    if (
+        group is None
+        or not group.enabled
+        or group.members != [gate, up]
+        or _observed(gate)
+        or _observed(up)
+        or not all(m.takes_kernel(x) and m.weight_t.device == x.device for m in (gate, up, down))
+    ):
+        return None
+    tensors, fraction = multi_args([gate, up])
+    down_tensors, down_fraction = down._op_tensors(), down.expected_active_fraction()
+
+    def run(x2: torch.Tensor) -> torch.Tensor:
+        g, u = backend.run_sparse_linear_multi(x2, *tensors, fraction)
+        return backend.run_sparse_linear_silu_mul(g, u, *down_tensors, down_fraction)
+
+    return run, [t for column in tensors for t in column] + list(down_tensors)
 
 
 def _observed(module: nn.Module) -> bool:

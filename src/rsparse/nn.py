@@ -134,7 +134,7 @@ class RSparseLinear(nn.Module):
 
     @property
     def rank(self) -> int:
-        return self.lowrank_in.shape[1]
+        return self._buffers["lowrank_in"].shape[1]  # (no `__getattr__`: read on every decode call)
 
     def set_mode(self, mode: str) -> None:
         """Choose the path: ``"auto"``, ``"sparse"`` or ``"dense"`` (see the class docstring)."""
@@ -207,7 +207,10 @@ class RSparseLinear(nn.Module):
 
     def _op_tensors(self) -> tuple:
         """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them."""
-        return self.weight_t, self.c, self.tau, self.lowrank_in, self.lowrank_out, self.bias
+        # Read from the registries directly: `nn.Module.__getattr__` costs host time on every
+        # eager decode call (six lookups per call), and eager decoding is bound by host time.
+        p, b = self._parameters, self._buffers
+        return p["weight_t"], b["c"], b["tau"], b["lowrank_in"], b["lowrank_out"], p["bias"]
 
     def expected_active_fraction(self) -> float:
         """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
@@ -259,18 +262,17 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     return fused_forward(x, modules)
 
 
+def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float]:
+    """The per-module tensor lists and the launch hint that ``rsparse::sparse_linear_multi`` takes."""
+    per_module = [m._op_tensors() for m in modules]
+    tensors = tuple(list(column) for column in zip(*per_module))
+    return tensors, max(m.expected_active_fraction() for m in modules)
+
+
 def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
     """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
     n = modules[0].in_features
-    tensors = (
-        [m.weight_t for m in modules],
-        [m.c for m in modules],
-        [m.tau for m in modules],
-        [m.lowrank_in for m in modules],
-        [m.lowrank_out for m in modules],
-        [m.bias for m in modules],
-    )
-    fraction = max(m.expected_active_fraction() for m in modules)
+    tensors, fraction = multi_args(modules)
     x2 = x.reshape(-1, n)
     if direct_call(x):
         def run(x2: torch.Tensor) -> list[torch.Tensor]:
