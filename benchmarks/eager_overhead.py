@@ -13,8 +13,8 @@ and the loop measures issue time) of:
 * a gated MLP's down projection (14336 -> 4096) with ``F.silu(gate) * up`` formed in its launch,
   uncaptured and replayed, against ``F.linear(F.silu(gate) * up)``;
 * q/k/v as a decoder layer calls them (three module calls) and a whole Llama-3-8B MLP module,
-  each against its dense modules, with A/B rows for what the seventh session of 2026-12-01 changed
-  (one flat copy of a group's outputs; the whole MLP as one graph).
+  each against its dense modules; the MLP also as two graphs (layer by layer, as before the seventh
+  session of 2026-12-01), an A/B of the whole-MLP graph.
 
     PYTHONPATH=$PWD/src python3 benchmarks/eager_overhead.py --out results/eager_overhead.json
 """
@@ -116,15 +116,11 @@ def main() -> None:
     both("down_proj forward_silu_mul 14336->4096", lambda: down.forward_silu_mul(gate, up))
 
     # As a decoder layer calls them: q/k/v as three module calls of a linked group (one launch),
-    # against three nn.Linear calls; the A/B clones the group's outputs one by one (before
-    # 2026-12-01, seventh session) instead of one flat copy.
+    # against three nn.Linear calls.
     dense_qkv = [lin_of(m) for m in qkv]
     rows["q/k/v: 3 nn.Linear calls (dense)"] = per_call_us(lambda: [m(x) for m in dense_qkv], a.calls)
     SharedInputGroup(qkv)
     both("q/k/v: 3 RSparseLinear calls, one fused launch", lambda: [m(x) for m in qkv])
-    with patched(eager_graphs, "packed", lambda outs: None):
-        rows["q/k/v: 3 RSparseLinear calls, graph replay, outputs cloned one by one"] = per_call_us(
-            lambda: [m(x) for m in qkv], a.calls)
 
     # A whole Llama-3-8B MLP (4096 -> 2 x 14336 -> 4096) as a module call: dense (three nn.Linear,
     # SiLU, product) against rsparse's MLP, replayed as one graph (gate/up launch and down launch),

@@ -227,18 +227,6 @@ def test_whole_mlp_graph_leaves_observed_or_unfused_layers_to_their_calls(fake_c
     assert "mlp" not in _tags(mlp.down_proj)
 
 
-def test_several_outputs_travel_as_one_flat_tensor():
-    outs = [torch.randn(2, 5), torch.randn(2, 3), torch.randn(2, 3)]
-    flat = eager_graphs.packed(outs)
-    assert flat.shape == (22,)
-    back = eager_graphs.unpacked(flat.clone(), [o.numel() for o in outs], [o.shape for o in outs])
-    for a, b in zip(back, outs):
-        assert a.is_contiguous()
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert eager_graphs.packed(outs[:1]) is None
-    assert eager_graphs.packed([outs[0], outs[1].double()]) is None
-
-
 # --------------------------------------------------------------------------- on the GPU
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -24,9 +24,7 @@ What keeps a replay correct:
 * Every graph's outputs and scratch come from one memory pool per device, so a graph's scratch may
   overlap another graph's outputs: one lock orders copy, replay and clone across all graphs, and
   the outputs are cloned before any other graph replays.
-* Outputs are cloned, so a caller may keep them across calls. A launch with several outputs of one
-  dtype (q/k/v) writes them into one flat buffer inside the graph, so a replay clones once and returns
-  contiguous views of that copy.
+* Outputs are cloned, so a caller may keep them across calls.
 * A call that cannot be captured runs uncaptured from then on (logged once).
 
 Cost: per layer and token count (at most `MAX_TOKENS` tokens, `MAX_GRAPHS` keys per layer),
@@ -120,9 +118,6 @@ class CapturedCall:
                 self.graph.capture_begin(pool=pool[0], capture_error_mode="thread_local")
                 try:
                     out = fn(*self.inputs)
-                    self.many = isinstance(out, (list, tuple))
-                    self.outputs = list(out) if self.many else [out]
-                    self.packed = packed(self.outputs)
                 finally:
                     self.graph.capture_end()
         except Exception:
@@ -132,8 +127,8 @@ class CapturedCall:
             caller.wait_stream(side)
         pool[1] += 1
         self._pool = pool
-        self.sizes = [o.numel() for o in self.outputs]
-        self.shapes = [o.shape for o in self.outputs]
+        self.many = isinstance(out, (list, tuple))
+        self.outputs = list(out) if self.many else [out]
         self.stream = _stream_id(device.index)
 
     def __del__(self) -> None:
@@ -146,27 +141,8 @@ class CapturedCall:
             for static, t in zip(self.inputs, inputs):
                 static.copy_(t)
             self.graph.replay()
-            if self.packed is None:
-                outs = [o.clone() for o in self.outputs]
-            else:
-                flat = self.packed.clone()
-        if self.packed is not None:
-            outs = unpacked(flat, self.sizes, self.shapes)
+            outs = [o.clone() for o in self.outputs]
         return outs if self.many else outs[0]
-
-
-def packed(outputs: list[torch.Tensor]) -> torch.Tensor | None:
-    """Several outputs of one dtype as one flat tensor, written by the graph itself (so a replay
-    clones one tensor instead of one per output: each clone is a launch, and eager decode is bound
-    by host time); ``None`` for a single output or mixed dtypes."""
-    if len(outputs) < 2 or len({o.dtype for o in outputs}) != 1:
-        return None
-    return torch.cat([o.reshape(-1) for o in outputs])
-
-
-def unpacked(flat: torch.Tensor, sizes: list[int], shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
-    """The outputs `packed` put into ``flat``: contiguous views of it, one per output."""
-    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
 
 
 def static_copies(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
