@@ -27,6 +27,9 @@ What keeps a replay correct:
 * Outputs are cloned, so a caller may keep them across calls.
 * A call that cannot be captured runs uncaptured from then on (logged once).
 
+A gated SiLU MLP is one such call for its two launches (`rsparse.fuse_silu`), kept beside its
+down_proj.
+
 Cost: per layer and token count (at most `MAX_TOKENS` tokens, `MAX_GRAPHS` keys per layer),
 the graph and its static input and output buffers, a few hundred KB per decoder layer of an
 8B model at batch 1. The graphs live beside the module (a weak-keyed table, not module state:
