@@ -227,6 +227,19 @@ def test_whole_mlp_graph_leaves_observed_or_unfused_layers_to_their_calls(fake_c
     assert "mlp" not in _tags(mlp.down_proj)
 
 
+def test_whole_mlp_graph_needs_every_layer_on_the_kernel_for_its_own_input():
+    from rsparse.fuse_silu import _whole_mlp_launches
+
+    model = _tiny_sparse_llama()
+    mlp = model.model.layers[0].mlp
+    hidden = model.config.hidden_size
+    assert [_whole_mlp_launches(mlp, torch.randn(1, t, hidden)) is not None for t in (1, 8, 9)] == [True, True, False]
+    mlp.down_proj.decode_cutoff = 2  # down_proj sees as many rows as the MLP, not its width's share
+    assert [_whole_mlp_launches(mlp, torch.randn(1, t, hidden)) is not None for t in (2, 3)] == [True, False]
+    mlp.down_proj.set_mode("dense")
+    assert _whole_mlp_launches(mlp, torch.randn(1, 1, hidden)) is None
+
+
 # --------------------------------------------------------------------------- on the GPU
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -90,7 +90,9 @@ def _whole_mlp_launches(mlp: nn.Module, x: torch.Tensor):
         or group.members != [gate, up]
         or _observed(gate)
         or _observed(up)
-        or not all(m.takes_kernel(x) and m.weight_t.device == x.device for m in (gate, up, down))
+        or not all(m.takes_kernel(x) and m.weight_t.device == x.device for m in (gate, up))
+        or not down.takes_kernel(x.new_empty(()).expand(x.numel() // x.shape[-1], down.in_features))  # its input's shape
+        or down.weight_t.device != x.device
     ):
         return None
     tensors, fraction = multi_args([gate, up])
