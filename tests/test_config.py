@@ -28,7 +28,7 @@ def test_unknown_key_lists_valid_keys():
         ({"target": 1.0}, r"target must be a float in \[0, 1\), got 1.0"),
         ({"target": -0.1}, r"target must be a float in \[0, 1\)"),
         ({"rho": 1.2}, r"rho must be None or a float in \[0, 1\]"),
-        ({"score": "l2"}, r"score must be one of \['rsparse', 'magnitude'\], got 'l2'"),
+        ({"score": "l2"}, r"score must be one of \['auto', 'rsparse', 'magnitude'\], got 'l2'"),
         ({"mode": "fast"}, r"mode must be one of \['auto', 'sparse', 'dense'\]"),
         ({"search": "evo"}, r"search must be one of"),
         ({"calibration_samples": 0}, r"calibration_samples must be a positive int"),

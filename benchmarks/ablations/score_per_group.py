@@ -7,7 +7,8 @@ against 70.23, NOTES "Acceptance 1 at 0.4 and 0.6"), while the tables' error pro
 ``(x_j·||W[:, j]||)²``) always prefers the column norms. This asks whether that comes from one kind
 of projection: the linears of the named input groups (``qkv``, ``o``, ``gateup``, ``down``; ``none``
 or ``all``) get ``c = 1`` in every pass (the search's tables, its evaluations and the final install,
-through the one function that builds ``c``), the others their column norms. Default search otherwise
+through the one function that builds ``c``), the others their column norms. ``baseline`` runs
+acceptance 1(c)'s searched magnitude baseline instead (``score="magnitude"``, rho fixed to 1). Default search otherwise
 (SmolLM2-135M, 16 x 256 BoolQ calibration tokens, seed 0); prints the strict held-out perplexity
 (8 x 512 BoolQ tokens). Result: benchmarks/NOTES.md, budget search notes.
 """
@@ -29,7 +30,8 @@ model, tok = load_offline_model()
 held = text_windows(boolq_passages("heldout"), tok, 512, 8)
 calib = text_windows(boolq_passages("calibration"), tok, 256, 16)
 target = float(sys.argv[1])
-chosen = set(GROUPS.values()) if sys.argv[2] == "all" else set() if sys.argv[2] == "none" else set(sys.argv[2].split(","))
+baseline = sys.argv[2] == "baseline"  # acceptance 1(c): the magnitude score, rho 1, rsparse's search (no patch)
+chosen = set(GROUPS.values()) if sys.argv[2] == "all" else set() if sys.argv[2] in ("none", "baseline") else set(sys.argv[2].split(","))
 assert chosen <= set(GROUPS.values()), chosen
 sp = copy.deepcopy(model)
 group_of = {id(m): GROUPS[name.rsplit(".", 1)[-1]] for name, m in sp.named_modules() if name.rsplit(".", 1)[-1] in GROUPS}
@@ -45,7 +47,10 @@ def channel_weights(linear, score):
 
 rsparse.install._channel_weights = channel_weights  # looked up in rsparse.install's globals at each call
 t = time.time()
-rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False)
+if baseline:
+    rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False, score="magnitude", rho=1.0)
+else:
+    rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False)
 ones = sum(1 for m in rsparse.nn.rsparse_modules(sp).values() if bool((m.c == 1).all()))
 print(sys.argv[1:], "sparsify", round(time.time() - t), "s; c = 1 in", ones, "of", len(rsparse.nn.rsparse_modules(sp)),
       "linears; rule calls", calls, flush=True)

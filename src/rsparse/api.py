@@ -33,7 +33,7 @@ def sparsify(
     calibration: Any = None,
     tokenizer: Any = None,
     search: str = "auto",
-    score: str = "rsparse",
+    score: str = "auto",
     rho: float | None = None,
     seed: int = 0,
     show_progress: bool = True,
@@ -58,8 +58,10 @@ def sparsify(
             layer's sparsity and sparse share under the model-level ``target`` to minimise the KL
             divergence from the dense model on held-out calibration tokens (`rsparse.search`);
             ``"none"`` gives every layer sparsity ``target``.
-        score (`str`, defaults to ``"rsparse"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``)
-            or ``"magnitude"`` (``|x_j|``, the TEAL-style baseline).
+        score (`str`, defaults to ``"auto"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``),
+            ``"magnitude"`` (``|x_j|``, the TEAL-style score) or ``"auto"``: the search builds its tables
+            under both and keeps the rule whose allocation scores the lower KL end to end (one more
+            calibration pass); ``"rsparse"`` with ``search="none"``. The rule used is recorded in the config.
         rho (`float`, *optional*): share of each layer's budget spent on channels (the rest buys
             rank); ``None`` lets the search decide per layer (1.0 with ``search="none"``).
         seed (`int`, defaults to 0): seed of calibration sampling.
@@ -94,9 +96,12 @@ def sparsify(
     try:
         if cfg.search == "none":
             budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
+            if cfg.score == "auto":
+                cfg.score = "rsparse"
         else:
             result = search_budgets(model, targets, batches, cfg, show_progress=show_progress)
             budgets = result.budgets
+            cfg.score = result.score  # the rule the budgets were chosen for (recorded in the config)
         replaced, _ = install_layers(model, targets, batches, budgets, cfg, show_progress=show_progress)
     finally:
         model.train(was_training)

@@ -15,7 +15,7 @@ from typing import Any
 #: Version of the on-disk format of `RSparseConfig`; bump when a field changes meaning.
 FORMAT_VERSION = 2  # 2: search settings and factorization
 
-SCORES = ("rsparse", "magnitude")
+SCORES = ("auto", "rsparse", "magnitude")
 MODES = ("auto", "sparse", "dense")
 SEARCHES = ("auto", "none")
 FACTORIZATIONS = ("activation", "weight")
@@ -103,7 +103,13 @@ class RSparseConfig:
         default=None,
         metadata={"help": "sparse-path share of every layer's budget; None lets the search decide"},
     )
-    score: str = field(default="rsparse", metadata={"help": f"channel score rule, one of {SCORES}"})
+    score: str = field(
+        default="auto",
+        metadata={
+            "help": f"channel score rule, one of {SCORES}; 'auto' lets the search choose between the "
+            f"column-norm score and plain magnitude (sparsify records the one used)"
+        },
+    )
     search: str = field(
         default="auto",
         metadata={"help": f"per-layer budget search, one of {SEARCHES}; 'none' gives every layer the target"},

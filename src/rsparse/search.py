@@ -27,6 +27,7 @@ The search is deterministic: no random numbers are drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from rsparse.budget import layer_budget, model_sparsity, uniform_budgets
 from rsparse.config import LayerBudget, RSparseConfig
 from rsparse.install import LinearStats, install_layers, restore
-from rsparse.nn import rsparse_modules
+from rsparse.nn import column_norms, rsparse_modules
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ class SearchResult:
         uniform_kl: the same for uniform budgets at the target.
         evaluations: end-to-end evaluations spent.
         knobs: the error weights of the chosen allocation.
-        seconds_tables: time of the uniform pass that builds the tables.
+        seconds_tables: time of the uniform passes that build the tables.
         seconds_evaluations: time of the refinement (the end-to-end evaluations).
+        score: the channel score rule the budgets are for (with ``score="auto"``, the one chosen).
+        score_kl: with ``score="auto"``, each rule's KL at its table allocation (what chose it).
     """
 
     budgets: dict[str, LayerBudget]
@@ -73,6 +76,8 @@ class SearchResult:
     knobs: dict[str, float]
     seconds_tables: float = 0.0
     seconds_evaluations: float = 0.0
+    score: str = "rsparse"
+    score_kl: dict[str, float] | None = None
 
 
 def split_holdout(batches: list[torch.Tensor], fraction: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -125,22 +130,73 @@ def search_budgets(
 
     started = time.perf_counter()
     dense_logprobs, sensitivity = output_sensitivities(model, targets, heldout, seed=cfg.seed)
-    replaced, stats = install_layers(
-        model, targets, fit, uniform, cfg, max_ranks=max_ranks, show_progress=show_progress,
-        desc="rsparse: search tables",
-    )
+    # "auto" compares the rules only when the evaluation budget leaves the refinement room after it.
+    compare = cfg.score == "auto" and cfg.search_evaluations > len(SCORE_CHOICES)
+    scores = SCORE_CHOICES if compare else ("rsparse",) if cfg.score == "auto" else (cfg.score,)
+    # One uniform pass per score rule. The model keeps the last pass's layers; the evaluator
+    # gives each layer the c, threshold and factors of whichever rule it scores.
+    passes: dict[str, dict[str, LinearStats]] = {}
+    replaced: dict[str, nn.Linear] = {}
     try:
+        for score in scores:
+            restore(model, replaced)
+            replaced = {}
+            desc = "rsparse: search tables" + (f" ({score} score)" if len(scores) > 1 else "")
+            replaced, passes[score] = install_layers(
+                model, targets, fit, uniform, dataclasses.replace(cfg, score=score), max_ranks=max_ranks,
+                show_progress=show_progress, desc=desc,
+            )
         modules = rsparse_modules(model)
-        tables = _Tables(stats, shapes, rhos, cfg, sensitivity)
+        tables = {score: _Tables(stats, shapes, rhos, cfg, sensitivity) for score, stats in passes.items()}
+        evaluators = {
+            score: _Evaluator(model, modules, stats, heldout, dense_logprobs, _score_weights(modules, score))
+            for score, stats in passes.items()
+        }
         seconds_tables = time.perf_counter() - started
-        logger.info("rsparse search: tables of %d linears in %.1fs", len(stats), seconds_tables)
-        evaluate = _Evaluator(model, modules, stats, heldout, dense_logprobs)
-        result = _refine(tables, evaluate, uniform, cfg, show_progress)
+        logger.info("rsparse search: tables of %d linears in %.1fs", len(modules), seconds_tables)
+        known, score_kl = {}, None
+        if len(scores) > 1:  # each rule's table allocation, end to end; the refinement goes on with the better
+            score_kl = {}
+            for score in scores:
+                budgets = _budgets_of(tables[score], tables[score].allocate({}, cfg.target))
+                score_kl[score] = evaluators[score](budgets)
+            chosen = min(scores, key=lambda k: score_kl[k])  # ties: the first (column norms)
+            known = {_key(_budgets_of(tables[chosen], tables[chosen].allocate({}, cfg.target))): score_kl[chosen]}
+            logger.info("rsparse search: KL at the table allocation %s; going on with %s", score_kl, chosen)
+        else:
+            chosen = scores[0]
+        spent = len(scores) - 1  # the other rules' table allocations (the chosen one's is `known`)
+        result = _refine(tables[chosen], evaluators[chosen], uniform, cfg, show_progress, known=known, spent=spent)
+        result.evaluations += spent
+        result.score, result.score_kl = chosen, score_kl
         result.seconds_tables = seconds_tables
         result.seconds_evaluations = time.perf_counter() - started - seconds_tables
         return result
     finally:
         restore(model, replaced)
+
+
+#: The score rules ``score="auto"`` chooses between.
+SCORE_CHOICES = ("rsparse", "magnitude")
+
+
+def _score_weights(modules: dict[str, nn.Module], score: str) -> dict[str, torch.Tensor]:
+    """``c`` of every layer under ``score`` (as `rsparse.install` builds it)."""
+    out = {}
+    for name, m in modules.items():
+        if score == "magnitude":
+            out[name] = torch.ones_like(m.c)
+        else:
+            out[name] = column_norms(m.weight).to(m.c.dtype)
+    return out
+
+
+def _budgets_of(tables: "_Tables", allocation: dict[str, tuple[float, float]]) -> dict[str, LayerBudget]:
+    return {k: layer_budget(*tables.shapes[k], s, rho) for k, (s, rho) in allocation.items()}
+
+
+def _key(budgets: dict[str, LayerBudget]) -> tuple:
+    return tuple((round(b.s, 6), round(b.rho, 6)) for b in budgets.values())
 
 
 class _Tables:
@@ -210,14 +266,17 @@ class _Evaluator:
     """Installs an allocation into the uniform-pass model (thresholds from the histograms, factors
     sliced) and scores it: mean KL(dense ‖ sparse) per held-out token, every token sparse."""
 
-    def __init__(self, model, modules, stats, heldout, dense_logprobs) -> None:
+    def __init__(self, model, modules, stats, heldout, dense_logprobs, weights=None) -> None:
         self.model, self.modules, self.stats = model, modules, stats
         self.heldout, self.dense = heldout, dense_logprobs
+        self.weights = weights  # each layer's c under this evaluator's score rule (None: as installed)
 
     def install(self, budgets: dict[str, LayerBudget]) -> None:
         """Give every layer its budget's threshold and factor slices, every token sparse."""
         for name, budget in budgets.items():
             module, st = self.modules[name], self.stats[name]
+            if self.weights is not None:
+                module.c.copy_(self.weights[name])
             module.tau.fill_(st.histogram.threshold(budget.active_fraction))
             module.lowrank_in = st.lowrank_in[:, : budget.r]
             module.lowrank_out = st.lowrank_out[: budget.r]
@@ -301,27 +360,32 @@ def _refine(
     uniform: dict[str, LayerBudget],
     cfg: RSparseConfig,
     show_progress: bool,
+    known: dict[tuple, float] | None = None,
+    spent: int = 0,
 ) -> SearchResult:
-    """Coordinate descent over the knobs, each candidate allocation scored end to end."""
+    """Coordinate descent over the knobs, each candidate allocation scored end to end
+    (``known``: allocations already scored, by `_key`; ``spent``: evaluations already used
+    of ``cfg.search_evaluations``)."""
     started = time.perf_counter()
     knob_names = (
         ["sensitivity"] + sorted({f"group{g}" for g in tables.group}) + ["depth"] + (["rank"] if cfg.rho is None else [])
     )
-    budget_limit = cfg.search_evaluations
+    budget_limit = cfg.search_evaluations - spent
     seen: dict[tuple, float] = {}
+    known = dict(known or {})
     bar = tqdm(total=budget_limit, desc="rsparse: search", disable=not show_progress)
 
     def budgets_of(allocation: dict[str, tuple[float, float]]) -> dict[str, LayerBudget]:
-        return {k: layer_budget(*tables.shapes[k], s, rho) for k, (s, rho) in allocation.items()}
+        return _budgets_of(tables, allocation)
 
     def score(budgets: dict[str, LayerBudget]) -> float | None:
-        key = tuple((round(b.s, 6), round(b.rho, 6)) for b in budgets.values())
+        key = _key(budgets)
         if key in seen:
             return seen[key]
         out_of_time = cfg.search_time_limit is not None and time.perf_counter() - started > cfg.search_time_limit
         if len(seen) >= budget_limit or out_of_time:
             return None
-        seen[key] = evaluate(budgets)
+        seen[key] = known.pop(key) if key in known else evaluate(budgets)
         bar.update(1)
         return seen[key]
 
