@@ -9,10 +9,12 @@ passages) and is scored on the same held-out text (windows from the second half)
   ``weight``: the plain SVD of the weight) — `search="none"`;
 * ``magnitude/uniform``: the TEAL-style ``|x|`` score, every layer at the target;
 * ``magnitude/searched``: the same score with rsparse's per-layer search (rho fixed to 1);
-* ``rsparse/searched``: the default, `search="auto"` with rho chosen per layer.
+* ``rsparse/searched``: `search="auto"` with rho chosen per layer, the column-norm score;
+* ``auto/searched``: the default since 2026-12-01 (seventh session): the same, with the score rule
+  (column norms or plain magnitude) chosen by the search (`score="auto"`).
 
     python benchmarks/search.py                       # the grid (about an hour on 2 CPU cores)
-    python benchmarks/search.py --targets 0.5 --methods rsparse/searched   # one cell
+    python benchmarks/search.py --targets 0.5 --methods auto/searched   # one cell
 
 Writes benchmarks/results/search.json (after every run; an interrupted run resumes) and
 benchmarks/results/search.md.
@@ -38,7 +40,7 @@ UNIFORM_RHOS = (1.0, 0.9, 0.8, 0.7)
 METHODS = (
     [f"rsparse/uniform/rho={r}/fact=activation" for r in UNIFORM_RHOS]
     + [f"rsparse/uniform/rho={r}/fact=weight" for r in (0.9, 0.8)]
-    + ["magnitude/uniform", "magnitude/searched", "rsparse/searched"]
+    + ["magnitude/uniform", "magnitude/searched", "rsparse/searched", "auto/searched"]
 )
 
 
@@ -116,9 +118,11 @@ def main() -> None:
                 "model_sparsity": rsparse.summary(sparse).model_sparsity,
                 "layers_with_rank": sum(b.r > 0 for b in layers.values()),
                 "layers": len(layers),
+                "score": sparse.rsparse_config.score,
                 "budgets": {name: [round(b.s, 4), b.rho, b.r] for name, b in layers.items()},
             }
-            print(f"{key}: ppl {ppl:.2f} ({seconds:.0f}s sparsify, {runs[key]['layers_with_rank']} layers with rank)", flush=True)
+            print(f"{key}: ppl {ppl:.2f} ({seconds:.0f}s sparsify, {runs[key]['layers_with_rank']} layers with rank, "
+                  f"score {runs[key]['score']})", flush=True)
             _save(args.out, results)
             del sparse
     write_markdown(results, args.out.with_suffix(".md"))
