@@ -8,7 +8,9 @@ against 70.23, NOTES "Acceptance 1 at 0.4 and 0.6"), while the tables' error pro
 of projection: the linears of the named input groups (``qkv``, ``o``, ``gateup``, ``down``; ``none``
 or ``all``) get ``c = 1`` in every pass (the search's tables, its evaluations and the final install,
 through the one function that builds ``c``), the others their column norms. ``baseline`` runs
-acceptance 1(c)'s searched magnitude baseline instead (``score="magnitude"``, rho fixed to 1). Default search otherwise
+acceptance 1(c)'s searched magnitude baseline instead (``score="magnitude"``, rho fixed to 1), and
+``rsparse`` the column-norm score given explicitly (the default before ``score="auto"``); with
+``none`` the default search runs as it is (``score="auto"`` since it exists). Default search otherwise
 (SmolLM2-135M, 16 x 256 BoolQ calibration tokens, seed 0); prints the strict held-out perplexity
 (8 x 512 BoolQ tokens). Result: benchmarks/NOTES.md, budget search notes.
 """
@@ -31,7 +33,9 @@ held = text_windows(boolq_passages("heldout"), tok, 512, 8)
 calib = text_windows(boolq_passages("calibration"), tok, 256, 16)
 target = float(sys.argv[1])
 baseline = sys.argv[2] == "baseline"  # acceptance 1(c): the magnitude score, rho 1, rsparse's search (no patch)
-chosen = set(GROUPS.values()) if sys.argv[2] == "all" else set() if sys.argv[2] in ("none", "baseline") else set(sys.argv[2].split(","))
+column_norms = sys.argv[2] == "rsparse"  # score="rsparse" given explicitly (the default before score="auto")
+chosen = (set(GROUPS.values()) if sys.argv[2] == "all"
+          else set() if sys.argv[2] in ("none", "baseline", "rsparse") else set(sys.argv[2].split(",")))
 assert chosen <= set(GROUPS.values()), chosen
 sp = copy.deepcopy(model)
 group_of = {id(m): GROUPS[name.rsplit(".", 1)[-1]] for name, m in sp.named_modules() if name.rsplit(".", 1)[-1] in GROUPS}
@@ -49,6 +53,8 @@ rsparse.install._channel_weights = channel_weights  # looked up in rsparse.insta
 t = time.time()
 if baseline:
     rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False, score="magnitude", rho=1.0)
+elif column_norms:
+    rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False, score="rsparse")
 else:
     rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False)
 ones = sum(1 for m in rsparse.nn.rsparse_modules(sp).values() if bool((m.c == 1).all()))

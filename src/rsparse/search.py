@@ -22,6 +22,13 @@ Three steps, each cheap:
    held-out calibration tokens. Every candidate allocation costs one forward pass; uniform
    budgets are scored too, so the result is never worse than uniform on that objective.
 
+With ``score="auto"`` (the default) step 1 runs twice, once under the column-norm score
+``|x_j|·||W[:, j]||`` and once under plain magnitude ``|x_j|``; each rule's table allocation is
+scored end to end and the refinement goes on with the better rule (one evaluation of the budget
+and one calibration pass more). On SmolLM2-135M the column-norm score lost to plain magnitude
+under the search at every target tried (benchmarks/NOTES.md, budget search notes), while the
+tables' error proxy always prefers the column norms: only the end-to-end KL can tell.
+
 The search is deterministic: no random numbers are drawn.
 """
 
