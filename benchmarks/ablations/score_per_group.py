@@ -53,7 +53,9 @@ rsparse.install._channel_weights = channel_weights  # looked up in rsparse.insta
 t = time.time()
 if baseline:
     rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False, score="magnitude", rho=1.0)
-elif column_norms:
+elif column_norms or chosen:
+    # One table pass whose c the patch sets per group (with score="auto" the search would also run a
+    # pass and an evaluator for the other rule, which this patch would defeat).
     rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False, score="rsparse")
 else:
     rsparse.sparsify(sp, target, calibration=calib, seed=0, show_progress=False)
