@@ -155,8 +155,9 @@ def search_budgets(
             )
         modules = rsparse_modules(model)
         tables = {score: _Tables(stats, shapes, rhos, cfg, sensitivity) for score, stats in passes.items()}
-        evaluators = {
-            score: _Evaluator(model, modules, stats, heldout, dense_logprobs, _score_weights(modules, score))
+        evaluators = {  # one rule: the installed c stays (bit for bit what the final install builds)
+            score: _Evaluator(model, modules, stats, heldout, dense_logprobs,
+                              _score_weights(modules, score) if len(scores) > 1 else None)
             for score, stats in passes.items()
         }
         seconds_tables = time.perf_counter() - started
