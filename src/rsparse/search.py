@@ -25,8 +25,8 @@ Three steps, each cheap:
 With ``score="auto"`` (opt-in) step 1 runs twice, once under the column-norm score
 ``|x_j|·||W[:, j]||`` and once under plain magnitude ``|x_j|``; each rule's table allocation is
 scored end to end and the refinement goes on with the better rule (one evaluation of the budget
-and one calibration pass more). On SmolLM2-135M the column-norm score lost to plain magnitude
-under the search at every target tried (benchmarks/NOTES.md, budget search notes), while the
+and one calibration pass more). On SmolLM2-135M plain magnitude beat the column-norm score under
+the search at targets 0.5 and 0.6 and lost at 0.4 (benchmarks/NOTES.md, budget search notes), while the
 tables' error proxy always prefers the column norms: only the end-to-end KL can tell.
 
 The search is deterministic: no random numbers are drawn.
@@ -47,8 +47,9 @@ from tqdm.auto import tqdm
 
 from rsparse.budget import layer_budget, model_sparsity, uniform_budgets
 from rsparse.config import LayerBudget, RSparseConfig
+from rsparse import install
 from rsparse.install import LinearStats, install_layers, restore
-from rsparse.nn import column_norms, rsparse_modules
+from rsparse.nn import rsparse_modules
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,12 @@ def search_budgets(
     started = time.perf_counter()
     dense_logprobs, sensitivity = output_sensitivities(model, targets, heldout, seed=cfg.seed)
     # "auto" compares the rules only when the evaluation budget leaves the refinement room after it.
-    compare = cfg.score == "auto" and cfg.search_evaluations > len(SCORE_CHOICES)
-    scores = SCORE_CHOICES if compare else ("rsparse",) if cfg.score == "auto" else (cfg.score,)
+    if cfg.score != "auto":
+        scores = (cfg.score,)
+    elif cfg.search_evaluations > len(SCORE_CHOICES):
+        scores = SCORE_CHOICES
+    else:  # too few evaluations to compare the rules and still refine: the default rule
+        scores = ("rsparse",)
     # One uniform pass per score rule. The model keeps the last pass's layers; the evaluator
     # gives each layer the c, threshold and factors of whichever rule it scores.
     passes: dict[str, dict[str, LinearStats]] = {}
@@ -164,12 +169,12 @@ def search_budgets(
         logger.info("rsparse search: tables of %d linears in %.1fs", len(modules), seconds_tables)
         known, score_kl = {}, None
         if len(scores) > 1:  # each rule's table allocation, end to end; the refinement goes on with the better
-            score_kl = {}
+            score_kl, table_budgets = {}, {}
             for score in scores:
-                budgets = _budgets_of(tables[score], tables[score].allocate({}, cfg.target))
-                score_kl[score] = evaluators[score](budgets)
+                table_budgets[score] = _budgets_of(tables[score], tables[score].allocate({}, cfg.target))
+                score_kl[score] = evaluators[score](table_budgets[score])
             chosen = min(scores, key=lambda k: score_kl[k])  # ties: the first (column norms)
-            known = {_key(_budgets_of(tables[chosen], tables[chosen].allocate({}, cfg.target))): score_kl[chosen]}
+            known = {_key(table_budgets[chosen]): score_kl[chosen]}
             logger.info("rsparse search: KL at the table allocation %s; going on with %s", score_kl, chosen)
         else:
             chosen = scores[0]
@@ -189,14 +194,8 @@ SCORE_CHOICES = ("rsparse", "magnitude")
 
 
 def _score_weights(modules: dict[str, nn.Module], score: str) -> dict[str, torch.Tensor]:
-    """``c`` of every layer under ``score`` (as `rsparse.install` builds it)."""
-    out = {}
-    for name, m in modules.items():
-        if score == "magnitude":
-            out[name] = torch.ones_like(m.c)
-        else:
-            out[name] = column_norms(m.weight).to(m.c.dtype)
-    return out
+    """``c`` of every layer under ``score``, built by `rsparse.install` itself."""
+    return {name: install._channel_weights(m, score).to(m.c.dtype) for name, m in modules.items()}
 
 
 def _budgets_of(tables: "_Tables", allocation: dict[str, tuple[float, float]]) -> dict[str, LayerBudget]:
