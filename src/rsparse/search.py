@@ -396,6 +396,9 @@ def _refine(
         bar.update(1)
         return seen[key]
 
+    def finish() -> SearchResult:
+        return _finish(best_budgets, best_kl, uniform_kl, len(seen), best_knobs, time.perf_counter() - started)
+
     try:
         uniform_kl = score(uniform)
         best_knobs = {k: 0.0 for k in knob_names}
@@ -417,22 +420,23 @@ def _refine(
                         budgets = budgets_of(tables.allocate(trial, cfg.target))
                         kl = score(budgets)
                         if kl is None:
-                            return _finish(bar, best_budgets, best_kl, uniform_kl, len(seen), best_knobs)
+                            return finish()
                         if base_kl is None or kl < base_kl:
                             base, base_kl, improved = trial, kl, True
                             if kl < best_kl:
                                 best_budgets, best_kl, best_knobs = budgets, kl, dict(trial)
                                 bar.set_postfix(best_kl=f"{best_kl:.4f}", uniform_kl=f"{uniform_kl:.4f}")
                             break
-        return _finish(bar, best_budgets, best_kl, uniform_kl, len(seen), best_knobs)
+        return finish()
     finally:
         bar.close()
 
 
-def _finish(bar, budgets, kl, uniform_kl, evaluations, knobs) -> SearchResult:
+def _finish(budgets, kl, uniform_kl, evaluations, knobs, seconds) -> SearchResult:
+    # The seconds come from the caller: a disabled progress bar reports no elapsed time.
     logger.info(
         "rsparse search: KL %.4f (uniform %.4f) after %d evaluations (%.1fs), model sparsity %.4f, knobs %s",
-        kl, uniform_kl, evaluations, bar.format_dict["elapsed"], model_sparsity(budgets.values()),
+        kl, uniform_kl, evaluations, seconds, model_sparsity(budgets.values()),
         {k: round(v, 2) for k, v in knobs.items()},
     )
     return SearchResult(dict(budgets), kl, uniform_kl, evaluations, knobs)
