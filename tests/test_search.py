@@ -45,7 +45,7 @@ def test_searched_budgets_meet_target_and_beat_uniform_on_the_objective(family, 
 def test_auto_score_keeps_the_rule_with_the_lower_kl_and_records_it(calib):
     model = tiny_model("llama3", layers=2)
     targets = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
-    result = search_budgets(model, targets, list(calib.split(8)), RSparseConfig(target=0.6, score="auto", search_evaluations=6),
+    result = search_budgets(model, targets, list(calib.split(8)), RSparseConfig(target=0.6, search_evaluations=6),
                             show_progress=False)
     assert set(result.score_kl) == {"rsparse", "magnitude"}
     assert result.score == min(result.score_kl, key=result.score_kl.get)
@@ -56,7 +56,7 @@ def test_auto_score_keeps_the_rule_with_the_lower_kl_and_records_it(calib):
                                RSparseConfig(target=0.6, score=score, search_evaluations=6), show_progress=False)
         assert fixed.score == score and fixed.score_kl is None
     # Too few evaluations to compare and refine: the column-norm rule, no comparison.
-    small = search_budgets(model, targets, list(calib.split(8)), RSparseConfig(target=0.6, score="auto", search_evaluations=2),
+    small = search_budgets(model, targets, list(calib.split(8)), RSparseConfig(target=0.6, search_evaluations=2),
                            show_progress=False)
     assert small.score == "rsparse" and small.score_kl is None and small.evaluations <= 2
 
@@ -65,14 +65,14 @@ def test_sparsify_records_the_score_rule_it_used(calib):
     from rsparse.nn import column_norms, rsparse_modules
 
     model = tiny_model("llama3", layers=2)
-    rsparse.sparsify(model, 0.6, calibration=calib, show_progress=False, config=RSparseConfig(score="auto", search_evaluations=6))
+    rsparse.sparsify(model, 0.6, calibration=calib, show_progress=False, config=RSparseConfig(search_evaluations=6))
     chosen = model.rsparse_config.score
     assert chosen in ("rsparse", "magnitude")
     for m in rsparse_modules(model).values():  # every layer's c follows the recorded rule
         want = torch.ones_like(m.c) if chosen == "magnitude" else column_norms(m.weight).float()
         torch.testing.assert_close(m.c, want)
     uniform = tiny_model("llama3", layers=2)
-    rsparse.sparsify(uniform, 0.5, calibration=calib, search="none", score="auto", show_progress=False)
+    rsparse.sparsify(uniform, 0.5, calibration=calib, search="none", show_progress=False)
     assert uniform.rsparse_config.score == "rsparse"
 
 

@@ -33,7 +33,7 @@ def sparsify(
     calibration: Any = None,
     tokenizer: Any = None,
     search: str = "auto",
-    score: str = "rsparse",
+    score: str = "auto",
     rho: float | None = None,
     seed: int = 0,
     show_progress: bool = True,
@@ -58,7 +58,7 @@ def sparsify(
             layer's sparsity and sparse share under the model-level ``target`` to minimise the KL
             divergence from the dense model on held-out calibration tokens (`rsparse.search`);
             ``"none"`` gives every layer sparsity ``target``.
-        score (`str`, defaults to ``"rsparse"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``),
+        score (`str`, defaults to ``"auto"``): channel score, ``"rsparse"`` (``|x_j|·‖W[:, j]‖``),
             ``"magnitude"`` (``|x_j|``, the TEAL-style score) or ``"auto"``: the search builds its tables
             under both and keeps the rule whose allocation scores the lower KL end to end (one more
             calibration pass); ``"rsparse"`` with ``search="none"``. The rule used is recorded in the config.

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--samples", type=_positive_int, default=16, help="calibration sequences (default: 16)")
         group.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per calibration sequence (default: 256)")
         group.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default: 0)")
-        group.add_argument("--score", choices=SCORES, default="rsparse",
-                           help="channel score rule; auto: the search chooses (default: rsparse)")
+        group.add_argument("--score", choices=SCORES, default="auto",
+                           help="channel score rule (default: auto, the search chooses)")
         group.add_argument("--search", choices=SEARCHES, default=defaults.search,
                            help=f"per-layer budget search; 'none' gives every layer the target (default: {defaults.search})")
         group.add_argument("--rho", type=_rho, default=None,

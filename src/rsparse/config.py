@@ -104,7 +104,7 @@ class RSparseConfig:
         metadata={"help": "sparse-path share of every layer's budget; None lets the search decide"},
     )
     score: str = field(
-        default="rsparse",
+        default="auto",
         metadata={
             "help": f"channel score rule, one of {SCORES}; 'auto' lets the search choose between the "
             f"column-norm score and plain magnitude (sparsify records the one used)"

@@ -22,7 +22,7 @@ Three steps, each cheap:
    held-out calibration tokens. Every candidate allocation costs one forward pass; uniform
    budgets are scored too, so the result is never worse than uniform on that objective.
 
-With ``score="auto"`` (opt-in) step 1 runs twice, once under the column-norm score
+With ``score="auto"`` (the default) step 1 runs twice, once under the column-norm score
 ``|x_j|·||W[:, j]||`` and once under plain magnitude ``|x_j|``; each rule's table allocation is
 scored end to end and the refinement goes on with the better rule (one evaluation of the budget
 and one calibration pass more). On SmolLM2-135M plain magnitude beat the column-norm score under
