@@ -271,8 +271,8 @@ def _smollm2_compiled_vs_eager():
     # here, and on this prompt compiled and eager then part at token 26. That is rounding, not a
     # different computation: teacher-forced on the same tokens their logits differ by at most 3e-5
     # for six steps, then a channel at its threshold flips and the difference grows (a sparse model
-    # does that under any rounding change, e.g. 1 vs 2 CPU threads; NOTES, "How far a rounding
-    # difference travels"). Exact token equality holds for this model and prompt only.
+    # does that under any rounding change, e.g. 1 vs 2 CPU threads; NOTES, budget search notes,
+    # "`score="auto"` is the default"). Exact token equality holds for this model and prompt only.
     rsparse.sparsify(model, 0.5, calibration=calib, score="rsparse", show_progress=False)
     prompt = tokenizer("The capital of France is a city that", return_tensors="pt").input_ids
     eager = decode_tokens(model, prompt, 64)

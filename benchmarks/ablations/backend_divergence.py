@@ -17,6 +17,7 @@ import rsparse
 from rsparse import bench
 from rsparse.eval import load_offline_model
 from rsparse.nn import rsparse_modules
+from teacher_forcing import greedy_logits
 
 DRY = os.environ.get("DRY") == "1"  # a CPU dry run of the script itself: "triton" means torch there
 DEVICE = "cpu" if DRY else "cuda"
@@ -31,30 +32,10 @@ prompt = tokenizer("The capital of France is a city that", return_tensors="pt").
 STEPS = 4 if DRY else 64
 
 
-@torch.no_grad()
-def run(forced=None):
-    dec = bench._Decoder(model, model, bench._static_cache(model, prompt.shape[1] + STEPS))
-    logits = []
-
-    def call(fn, ids, positions, **extra):
-        kw = {dec.cache_kw: dec.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
-        if dec.pass_cache_position:
-            kw["cache_position"] = positions
-        out = fn(ids, **kw).logits[:, -1].float()
-        logits.append(out)
-        return out.argmax(-1, keepdim=True)
-
-    dec._call = call
-    toks = [dec.prefill(prompt)]
-    for i in range(STEPS - 1):
-        toks.append(dec.step(toks[-1] if forced is None else forced[:, i : i + 1]))
-    return torch.cat(toks, 1), torch.cat(logits)
-
-
 rsparse.set_backend(TRITON)
-ref_toks, ref = run()
+ref_toks, ref = greedy_logits(model, prompt, STEPS)
 rsparse.set_backend("torch")
-_, other = run(ref_toks)
+_, other = greedy_logits(model, prompt, STEPS, forced=ref_toks)
 diff = (other - ref).abs().amax(-1)
 print("teacher-forced max|dlogit| per step (torch vs triton):", " ".join(f"{d:.1e}" for d in diff.tolist()))
 print("greedy choices that differ:", int((other.argmax(-1) != ref.argmax(-1)).sum()), "of", STEPS)

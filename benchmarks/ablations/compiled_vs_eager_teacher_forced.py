@@ -12,6 +12,7 @@ import sys, torch
 import rsparse
 from rsparse import bench
 from rsparse.eval import load_offline_model
+from teacher_forcing import greedy_logits
 
 torch.set_num_threads(1)
 score = sys.argv[1]
@@ -21,28 +22,9 @@ rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False, score=score
 print("score chosen", model.rsparse_config.score, flush=True)
 prompt = tokenizer("The capital of France is a city that", return_tensors="pt").input_ids
 
-def run(step, forced=None, n=64):
-    cache = bench._static_cache(model, prompt.shape[1] + n)
-    dec = bench._Decoder(model, step, cache)
-    logs = []
-    def call(fn, ids, positions, **extra):
-        kw = {dec.cache_kw: dec.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
-        if dec.pass_cache_position:
-            kw["cache_position"] = positions
-        lg = fn(ids, **kw).logits[:, -1].float()
-        logs.append(lg.clone())
-        return lg.argmax(-1, keepdim=True)
-    dec._call = call
-    with torch.no_grad():
-        tok = dec.prefill(prompt); toks = [tok]
-        for i in range(n - 1):
-            tok = dec.step(tok if forced is None else forced[:, i:i+1])
-            toks.append(tok)
-    return torch.cat(toks, 1), torch.cat(logs)
-
-eager_toks, eager_logits = run(model)
+eager_toks, eager_logits = greedy_logits(model, prompt, 64)
 step = bench.compile_decode_step(model, backend="aot_eager")
-comp_toks, comp_logits = run(step, forced=eager_toks)
+comp_toks, comp_logits = greedy_logits(model, prompt, 64, step=step, forced=eager_toks)
 top2 = eager_logits.topk(2, -1).values
 gap = (top2[:, 0] - top2[:, 1])
 d = (comp_logits - eager_logits).abs().max(-1).values

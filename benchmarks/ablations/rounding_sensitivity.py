@@ -16,8 +16,8 @@ import sys
 import torch
 
 import rsparse
-from rsparse import bench
 from rsparse.eval import boolq_passages, load_offline_model, text_windows
+from teacher_forcing import greedy_logits
 
 target, score = float(sys.argv[1]), sys.argv[2]
 STEPS = 64
@@ -33,33 +33,12 @@ else:
     print(f"target {target}, score {model.rsparse_config.score}", flush=True)
 
 
-@torch.no_grad()
-def logits_along(prompt: torch.Tensor, forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy decode (or teacher-forced on ``forced``): the tokens and every step's last logits."""
-    dec = bench._Decoder(model, model, bench._static_cache(model, prompt.shape[1] + STEPS))
-    logits = []
-
-    def call(fn, ids, positions, **extra):
-        kw = {dec.cache_kw: dec.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
-        if dec.pass_cache_position:
-            kw["cache_position"] = positions
-        out = fn(ids, **kw).logits[:, -1].float()
-        logits.append(out)
-        return out.argmax(-1, keepdim=True)
-
-    dec._call = call
-    toks = [dec.prefill(prompt)]
-    for i in range(STEPS - 1):
-        toks.append(dec.step(toks[-1] if forced is None else forced[:, i : i + 1]))
-    return torch.cat(toks, 1), torch.cat(logits)
-
-
 for p in range(prompts.shape[0]):
     prompt = prompts[p : p + 1]
     torch.set_num_threads(1)
-    ref_toks, ref = logits_along(prompt, None)
+    ref_toks, ref = greedy_logits(model, prompt, STEPS)
     torch.set_num_threads(2)
-    _, other = logits_along(prompt, ref_toks)
+    _, other = greedy_logits(model, prompt, STEPS, forced=ref_toks)
     diff = (other - ref).abs().amax(-1)
     big = (diff > 1e-2).nonzero()
     first = int(big[0]) if len(big) else None

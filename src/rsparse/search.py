@@ -45,9 +45,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rsparse import install
 from rsparse.budget import layer_budget, model_sparsity, uniform_budgets
 from rsparse.config import LayerBudget, RSparseConfig
-from rsparse import install
 from rsparse.install import LinearStats, install_layers, restore
 from rsparse.nn import rsparse_modules
 
