@@ -20,7 +20,7 @@ from transformers import CompileConfig
 import rsparse
 from rsparse.bench import compile_decode_step, decode_speed, decode_tokens
 from rsparse.fuse import linked_groups, set_fusion
-from rsparse.nn import rsparse_modules
+from rsparse.nn import fused_forward, rsparse_modules
 
 from .conftest import FAMILIES, random_tokens, tiny_model
 
@@ -401,11 +401,18 @@ def test_gpu_every_family_compiled_triton_equals_eager_and_torch(family):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_smollm2_triton_compiled_equals_eager_and_torch():
-    """Acceptance 2 on a real model on the GPU: SmolLM2-135M sparsified at 0.5, 64 greedy tokens.
-    fp32: the compiled Triton decode (inductor, CUDA graphs) equals the eager Triton decode and the
-    compiled torch-backend decode token for token; bf16: compiled vs eager Triton agreement printed. Skips where the offline
-    model package (and the GGUF reader transformers needs) is missing."""
+def test_gpu_smollm2_triton_compiled_equals_eager_and_agrees_with_torch():
+    """Acceptance 2 on a real model on the GPU: SmolLM2-135M sparsified at 0.5 (fp32), 64 greedy tokens.
+
+    Asserted: the compiled Triton decode (inductor, CUDA graphs) gives the eager Triton decode's
+    tokens; and every RSparseLinear computes under the Triton backend what it computes under the
+    PyTorch one (relative 1e-6) on the real inputs of the prompt's prefill (8 rows per call, the
+    batched and fused launches) and of a decode step. Reported, not asserted: the torch backend's
+    tokens against Triton's, and bf16 compiled vs eager. Token identity across backends is not
+    a property of the code: their sums round differently, and one rounding-level difference that
+    lands on a threshold gives another forward pass. On 8 held-out prompts it held for 1-3 of
+    them, with searched and with uniform budgets alike (benchmarks/NOTES.md, decode run 20).
+    Skips where the offline model package (and the GGUF reader transformers needs) is missing."""
     from rsparse.eval import load_offline_model
 
     try:
@@ -414,14 +421,47 @@ def test_gpu_smollm2_triton_compiled_equals_eager_and_torch():
         pytest.skip(f"offline SmolLM2 not loadable here: {e}")
     model = model.cuda()
     calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
-    # The column-norm score, as in the CPU test above (and as when this passed on the H200).
+    # The column-norm score, as in the CPU test above (and as when this ran on the H200 before).
     rsparse.sparsify(model, 0.5, calibration=calib, score="rsparse", show_progress=False)
     prompt = tokenizer("The capital of France is a city that", return_tensors="pt").input_ids.cuda()
+    mods = rsparse_modules(model)
+    assert prompt.shape[1] <= next(iter(mods.values())).decode_cutoff  # the prefill runs the batched kernels too
+
+    # Every layer's inputs during the prefill and the first decode step (hooks: layer-by-layer calls).
+    inputs: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: inputs.setdefault(name, []).append(args[0].clone()))
+             for n, m in mods.items()]
+    try:
+        rsparse.set_backend("triton")
+        decode_tokens(model, prompt, 2)
+    finally:
+        for h in hooks:
+            h.remove()
+    worst = 0.0
+    with torch.no_grad():
+        for name, xs in inputs.items():
+            for x in xs:
+                rsparse.set_backend("triton")
+                a = mods[name].forward_alone(x)
+                rsparse.set_backend("torch")
+                b = mods[name].forward_alone(x)
+                worst = max(worst, ((a - b).norm() / b.norm()).item())
+    for names in linked_groups(model):  # the fused launch of each group on its prefill input
+        x = inputs[names[0]][0]
+        with torch.no_grad():
+            rsparse.set_backend("triton")
+            fused = fused_forward(x, [mods[k] for k in names])
+            rsparse.set_backend("torch")
+            for y, k in zip(fused, names):
+                b = mods[k].forward_alone(x)
+                worst = max(worst, ((y - b).norm() / b.norm()).item())
+    print(f"SmolLM2 fp32: largest per-layer relative difference, Triton vs torch, prefill and decode: {worst:.2e}")
+
     out = {}
     try:
         for dtype in (torch.float32, torch.bfloat16):
             model.to(dtype)
-            runs = (("triton", False), ("triton", True)) + ((("torch", True),) if dtype == torch.float32 else ())
+            runs = (("triton", False), ("triton", True)) + ((("torch", False),) if dtype == torch.float32 else ())
             for backend, compiled in runs:
                 rsparse.set_backend(backend)
                 torch._dynamo.reset()
@@ -431,11 +471,11 @@ def test_gpu_smollm2_triton_compiled_equals_eager_and_torch():
         rsparse.set_backend("auto")
     for dtype in (torch.float32, torch.bfloat16):
         ref = out[dtype, "triton", False]
-        for key in ((dtype, "triton", True), (dtype, "torch", True)):
+        for key in ((dtype, "triton", True), (dtype, "torch", False)):
             if key not in out:
                 continue
             agree = (out[key] == ref).float().mean().item()
             print(f"SmolLM2 {dtype}: {key[1]} {'compiled' if key[2] else 'eager'} vs triton eager, 64 tokens: {agree:.3f}")
     print("fp32 tokens:", tokenizer.decode(out[torch.float32, "triton", False][0]))
+    assert worst <= 1e-6
     torch.testing.assert_close(out[torch.float32, "triton", True], out[torch.float32, "triton", False], rtol=0, atol=0)
-    torch.testing.assert_close(out[torch.float32, "torch", True], out[torch.float32, "triton", False], rtol=0, atol=0)

@@ -159,6 +159,8 @@ def test_dense_model_gives_identical_protocols():
     a = multiple_choice(model, tok, "arc_easy", items=items, show_progress=False)
     b = multiple_choice(model, tok, "arc_easy", items=items, protocol="deployment", show_progress=False)
     assert {k: a[k] for k in ("n", "acc", "acc_norm")} == {k: b[k] for k in ("n", "acc", "acc_norm")}
+    for hits, acc in ((a["hits"], a["acc"]), (a["hits_norm"], a["acc_norm"])):  # per item, for paired comparisons
+        assert len(hits) == a["n"] and set(hits) <= {"0", "1"} and hits.count("1") / a["n"] == acc
 
 
 def test_sparse_model_protocols_match_brute_force_references(calib):

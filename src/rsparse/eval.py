@@ -611,7 +611,9 @@ def multiple_choice(
 
     Returns:
         `dict`: ``task``, ``protocol``, ``n``, ``acc``, ``acc_norm``, their standard errors
-        (``acc_stderr``, ``acc_norm_stderr``), ``tokens`` (tokens run through the model) and
+        (``acc_stderr``, ``acc_norm_stderr``), ``hits`` and ``hits_norm`` (one character per item,
+        ``"1"`` where it was answered right: for paired comparisons of two models on the same
+        items), ``tokens`` (tokens run through the model) and
         ``seconds``.
 
     Example:
@@ -656,6 +658,8 @@ def multiple_choice(
         "acc_norm": sum(hits_norm) / len(hits_norm),
         "acc_stderr": _stderr(hits),
         "acc_norm_stderr": _stderr(hits_norm),
+        "hits": "".join("1" if h else "0" for h in hits),
+        "hits_norm": "".join("1" if h else "0" for h in hits_norm),
         "tokens": tokens,
         "seconds": time.perf_counter() - started,
     }
