@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:... python benchmarks/ablations/backend_agreement.py [ROWS_DUMP] [SEARCH]
 
-SmolLM2-135M sparsified at 0.5 as `test_gpu_smollm2_triton_compiled_equals_eager_and_agrees_with_torch` does;
+SmolLM2-135M sparsified at 0.5 as `test_gpu_smollm2_triton_agrees_with_torch_per_layer` does;
 prompts: the test's own (8 tokens) and the first 8 and the first 16 tokens of 8 held-out BoolQ
 passages. With ``decode_cutoff = 8`` an 8-token prompt's prefill runs sparse, a 16-token one dense
 (as issue 6 describes decoding: prefill dense, decode steps sparse). Eager decoding under each

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:... python benchmarks/ablations/backend_divergence.py
 
-Sparsifies SmolLM2-135M at 0.5 as `test_gpu_smollm2_triton_compiled_equals_eager_and_agrees_with_torch` does,
+Sparsifies SmolLM2-135M at 0.5 as `test_gpu_smollm2_triton_agrees_with_torch_per_layer` does,
 decodes 64 greedy tokens with the Triton backend (eager), then runs both backends teacher-forced
 on those tokens and prints each step's largest logit difference, and for one decode step every
 RSparseLinear's output under both backends on the same captured input (relative difference).
