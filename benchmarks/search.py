@@ -10,7 +10,7 @@ passages) and is scored on the same held-out text (windows from the second half)
 * ``magnitude/uniform``: the TEAL-style ``|x|`` score, every layer at the target;
 * ``magnitude/searched``: the same score with rsparse's per-layer search (rho fixed to 1);
 * ``rsparse/searched``: `search="auto"` with rho chosen per layer, the column-norm score;
-* ``auto/searched``: the default since 2026-12-01 (seventh session): the same, with the score rule
+* ``auto/searched``: the default since 2026-12-01 (eighth session): the same, with the score rule
   (column norms or plain magnitude) chosen by the search (`score="auto"`).
 
     python benchmarks/search.py                       # the grid (about an hour on 2 CPU cores)
