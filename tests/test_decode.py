@@ -440,23 +440,25 @@ def test_gpu_smollm2_triton_agrees_with_torch_per_layer():
         for h in hooks:
             h.remove()
     worst = 0.0
-    with torch.no_grad():
-        for name, xs in inputs.items():
-            for x in xs:
-                rsparse.set_backend("triton")
-                a = mods[name].forward_alone(x)
-                rsparse.set_backend("torch")
-                b = mods[name].forward_alone(x)
-                worst = max(worst, ((a - b).norm() / b.norm()).item())
-    for names in linked_groups(model):  # the fused launch of each group on its prefill input
-        x = inputs[names[0]][0]
+    try:
         with torch.no_grad():
-            rsparse.set_backend("triton")
-            fused = fused_forward(x, [mods[k] for k in names])
-            rsparse.set_backend("torch")
-            for y, k in zip(fused, names):
-                b = mods[k].forward_alone(x)
-                worst = max(worst, ((y - b).norm() / b.norm()).item())
+            for name, xs in inputs.items():
+                for x in xs:
+                    rsparse.set_backend("triton")
+                    a = mods[name].forward_alone(x)
+                    rsparse.set_backend("torch")
+                    b = mods[name].forward_alone(x)
+                    worst = max(worst, ((a - b).norm() / b.norm()).item())
+            for names in linked_groups(model):  # the fused launch of each group on its prefill input
+                x = inputs[names[0]][0]
+                rsparse.set_backend("triton")
+                fused = fused_forward(x, [mods[k] for k in names])
+                rsparse.set_backend("torch")
+                for y, k in zip(fused, names):
+                    b = mods[k].forward_alone(x)
+                    worst = max(worst, ((y - b).norm() / b.norm()).item())
+    finally:
+        rsparse.set_backend("auto")
     print(f"SmolLM2 fp32: largest per-layer relative difference, Triton vs torch, prefill and decode: {worst:.2e}")
 
     out = {}
