@@ -437,6 +437,7 @@ def test_gpu_smollm2_triton_agrees_with_torch_per_layer():
         rsparse.set_backend("triton")
         decode_tokens(model, prompt, 2)
     finally:
+        rsparse.set_backend("auto")
         for h in hooks:
             h.remove()
     worst = 0.0
