@@ -44,9 +44,10 @@ for name, prompt in prompts.items():
         out[backend] = decode_tokens(model, prompt.cuda(), 64)
     same = out["triton"] == out["torch"]
     first = None if bool(same.all()) else int((~same).int().argmax())
-    summary[name] = (same.float().mean().item(), first)
+    agreement = same.float().mean().item()
+    summary[name] = (agreement, first)
     print(f"{name} ({prompt.shape[1]} tokens, prefill {'sparse' if prompt.shape[1] <= 8 else 'dense'}): "
-          f"agreement {same.float().mean().item():.3f}, first difference {first}", flush=True)
+          f"agreement {agreement:.3f}, first difference {first}", flush=True)
 rsparse.set_backend("auto")
 for kind in ("8 tokens", "16 tokens"):
     rows_ = [v for k, v in summary.items() if k.endswith(kind)]

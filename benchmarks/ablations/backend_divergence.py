@@ -39,6 +39,11 @@ prompt = tokenizer("The capital of France is a city that", return_tensors="pt").
 STEPS = 4 if DRY else 64
 
 
+def rel(a, b):
+    """Relative difference of ``a`` from ``b``."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
 rsparse.set_backend(TRITON)
 ref_toks, ref = greedy_logits(model, prompt, STEPS)
 rsparse.set_backend("torch")
@@ -67,12 +72,8 @@ with torch.no_grad():
         a = m(x)
         rsparse.set_backend("torch")
         b = m(x)
-        worst.append(((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+        worst.append(rel(a, b))
 print(f"per-layer relative difference, one decode step, {len(worst)} layers: max {max(worst):.2e}, median {sorted(worst)[len(worst)//2]:.2e}")
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def capture_prefill(backend_name):
@@ -132,9 +133,9 @@ toks, _ = greedy_logits(model, prompt, STEPS)
 _, forced = greedy_logits(model, prompt, STEPS, forced=ref_toks)
 same = (toks == ref_toks).float().mean().item()
 firstdiff = int((toks != ref_toks).int().argmax()) if same < 1 else None
+step_diff = (forced - ref).abs().amax(-1)
 print(f"dense prefill: torch vs triton greedy agreement {same:.3f} (first difference at {firstdiff}); "
-      f"teacher-forced max|dlogit| first/median/max: {(forced - ref).abs().amax(-1)[0]:.1e} "
-      f"{(forced - ref).abs().amax(-1).median():.1e} {(forced - ref).abs().amax(-1).max():.1e}")
+      f"teacher-forced max|dlogit| first/median/max: {step_diff[0]:.1e} {step_diff.median():.1e} {step_diff.max():.1e}")
 for m in mods.values():
     m.decode_cutoff = 8
 rsparse.set_backend("auto")
