@@ -564,6 +564,10 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).programs_per_sm == 4
     assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4, has_rank=True).programs_per_sm == 3
     assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4).programs_per_sm == 4
+    # Wide single projections with a rank at about half active: z items of WIDE_Z_STEPS steps.
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.4, has_rank=True).z_steps == kernels.WIDE_Z_STEPS
+    assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
+    assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
     gate_up = (4096, 2 * 14336)
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
@@ -635,6 +639,23 @@ def test_low_rank_items_sized_by_density_match_reference(lowrank_rows, z_skip, z
         args = make_args(T, 300, 45, 20, dtype, "cpu", active=0.2, bias=True, seed=5)
         check(args, dtype, "cpu", active_fraction=0.2)
         assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("z_steps", [1, 8])
+def test_z_steps_of_the_config_match_reference(z_steps):
+    # `Config.z_steps` overrides Z_STEPS per launch (WIDE_Z_STEPS for wide single projections).
+    from rsparse.kernels import sparse_linear as kernels
+
+    kernels.set_config(kernels.Config(block_k=8, block_m=16, programs_per_sm=4, block_kz=16, block_r=32,
+                                      z_steps=z_steps), "gemv1")
+    try:
+        for dtype in DTYPES:
+            args = make_args(1, 300, 45, 20, dtype, "cpu", active=0.4, bias=False, seed=7)
+            check(args, dtype, "cpu", active_fraction=0.4)
+            assert _workspace_is_zero()
+    finally:
+        kernels.set_config(None, "gemv1")
 
 
 @needs_triton

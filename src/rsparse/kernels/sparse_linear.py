@@ -439,6 +439,7 @@ class Config:
     path: str = "splitk"
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
+    z_steps: int | None = None  # z items: steps of block_kz channels per item (None: Z_STEPS)
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -469,6 +470,10 @@ COMPACT_MIN_ELEMENTS = 32 * 2**20  # n * m_total
 WIDE_COMPACT_MAX_ACTIVE = 0.55
 WIDE_COMPACT_MIN_ELEMENTS = 96 * 2**20
 INLINE_MAX_ACTIVE = 0.55
+# z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
+# path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
+# of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
+WIDE_Z_STEPS = 8
 
 
 def choose_config(
@@ -499,7 +504,10 @@ def choose_config(
         # leave slots to the z items from the start (kernel run 12: q/k/v + o at 50 % 26.3 against 28.7 us);
         # on the big shapes 4 stay faster (down_proj 27.4 against 32.1 us).
         per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
-        return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16, block_r=128)
+        wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
+        z_steps = WIDE_Z_STEPS if wide_single and active_fraction > COMPACT_MAX_ACTIVE else None
+        return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16,
+                      block_r=128, z_steps=z_steps)
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
@@ -622,7 +630,8 @@ def sparse_linear_multi(
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
     z_items = Z_ITEMS and not use_dot and any(rs)
-    rows_z = Z_STEPS * cfg.block_kz if Z_STEPS else rows
+    steps = Z_STEPS if cfg.z_steps is None else cfg.z_steps
+    rows_z = steps * cfg.block_kz if steps else rows
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len]
