@@ -76,7 +76,7 @@ def measure(layers: int, samples: int, args) -> dict:
         "evaluations": result.evaluations, "seconds_tables": round(result.seconds_tables, 2),
         "seconds_evaluations": round(result.seconds_evaluations, 2), "seconds_search": round(t1 - t0, 2),
         "seconds_install": round(t2 - t1, 2), "seconds_total": round(t2 - t0, 2),
-        "kl": result.kl, "uniform_kl": result.uniform_kl,
+        "kl": result.kl, "uniform_kl": result.uniform_kl, "score": result.score, "score_kl": result.score_kl,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device == "cuda" else None,
     }
     del model
