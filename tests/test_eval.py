@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rsparse
-from rsparse.eval import perplexity, text_windows
+from rsparse.eval import perplexity, text_windows, window_nll
 from tests.conftest import random_tokens, tiny_model
 
 
@@ -21,6 +21,18 @@ def test_strict_and_deployment_match_a_full_forward_on_a_dense_model():
     assert perplexity(model, windows, batch_size=2) == pytest.approx(_manual_ppl(model, windows, 1), rel=1e-5)
     got = perplexity(model, windows, protocol="deployment", context=10)
     assert got == pytest.approx(_manual_ppl(model, windows, 10), rel=1e-4)
+
+
+def test_window_nll_is_each_windows_mean_and_averages_to_the_perplexity(calib):
+    model = tiny_model()
+    rsparse.sparsify(model, 0.5, calibration=calib, show_progress=False)
+    windows = random_tokens(3, 20, 5)
+    per_window = window_nll(model, windows, batch_size=2)
+    assert per_window.shape == (3,) and per_window.dtype == torch.float64
+    for i in range(3):  # each window alone, every token sparse, as strict scores it
+        assert math.exp(per_window[i].item()) == pytest.approx(perplexity(model, windows[i : i + 1]), rel=1e-6)
+    assert math.exp(per_window.mean().item()) == pytest.approx(perplexity(model, windows), rel=1e-6)
+    assert len(set(per_window.tolist())) == 3  # windows of different text do not score alike
 
 
 def test_protocols_differ_once_sparse_and_modes_are_restored(calib):

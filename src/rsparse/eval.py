@@ -207,10 +207,28 @@ def perplexity(
     >>> perplexity(model, windows, protocol="deployment", context=256)  # doctest: +SKIP
     ```
     """
+    # Every window scores the same number of tokens, so the mean of the window means is the mean.
+    return math.exp(window_nll(model, windows, protocol=protocol, context=context, batch_size=batch_size).mean().item())
+
+
+@torch.no_grad()
+def window_nll(
+    model: nn.Module, windows: torch.Tensor, *, protocol: str = "strict", context: int = 0, batch_size: int = 4
+) -> torch.Tensor:
+    """Mean negative log-likelihood (nats per scored token) of each window, as `perplexity` scores them.
+
+    Two models scored on the same windows can be compared window by window (a paired test):
+    the windows are independent stretches of text, the tokens inside one are not.
+
+    Args: as `perplexity`.
+
+    Returns:
+        `torch.Tensor`: ``[n]`` float64, one mean per window; ``exp`` of their mean is the perplexity.
+    """
     _check_protocol(protocol)
     if protocol == "deployment" and not 0 < context < windows.shape[1]:
         raise ValueError(f"deployment protocol needs 0 < context < {windows.shape[1]}, got {context}")
-    nll, count = 0.0, 0
+    means = []
     with _modes_restored(model) as modules:
         for batch in windows.to(_device(model)).split(batch_size):
             if protocol == "strict":
@@ -226,11 +244,9 @@ def perplexity(
                 rest = model(input_ids=batch[:, context:-1], past_key_values=out.past_key_values, use_cache=True)
                 logits = torch.cat([out.logits[:, -1:], rest.logits], 1).float()
                 targets = batch[:, context:]
-            nll += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-            ).item()
-            count += targets.numel()
-    return math.exp(nll / count)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            means.append(nll.double().mean(dim=1).cpu())
+    return torch.cat(means)
 
 
 # Padded tokens per forward call when scoring: on a CPU a GEMM over a few thousand rows runs
