@@ -224,6 +224,13 @@ def window_nll(
 
     Returns:
         `torch.Tensor`: ``[n]`` float64, one mean per window; ``exp`` of their mean is the perplexity.
+
+    Example:
+
+    ```python
+    >>> d = window_nll(sparse_a, windows) - window_nll(sparse_b, windows)  # doctest: +SKIP
+    >>> d.mean(), d.std() / len(d) ** 0.5  # difference in nats per token, and its standard error  # doctest: +SKIP
+    ```
     """
     _check_protocol(protocol)
     if protocol == "deployment" and not 0 < context < windows.shape[1]:
