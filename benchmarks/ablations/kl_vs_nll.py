@@ -54,7 +54,7 @@ def build(model, calib: torch.Tensor, score: str, budgets: dict[str, tuple[float
 
 
 @torch.no_grad()
-def per_window(dense, models: dict, windows: torch.Tensor, batch_size: int = 4) -> dict:
+def per_window(dense, models: dict, windows: torch.Tensor, batch_size: int = 1) -> dict:
     """Per window: NLL of the text and KL(dense ‖ sparse), nats per token, every token sparse."""
     out = {name: {"nll": [], "kl": []} for name in models}
     out["dense"] = {"nll": [], "kl": []}
