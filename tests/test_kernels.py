@@ -370,6 +370,9 @@ GPU_SHAPES = [  # T, n, m, r, bias, active
     (3, 14336, 4096, 128, False, 0.2),
     (5, 777, 333, 31, True, 0.7),
     (13, 513, 1025, 9, False, 0.5),
+    # One token, wide single projections with a rank about half active: 8-step z items (kernel run 17).
+    (1, 4096, 14336, 318, True, 0.4),
+    (1, 4100, 9001, 250, False, 0.45),
 ]
 
 
@@ -566,6 +569,7 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4).programs_per_sm == 4
     # Wide single projections with a rank at about half active: z items of WIDE_Z_STEPS steps.
     assert kernels.choose_config(*big, False, 2, active_fraction=0.4, has_rank=True).z_steps == kernels.WIDE_Z_STEPS
+    assert kernels.choose_config(4100, 9001, False, 2, active_fraction=0.45, has_rank=True).z_steps == kernels.WIDE_Z_STEPS
     assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
     assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
     gate_up = (4096, 2 * 14336)
