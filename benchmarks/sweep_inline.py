@@ -331,8 +331,7 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
         lowrank = sum(math.ceil(r / rows_lr) * t for r, t in zip(ranks, per_proj))
         z_items = 0
         if K.Z_ITEMS and batch == 1 and any(ranks):  # z items of their own (kernel run 11)
-            steps = K.Z_STEPS if cfg.z_steps is None else cfg.z_steps
-            rows_z = steps * cfg.block_kz if steps else rows
+            rows_z = K.z_item_rows(cfg, rows)
             z_items = math.ceil(n / rows_z) * sum(math.ceil(r / cfg.block_r) for r in ranks)
         return {"programs": z_items + chunks * tiles + lowrank, "chunks": chunks, "rows": rows, "rows_lr": rows_lr,
                 "z_items": z_items, "fallback": False, "path": cfg.path, "per_sm": cfg.programs_per_sm}

@@ -511,6 +511,12 @@ def choose_config(
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
+def z_item_rows(cfg: Config, rows: int) -> int:
+    """Input channels per z item: ``z_steps`` (or `Z_STEPS`) steps of ``block_kz``; 0 steps: a weight item's ``rows``."""
+    steps = Z_STEPS if cfg.z_steps is None else cfg.z_steps
+    return steps * cfg.block_kz if steps else rows
+
+
 def _rows_per_item(n: int, tiles: int, block_k: int, target: int) -> int:
     """Input channels per weight item, for about ``target`` items (programs_per_sm per multiprocessor).
 
@@ -630,8 +636,7 @@ def sparse_linear_multi(
     lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
 
     z_items = Z_ITEMS and not use_dot and any(rs)
-    steps = Z_STEPS if cfg.z_steps is None else cfg.z_steps
-    rows_z = steps * cfg.block_kz if steps else rows
+    rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len]
