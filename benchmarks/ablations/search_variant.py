@@ -1,0 +1,54 @@
+"""Ablation driver (issue 4): one search variant at one target, scored like `benchmarks/search_paired.py`.
+
+    OMP_NUM_THREADS=1 python benchmarks/ablations/search_variant.py 0.4 auto/rho1 out.json '{"rho": 1.0}'
+    OMP_NUM_THREADS=1 RSPARSE_OBJECTIVE=klnll python benchmarks/ablations/search_variant.py 0.4 auto/klnll out.json '{}'
+
+Arguments: target, a name for the run, the JSON to write, and `sparsify` keyword arguments as JSON
+(``"config"``: `RSparseConfig` fields; ``"calib_samples"``: calibration windows, 16 by default).
+The model, calibration windows (16 x 256 BoolQ tokens), seed and the 64 held-out windows x 512
+tokens are `search_paired.py`'s, and the JSON has its layout (per-window NLL), so runs compare
+window by window with `search_paired_run1.json`. The variants of the eleventh session ran with one of
+two patches of `src/rsparse/search.py` applied (this folder; neither is in the package):
+
+* `search_objective_env.patch`: environment switches. ``RSPARSE_OBJECTIVE=nll`` scores candidates by the
+  held-out tokens' NLL, ``klnll`` by KL plus the NLL increase over dense (a target half the dense
+  distribution, half the true token); ``RSPARSE_RANK_TEST=32`` drops the refined result's low-rank paths
+  unless they lower the KL by two standard errors (paired over 32-token blocks) against the same
+  knobs without rank; ``RSPARSE_RANK_TEST_RULES=1`` also tests each rule's table allocation.
+* `search_rank_test.patch`: the second form written as the search's step 4 (tests at both places).
+
+Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh session".
+"""
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import rsparse
+from rsparse.eval import boolq_passages, load_offline_model, text_windows, window_nll
+
+target, name, out = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+torch.manual_seed(0)
+model, tok = load_offline_model()
+held = text_windows(boolq_passages("heldout"), tok, 512, 64)
+calib = text_windows(boolq_passages("calibration"), tok, 256, extra.pop("calib_samples", 16))
+cfg = rsparse.RSparseConfig(**extra.pop("config", {}))
+sparse = copy.deepcopy(model)
+started = time.perf_counter()
+rsparse.sparsify(sparse, target, calibration=calib, seed=0, show_progress=False, config=cfg, **extra)
+seconds = time.perf_counter() - started
+nll = window_nll(sparse, held).tolist()
+layers = sparse.rsparse_config.layers
+run = {"method": name, "target": target, "nll": nll, "sparsify_seconds": seconds, "score": sparse.rsparse_config.score,
+       "layers_with_rank": sum(b.r > 0 for b in layers.values()), "layers": len(layers),
+       "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}}
+meta = {"text": f"held-out BoolQ passages, {held.shape[0]} windows x {held.shape[1]} tokens",
+        "calibration": f"{calib.shape[0]} x 256", "device": "CPU 1 thread", "torch": torch.__version__,
+        "rsparse": rsparse.__version__}
+out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
+print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds, flush=True)
