@@ -22,6 +22,7 @@ Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh sessio
 import copy
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,15 @@ from pathlib import Path
 import torch
 
 import rsparse
-from rsparse.eval import boolq_passages, load_offline_model, text_windows, window_nll
+from rsparse.eval import window_nll
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired.py uses)
 
 target, name, out = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 torch.manual_seed(0)
-model, tok = load_offline_model()
-held = text_windows(boolq_passages("heldout"), tok, 512, 64)
-calib = text_windows(boolq_passages("calibration"), tok, 256, extra.pop("calib_samples", 16))
+model, held, calib, meta = search.load_data(512, 64, extra.pop("calib_samples", 16), 0)
 cfg = rsparse.RSparseConfig(**extra.pop("config", {}))
 sparse = copy.deepcopy(model)
 started = time.perf_counter()
@@ -47,8 +49,5 @@ layers = sparse.rsparse_config.layers
 run = {"method": name, "target": target, "nll": nll, "sparsify_seconds": seconds, "score": sparse.rsparse_config.score,
        "layers_with_rank": sum(b.r > 0 for b in layers.values()), "layers": len(layers),
        "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}}
-meta = {"text": f"held-out BoolQ passages, {held.shape[0]} windows x {held.shape[1]} tokens",
-        "calibration": f"{calib.shape[0]} x 256", "device": "CPU 1 thread", "torch": torch.__version__,
-        "rsparse": rsparse.__version__}
 out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
 print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds, flush=True)
