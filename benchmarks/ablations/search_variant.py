@@ -16,8 +16,13 @@ two patches of `src/rsparse/search.py` applied (this folder; neither is in the p
   unless they lower the KL by two standard errors (paired over 32-token blocks) against the same
   knobs without rank; ``RSPARSE_RANK_TEST_RULES=1`` also tests each rule's table allocation.
 * `search_rank_test.patch`: the second form written as the search's step 4 (tests at both places).
+* `search_heldout_residual.patch` (twelfth session): the tables price the rank by the residual of factors fitted on
+  one half of the calibration sequences and measured on the other (``RSPARSE_NO_RANK_KNOB=1`` also drops the
+  refinement's rank knob).
 
-Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh session".
+The search's log (`rsparse.search` at INFO: the rule chosen, the KL, the knobs) goes to stderr.
+
+Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh session" and "in the twelfth session".
 """
 import copy
 import json
@@ -27,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import logging
+
 import torch
 
 import rsparse
@@ -35,6 +42,8 @@ from rsparse.eval import window_nll
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired.py uses)
 
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("rsparse.search").setLevel(logging.INFO)
 target, name, out = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 torch.manual_seed(0)
