@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 RSPARSE_OBJECTIVE=klnll python benchmarks/ablations/search_variant.py 0.4 auto/klnll out.json '{}'
 
 Arguments: target, a name for the run, the JSON to write, and `sparsify` keyword arguments as JSON
-(``"config"``: `RSparseConfig` fields; ``"calib_samples"``: calibration windows, 16 by default).
+(``"config"``: `RSparseConfig` fields; ``"calib_samples"``: calibration windows, 16 by default;
+``"calib_skip"``: skip that many calibration windows first, for another draw of calibration text).
 The model, calibration windows (16 x 256 BoolQ tokens), seed and the 64 held-out windows x 512
 tokens are `search_paired.py`'s, and the JSON has its layout (per-window NLL), so runs compare
 window by window with `search_paired_run1.json`. The variants of the eleventh session ran with one of
@@ -47,7 +48,11 @@ logging.getLogger("rsparse.search").setLevel(logging.INFO)
 target, name, out = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 torch.manual_seed(0)
-model, held, calib, meta = search.load_data(512, 64, extra.pop("calib_samples", 16), 0)
+samples, skip = extra.pop("calib_samples", 16), extra.pop("calib_skip", 0)
+model, held, calib, meta = search.load_data(512, 64, samples + skip, 0)
+if skip:  # another draw of calibration text: the windows after the first `skip`
+    calib = calib[skip:]
+    meta["calibration"] = f"{calib.shape[0]} x 256 tokens of BoolQ passages (first half), after the first {skip} windows"
 cfg = rsparse.RSparseConfig(**extra.pop("config", {}))
 sparse = copy.deepcopy(model)
 started = time.perf_counter()
