@@ -62,7 +62,8 @@ def build_dense(args) -> torch.nn.Module:
     import transformers as tf
 
     if args.model:
-        model = tf.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=torch.bfloat16, device_map="cuda", attn_implementation=attn_implementation(args.attn))
         return model.eval()
     config_class, _, preset = SHAPES[args.shape]
     shape = dict(preset)
@@ -72,8 +73,21 @@ def build_dense(args) -> torch.nn.Module:
         shape.update(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(SEED)
     with torch.device(args.device):
-        model = tf.AutoModelForCausalLM.from_config(getattr(tf, config_class)(**shape), dtype=args.dtype)
+        model = tf.AutoModelForCausalLM.from_config(
+            getattr(tf, config_class)(**shape), dtype=args.dtype, attn_implementation=attn_implementation(args.attn))
     return model.eval()
+
+
+ATTENTION = ("sdpa", "sdpa-no-cudnn", "eager", "flex_attention")
+
+
+def attn_implementation(choice: str) -> str:
+    """transformers' ``attn_implementation`` for ``--attn``; ``sdpa-no-cudnn`` is SDPA with PyTorch's cuDNN
+    attention backend switched off for the whole process (SDPA then picks its memory-efficient kernel)."""
+    if choice == "sdpa-no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        return "sdpa"
+    return choice
 
 
 def sparsify_copy(dense, target: float, device, fuse: bool = True) -> tuple[torch.nn.Module, float]:
@@ -169,7 +183,7 @@ def run(args) -> None:
         "model": args.model or (f"{SHAPES[args.shape][1]} shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
-        "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs,
+        "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
     }
     rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
@@ -332,6 +346,8 @@ def main() -> None:
     p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
     p.add_argument("--no-eager-graphs", dest="eager_graphs", action="store_false",
                    help="eager rows: run every sparse call uncaptured (rsparse.eager_graphs off)")
+    p.add_argument("--attn", default="sdpa", choices=ATTENTION,
+                   help="attention of dense and sparse models alike (transformers' attn_implementation; default sdpa)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from decode import SEED, build_dense, sparsify_copy  # noqa: E402
+from decode import ATTENTION, SEED, build_dense, sparsify_copy  # noqa: E402
 
 KINDS = [  # (kind, substrings of the kernel name), first match wins
     ("rsparse", ("_splitk_kernel", "_gather_kernel", "_inline_kernel", "_compact_kernel")),
@@ -47,12 +47,12 @@ def kind_of(name: str) -> str:
 
 
 @torch.no_grad()
-def profile_variant(model, steps: int, prompt_len: int) -> dict:
+def profile_variant(model, steps: int, prompt_len: int, cache_len: int | None = None) -> dict:
     from rsparse.bench import _Decoder, _static_cache, compile_decode_step
 
     torch._dynamo.reset()
     step = compile_decode_step(model)
-    run = _Decoder(model, step, _static_cache(model, prompt_len + 3 * steps + 16))
+    run = _Decoder(model, step, _static_cache(model, cache_len or prompt_len + 3 * steps + 16))
     vocab = model.config.get_text_config().vocab_size
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(SEED)).cuda()
     tok = run.prefill(prompt)
@@ -153,8 +153,10 @@ def main() -> None:
     p.add_argument("--norms-removed", action="store_true",
                    help="also profile each target on a copy whose decoder layers run no RMSNorm (nn.Identity, thresholds "
                         "calibrated on that copy): wrong numbers, the time a step would take if the norms cost nothing")
+    p.add_argument("--attn", default="sdpa", choices=ATTENTION, help="attention of every variant (decode.py's --attn)")
     args = p.parse_args()
-    args.model, args.tiny, args.device, args.dtype = None, False, "cuda", torch.bfloat16
+    # decode.py's build_dense reads these; this script always profiles the Llama-3-8B shape on the GPU
+    args.model, args.tiny, args.device, args.dtype, args.shape = None, False, "cuda", torch.bfloat16, "llama3-8b"
     import rsparse
     from rsparse.fuse_silu import set_silu_fusion
 
@@ -185,7 +187,7 @@ def main() -> None:
         if args.norms_removed:
             profile_sparse(without_decoder_norms(dense), target, {" (decoder norms removed: a bound)": True})
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
-            "prompt": args.prompt, "fused_shared_input": args.fuse}
+            "prompt": args.prompt, "fused_shared_input": args.fuse, "attention": args.attn}
     (out / "profile_decode.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=1))
     for name, r in results.items():
         print(f"\n## {name}: {r['ms_per_token_events']:.3f} ms/token (events); {r['kernels_per_step']:.0f} kernels, "

@@ -1,6 +1,6 @@
 """Ablation (issue 4): does the low-rank path's gain measured on the calibration tokens hold on other text?
 
-    OMP_NUM_THREADS=2 python benchmarks/ablations/rank_overfit.py 0.4 0.8
+    OMP_NUM_THREADS=2 python benchmarks/ablations/rank_overfit.py 0.4 0.8        # optional third argument: shrinkage
 
 The search prices the low-rank path by each linear's residual curve: the share of the inactive inputs'
 output energy ``||W x̄||²`` left after the rank-``r`` factors, computed from the second moment of ``x̄`` on
@@ -25,6 +25,9 @@ from rsparse.factorize import activation_aware_factors
 
 target = float(sys.argv[1]) if len(sys.argv) > 1 else 0.4
 rho = float(sys.argv[2]) if len(sys.argv) > 2 else 0.8
+# Optional: shrink the second moment toward its diagonal before fitting, (1 - s) M + s diag(M)
+# (thirteenth session: does a less noisy covariance carry better to new text?).
+shrink = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 torch.manual_seed(0)
 model, tok = load_offline_model()
 texts = {"calibration": text_windows(boolq_passages("calibration"), tok, 256, 16),
@@ -62,7 +65,9 @@ for name, m in linears.items():
         x = torch.cat(inputs[which][name])
         xbar = x * ((x.abs() * c) <= tau)
         if which == "calibration":
-            a, b, _ = activation_aware_factors(w, rank, xbar.t() @ xbar / len(xbar))
+            moment = xbar.t() @ xbar / len(xbar)
+            moment = (1 - shrink) * moment + shrink * torch.diag(moment.diagonal())
+            a, b, _ = activation_aware_factors(w, rank, moment)
         y = xbar @ w.t()
         err = y - (xbar @ a) @ b
         shares.append(float(err.square().sum() / y.square().sum()))

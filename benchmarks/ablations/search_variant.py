@@ -8,8 +8,8 @@ Arguments: target, a name for the run, the JSON to write, and `sparsify` keyword
 ``"calib_skip"``: skip that many calibration windows first, for another draw of calibration text).
 The model, calibration windows (16 x 256 BoolQ tokens), seed and the 64 held-out windows x 512
 tokens are `search_paired.py`'s, and the JSON has its layout (per-window NLL), so runs compare
-window by window with `search_paired_run1.json`. The variants of the eleventh session ran with one of
-two patches of `src/rsparse/search.py` applied (this folder; neither is in the package):
+window by window with `search_paired_run1.json`. The variants of the eleventh and twelfth sessions ran with one
+of three patches of `src/rsparse/search.py` applied (this folder; none is in the package):
 
 * `search_objective_env.patch`: environment switches. ``RSPARSE_OBJECTIVE=nll`` scores candidates by the
   held-out tokens' NLL, ``klnll`` by KL plus the NLL increase over dense (a target half the dense
@@ -27,13 +27,12 @@ Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh sessio
 """
 import copy
 import json
+import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
-
-import logging
 
 import torch
 
