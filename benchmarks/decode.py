@@ -20,11 +20,15 @@ was allocated when the row started (other variants stay resident and are subtrac
 
     python benchmarks/decode.py --out benchmarks/results          # the whole grid, by priority
     python benchmarks/decode.py --render benchmarks/results/decode.json   # table + plot, no GPU
+    python benchmarks/decode.py --targets 0.7 --batches 1 --prompts 128 --modes compiled --profile  # + kernel means
+
+``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import gc
@@ -224,8 +228,11 @@ def run(args) -> None:
             base = torch.cuda.memory_allocated() if args.device == "cuda" else 0
             t_row = time.perf_counter()
             try:
-                r = decode_speed(model, batch_size=batch, prompt_len=prompt, new_tokens=args.new_tokens,
-                                 compile=compiled, repeats=args.repeats if compiled else args.eager_repeats, seed=SEED)
+                with _row_profiler(args) as prof:
+                    r = decode_speed(model, batch_size=batch, prompt_len=prompt, new_tokens=args.new_tokens,
+                                     compile=compiled, repeats=args.repeats if compiled else args.eager_repeats, seed=SEED)
+                if prof is not None:
+                    r["kernels"] = kernel_table(prof)
             except Exception as e:  # keep the rows that worked
                 r = {"error": f"{type(e).__name__}: {e}"[:500]}
             finally:
@@ -244,6 +251,25 @@ def run(args) -> None:
     (out / "decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     render(out / "decode.json")
     print(f"total {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def _row_profiler(args):
+    """``--profile``: a profiler around the whole row (warm-up, prefills and timed runs), else nothing."""
+    if not args.profile:
+        return contextlib.nullcontext()
+    activity = torch.profiler.ProfilerActivity.CUDA if args.device == "cuda" else torch.profiler.ProfilerActivity.CPU
+    return torch.profiler.profile(activities=[activity])
+
+
+def kernel_table(prof, top: int = 40) -> list[dict]:
+    """The row's kernels (CPU ops on the CPU) by total time: name, calls and mean µs per call. Means over the
+    whole row, warm-up included: enough to tell which launch differs between two processes of the same row."""
+    rows = []
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0) or e.cpu_time_total
+        if e.count:
+            rows.append({"name": e.key[:120], "calls": e.count, "mean_us": total / e.count, "total_ms": total / 1e3})
+    return sorted(rows, key=lambda r: -r["total_ms"])[:top]
 
 
 def _row_line(row) -> str:
@@ -278,7 +304,8 @@ def render(path: Path) -> None:
     lines = [
         f"# Decode speed, dense vs rsparse ({meta.get('device')}, {meta.get('dtype')})", "",
         f"{meta.get('model')}; torch {meta.get('torch')}, Triton {meta.get('triton')}, transformers "
-        f"{meta.get('transformers')}; {meta.get('new_tokens')} new tokens, median of {meta.get('repeats')} runs "
+        f"{meta.get('transformers')}; attention {meta.get('attention', 'sdpa')}; {meta.get('new_tokens')} new tokens, "
+        f"median of {meta.get('repeats')} runs "
         f"(eager rows: fewer, see JSON), seed {meta.get('seed')}, {meta.get('date')}. Speed-up = dense ms/token "
         "over this row's, same setting. Peak = model + decode-time allocations (MB).", "",
         "| mode | batch | prompt | variant | kept | ms/token | tokens/s | speed-up | peak MB | peak vs dense | graphs/breaks |",
@@ -346,6 +373,8 @@ def main() -> None:
     p.add_argument("--no-kernel-at-zero", dest="kernel_at_zero", action="store_false")
     p.add_argument("--no-eager-graphs", dest="eager_graphs", action="store_false",
                    help="eager rows: run every sparse call uncaptured (rsparse.eager_graphs off)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile each row and store its kernels' mean times in the row (slows the row a little)")
     p.add_argument("--attn", default="sdpa", choices=ATTENTION,
                    help="attention of dense and sparse models alike (transformers' attn_implementation; default sdpa)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",

@@ -1,11 +1,13 @@
 """Diagnostic (decode run 22): why `decode.py` times target 0.7 at 3.33 ms/token while `profile_decode.py` times it
 at 3.03 on the same code. One process, one sparsified copy (uniform 0.7, Triton backend), profiled several ways:
 
-    PYTHONPATH=$PWD/src python3 benchmarks/ablations/decode_diag_07.py
+    PYTHONPATH=$PWD/src python3 benchmarks/ablations/decode_diag_07.py 0.7 out.json [--dense-first]
 
 (a) `profile_decode`'s harness as is (static cache of prompt + 3 x steps + 16 positions); (b) the same with the cache
 `decode.py` uses (prompt + 256 positions); (c) `decode.py`'s `decode_speed` timing; (d) after `decode.py`'s eager
-`kept_fraction` pass, (b) and (c) again. Each prints ms/token and the median µs of the rsparse launches by position.
+`kept_fraction` pass, (b) and (c) again; ``--dense-first`` times the dense model's compiled row first, as `decode.py`
+does. Each prints ms/token and the median µs of the rsparse launches by position. Results: NOTES.md, decode run 22
+(every form read 3.01-3.09 ms, i.e. the slow mode of `decode.py` was not reproduced here).
 """
 import json
 import sys
@@ -61,4 +63,5 @@ rsparse.set_backend("triton")
 prof("d1 profile after kept_fraction, cache 384", cache_len=384)
 timed("d2 decode_speed after kept_fraction")
 prof("e profile, cache 294 again")
-Path(sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "/tmp/diag07.json").write_text(json.dumps(out, indent=1, default=str))
+dest = sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "/tmp/diag07.json"
+Path(dest).write_text(json.dumps(out, indent=1, default=str))

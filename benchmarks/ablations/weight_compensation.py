@@ -44,8 +44,10 @@ mods = rsparse_modules(sparse)
 
 def collect(net, names):
     store = {n: [] for n in names}
-    hooks = [net.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: store[n].append(a[0].detach().reshape(-1, a[0].shape[-1]).float()))
-             for n in names]
+    def hook(name):
+        return lambda module, args: store[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+
+    hooks = [net.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     with torch.no_grad():
         for batch in calib.split(4):
             net(input_ids=batch, use_cache=False)
@@ -112,5 +114,6 @@ d = comp - base
 report.update(base_ppl=base.mean().exp().item(), comp_ppl=comp.mean().exp().item(),
               diff_mean=d.mean().item(), diff_se=(d.std() / len(d) ** 0.5).item(),
               base_nll=base.tolist(), comp_nll=comp.tolist())
-print(f"strict ppl, compensated (alpha {best}): {report['comp_ppl']:.3f}  diff {d.mean():.4f} +- {report['diff_se']:.4f} nats", flush=True)
+print(f"strict ppl, compensated (alpha {best}): {report['comp_ppl']:.3f}  "
+      f"diff {d.mean():.4f} +- {report['diff_se']:.4f} nats", flush=True)
 out.write_text(json.dumps(report, indent=1))
