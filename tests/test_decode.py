@@ -266,6 +266,12 @@ def _smollm2_compiled_vs_eager():
     from rsparse.eval import load_offline_model
 
     model, tokenizer = load_offline_model(torch.float32)
+    # Attention written out in plain ops: PyTorch's fused CPU SDPA kernel and its aot_eager trace round
+    # differently on some CPUs (2026-12-02, an AVX-512 AMD EPYC: 14 of 64 tokens agreed, parting at token
+    # 8, on code that had passed on 2026-12-01; with eager attention all 64 agree). That difference is
+    # torch's, not rsparse's; what this test checks is that the compiled sparse layers compute what the
+    # eager ones do.
+    model.set_attn_implementation("eager")
     calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
     # The column-norm score, named: with score="auto" (the default) the search picks plain magnitude
     # here, and on this prompt compiled and eager then part at token 26. That is rounding, not a
