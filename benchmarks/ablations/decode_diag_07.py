@@ -9,6 +9,7 @@ at 3.03 on the same code. One process, one sparsified copy (uniform 0.7, Triton 
 does. Each prints ms/token and the median µs of the rsparse launches by position. Results: NOTES.md, decode run 22
 (every form read 3.01-3.09 ms, i.e. the slow mode of `decode.py` was not reproduced here).
 """
+import argparse
 import json
 import sys
 import time
@@ -18,8 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-import argparse  # noqa: E402
-
 import rsparse  # noqa: E402
 from rsparse.bench import decode_speed  # noqa: E402
 
