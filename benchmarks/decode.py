@@ -23,6 +23,8 @@ was allocated when the row started (other variants stay resident and are subtrac
     python benchmarks/decode.py --targets 0.7 --batches 1 --prompts 128 --modes compiled --profile  # + kernel means
 
 ``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them).
+``--skip-module-guards`` compiles both without guards on the modules (`rsparse.bench.compile_decode_step`): the sparse
+step's host time is mostly those guards, and at 0.7 the host can set the pace (run 23).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ def run(args) -> None:
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
+        "skip_module_guards": args.skip_module_guards,
     }
     rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
@@ -230,7 +233,8 @@ def run(args) -> None:
             try:
                 with _row_profiler(args) as prof:
                     r = decode_speed(model, batch_size=batch, prompt_len=prompt, new_tokens=args.new_tokens,
-                                     compile=compiled, repeats=args.repeats if compiled else args.eager_repeats, seed=SEED)
+                                     compile=compiled, repeats=args.repeats if compiled else args.eager_repeats, seed=SEED,
+                                     skip_module_guards=args.skip_module_guards)
                 if prof is not None:
                     r["kernels"] = kernel_table(prof)
             except Exception as e:  # keep the rows that worked
@@ -377,6 +381,8 @@ def main() -> None:
                    help="profile each row and store its kernels' mean times in the row (slows the row a little)")
     p.add_argument("--attn", default="sdpa", choices=ATTENTION,
                    help="attention of dense and sparse models alike (transformers' attn_implementation; default sdpa)")
+    p.add_argument("--skip-module-guards", action="store_true",
+                   help="compiled rows, dense and sparse alike: no dynamo guards on the modules (host time per step; NOTES run 23)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")

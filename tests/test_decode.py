@@ -169,6 +169,47 @@ def test_compiled_decode_aot_eager_tokens_equal_eager():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
+def test_compiled_decode_without_module_guards_gives_the_same_tokens_in_one_graph():
+    model = sparse_model()
+    prompt = random_tokens(2, PROMPT, seed=7)
+    eager = decode_tokens(model, prompt, 10)
+    torch._dynamo.reset()
+    counters.clear()
+    step = compile_decode_step(model, backend="aot_eager", skip_module_guards=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = decode_tokens(model, prompt, 10, step=step)
+        again = decode_tokens(model, prompt, 10, step=step)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+
+
+def test_compiled_decode_without_module_guards_skips_the_module_checks():
+    """The option's point: the compiled step's guards no longer check the modules' tensors (the
+    default step checks every parameter and buffer, the filtered one only the step's own inputs)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    model = sparse_model()
+    prompt = random_tokens(1, PROMPT, seed=8)
+    counts = {}
+    for skip in (False, True):
+        torch._dynamo.reset()
+        decode_tokens(model, prompt, 4, step=compile_decode_step(model, backend="aot_eager", skip_module_guards=skip))
+        forward = type(model).forward
+        (entry,) = _debug_get_cache_entry_list(forward.__code__)
+        counts[skip] = str(entry.guard_manager).count("TENSOR_MATCH")
+    tensors = len([*model.parameters(), *model.buffers()])
+    assert counts[False] >= tensors > counts[True], (counts, tensors)
+
+
+def test_compile_decode_step_rejects_bad_guard_options():
+    model = sparse_model()
+    with pytest.raises(ValueError, match="skip_module_guards must be a bool"):
+        compile_decode_step(model, skip_module_guards="yes")
+    with pytest.raises(ValueError, match="takes no mode"):
+        compile_decode_step(model, backend="aot_eager", mode="reduce-overhead", skip_module_guards=True)
+
+
 def compiled_decode(model, prompt, new_tokens, backend="aot_eager"):
     """Eager tokens, then two compiled runs of one step function: ``(eager, compiled, again,
     graphs after the first compiled run, graphs after the second)``."""

@@ -19,7 +19,14 @@ from torch import nn
 __all__ = ["decode_speed", "decode_tokens", "compile_decode_step"]
 
 
-def compile_decode_step(model: nn.Module, *, fullgraph: bool = True, backend: str = "inductor", mode: str | None = None):
+def compile_decode_step(
+    model: nn.Module,
+    *,
+    fullgraph: bool = True,
+    backend: str = "inductor",
+    mode: str | None = None,
+    skip_module_guards: bool = False,
+):
     """``torch.compile`` the model's forward for decode steps, as ``generate`` does with a static cache.
 
     Args:
@@ -29,6 +36,12 @@ def compile_decode_step(model: nn.Module, *, fullgraph: bool = True, backend: st
             trace without generating code, for tests on machines without a compiler).
         mode (`str`, *optional*): compile mode; defaults to ``"reduce-overhead"`` (CUDA graphs) for a
             model on CUDA with the inductor backend, the default mode otherwise.
+        skip_module_guards (`bool`, defaults to `False`): compile with PyTorch's
+            ``torch.compiler.skip_guard_on_all_nn_modules_unsafe`` guard filter: no guards on the
+            modules' attributes and tensors, so each step skips their checks (a sparsified model has
+            about four times the dense model's tensors, and their checks are most of its host time
+            per step: benchmarks/NOTES.md, run 23). Unsafe as PyTorch names it: a model changed after
+            compiling (``set_mode``, new thresholds, other weights) is not noticed; compile again.
 
     Returns:
         The compiled callable (the model itself is not modified).
@@ -40,9 +53,22 @@ def compile_decode_step(model: nn.Module, *, fullgraph: bool = True, backend: st
     >>> # call step(...) as model(...) for each single-token decode step on a static cache
     ```
     """
+    if not isinstance(skip_module_guards, bool):
+        raise ValueError(f"skip_module_guards must be a bool, got {skip_module_guards!r}")
     if mode is None and backend == "inductor" and _device(model).type == "cuda":
         mode = "reduce-overhead"
-    return torch.compile(model, fullgraph=fullgraph, backend=backend, mode=mode)
+    if not skip_module_guards:
+        return torch.compile(model, fullgraph=fullgraph, backend=backend, mode=mode)
+    # torch.compile takes a guard filter only among its options, and options exclude a mode:
+    # inductor's options for the mode stand in for it.
+    options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+    if backend == "inductor":
+        from torch._inductor import list_mode_options
+
+        options.update(list_mode_options(mode or "default"))
+    elif mode is not None:
+        raise ValueError(f"skip_module_guards with backend {backend!r} takes no mode, got mode={mode!r}")
+    return torch.compile(model, fullgraph=fullgraph, backend=backend, options=options)
 
 
 @torch.no_grad()
@@ -98,6 +124,7 @@ def decode_speed(
     compile: bool | str = False,
     repeats: int = 3,
     seed: int = 0,
+    skip_module_guards: bool = False,
 ) -> dict[str, Any]:
     """Median time per decoded token of greedy decoding with a static KV cache.
 
@@ -119,6 +146,7 @@ def decode_speed(
             ``"aot_eager"``, which traces the same graph without generating code).
         repeats (`int`, defaults to 3): timed runs; the median is reported.
         seed (`int`, defaults to 0): seed of the random prompt.
+        skip_module_guards (`bool`, defaults to `False`): passed to `compile_decode_step` (compiled steps only).
 
     Returns:
         `dict` with ``ms_per_token`` (median over runs of decode time / decode steps),
@@ -155,7 +183,8 @@ def decode_speed(
         # count against dynamo's recompile limit and could send this one back to eager.
         torch._dynamo.reset()
         counters.clear()
-        step = compile_decode_step(model, backend="inductor" if compile is True else compile)
+        step = compile_decode_step(model, backend="inductor" if compile is True else compile,
+                                   skip_module_guards=skip_module_guards)
     else:
         step = model
     run = _Decoder(model, step, _static_cache(model, prompt_len + new_tokens))
@@ -208,6 +237,7 @@ def decode_speed(
         "new_tokens": new_tokens,
         "decode_steps": steps,
         "compile": ("inductor" if compile is True else compile) if compile else False,
+        "skip_module_guards": bool(compile) and skip_module_guards,
         "repeats": repeats,
         "seed": seed,
         "device": torch.cuda.get_device_name(device) if cuda else device.type,
