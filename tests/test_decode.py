@@ -376,6 +376,9 @@ def test_gpu_compiled_fullgraph_decode_with_triton():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_triton_and_torch_backends_agree(dtype):
+    """Compiled decode under the Triton and the PyTorch backend: the same greedy tokens in fp32; in
+    bf16 the free-running agreement is reported (it read 0.641 in decode run 26) and the
+    teacher-forced comparison of `assert_forced_close` is asserted."""
     model = _gpu_sparse_model(dtype)
     prompt = torch.randint(0, 512, (4, PROMPT), generator=torch.Generator().manual_seed(3)).cuda()
     out = {}
@@ -390,8 +393,68 @@ def test_gpu_triton_and_torch_backends_agree(dtype):
     print(f"Triton vs torch backend, {dtype}, compiled, 4x32 greedy tokens: agreement {agree:.3f}")
     if dtype == torch.float32:
         torch.testing.assert_close(out["triton"], out["torch"], rtol=0, atol=0)
-    else:
-        assert agree > 0.5  # reported; bf16 rounding can flip near-ties on random weights
+        return
+    logits = {}
+    for backend in ("torch", "triton"):
+        rsparse.set_backend(backend)
+        torch._dynamo.reset()
+        try:
+            logits[backend] = forced_logits(model, compile_decode_step(model), prompt, out["triton"])
+        finally:
+            rsparse.set_backend("auto")
+    assert_forced_close(logits["triton"], logits["torch"])
+
+
+def forced_logits(model, step, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """fp32 logits ``[batch, n, vocab]`` of the prefill and of ``n - 1`` decode calls by ``step``, call
+    ``i`` fed ``tokens[:, i]`` whatever the model would have chosen (teacher forcing), so that two
+    models are compared on the same inputs at every step instead of after their first different
+    choice."""
+    from rsparse.bench import _Decoder, _static_cache
+
+    dec = _Decoder(model, step, _static_cache(model, prompt.shape[1] + tokens.shape[1]))
+    logits = []
+
+    def call(fn, ids, positions, **extra):
+        kw = {dec.cache_kw: dec.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
+        if dec.pass_cache_position:
+            kw["cache_position"] = positions
+        out = fn(ids, **kw).logits[:, -1].float()
+        logits.append(out.clone())  # a CUDA-graph step reuses its output buffer
+        return out.argmax(-1, keepdim=True)
+
+    dec._call = call
+    with torch.no_grad():
+        dec.prefill(prompt)
+        for i in range(tokens.shape[1] - 1):
+            dec.step(tokens[:, i : i + 1])
+    return torch.stack(logits, 1)
+
+
+def assert_forced_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Two runs' teacher-forced logits (`forced_logits`, same inputs at every step) agree as bf16
+    rounding allows: the same greedy choice at three steps in four or more, and logits within 5 %
+    (median over steps, norm-wise). A launch that dropped or mixed up a projection's channels would
+    miss both by far; thresholds not yet confirmed on the GPU (set in the fifteenth session)."""
+    same_choice = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    rel = (a - b).norm(dim=-1) / a.norm(dim=-1)
+    print(f"  teacher-forced: same choice {same_choice:.3f}, logits relative difference median "
+          f"{rel.median().item():.2e}, max {rel.max().item():.2e}")
+    assert same_choice >= 0.75, f"same greedy choice at {same_choice:.3f} of the teacher-forced steps, expected >= 0.75"
+    assert rel.median().item() <= 0.05, f"median relative logit difference {rel.median().item():.3e}, expected <= 0.05"
+
+
+def test_forced_logits_follow_the_given_tokens():
+    """The teacher-forcing helper: fed the model's own greedy tokens it reproduces them, and fed
+    other tokens its logits change from the first forced step on, not at the prefill."""
+    model = tiny_model()
+    prompt = random_tokens(2, PROMPT, seed=8)
+    greedy = decode_tokens(model, prompt, 6)
+    own = forced_logits(model, model, prompt, greedy)
+    assert own.shape == (2, 6, model.config.vocab_size)
+    assert torch.equal(own.argmax(-1), greedy)
+    other = forced_logits(model, model, prompt, (greedy + 1) % model.config.vocab_size)
+    assert torch.equal(other[:, 0], own[:, 0]) and not torch.equal(other[:, 1], own[:, 1])
 
 
 @pytest.mark.gpu
@@ -400,7 +463,14 @@ def test_gpu_triton_and_torch_backends_agree(dtype):
 def test_gpu_fused_and_unfused_triton_agree(dtype):
     """Compiled decode with the Triton backend, shared-input groups fused (one launch for q/k/v and
     one for gate/up) vs every layer on its own: the fused launch splits the channels into other
-    chunks, so fp32 sums round differently; greedy tokens must still match in fp32."""
+    chunks, so fp32 sums round differently; greedy tokens must still match in fp32.
+
+    In bf16 the free-running agreement is reported, not asserted: one rounding-level difference on a
+    near-tie of this random model parts the two sequences for good, and it read 1.000, 1.000, 0.672
+    and 0.492 on the same code path (decode runs 9, 10, 15 and 26 in benchmarks/NOTES.md). Asserted
+    instead, with both fed the fused run's tokens: the same greedy choice at most steps and logits
+    within a few per cent (a launch that dropped or mixed up a projection's channels would miss
+    both by far)."""
     model = _gpu_sparse_model(dtype)
     prompt = torch.randint(0, 512, (4, PROMPT), generator=torch.Generator().manual_seed(4)).cuda()
     out = {}
@@ -410,15 +480,20 @@ def test_gpu_fused_and_unfused_triton_agree(dtype):
             set_fusion(model, fused)
             torch._dynamo.reset()
             out[fused] = decode_tokens(model, prompt, 32, step=compile_decode_step(model))
+        agree = (out[True] == out[False]).float().mean().item()
+        print(f"fused vs unfused, Triton, {dtype}, compiled, 4x32 greedy tokens: agreement {agree:.3f}")
+        if dtype == torch.float32:
+            torch.testing.assert_close(out[True], out[False], rtol=0, atol=0)
+            return
+        logits = {}
+        for fused in (True, False):
+            set_fusion(model, fused)
+            torch._dynamo.reset()
+            logits[fused] = forced_logits(model, compile_decode_step(model), prompt, out[True])
     finally:
         rsparse.set_backend("auto")
         set_fusion(model, True)
-    agree = (out[True] == out[False]).float().mean().item()
-    print(f"fused vs unfused, Triton, {dtype}, compiled, 4x32 greedy tokens: agreement {agree:.3f}")
-    if dtype == torch.float32:
-        torch.testing.assert_close(out[True], out[False], rtol=0, atol=0)
-    else:
-        assert agree > 0.5
+    assert_forced_close(logits[True], logits[False])
 
 
 @pytest.mark.gpu
