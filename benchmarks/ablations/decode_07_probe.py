@@ -89,6 +89,9 @@ def probing_decode_speed(model, **kw):
                                             min(32, kw.get("new_tokens", 256) - 1))
         print(f"  isolated step: host {r['isolated_step']['host_ms']:.3f} ms, GPU alone "
               f"{r['isolated_step']['gpu_alone_ms']} ms", flush=True)
+    # Let this row's decoder and static cache go now: held until the next row's baseline, they made
+    # that row's peak memory read low (decode run 24 in NOTES).
+    decoders.clear()
     return r
 
 
