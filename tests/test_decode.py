@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import CompileConfig
 
 import rsparse
-from rsparse.bench import compile_decode_step, decode_speed, decode_tokens
+from rsparse.bench import compile_decode_step, decode_logits, decode_speed, decode_tokens
 from rsparse.fuse import linked_groups, set_fusion
 from rsparse.nn import fused_forward, rsparse_modules
 
@@ -407,28 +407,8 @@ def test_gpu_triton_and_torch_backends_agree(dtype):
 
 def forced_logits(model, step, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """fp32 logits ``[batch, n, vocab]`` of the prefill and of ``n - 1`` decode calls by ``step``, call
-    ``i`` fed ``tokens[:, i]`` whatever the model would have chosen (teacher forcing), so that two
-    models are compared on the same inputs at every step instead of after their first different
-    choice."""
-    from rsparse.bench import _Decoder, _static_cache
-
-    dec = _Decoder(model, step, _static_cache(model, prompt.shape[1] + tokens.shape[1]))
-    logits = []
-
-    def call(fn, ids, positions, **extra):
-        kw = {dec.cache_kw: dec.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
-        if dec.pass_cache_position:
-            kw["cache_position"] = positions
-        out = fn(ids, **kw).logits[:, -1].float()
-        logits.append(out.clone())  # a CUDA-graph step reuses its output buffer
-        return out.argmax(-1, keepdim=True)
-
-    dec._call = call
-    with torch.no_grad():
-        dec.prefill(prompt)
-        for i in range(tokens.shape[1] - 1):
-            dec.step(tokens[:, i : i + 1])
-    return torch.stack(logits, 1)
+    ``i`` fed ``tokens[:, i]`` (teacher forcing: two models compared on the same inputs)."""
+    return decode_logits(model, prompt, tokens.shape[1], step=step, forced=tokens)[1]
 
 
 def assert_forced_close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -455,6 +435,15 @@ def test_forced_logits_follow_the_given_tokens():
     assert torch.equal(own.argmax(-1), greedy)
     other = forced_logits(model, model, prompt, (greedy + 1) % model.config.vocab_size)
     assert torch.equal(other[:, 0], own[:, 0]) and not torch.equal(other[:, 1], own[:, 1])
+
+
+def test_decode_logits_rejects_bad_lengths():
+    model = tiny_model()
+    prompt = random_tokens(1, PROMPT, seed=8)
+    with pytest.raises(ValueError, match="new_tokens"):
+        decode_logits(model, prompt, 0)
+    with pytest.raises(ValueError, match="forced needs at least new_tokens - 1 = 4 columns, got 3"):
+        decode_logits(model, prompt, 5, forced=prompt[:, :3])
 
 
 @pytest.mark.gpu

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["decode_speed", "decode_tokens", "compile_decode_step"]
+__all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_step"]
 
 
 def compile_decode_step(
@@ -112,6 +112,43 @@ def decode_tokens(
         tok = run.step(tok)
         out.append(tok)
     return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def decode_logits(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    *,
+    step: Any = None,
+    forced: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode_tokens` that also keeps every call's logits, optionally teacher-forced: with ``forced``
+    ``[batch, >= new_tokens - 1]``, decode step ``i`` is fed ``forced[:, i]`` instead of the previous
+    greedy choice, so that two models (backends, fusions, compiled and eager) are compared on the
+    same inputs at every step rather than only up to their first different choice.
+
+    Returns:
+        The greedy choices ``[batch, new_tokens]`` and the fp32 logits of the last position of the
+        prefill and of every step ``[batch, new_tokens, vocab]``.
+
+    Example:
+
+    ```python
+    >>> toks, ref = decode_logits(model, prompt, 32)  # doctest: +SKIP
+    >>> _, other = decode_logits(model, prompt, 32, step=compile_decode_step(model), forced=toks)  # doctest: +SKIP
+    >>> (other - ref).norm(dim=-1) / ref.norm(dim=-1)  # per-step difference on the same inputs  # doctest: +SKIP
+    ```
+    """
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be at least 1, got {new_tokens}")
+    if forced is not None and forced.shape[1] < new_tokens - 1:
+        raise ValueError(f"forced needs at least new_tokens - 1 = {new_tokens - 1} columns, got {forced.shape[1]}")
+    run = _LogitsDecoder(model, model if step is None else step, _static_cache(model, prompt.shape[1] + new_tokens))
+    out = [run.prefill(prompt)]
+    for i in range(new_tokens - 1):
+        out.append(run.step(out[-1] if forced is None else forced[:, i : i + 1]))
+    return torch.cat(out, dim=1), torch.stack(run.logits, dim=1)
 
 
 @torch.no_grad()
@@ -277,6 +314,22 @@ class _Decoder:
         tok = self._call(self.step_fn, tok, self.pos)
         self.pos.add_(1)
         return tok
+
+
+class _LogitsDecoder(_Decoder):
+    """`_Decoder` that keeps the fp32 logits of each call's last position (`decode_logits`)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.logits: list[torch.Tensor] = []
+
+    def _call(self, fn, ids: torch.Tensor, positions: torch.Tensor, **extra) -> torch.Tensor:
+        kw = {self.cache_kw: self.cache, "use_cache": True, "position_ids": positions.unsqueeze(0), **extra}
+        if self.pass_cache_position:
+            kw["cache_position"] = positions
+        logits = fn(ids, **kw).logits[:, -1].float()
+        self.logits.append(logits.clone())  # a CUDA-graph step reuses its output buffer
+        return logits.argmax(-1, keepdim=True)
 
 
 def _static_cache(model: nn.Module, max_len: int):
