@@ -12,6 +12,7 @@ step's span: the gaps between kernels that a smaller kernel count would save.
     python benchmarks/profile_decode.py --out $OUT            # dense, 0.5, 0.7
     python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
     python benchmarks/profile_decode.py --out $OUT --norms-removed  # and a bound: 0.5, 0.7 with no decoder RMSNorm
+    python benchmarks/profile_decode.py --out $OUT --adds-removed   # and one with neither norms nor residual adds
 """
 
 from __future__ import annotations
@@ -140,6 +141,24 @@ def without_decoder_norms(dense):
     return bare
 
 
+def _attention_then_mlp(layer, hidden_states, *args, **kwargs):
+    # A decoder layer with neither norm nor residual add (see without_adds_and_norms).
+    hidden_states, _ = layer.self_attn(hidden_states=hidden_states, **kwargs)
+    return layer.mlp(hidden_states)
+
+
+def without_adds_and_norms(dense):
+    """`without_decoder_norms`, and each decoder layer's forward is ``mlp(self_attn(h))``: no residual
+    adds either. The bound for folding both the adds and the norms into rsparse's launches (an add into
+    the epilogue of the launch whose output it adds, the norm into the next launch); outputs mean nothing."""
+    import functools
+
+    bare = without_decoder_norms(dense)
+    for layer in bare.model.layers:
+        layer.forward = functools.partial(_attention_then_mlp, layer)
+    return bare
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -153,6 +172,9 @@ def main() -> None:
     p.add_argument("--norms-removed", action="store_true",
                    help="also profile each target on a copy whose decoder layers run no RMSNorm (nn.Identity, thresholds "
                         "calibrated on that copy): wrong numbers, the time a step would take if the norms cost nothing")
+    p.add_argument("--adds-removed", action="store_true",
+                   help="also profile each target on a copy with neither the decoder norms nor the residual adds "
+                        "(each layer is mlp(self_attn(h))): the bound for folding both into rsparse's launches")
     p.add_argument("--attn", default="sdpa", choices=ATTENTION, help="attention of every variant (decode.py's --attn)")
     args = p.parse_args()
     # decode.py's build_dense reads these; this script always profiles the Llama-3-8B shape on the GPU
@@ -186,6 +208,8 @@ def main() -> None:
         profile_sparse(dense, target, {"": True, " (product unfused)": False} if args.silu_ab else {"": True})
         if args.norms_removed:
             profile_sparse(without_decoder_norms(dense), target, {" (decoder norms removed: a bound)": True})
+        if args.adds_removed:
+            profile_sparse(without_adds_and_norms(dense), target, {" (decoder norms and adds removed: a bound)": True})
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
             "prompt": args.prompt, "fused_shared_input": args.fuse, "attention": args.attn}
     (out / "profile_decode.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=1))

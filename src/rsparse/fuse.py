@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rsparse.fuse_norm import set_norm_fusion
 from rsparse.fuse_silu import set_silu_fusion
 from rsparse.nn import RSparseLinear, fused_forward, rsparse_modules
 
@@ -56,6 +57,9 @@ class SharedInputGroup:
             )
         self.members = list(members)
         self.enabled = True
+        # (weight, eps) of the RMSNorm that the next round's input needs (`rsparse.fuse_norm`): the
+        # folded decoder layer sets it just before calling attention on its residual stream.
+        self.pending_norm: tuple[torch.Tensor, float] | None = None
         for slot, m in enumerate(self.members):
             m.shared_input, m.shared_slot = self, slot
         self.clear()
@@ -83,15 +87,19 @@ class SharedInputGroup:
             if not fused_slots[slot]:  # a member outside the launch (dense dispatch): the round goes on
                 return member.forward_alone(x)
         self.clear()  # a call outside the round ends it: nothing kept may go stale
+        norm, self.pending_norm = self.pending_norm, None
         fused = (
             [m for m in self.members if m.takes_kernel(x) and m._parameters["weight_t"].device == x.device] if self.enabled else []
         )
+        if norm is not None and (fused != self.members or slot != 0):
+            # The folded layer checked that the whole group takes one launch from its first member.
+            raise RuntimeError("a folded RMSNorm reached a shared-input round that is not one launch of the whole group")
         # Only the first member that takes the kernel starts a round, so a member called alone
         # (k_proj without q_proj) computes nothing for the others. The device check leaves
         # offloaded members (weights on "meta" until their own hook loads them) to their own call.
         if len(fused) < 2 or fused[0].shared_slot != slot:
             return member.forward_alone(x)
-        ys = fused_forward(x, fused)
+        ys = fused_forward(x, fused, norm)
         self._outputs = [None] * len(self.members)
         self._fused = [False] * len(self.members)
         for m, y in zip(fused, ys):
@@ -155,8 +163,9 @@ def linked_groups(model: nn.Module) -> list[list[str]]:
 def set_fusion(model: nn.Module, enabled: bool) -> nn.Module:
     """Turn the fused launches on (the default) or off; outputs stay the same.
 
-    Covers the shared-input groups (q/k/v, gate/up: one launch each) and the gated MLPs whose
-    ``F.silu(gate) * up`` is formed inside the down projection's launch (`rsparse.fuse_silu`).
+    Covers the shared-input groups (q/k/v, gate/up: one launch each), the gated MLPs whose
+    ``F.silu(gate) * up`` is formed inside the down projection's launch (`rsparse.fuse_silu`) and
+    the decoder layers whose norms and residual adds are folded into the launches (`rsparse.fuse_norm`).
 
     Args:
         model: a sparsified model.
@@ -174,6 +183,7 @@ def set_fusion(model: nn.Module, enabled: bool) -> nn.Module:
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be a bool, got {enabled!r}")
     set_silu_fusion(model, enabled)
+    set_norm_fusion(model, enabled)
     for m in rsparse_modules(model).values():
         if m.shared_input is not None:
             m.shared_input.enabled = enabled

@@ -30,6 +30,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from rsparse.config import RSparseConfig
 from rsparse.fuse import link_groups
+from rsparse.fuse_norm import link_norm_layers
 from rsparse.fuse_silu import link_silu_mlps
 from rsparse.nn import RSparseLinear, replace_module, rsparse_modules
 
@@ -169,6 +170,7 @@ def install_skeletons(model: nn.Module, config: RSparseConfig) -> None:
         replace_module(model, name, new)
     link_groups(model, config.groups)  # fused decode launches, as after sparsify
     link_silu_mlps(model)
+    link_norm_layers(model)  # after the groups and MLPs it relies on
     model.rsparse_config = config
 
 

@@ -27,6 +27,7 @@ from rsparse.calibrate import (
 from rsparse.config import LayerBudget, RSparseConfig
 from rsparse.factorize import lowrank_factors, weight_svd_residual, activation_aware_factors
 from rsparse.fuse import link_groups
+from rsparse.fuse_norm import link_norm_layers
 from rsparse.fuse_silu import link_silu_mlps
 from rsparse.nn import RSparseLinear, column_norms, decoder_layers, replace_module
 
@@ -122,6 +123,7 @@ def install_layers(
             hidden = [run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
         link_groups(model, shared)
         link_silu_mlps(model)
+        link_norm_layers(model)  # after the groups and MLPs it relies on
     except BaseException:
         restore(model, replaced)
         raise

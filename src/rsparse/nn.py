@@ -10,6 +10,7 @@ import rsparse.ops  # noqa: F401  (registers torch.ops.rsparse.sparse_linear)
 from rsparse import eager_graphs
 from rsparse.config import MODES, LayerBudget
 from rsparse.ops import backend
+from rsparse.ops.reference import rms_norm_reference
 
 
 class RSparseLinear(nn.Module):
@@ -80,6 +81,9 @@ class RSparseLinear(nn.Module):
         # place in it; set by `rsparse.fuse.link_groups`. A plain attribute, not state.
         self.shared_input = None
         self.shared_slot = 0
+        # A `rsparse.fuse_norm.FoldSlot` where a folded decoder layer leaves the residual that this
+        # layer's next call adds to its output (o_proj); set by `rsparse.fuse_norm.link_norm_layers`.
+        self.fold_slot = None
         self.set_mode(mode)
 
     @classmethod
@@ -165,41 +169,53 @@ class RSparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:  # may answer from one fused launch for the whole group
             return self.shared_input(self, x)
+        slot = self.fold_slot
+        if slot is not None and slot.residual is not None:  # a folded decoder layer's o_proj (rsparse.fuse_norm)
+            residual, slot.residual = slot.residual, None
+            return self.forward_alone(x, residual)
         return self.forward_alone(x)
 
-    def forward_alone(self, x: torch.Tensor) -> torch.Tensor:
-        """This layer's output computed on its own (no fused launch with the layers sharing its input)."""
+    def forward_alone(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """This layer's output computed on its own (no fused launch with the layers sharing its input),
+        plus ``residual`` (same shape as the output) if given, added inside the op's launch."""
         if not self.takes_kernel(x):
-            return self.forward_dense(x)
+            y = self.forward_dense(x)
+            return y if residual is None else residual + y
         x2 = x.reshape(-1, self.in_features)
         if direct_call(x):
             y = eager_graphs.call(self, "linear", self._run_direct, (x2,), self._op_tensors())
-        else:
-            y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction())
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if residual is None else residual + y
+        r2 = None if residual is None else residual.reshape(-1, self.out_features)
+        y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction(), r2)
         return y.view(*x.shape[:-1], self.out_features)
 
     def _run_direct(self, x: torch.Tensor) -> torch.Tensor:
         return backend.run_sparse_linear(x, *self._op_tensors(), self.expected_active_fraction())
 
-    def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`).
+    def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`), plus
+        ``residual`` if given (a decoder layer's residual add, `rsparse.fuse_norm`).
 
         Where the call takes the sparse kernel, it is one ``rsparse::sparse_linear_silu_mul``
         call, which the one-token Triton launch serves without a launch of its own for the
-        product; otherwise the product is formed first and the layer called on it.
+        product (or the add); otherwise the product is formed first and the layer called on it.
         """
         if gate.shape != up.shape or gate.shape[-1] != self.in_features:
             raise ValueError(
                 f"gate and up must both be [..., {self.in_features}], got {tuple(gate.shape)} and {tuple(up.shape)}"
             )
         if self.shared_input is not None or not self.takes_kernel(gate):
-            return self(F.silu(gate) * up)
+            y = self(F.silu(gate) * up)
+            return y if residual is None else residual + y
         n = self.in_features
         gate2, up2 = gate.reshape(-1, n), up.reshape(-1, n)
         if direct_call(gate):
             y = eager_graphs.call(self, "silu_mul", self._run_direct_silu_mul, (gate2, up2), self._op_tensors())
-        else:
-            y = torch.ops.rsparse.sparse_linear_silu_mul(gate2, up2, *self._op_tensors(), self.expected_active_fraction())
+            y = y.view(*gate.shape[:-1], self.out_features)
+            return y if residual is None else residual + y
+        r2 = None if residual is None else residual.reshape(-1, self.out_features)
+        y = torch.ops.rsparse.sparse_linear_silu_mul(gate2, up2, *self._op_tensors(), self.expected_active_fraction(), r2)
         return y.view(*gate.shape[:-1], self.out_features)
 
     def _run_direct_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -269,11 +285,21 @@ def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float]:
     return tensors, max(m.expected_active_fraction() for m in modules)
 
 
-def fused_forward(x: torch.Tensor, modules: "list[RSparseLinear]") -> list[torch.Tensor]:
-    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``)."""
+def fused_forward(
+    x: torch.Tensor, modules: "list[RSparseLinear]", norm: "tuple[torch.Tensor, float] | None" = None
+) -> list[torch.Tensor]:
+    """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``).
+
+    ``norm`` (``(weight, eps)`` of a Llama RMSNorm): ``x`` is the residual stream and the modules
+    read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`)."""
     n = modules[0].in_features
     tensors, fraction = multi_args(modules)
     x2 = x.reshape(-1, n)
+    if norm is not None:
+        if not direct_call(x):
+            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1])
+            return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
+        x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
     if direct_call(x):
         def run(x2: torch.Tensor) -> list[torch.Tensor]:
             return backend.run_sparse_linear_multi(x2, *tensors, fraction)

@@ -59,15 +59,58 @@ from triton.language.extra import libdevice
 MAX_PROJ = 3
 
 
+# ---------------------------------------------------------------- folded RMSNorm and residual add
+
+
+@triton.jit
+def round_like(v, DTYPE: tl.constexpr):
+    """``v`` (fp32) rounded to ``DTYPE`` to nearest even, returned as fp32.  bf16 is rounded on
+    the bits: the interpreter's fp32 -> bf16 cast truncates, the GPU's rounds to nearest even."""
+    if DTYPE == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return v.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def rms_inv(h_ptr, n, eps, NORM_BLOCK: tl.constexpr):
+    """``rsqrt(mean(h²) + eps)`` in fp32 over the ``n`` values at ``h_ptr`` (a decoder layer's
+    residual stream, one token): every program that folds the norm computes it for itself, from L2."""
+    offs = tl.arange(0, NORM_BLOCK)
+    h = tl.load(h_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    return tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
+
+
+@triton.jit
+def normed_input(h, g_ptr, offs, ok, inv, DTYPE: tl.constexpr):
+    """The RMSNorm output at channels ``offs`` from the fp32 residual values ``h``: ``g * (h * inv)``
+    with Llama's roundings (``h * inv`` rounded to ``DTYPE``, the product with the weight rounded again)."""
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    return round_like(g * round_like(h * inv, DTYPE), DTYPE)
+
+
+@triton.jit
+def with_residual(y, res_ptr, offs, ok, DTYPE: tl.constexpr):
+    """``residual + y`` for an fp32 output ``y``: ``y`` rounded to ``DTYPE`` as the store alone would
+    round it, the sum formed in fp32 and rounded to nearest, as PyTorch adds two ``DTYPE`` tensors."""
+    yo = y.to(DTYPE).to(tl.float32)
+    return round_like(tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32) + yo, DTYPE)
+
+
 # ---------------------------------------------------------------- launch 1: compaction + z
 
 
 @triton.jit
 def _compact_one(x_ptr, n, c_ptr, tau_ptr, li_ptr, stride_li, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr, pid_n, pid_r,
-                 r_progs, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+                 r_progs, g_ptr, inv, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                 PRENORM: tl.constexpr):
     offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < n
     xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if PRENORM:  # x_ptr holds the residual stream; the input is its RMSNorm
+        xf = normed_input(xf, g_ptr, offs, ok, inv, x_ptr.dtype.element_ty)
     cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
     tau = tl.load(tau_ptr)
     # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
@@ -95,19 +138,27 @@ def _compact_kernel(
     c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0,
     c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1,
     c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
+    g_ptr, eps,
     HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
 ):
     if PDL:  # let the gather launch now; it waits (gdc_wait) for this grid before reading
         tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_r = tl.program_id(1)
     p = tl.program_id(2)
+    inv = 1.0
+    if PRENORM:
+        inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
     if p == 0:
-        _compact_one(x_ptr, n, c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+        _compact_one(x_ptr, n, c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0, pid_n, pid_r, r_progs, g_ptr, inv,
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM)
     elif p == 1:
-        _compact_one(x_ptr, n, c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+        _compact_one(x_ptr, n, c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1, pid_n, pid_r, r_progs, g_ptr, inv,
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM)
     else:
-        _compact_one(x_ptr, n, c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2, pid_n, pid_r, r_progs, HAS_LR, BLOCK_N, BLOCK_R)
+        _compact_one(x_ptr, n, c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2, pid_n, pid_r, r_progs, g_ptr, inv,
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM)
 
 
 # ---------------------------------------------------------------- launch 2: gathered GEMV
@@ -182,8 +233,8 @@ def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
 
 
 @triton.jit
-def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok,
-                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr):
+def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr,
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr):
     # Split-K: add this program's partial sums to the tile's fp32 workspace; the last of the
     # tile's `chunks` programs writes the output and leaves workspace and counter at zero.
     tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
@@ -196,6 +247,8 @@ def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m,
         y = tl.load(ws_ptr + offs_m, mask=m_ok, other=0.0, volatile=True)
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        if HAS_RES:  # a decoder layer's residual add, folded into the launch whose output it adds
+            y = with_residual(y, res_ptr, offs_m, m_ok, out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_m, y.to(out_ptr.dtype.element_ty), mask=m_ok)
         # Leave the workspace as found: zero.  Every program of this tile has finished, and every
         # thread of this one has loaded its sums (the zero store may be laid out over other threads).
@@ -220,9 +273,9 @@ def zero_state_after_last_tile(gcnt_ptr, total_tiles, state_ptr, state_len, BLOC
 @triton.jit
 def _gather_item(
     chunk, tile, chunks, w_ptr, stride_w, lo_ptr, stride_lo, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr,
-    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, state_ptr, state_len, gcnt_ptr, total_tiles,
+    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, state_ptr, state_len, gcnt_ptr, total_tiles, res_ptr,
     HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
@@ -239,7 +292,8 @@ def _gather_item(
         # Slices start on a step boundary: index and coefficient loads can be 16-byte wide.
         q0 = tl.multiple_of(q0, BLOCK_K)
         acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K, False)
-    if _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, HAS_BIAS, BLOCK_M):
+    if _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, HAS_BIAS, BLOCK_M,
+                    HAS_RES):
         tl.debug_barrier()
         # The last tile of the launch: every program has read its count and z (each tile's
         # counter chain orders them before this point), so those go back to zero too.
@@ -252,8 +306,10 @@ def _gather_kernel(
     w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0, tiles0,
     w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1, tiles1,
     w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2, out2, m2, tiles2,
+    res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr, HAS_LR: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
+    RES0: tl.constexpr,
 ):
     if PDL:  # launched early (programmatic dependent launch): wait for the compaction grid
         tl.extra.cuda.gdc_wait()
@@ -265,28 +321,17 @@ def _gather_kernel(
     tile = pid % tiles
     if tile < tiles0:
         _gather_item(chunk, tile, chunks, w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0,
-                     state_ptr, state_len, gcnt_ptr, tiles, BIAS0, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS0, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M, RES0)
     elif tile < tiles0 + tiles1:
         _gather_item(chunk, tile - tiles0, chunks, w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1,
-                     state_ptr, state_len, gcnt_ptr, tiles, BIAS1, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS1, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M, False)
     else:
         _gather_item(chunk, tile - tiles0 - tiles1, chunks, w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2,
-                     out2, m2, state_ptr, state_len, gcnt_ptr, tiles, BIAS2, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M)
+                     out2, m2, state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS2, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M,
+                     False)
 
 
 # ---------------------------------------------------------------- one launch: compaction inline
-
-
-@triton.jit
-def round_like(v, DTYPE: tl.constexpr):
-    """``v`` (fp32) rounded to ``DTYPE`` to nearest even, returned as fp32.  bf16 is rounded on
-    the bits: the interpreter's fp32 -> bf16 cast truncates, the GPU's rounds to nearest even."""
-    if DTYPE == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        return v.to(DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -305,9 +350,9 @@ def silu_mul(g, u, DTYPE: tl.constexpr, EXACT_EXP: tl.constexpr):
 @triton.jit
 def _inline_item(
     chunk, tile, chunks, rows, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
-    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m,
+    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, res_ptr,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-    CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr,
+    CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
     # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
@@ -332,7 +377,7 @@ def _inline_item(
     m_ok = offs_m < m
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, 0, count, offs_m, m_ok, True, PREFETCH, BLOCK_K, True)
-    _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, HAS_BIAS, BLOCK_M)
+    _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, HAS_BIAS, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -341,9 +386,10 @@ def _inline_kernel(
     c0, tau0, w0, sw0, idx0, xs0, ws0, tc0, b0, out0, m0, tiles0,
     c1, tau1, w1, sw1, idx1, xs1, ws1, tc1, b1, out1, m1, tiles1,
     c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
+    res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr,
+    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr,
 ):
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
     pid = tl.program_id(0)
@@ -353,13 +399,13 @@ def _inline_kernel(
     lst = chunk * list_stride
     if tile < tiles0:
         _inline_item(chunk, tile, chunks, rows, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
-                     BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
+                     res_ptr, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0)
     elif tile < tiles0 + tiles1:
         _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
-                     out1, m1, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
+                     out1, m1, res_ptr, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
     else:
         _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
-                     tc2, b2, out2, m2, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP)
+                     tc2, b2, out2, m2, res_ptr, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
 
 
 # ---------------------------------------------------------------- host side
@@ -473,6 +519,9 @@ def compact_gemv(
     pdl: bool = False,
     inline: bool = False,
     up: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+    residual: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -495,6 +544,12 @@ def compact_gemv(
         up (`torch.Tensor`, *optional*): ``[1, n]``; the input is then ``F.silu(x) * up`` (``x``
             the gate projection), formed inside the inline launch where it runs (no launch of
             its own), by PyTorch ahead of the two launches otherwise.
+        norm_weight (`torch.Tensor`, *optional*): ``[n]``; the input is then the RMSNorm of ``x``
+            (``x`` a residual stream, see `rsparse.ops.rms_norm_reference`), formed by the programs of
+            the compaction launch (`PRENORM_MAX_N` channels at most; by PyTorch otherwise), with
+            ``norm_eps``.
+        residual (`torch.Tensor`, *optional*): ``[1, m]``, one projection only: the output is then
+            ``residual + y``, added by the program that writes each output tile.
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -507,6 +562,21 @@ def compact_gemv(
     k = len(weight_t)
     if not 1 <= k <= MAX_PROJ:
         raise ValueError(f"compact_gemv takes 1 to {MAX_PROJ} projections, got {k}")
+    if residual is not None and (k != 1 or tuple(residual.shape) != (1, weight_t[0].shape[1])):
+        raise ValueError(
+            f"residual must be [1, m] for one projection, got {tuple(residual.shape)} for {k} projection(s)"
+        )
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    if norm_weight is not None and up is not None:
+        raise ValueError("compact_gemv takes either norm_weight (an RMSNorm input) or up (a SiLU product input), got both")
+    prenorm = norm_weight is not None and n <= PRENORM_MAX_N
+    if norm_weight is not None and not prenorm:
+        from rsparse.ops.reference import rms_norm_reference
+
+        x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
+    elif prenorm and norm_weight.stride(-1) != 1:
+        norm_weight = norm_weight.contiguous()
     ms = [w.shape[1] for w in weight_t]
     rs = [li.shape[1] for li in lowrank_in]
     has_lr = any(rs)
@@ -517,11 +587,11 @@ def compact_gemv(
     max_steps = cdiv(n + max(rs), block_k)
     chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
 
-    if inline and not has_lr:
+    if inline and not has_lr and not prenorm:  # (the compaction launch folds the norm, the inline one does not)
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch, up)
+                           block_k, block_m, num_warps, prefetch, up, residual)
     if up is not None:
         x = torch.nn.functional.silu(x) * up
 
@@ -557,22 +627,27 @@ def compact_gemv(
     r_progs = max(1, cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
     pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    a_args += [norm_weight if prenorm else x, float(norm_eps)]
     _compact_kernel[(cdiv(n, block_n), r_progs, k)](
-        *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, num_warps=4,
+        *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, PRENORM=prenorm,
+        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, num_warps=4,
     )
     extra = {"launch_pdl": True} if pdl else {}
+    b_args.append(residual if residual is not None else outs[0])
     _gather_kernel[(chunks * sum(tiles),)](
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
-        PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl,
+        PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl, RES0=residual is not None,
         num_warps=num_warps, num_stages=1, **extra,
     )
     return outs
 
 
 INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` compacts in registers
+PRENORM_MAX_N = 16384  # widest residual stream a program loads whole to fold the RMSNorm
 
 
-def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None):
+def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None,
+            residual=None):
     # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
     # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
@@ -598,9 +673,10 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
         has_bias.append(b is not None)
         args += [c[j], tau[j], w_[j], w_[j].stride(0), idx[j], xs[j], ws[j], tcnt[j], b if b is not None else w_[j],
                  outs[j], ms[j], tiles[j] if real else 0]
+    args.append(residual if residual is not None else outs[0])
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
-        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None,
+        BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None, RES0=residual is not None,
         EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", num_warps=num_warps, num_stages=1,
     )
     return outs

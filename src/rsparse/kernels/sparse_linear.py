@@ -53,7 +53,8 @@ import triton.language as tl
 
 from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
-from rsparse.kernels.compact_gemv import zero_state_after_last_tile
+from rsparse.ops.reference import rms_norm_reference
+from rsparse.kernels.compact_gemv import normed_input, rms_inv, with_residual, zero_state_after_last_tile
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -121,16 +122,19 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 
 @triton.jit
-def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok,
-                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, inv,
+                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
-    # mask is needed and the step waits for its rows alone.
+    # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
+    # stream and the input is its RMSNorm (`inv` from `rms_inv`, weight at g_ptr).
     acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
     xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    if PRENORM:
+        xf = normed_input(xf, g_ptr, offs_k, k_ok, inv, x_ptr.dtype.element_ty)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
@@ -142,6 +146,8 @@ def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_
         n_ok = nk < k_end
         cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
         xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
+        if PRENORM:
+            xf = normed_input(xf, g_ptr, nk, n_ok, inv, x_ptr.dtype.element_ty)
         acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
     return acc
 
@@ -211,9 +217,9 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 @triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            gcnt_ptr, state_len, all_tiles,
+            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
-            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr):
+            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -231,6 +237,9 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
         y = tl.load(ws_ptrs, mask=o_mask, other=0.0, volatile=True)
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:  # a decoder layer's residual add, folded into the launch whose output it adds
+            y = with_residual(y, res_ptr, offs_t[:, None] * stride_r + offs_m[None, :], o_mask,
+                                       out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             # Every thread's load of the sums is done before any thread zeroes them: the compiler
@@ -266,10 +275,12 @@ def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
+    g_ptr, eps, res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
+    HAS_RES: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -283,16 +294,20 @@ def _weight_item(
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
                     Z_SKIP_ACTIVE)
-    if XC_AHEAD:  # one token, 1-D partial sums only (the host checks)
-        acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, BLOCK_K, BLOCK_M)
+    if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
+        inv = 1.0
+        if PRENORM:
+            inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
+        acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, inv,
+                            BLOCK_K, BLOCK_M, PRENORM)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                           USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -300,9 +315,10 @@ def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
+    res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr,
+    RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -323,8 +339,8 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -347,7 +363,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -355,7 +371,8 @@ def _splitk_kernel(
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
-    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr,
+    RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
+    RES0: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -382,21 +399,21 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         gcnt_ptr, state_len, all_tiles,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         gcnt_ptr, state_len, all_tiles,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         gcnt_ptr, state_len, all_tiles,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -404,20 +421,23 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          gcnt_ptr, state_len, all_tiles,
-                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
+                          RES0)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          gcnt_ptr, state_len, all_tiles,
-                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
+                          False)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          gcnt_ptr, state_len, all_tiles,
-                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE)
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
+                          False)
 
 
 @dataclass(frozen=True)
@@ -572,11 +592,23 @@ def sparse_linear_multi(
     bias: list[torch.Tensor | None],
     out: list[torch.Tensor] | None = None,
     active_fraction: float = 1.0,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+    residual: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
-    e.g. NaN-filled buffers in tests proving that every element is written."""
+    e.g. NaN-filled buffers in tests proving that every element is written.
+
+    ``norm_weight``/``norm_eps``: the input is the RMSNorm of ``x`` (a decoder layer's residual
+    stream), formed inside the launch for one token where the path allows it (the compact path;
+    the split-K launch without rank), by PyTorch first otherwise.  ``residual`` (one projection):
+    the output is ``residual + y``, added where each output tile is written."""
+    if residual is not None and len(weight_t) != 1:
+        raise ValueError(f"residual serves one projection, got {len(weight_t)}")
     if len(weight_t) > MAX_PROJ:
+        if norm_weight is not None:
+            x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
         outs = []
         for s in range(0, len(weight_t), MAX_PROJ):
             e = s + MAX_PROJ
@@ -598,7 +630,17 @@ def sparse_linear_multi(
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
-        return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs)
+        return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
+                             norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
+    xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d
+    # The split-K launch folds the norm for one token without rank (z items read x on their own).
+    prenorm = norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
+    if norm_weight is not None and not prenorm:
+        x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
+    if prenorm and norm_weight.stride(-1) != 1:
+        norm_weight = norm_weight.contiguous()
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = _compact.cdiv(T, block_t)
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
@@ -639,7 +681,9 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len]
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
+            norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
+            residual.stride(0) if residual is not None else 0]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -655,34 +699,35 @@ def sparse_linear_multi(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
-        XC_AHEAD=XC_AHEAD and not use_dot and not cfg.acc2d,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
+        RES0=residual is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return outs
 
 
-def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None):
+def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None,
+                  norm_weight=None, norm_eps=0.0, residual=None):
     """One token through `rsparse.kernels.compact_gemv` with ``cfg``'s tiles (path "compact" or "inline")."""
     return _compact.compact_gemv(
         x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
         block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
         num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
-        inline=cfg.path == "inline", up=up,
+        inline=cfg.path == "inline", up=up, norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
     )
 
 
 def sparse_linear(
-    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0
+    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
 ) -> torch.Tensor:
-    """Triton implementation of ``rsparse::sparse_linear``."""
+    """Triton implementation of ``rsparse::sparse_linear`` (``residual``: see `sparse_linear_multi`)."""
     outs = None if out is None else [out]
     return sparse_linear_multi(
-        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction
+        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction, residual=residual
     )[0]
 
 
 def sparse_linear_silu_mul(
-    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0
+    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
 ) -> torch.Tensor:
     """Triton implementation of ``rsparse::sparse_linear_silu_mul``: `sparse_linear` on
     ``F.silu(gate) * up`` (the input of a gated MLP's down projection).
@@ -700,6 +745,7 @@ def sparse_linear_silu_mul(
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, lowrank_in.shape[1] > 0)
     if T == 1 and cfg.path == "inline" and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
-        return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up)[0]
+        return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
+                             residual=residual)[0]
     x = torch.nn.functional.silu(gate) * up
-    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction)
+    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction, residual)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from rsparse.ops.reference import active_mask, sparse_linear_reference
+from rsparse.ops.reference import active_mask, check_fold_args, rms_norm_reference, sparse_linear_reference
 
 from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
 from rsparse.ops.silu_mul import sparse_linear_silu_mul, sparse_linear_silu_mul_reference
@@ -28,6 +28,7 @@ __all__ = [
     "sparse_linear",
     "sparse_linear_multi",
     "active_mask",
+    "rms_norm_reference",
     "sparse_linear_reference",
     "sparse_linear_multi_reference",
     "sparse_linear_silu_mul",
@@ -47,16 +48,20 @@ def sparse_linear(
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
     active_fraction: float = 1.0,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R-Sparse linear on ``x`` of shape ``[T, n]``; returns ``[T, m]`` in ``x.dtype``.
 
     ``active_fraction`` is the layer's expected share of active input channels (its budget's
-    ``k / n``); it never changes the result, only which kernel launch serves it."""
-    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    ``k / n``); it never changes the result, only which kernel launch serves it. ``residual``
+    (``[T, m]``, ``x.dtype``): the result is then ``residual + y``, a decoder layer's residual add
+    taken into the launch (`rsparse.fuse_norm`)."""
+    check_fold_args(x, None, residual, weight_t.shape[1])
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 @sparse_linear.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     torch._check(x.shape[1] == weight_t.shape[0], lambda: "x and weight_t disagree on n")
     return x.new_empty(x.shape[0], weight_t.shape[1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rsparse.ops.reference import sparse_linear_reference
+from rsparse.ops.reference import check_fold_args, sparse_linear_reference
 
 __all__ = ["sparse_linear_silu_mul", "sparse_linear_silu_mul_reference"]
 
@@ -28,9 +28,10 @@ def sparse_linear_silu_mul_reference(
     lowrank_in: torch.Tensor,
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See `sparse_linear_silu_mul`."""
-    return sparse_linear_reference(F.silu(gate) * up, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    return sparse_linear_reference(F.silu(gate) * up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 @torch.library.custom_op("rsparse::sparse_linear_silu_mul", mutates_args=())
@@ -44,14 +45,16 @@ def sparse_linear_silu_mul(
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
     active_fraction: float = 1.0,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ...)`` for ``gate`` and ``up`` of shape
-    ``[T, n]``; returns ``[T, m]`` in their dtype (``active_fraction``: a launch hint, as there)."""
-    return sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ..., residual)`` for ``gate`` and ``up`` of
+    shape ``[T, n]``; returns ``[T, m]`` in their dtype (``active_fraction``: a launch hint, as there)."""
+    check_fold_args(gate, None, residual, weight_t.shape[1])
+    return sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 @sparse_linear_silu_mul.register_fake
-def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0):
+def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
     torch._check(gate.dim() == 2, lambda: f"gate must be [T, n], got {tuple(gate.shape)}")
     torch._check(gate.shape == up.shape, lambda: f"gate and up must have one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
     torch._check(gate.shape[1] == weight_t.shape[0], lambda: "gate and weight_t disagree on n")
