@@ -13,6 +13,7 @@ step's span: the gaps between kernels that a smaller kernel count would save.
     python benchmarks/profile_decode.py --out $OUT --silu-ab  # and 0.5, 0.7 with the SiLU product unfused
     python benchmarks/profile_decode.py --out $OUT --norms-removed  # and a bound: 0.5, 0.7 with no decoder RMSNorm
     python benchmarks/profile_decode.py --out $OUT --adds-removed   # and one with neither norms nor residual adds
+    python benchmarks/profile_decode.py --out $OUT --fold-ab        # and 0.5, 0.7 with rsparse.fuse_norm off
 """
 
 from __future__ import annotations
@@ -172,6 +173,9 @@ def main() -> None:
     p.add_argument("--norms-removed", action="store_true",
                    help="also profile each target on a copy whose decoder layers run no RMSNorm (nn.Identity, thresholds "
                         "calibrated on that copy): wrong numbers, the time a step would take if the norms cost nothing")
+    p.add_argument("--fold-ab", action="store_true",
+                   help="also profile each target with the decoder norms and residual adds run by the model "
+                        "(rsparse.fuse_norm off; the SiLU product stays fused)")
     p.add_argument("--adds-removed", action="store_true",
                    help="also profile each target on a copy with neither the decoder norms nor the residual adds "
                         "(each layer is mlp(self_attn(h))): the bound for folding both into rsparse's launches")
@@ -180,6 +184,7 @@ def main() -> None:
     # decode.py's build_dense reads these; this script always profiles the Llama-3-8B shape on the GPU
     args.model, args.tiny, args.device, args.dtype, args.shape = None, False, "cuda", torch.bfloat16, "llama3-8b"
     import rsparse
+    from rsparse.fuse_norm import set_norm_fusion
     from rsparse.fuse_silu import set_silu_fusion
 
     out = Path(args.out)
@@ -191,12 +196,14 @@ def main() -> None:
     results["dense"] = profile_variant(dense, args.steps, args.prompt)
     print(f"dense done in {time.perf_counter() - t0:.0f}s", flush=True)
 
-    def profile_sparse(source, target: float, suffixes: dict[str, bool]) -> None:
-        # suffixes: name suffix -> SiLU product fused (False: F.silu(gate) * up formed by the model)
+    def profile_sparse(source, target: float, suffixes: dict[str, bool | str]) -> None:
+        # suffixes: name suffix -> SiLU product fused (False: F.silu(gate) * up formed by the model;
+        # "unfolded": norms and residual adds run by the model, rsparse.fuse_norm off)
         model, _ = sparsify_copy(source, target, "cuda", args.fuse)
         rsparse.set_backend("triton")
         for suffix, silu in suffixes.items():
-            set_silu_fusion(model, silu)
+            set_silu_fusion(model, silu is not False)
+            set_norm_fusion(model, silu is True and args.fuse)
             t0 = time.perf_counter()
             results[f"{target:g}{suffix}"] = profile_variant(model, args.steps, args.prompt)
             print(f"{target:g}{suffix} done in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -205,7 +212,12 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     for target in args.targets:
-        profile_sparse(dense, target, {"": True, " (product unfused)": False} if args.silu_ab else {"": True})
+        suffixes = {"": True}
+        if args.silu_ab:
+            suffixes[" (product unfused)"] = False
+        if args.fold_ab:
+            suffixes[" (norms and adds unfolded)"] = "unfolded"
+        profile_sparse(dense, target, suffixes)
         if args.norms_removed:
             profile_sparse(without_decoder_norms(dense), target, {" (decoder norms removed: a bound)": True})
         if args.adds_removed:

@@ -231,3 +231,33 @@ def test_folded_layers_on_the_triton_kernels(dtype, monkeypatch):
     # Same tokens fed (teacher forcing would part only on a near tie); logits within the dtype's rounding.
     err = ((logits.double() - logits0.double()).norm() / logits0.double().norm()).item()
     assert err <= {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype], err
+
+
+# ------------------------------------------------------------------ the GPU
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("active", [0.5, 0.3])
+def test_gpu_launches_fold_norm_and_residual(dtype, active):
+    # Llama-3-8B's shapes: q/k/v (the split-K launch) and gate/up (the compact path at these
+    # fractions) fold the norm; o_proj and down_proj (SiLU product inline) add the residual.
+    from rsparse.kernels import sparse_linear as kernels
+
+    check_normed(4096, (4096, 1024, 1024), (0, 0, 0), dtype, "cuda", active, seed=1)
+    check_normed(4096, (14336, 14336), (0, 0), dtype, "cuda", active, seed=2)
+    for n, m, silu in ((4096, 4096, False), (14336, 4096, True)):
+        res = (torch.randn(1, m, device="cuda") * 4).to(dtype)
+        if silu:
+            gate, up, w, c, tau, li, lo, b = gated_args(1, n, m, dtype, "cuda", active, seed=3)
+            x = torch.nn.functional.silu(gate) * up
+            run = lambda **kw: kernels.sparse_linear_silu_mul(gate, up, w, c, tau, li, lo, b, active_fraction=active, **kw)  # noqa: E731
+        else:
+            x, w, c, tau, li, lo, b = make_args(1, n, m, 0, dtype, "cuda", active, seed=4)
+            run = lambda **kw: kernels.sparse_linear(x, w, c, tau, li, lo, b, active_fraction=active, **kw)  # noqa: E731
+        out = torch.full((1, m), float("nan"), dtype=dtype, device="cuda")
+        y = run(out=out, residual=res)
+        assert not torch.isnan(y).any()
+        assert rel_err(y, exact(x, w, c, tau, li, lo, b) + res.double()) <= TOL[dtype]
+    assert _workspace_is_zero()

@@ -122,19 +122,22 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 
 @triton.jit
-def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, inv,
-                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr):
+def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
+                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
-    # stream and the input is its RMSNorm (`inv` from `rms_inv`, weight at g_ptr).
+    # stream and the input is its RMSNorm (weight at g_ptr), the RMS from `rms_inv`.
     acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
     xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    inv = 1.0
     if PRENORM:
-        xf = normed_input(xf, g_ptr, offs_k, k_ok, inv, x_ptr.dtype.element_ty)
+        g = tl.load(g_ptr + offs_k, mask=k_ok, other=0.0)
+        inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
+        xf = normed_input(xf, g, inv, x_ptr.dtype.element_ty)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
@@ -147,7 +150,7 @@ def _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_
         cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
         xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
         if PRENORM:
-            xf = normed_input(xf, g_ptr, nk, n_ok, inv, x_ptr.dtype.element_ty)
+            xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
         acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
     return acc
 
@@ -295,11 +298,8 @@ def _weight_item(
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
                     Z_SKIP_ACTIVE)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
-        inv = 1.0
-        if PRENORM:
-            inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
-        acc = _w_rows_ahead(x_ptr, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, inv,
-                            BLOCK_K, BLOCK_M, PRENORM)
+        acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
         for k0 in range(k_start, k_end, BLOCK_K):
