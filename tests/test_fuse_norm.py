@@ -118,16 +118,34 @@ def test_compact_launch_folds_the_norm(case, dtype, compact_path):
 
 
 @needs_triton
-def test_norm_with_a_rank_on_the_splitk_path_is_formed_first(monkeypatch):
-    # z items read x on their own, so the split-K launch folds no norm for a layer with rank:
-    # PyTorch forms it first, with the same result.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["rank", "long items"])
+def test_splitk_norm_is_formed_first_where_not_folded(case, dtype, monkeypatch):
+    # z items read x on their own, so the split-K launch folds no norm for a layer with rank, nor
+    # into long items (PRENORM_MAX_ROWS): one small launch forms it first, with the same result.
+    from rsparse.kernels import compact_gemv
     from rsparse.kernels import sparse_linear as kernels
 
     formed = []
-    orig = kernels.rms_norm_reference
-    monkeypatch.setattr(kernels, "rms_norm_reference", lambda *a: formed.append(1) or orig(*a))
-    check_normed(90, (40, 30), (6, 0), torch.float32)
+    orig = compact_gemv.rms_norm
+    monkeypatch.setattr(compact_gemv, "rms_norm", lambda *a: formed.append(1) or orig(*a))
+    if case == "rank":
+        check_normed(90, (40, 30), (6, 0), dtype)
+    else:
+        monkeypatch.setattr(kernels, "PRENORM_MAX_ROWS", 0)
+        check_normed(257, (64, 33), (0, 0), dtype)
     assert formed == [1]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_norm_launch_matches_the_reference(dtype):
+    from rsparse.kernels.compact_gemv import rms_norm
+
+    h, weight, eps, x, _ = normed_args(300, [], [], dtype, "cpu")
+    y = rms_norm(h, weight, eps)
+    # Another order of the sum of squares: at most one unit in the last place apart.
+    assert y.dtype == dtype and (y.double() - x.double()).abs().max() <= x.double().abs().max() * {torch.float32: 1e-6}.get(dtype, 1e-2)
 
 
 def _residual_case(path, dtype, T, compact_path):

@@ -32,6 +32,7 @@ class's forward.
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 
@@ -60,6 +61,17 @@ def _code(fn):
     return getattr(inspect.unwrap(fn), "__code__", None)
 
 
+def _returns_hidden_states(code) -> bool:
+    # Every return is `return hidden_states` (transformers 5): the 4.x layers return a tuple
+    # (`return outputs`) with the same attribute names, which the folded forward does not.
+    instructions = list(dis.get_instructions(code))
+    returns = [i for i, ins in enumerate(instructions) if ins.opname == "RETURN_VALUE"]
+    return bool(returns) and all(
+        i > 0 and instructions[i - 1].opname.startswith("LOAD_FAST") and instructions[i - 1].argval == "hidden_states"
+        for i in returns
+    )
+
+
 def _is_llama_norm(norm: nn.Module) -> bool:
     code = _code(type(norm).forward)
     weight = getattr(norm, "weight", None)
@@ -80,7 +92,7 @@ def _group_is(first: RSparseLinear, members: list) -> bool:
 def is_norm_layer(layer: nn.Module) -> bool:
     """Whether ``layer`` is a Llama-form decoder layer whose norms and adds can be folded (see the module doc)."""
     code = _code(type(layer).forward)
-    if code is None or code.co_names != _LAYER_NAMES:
+    if code is None or code.co_names != _LAYER_NAMES or not _returns_hidden_states(code):
         return False
     from rsparse.fuse_silu import is_silu_mlp
 

@@ -100,6 +100,29 @@ def with_residual(y, res_ptr, offs, ok, DTYPE: tl.constexpr):
     return round_like(tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32) + yo, DTYPE)
 
 
+@triton.jit
+def _rms_norm_kernel(h_ptr, g_ptr, out_ptr, n, eps, NORM_BLOCK: tl.constexpr):
+    offs = tl.arange(0, NORM_BLOCK)
+    ok = offs < n
+    h = tl.load(h_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0)
+    inv = tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
+    tl.store(out_ptr + offs, normed_input(h, g, inv, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMSNorm of one token ``x`` ``[1, n]`` in one launch (as `rsparse.ops.rms_norm_reference`
+    defines it), for a launch that takes ``norm_weight`` but does not fold it; PyTorch for batches."""
+    from rsparse.ops.reference import rms_norm_reference
+
+    n = x.shape[-1]
+    if x.shape[0] != 1 or n > PRENORM_MAX_N:
+        return rms_norm_reference(x, weight, eps)
+    out = torch.empty_like(x)
+    _rms_norm_kernel[(1,)](x, weight.contiguous(), out, n, float(eps), NORM_BLOCK=next_power_of_2(n), num_warps=8)
+    return out
+
+
 # ---------------------------------------------------------------- launch 1: compaction + z
 
 
@@ -571,9 +594,7 @@ def compact_gemv(
         raise ValueError("compact_gemv takes either norm_weight (an RMSNorm input) or up (a SiLU product input), got both")
     prenorm = norm_weight is not None and n <= PRENORM_MAX_N
     if norm_weight is not None and not prenorm:
-        from rsparse.ops.reference import rms_norm_reference
-
-        x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
+        x, norm_weight = rms_norm(x, norm_weight, norm_eps), None
     elif prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
     ms = [w.shape[1] for w in weight_t]

@@ -53,7 +53,6 @@ import triton.language as tl
 
 from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
-from rsparse.ops.reference import rms_norm_reference
 from rsparse.kernels.compact_gemv import normed_input, rms_inv, with_residual, zero_state_after_last_tile
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
@@ -76,6 +75,9 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
 XC_AHEAD = True
+# Longest weight item (input channels) of a one-token split-K launch that forms a folded RMSNorm
+# itself (`rsparse.fuse_norm`): q/k/v's 48-row items gain, gate/up's 232-row items lost (decode run 29).
+PRENORM_MAX_ROWS = 64
 
 
 @triton.jit
@@ -608,7 +610,7 @@ def sparse_linear_multi(
         raise ValueError(f"residual serves one projection, got {len(weight_t)}")
     if len(weight_t) > MAX_PROJ:
         if norm_weight is not None:
-            x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
+            x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps), None
         outs = []
         for s in range(0, len(weight_t), MAX_PROJ):
             e = s + MAX_PROJ
@@ -633,12 +635,6 @@ def sparse_linear_multi(
         return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
                              norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
     xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d
-    # The split-K launch folds the norm for one token without rank (z items read x on their own).
-    prenorm = norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
-    if norm_weight is not None and not prenorm:
-        x, norm_weight = rms_norm_reference(x, norm_weight, norm_eps), None
-    if prenorm and norm_weight.stride(-1) != 1:
-        norm_weight = norm_weight.contiguous()
     if residual is not None and residual.stride(-1) != 1:
         residual = residual.contiguous()
     block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
@@ -652,6 +648,15 @@ def sparse_linear_multi(
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows_lr) for r in rs]
+    # The split-K launch folds the norm for one token without rank (z items read x on their own)
+    # and with short items; otherwise one small launch forms it first (decode run 29: folded into
+    # gate/up's 232-row items the norm cost more than that launch).
+    prenorm = (norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
+               and rows <= PRENORM_MAX_ROWS)
+    if norm_weight is not None and not prenorm:
+        x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps), None
+    if prenorm and norm_weight.stride(-1) != 1:
+        norm_weight = norm_weight.contiguous()
 
     # One zeroed fp32 workspace: split-K sums | tile counters | the state: launch counter, z,
     # z counters.  Each call leaves it zero: the last program of each tile puts its sums and

@@ -1,0 +1,63 @@
+"""Folded norms and adds (`rsparse.fuse_norm`) A/B in one process: dense, then each target with the
+fold as shipped, with the split-K launches forming the norm in every item (``PRENORM_MAX_ROWS``
+unbounded: decode run 29's code), and with the fold off. Same model and harness as `decode.py`
+(Llama-3-8B shape, random bf16 weights, compiled static-cache decode, batch 1, prompt 128).
+
+    python benchmarks/ablations/fold_ab.py --targets 0.4 --out $OUT/fold_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from decode import SEED, build_dense, sparsify_copy  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.4])
+    p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"])
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="tiny widths on the CPU: a smoke test of this script")
+    args = p.parse_args()
+    args.model, args.device, args.dtype, args.shape, args.layers, args.attn = (
+        None, "cpu" if args.tiny else "cuda", torch.float32 if args.tiny else torch.bfloat16, "llama3-8b", None, "sdpa")
+    import rsparse
+    from rsparse.bench import decode_speed
+    from rsparse.fuse_norm import set_norm_fusion
+    from rsparse.kernels import sparse_linear as kernels
+
+    shipped_rows = kernels.PRENORM_MAX_ROWS
+    dense = build_dense(args)
+    kw = dict(batch_size=1, prompt_len=128, new_tokens=args.new_tokens, compile=True, repeats=args.repeats, seed=SEED)
+    rows = [{"variant": "dense", **decode_speed(dense, **kw)}]
+    print(f"dense {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
+    for target in args.targets:
+        model, _ = sparsify_copy(dense, target, args.device)
+        rsparse.set_backend("triton" if args.device == "cuda" else "auto")
+        for variant in args.variants:
+            kernels.PRENORM_MAX_ROWS = 10**9 if variant == "every item" else shipped_rows
+            set_norm_fusion(model, variant != "off")
+            torch._dynamo.reset()
+            rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
+            print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
+        kernels.PRENORM_MAX_ROWS = shipped_rows
+        rsparse.set_backend("auto")
+        del model
+    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "new_tokens": args.new_tokens,
+            "repeats": args.repeats}
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
