@@ -40,7 +40,15 @@ def main() -> None:
     shipped_rows = kernels.PRENORM_MAX_ROWS
     dense = build_dense(args)
     kw = dict(batch_size=1, prompt_len=128, new_tokens=args.new_tokens, compile=True, repeats=args.repeats, seed=SEED)
+    out = Path(args.out)
+    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+            "new_tokens": args.new_tokens, "repeats": args.repeats}
+
+    def save() -> None:  # after every row: a call cut short keeps what it measured
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
     rows = [{"variant": "dense", **decode_speed(dense, **kw)}]
+    save()
     print(f"dense {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
     for target in args.targets:
         model, _ = sparsify_copy(dense, target, args.device)
@@ -50,13 +58,11 @@ def main() -> None:
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
+            save()
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS = shipped_rows
         rsparse.set_backend("auto")
         del model
-    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "new_tokens": args.new_tokens,
-            "repeats": args.repeats}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
