@@ -100,6 +100,8 @@ def is_norm_layer(layer: nn.Module) -> bool:
     projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     if not all(isinstance(p, RSparseLinear) for p in projs) or not is_silu_mlp(mlp):
         return False
+    if not hasattr(mlp, "rsparse_silu_mul"):  # the MLP is not linked (`rsparse.fuse_silu.link_silu_mlps` first)
+        return False
     return (
         _is_llama_norm(layer.input_layernorm)
         and _is_llama_norm(layer.post_attention_layernorm)
@@ -128,7 +130,7 @@ def _fold_now(layer: nn.Module, h: torch.Tensor) -> bool:
         return False
     if attn.q_proj.shared_input is None or mlp.gate_proj.shared_input is None:
         return False
-    if not (attn.q_proj.shared_input.enabled and mlp.gate_proj.shared_input.enabled and mlp.rsparse_silu_mul):
+    if not (attn.q_proj.shared_input.enabled and mlp.gate_proj.shared_input.enabled and getattr(mlp, "rsparse_silu_mul", False)):
         return False
     one = h.reshape(1, -1)
     for p in projs:
