@@ -99,9 +99,13 @@ def test_bad_norm_weight_and_residual_are_errors():
 
 
 @needs_triton
+@pytest.mark.parametrize("ahead", [False, True], ids=["one step ahead", "two steps ahead"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(70, (45,), (0,)), (130, (77, 30, 20), (0, 0, 0)), (257, (64, 33), (0, 0))], ids=str)
-def test_splitk_launch_folds_the_norm(case, dtype):
+def test_splitk_launch_folds_the_norm(case, dtype, ahead, monkeypatch):
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "PRENORM_AHEAD", ahead)
     n, ms, ranks = case
     check_normed(n, ms, ranks, dtype)
     assert _workspace_is_zero()

@@ -1,9 +1,12 @@
 """Folded norms and adds (`rsparse.fuse_norm`) A/B in one process: dense, then each target with the
 fold as shipped, with the split-K launches forming the norm in every item (``PRENORM_MAX_ROWS``
-unbounded: decode run 29's code), and with the fold off. Same model and harness as `decode.py`
+unbounded: decode run 29's code), with its inputs loaded two steps ahead (``PRENORM_AHEAD``), and with
+the fold off. Same model and harness as `decode.py`
 (Llama-3-8B shape, random bf16 weights, compiled static-cache decode, batch 1, prompt 128).
 
     python benchmarks/ablations/fold_ab.py --targets 0.4 --out $OUT/fold_ab.json
+    python benchmarks/ablations/fold_ab.py --targets 0.4 0.5 0.7 --variants shipped "two ahead" "every item, two ahead" off \
+        --out $OUT/fold_ab.json
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from decode import SEED, build_dense, sparsify_copy  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
-    p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"])
+    p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
+                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off"],
+                   help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
+                        "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
@@ -37,7 +43,7 @@ def main() -> None:
     from rsparse.fuse_norm import set_norm_fusion
     from rsparse.kernels import sparse_linear as kernels
 
-    shipped_rows = kernels.PRENORM_MAX_ROWS
+    shipped_rows, shipped_ahead = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD
     dense = build_dense(args)
     kw = dict(batch_size=1, prompt_len=128, new_tokens=args.new_tokens, compile=True, repeats=args.repeats, seed=SEED)
     out = Path(args.out)
@@ -54,13 +60,14 @@ def main() -> None:
         model, _ = sparsify_copy(dense, target, args.device)
         rsparse.set_backend("triton" if args.device == "cuda" else "auto")
         for variant in args.variants:
-            kernels.PRENORM_MAX_ROWS = 10**9 if variant == "every item" else shipped_rows
+            kernels.PRENORM_MAX_ROWS = 10**9 if variant in ("every item", "every item, two ahead") else shipped_rows
+            kernels.PRENORM_AHEAD = variant in ("two ahead", "every item, two ahead") or (shipped_ahead and variant == "shipped")
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
             save()
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
-        kernels.PRENORM_MAX_ROWS = shipped_rows
+        kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         rsparse.set_backend("auto")
         del model
 

@@ -78,6 +78,9 @@ XC_AHEAD = True
 # Longest weight item (input channels) of a one-token split-K launch that forms a folded RMSNorm
 # itself (`rsparse.fuse_norm`): q/k/v's 48-row items gain, gate/up's 232-row items lost (decode run 29).
 PRENORM_MAX_ROWS = 64
+# Load a folded norm's raw inputs two steps ahead (`_w_rows_ahead`'s NORM_AHEAD). Off until measured on the
+# GPU (benchmarks/ablations/fold_ab.py, variant "two ahead").
+PRENORM_AHEAD = False
 
 
 @triton.jit
@@ -125,11 +128,15 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 @triton.jit
 def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
-                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
+                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
+                  NORM_AHEAD: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
-    # stream and the input is its RMSNorm (weight at g_ptr), the RMS from `rms_inv`.
+    # stream and the input is its RMSNorm (weight at g_ptr), the RMS from `rms_inv`.  NORM_AHEAD:
+    # the raw inputs are loaded two steps ahead, and a step normalises those that arrived during the
+    # previous one, so neither their loads nor the roundings stand between a step's mask and its
+    # row loads (decode run 29: normalising the inputs just loaded cost about 0.2 us per step).
     acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
@@ -138,6 +145,12 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
     inv = 1.0
     if PRENORM:
         g = tl.load(g_ptr + offs_k, mask=k_ok, other=0.0)
+        if NORM_AHEAD:  # the raw inputs of the second step
+            nk1 = offs_k + BLOCK_K
+            ok1 = nk1 < k_end
+            c_raw = tl.load(c_ptr + nk1, mask=ok1, other=0.0)
+            x_raw = tl.load(x_ptr + nk1, mask=ok1, other=0.0)
+            g_raw = tl.load(g_ptr + nk1, mask=ok1, other=0.0)
         inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
         xf = normed_input(xf, g, inv, x_ptr.dtype.element_ty)
     for k0 in range(k_start, k_end, BLOCK_K):
@@ -149,10 +162,19 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
         coef = tl.where(active, xf, 0.0)
         nk = offs_k + BLOCK_K
         n_ok = nk < k_end
-        cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
-        xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
-        if PRENORM:
-            xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
+        if PRENORM and NORM_AHEAD:
+            cv = c_raw
+            xf = normed_input(x_raw.to(tl.float32), g_raw, inv, x_ptr.dtype.element_ty)
+            nk2 = nk + BLOCK_K
+            ok2 = nk2 < k_end
+            c_raw = tl.load(c_ptr + nk2, mask=ok2, other=0.0)
+            x_raw = tl.load(x_ptr + nk2, mask=ok2, other=0.0)
+            g_raw = tl.load(g_ptr + nk2, mask=ok2, other=0.0)
+        else:
+            cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
+            xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
+            if PRENORM:
+                xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
         acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
     return acc
 
@@ -285,7 +307,7 @@ def _weight_item(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -301,7 +323,7 @@ def _weight_item(
                     Z_SKIP_ACTIVE)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
-                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK)
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -374,7 +396,7 @@ def _splitk_kernel(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    RES0: tl.constexpr,
+    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr,
 ):
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
@@ -403,19 +425,19 @@ def _splitk_kernel(
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -705,7 +727,8 @@ def sparse_linear_multi(
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
-        RES0=residual is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return outs
 
