@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import graph_time_us  # noqa: E402
+from kernel_speed import graph_time_us  # noqa: E402
 
 LAUNCHES = 20  # per CUDA graph
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path[:0] = ["src", "benchmarks"]
-import kernels as B  # noqa: E402
+import kernel_speed as B  # noqa: E402
 import rsparse  # noqa: E402
 from rsparse.kernels import sparse_linear as K  # noqa: E402
 from rsparse.ops import sparse_linear_reference as ref  # noqa: E402

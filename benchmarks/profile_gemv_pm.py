@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path[:0] = ["src", "benchmarks"]
-import kernels as B  # noqa: E402
+import kernel_speed as B  # noqa: E402
 import rsparse  # noqa: E402
 from rsparse.kernels import compact_gemv as G  # noqa: E402
 

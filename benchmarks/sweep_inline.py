@@ -7,7 +7,7 @@ shapes (q/k/v fused, o).
 
 For every point (case, sparsity; rho 1, batch 1, bf16) the layers are built once (random
 weights, ``tau`` at the budget's quantile of the benchmark input, weight copies rotated
-beyond L2 as in `kernels.py`), cuBLAS dense is timed once, then every variant on the very
+beyond L2 as in `kernel_speed.py`), cuBLAS dense is timed once, then every variant on the very
 same layers: median µs per call under CUDA-graph replay, and the relative error of one
 call against the PyTorch reference.  One JSON line per result in ``--out``/inline.jsonl as
 it goes; new points stop after ``--limit`` seconds.
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kernels as B  # noqa: E402
+import kernel_speed as B  # noqa: E402
 
 import rsparse  # noqa: E402
 from rsparse.kernels import sparse_linear as K  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kernels as B  # noqa: E402
+import kernel_speed as B  # noqa: E402
 from rsparse.kernels import sparse_linear as K  # noqa: E402
 import rsparse  # noqa: E402
 

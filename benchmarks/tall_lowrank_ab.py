@@ -4,7 +4,7 @@ down_proj (14336->4096) at 50 % with ``rho=0.8`` costs 16-18 % over ``rho=1`` in
 the 15 % acceptance 3 allows. Its launch puts 672 z items (224 chunks of `Z_STEPS` x 16 channels, 3 rank
 blocks of 128 for rank 318) ahead of the 512 weight items, more than the 528 slots of one wave, so the weight
 rows start late. This times settings that change the z items' count and length, or the slots, against the
-shipped setting and the ``rho=1`` row, interleaved over rounds in one process (`benchmarks/kernels.py`'s
+shipped setting and the ``rho=1`` row, interleaved over rounds in one process (`benchmarks/kernel_speed.py`'s
 timing: CUDA-graph replay, weights rotated beyond L2, cuBLAS in the same call; every row checked against the
 PyTorch reference):
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernels as bench  # noqa: E402  (this folder's kernel benchmark: the same cases and timing)
+import kernel_speed as bench  # noqa: E402  (this folder's kernel benchmark: the same cases and timing)
 
 CASE = "down 14336->4096"
 # (label, rho, changes to the shipped one-token config; None: no override at all)

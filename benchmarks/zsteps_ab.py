@@ -2,7 +2,7 @@
 
 `choose_config` gives one-token launches with a rank z items of `Z_STEPS` (4) steps of 16
 channels; `WIDE_Z_STEPS` (8) replaces that for a wide single projection (4096->14336) above the
-compact path's active share. This times `benchmarks/kernels.py`'s cases with the rule and without
+compact path's active share. This times `benchmarks/kernel_speed.py`'s cases with the rule and without
 it, interleaved over rounds in one process (CUDA-graph replay, weights rotated beyond L2, cuBLAS
 in the same call), with the rho-1 rows the acceptance compares against:
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernels as bench  # noqa: E402  (this folder's kernel benchmark: the same cases and timing)
+import kernel_speed as bench  # noqa: E402  (this folder's kernel benchmark: the same cases and timing)
 
 # (case, sparsity, rho, WIDE_Z_STEPS); None: the shipped module default (Z_STEPS).
 VARIANTS = [

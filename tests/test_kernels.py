@@ -706,3 +706,90 @@ def test_low_rank_rows_follow_the_expected_density(programs_per_sm, monkeypatch)
         rows, rows_lr = kernels._item_rows(n, tiles, ranks, 8, target, 0.4)
         items = cdiv(n, rows) * sum(tiles) + sum(cdiv(rk, rows_lr) * t for rk, t in zip(ranks, tiles))
         assert items <= max(target, sum(tiles) * (1 + max(cdiv(rk, rows_lr) for rk in ranks))), (n, ms, rows, rows_lr, items)
+
+
+# ---------------------------------------------------------------- programmatic dependent launch
+
+
+def test_pdl_is_off_where_it_cannot_run(monkeypatch):
+    from rsparse.kernels import compact_gemv
+
+    monkeypatch.setattr(compact_gemv, "LAUNCH_PDL", True)
+    assert not compact_gemv.pdl_enabled(torch.device("cpu"))
+    assert not compact_gemv.pdl_enabled(torch.device("cpu"), requested=True)
+    monkeypatch.setattr(compact_gemv, "LAUNCH_PDL", False)
+    assert not compact_gemv.pdl_enabled(torch.device("cpu"))
+    assert compact_gemv.pdl_kwargs(False) == {} and compact_gemv.pdl_kwargs(True) == {"launch_pdl": True}
+
+
+@needs_triton
+def test_pdl_switch_leaves_interpreted_launches_right(monkeypatch):
+    # Under the interpreter the switch is ignored (no such launch attribute there): same results.
+    from rsparse.kernels import compact_gemv
+
+    monkeypatch.setattr(compact_gemv, "LAUNCH_PDL", True)
+    for dtype in (torch.float32, torch.bfloat16):
+        check(make_args(1, 70, 45, 5, dtype, "cpu", 0.5, bias=True, seed=3), dtype, "cpu", active_fraction=0.5)
+    assert _workspace_is_zero()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("path", ["splitk", "compact", "inline"])
+def test_gpu_pdl_chain_reads_each_launch_after_the_one_before(path, compact_path, monkeypatch):
+    # With programmatic dependent launch a launch's programs may be placed while the launch before
+    # it still runs.  In this chain every launch reads the one before's output (as input, RMSNorm
+    # input or residual), back to back with no host wait, eagerly and replayed from a CUDA graph:
+    # a program that touched memory before its wait would read stale or half-written values.
+    from rsparse.kernels import compact_gemv
+    from rsparse.kernels import sparse_linear as kernels
+    from rsparse.ops.reference import rms_norm_reference
+
+    monkeypatch.setattr(compact_gemv, "LAUNCH_PDL", True)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs compute capability 9")
+    assert compact_gemv.pdl_enabled(torch.device("cuda"))
+    if path != "splitk":
+        compact_path(path=path, block_m=1024)
+    n, dtype, eps = 2048, torch.bfloat16, 1e-5
+    layers = [make_args(1, n, n, r, dtype, "cuda", 0.5, bias=True, seed=s)[1:] for s, r in enumerate([0, 32, 0, 0, 0])]
+    g = torch.rand(n, device="cuda", dtype=dtype) + 0.5
+
+    def chain(x):
+        outs = []
+        for i, (w, c, tau, li, lo, b) in enumerate(layers):
+            if i == 2:  # an RMSNorm input: folded into the launch or a launch of its own
+                y = kernels.sparse_linear_multi(x, [w], [c], [tau], [li], [lo], [b], active_fraction=0.5,
+                                                norm_weight=g, norm_eps=eps)[0]
+            else:  # every other step adds the step before's input as a residual
+                y = kernels.sparse_linear(x, w, c, tau, li, lo, b, active_fraction=0.5,
+                                          residual=outs[-2] if i >= 3 else None)
+            outs.append(y)
+            x = y
+        return outs
+
+    def assert_right(x, outs):
+        for i, ((w, c, tau, li, lo, b), y) in enumerate(zip(layers, outs)):
+            inp = rms_norm_reference(x, g, eps) if i == 2 else x
+            ref = exact(inp, w, c, tau, li, lo, b)
+            if i >= 3:
+                ref = ref + outs[i - 2].double()
+            assert rel_err(y, ref) <= TOL[dtype], f"{path}, launch {i}: relative error {rel_err(y, ref):.2e}"
+            x = y
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randn(1, n, generator=gen, device="cuda").to(dtype) for _ in range(16)]
+    runs = [chain(x) for x in xs]  # 16 chains issued back to back, checked after one wait
+    torch.cuda.synchronize()
+    for x, outs in zip(xs, runs):
+        assert_right(x, outs)
+    xbuf = xs[0].clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = chain(xbuf)
+    for x in xs[1:5]:
+        xbuf.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_right(xbuf, outs)
+    assert _workspace_is_zero()

@@ -1,7 +1,7 @@
 """Folded norms and adds (`rsparse.fuse_norm`) A/B in one process: dense, then each target with the
 fold as shipped, with the split-K launches forming the norm in every item (``PRENORM_MAX_ROWS``
 unbounded: decode run 29's code), with its inputs loaded two steps ahead (``PRENORM_AHEAD``), and with
-the fold off. Same model and harness as `decode.py`
+the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or not. Same model and harness as `decode.py`
 (Llama-3-8B shape, random bf16 weights, compiled static-cache decode, batch 1, prompt 128).
 
     python benchmarks/ablations/fold_ab.py --targets 0.4 --out $OUT/fold_ab.json
@@ -28,9 +28,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
-                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off"],
+                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
-                        "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold")
+                        "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
+                        "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
+                        "(compact_gemv.LAUNCH_PDL)")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
@@ -41,9 +43,10 @@ def main() -> None:
     import rsparse
     from rsparse.bench import decode_speed
     from rsparse.fuse_norm import set_norm_fusion
+    from rsparse.kernels import compact_gemv
     from rsparse.kernels import sparse_linear as kernels
 
-    shipped_rows, shipped_ahead = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD
+    shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
     dense = build_dense(args)
     kw = dict(batch_size=1, prompt_len=128, new_tokens=args.new_tokens, compile=True, repeats=args.repeats, seed=SEED)
     out = Path(args.out)
@@ -62,12 +65,14 @@ def main() -> None:
         for variant in args.variants:
             kernels.PRENORM_MAX_ROWS = 10**9 if variant in ("every item", "every item, two ahead") else shipped_rows
             kernels.PRENORM_AHEAD = variant in ("two ahead", "every item, two ahead") or (shipped_ahead and variant == "shipped")
+            compact_gemv.LAUNCH_PDL = {"pdl": True, "no pdl": False}.get(variant, shipped_pdl)
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
             save()
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
+        compact_gemv.LAUNCH_PDL = shipped_pdl
         rsparse.set_backend("auto")
         del model
 

@@ -48,6 +48,7 @@ buffer is allocated outside the memory pool of any CUDA graph being warmed up
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -57,6 +58,44 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 MAX_PROJ = 3
+
+# ---------------------------------------------------------------- programmatic dependent launch
+
+# Programmatic dependent launch (Hopper and later): every rsparse launch is issued with the
+# `launch_pdl` attribute, so the GPU may place its programs while the kernel before it still runs;
+# each program first waits (`gdc_wait`) until that kernel has finished and its writes are
+# visible, then lets the next launch be placed (`gdc_launch_dependents`).  Nothing is read or
+# written before the wait, so the order of results is that of plain launches; what the overlap
+# can hide is the launch and placement of the next grid, which in a decode step follows an
+# rsparse launch four times per layer (o -> compaction -> gather -> down -> next q/k/v).
+LAUNCH_PDL = False
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int | None) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def pdl_enabled(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether launches on ``device`` use programmatic dependent launch: ``requested`` (default
+    `LAUNCH_PDL`), on a CUDA device of compute capability 9 or later, not under the interpreter."""
+    on = LAUNCH_PDL if requested is None else requested
+    return (bool(on) and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+            and _capability(device.index) >= 9)
+
+
+def pdl_kwargs(pdl: bool) -> dict:
+    """The launch options of a kernel started with programmatic dependent launch."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):
+    """First thing of a kernel launched with `launch_pdl`: wait for the kernel before it, then
+    let the one after be placed.  Compiled out when ``PDL`` is false."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 # ---------------------------------------------------------------- folded RMSNorm and residual add
@@ -101,7 +140,8 @@ def with_residual(y, res_ptr, offs, ok, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _rms_norm_kernel(h_ptr, g_ptr, out_ptr, n, eps, NORM_BLOCK: tl.constexpr):
+def _rms_norm_kernel(h_ptr, g_ptr, out_ptr, n, eps, NORM_BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
     offs = tl.arange(0, NORM_BLOCK)
     ok = offs < n
     h = tl.load(h_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -110,7 +150,7 @@ def _rms_norm_kernel(h_ptr, g_ptr, out_ptr, n, eps, NORM_BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, normed_input(h, g, inv, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, pdl: bool | None = None) -> torch.Tensor:
     """The RMSNorm of one token ``x`` ``[1, n]`` in one launch (as `rsparse.ops.rms_norm_reference`
     defines it), for a launch that takes ``norm_weight`` but does not fold it; PyTorch for batches."""
     from rsparse.ops.reference import rms_norm_reference
@@ -119,7 +159,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.shape[0] != 1 or n > PRENORM_MAX_N:
         return rms_norm_reference(x, weight, eps)
     out = torch.empty_like(x)
-    _rms_norm_kernel[(1,)](x, weight.contiguous(), out, n, float(eps), NORM_BLOCK=next_power_of_2(n), num_warps=8)
+    pdl = pdl_enabled(x.device, pdl)
+    _rms_norm_kernel[(1,)](x, weight.contiguous(), out, n, float(eps), NORM_BLOCK=next_power_of_2(n), PDL=pdl,
+                           num_warps=8, **pdl_kwargs(pdl))
     return out
 
 
@@ -167,8 +209,7 @@ def _compact_kernel(
     HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
 ):
-    if PDL:  # let the gather launch now; it waits (gdc_wait) for this grid before reading
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_enter(PDL)
     pid_n = tl.program_id(0)
     pid_r = tl.program_id(1)
     p = tl.program_id(2)
@@ -333,8 +374,7 @@ def _gather_kernel(
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
     RES0: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the compaction grid
-        tl.extra.cuda.gdc_wait()
+    pdl_enter(PDL)
     # Programs: slice-major, the tiles of projection 0, 1, 2 fastest, so one wave covers
     # every tile's first slices together.
     pid = tl.program_id(0)
@@ -411,8 +451,9 @@ def _inline_kernel(
     res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr,
+    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
     pid = tl.program_id(0)
     tiles = tiles0 + tiles1 + tiles2
@@ -538,7 +579,7 @@ def compact_gemv(
     prefetch: int = 1,
     block_n: int = 128,
     block_r: int = 64,
-    pdl: bool = False,
+    pdl: bool | None = None,
     inline: bool = False,
     up: torch.Tensor | None = None,
     norm_weight: torch.Tensor | None = None,
@@ -557,8 +598,8 @@ def compact_gemv(
         block_k, block_m, programs_per_sm, num_warps: tiles of the gather launch.
         prefetch (`int`): steps of weight rows loaded ahead of the multiply (0, 1 or 2).
         block_n, block_r: channels and ``z`` columns per program of the compaction launch.
-        pdl (`bool`): programmatic dependent launch (Hopper+): the gather grid starts while
-            the compaction grid runs and waits on it in-kernel; ignored under the interpreter.
+        pdl (`bool`, *optional*): programmatic dependent launch of every launch of the call
+            (`pdl_enabled`; default `LAUNCH_PDL`); ignored off Hopper and under the interpreter.
         inline (`bool`): one launch (`_inline_kernel`): each program compacts its own fixed
             chunk of channels, then streams their rows.  Only without a low-rank path (its
             ``z`` needs every chunk first) and for chunks of at most `INLINE_MAX_CHUNK`
@@ -594,7 +635,7 @@ def compact_gemv(
         raise ValueError("compact_gemv takes either norm_weight (an RMSNorm input) or up (a SiLU product input), got both")
     prenorm = norm_weight is not None and n <= PRENORM_MAX_N
     if norm_weight is not None and not prenorm:
-        x, norm_weight = rms_norm(x, norm_weight, norm_eps), None
+        x, norm_weight = rms_norm(x, norm_weight, norm_eps, pdl), None
     elif prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
     ms = [w.shape[1] for w in weight_t]
@@ -607,11 +648,12 @@ def compact_gemv(
     max_steps = cdiv(n + max(rs), block_k)
     chunks = max(1, min(max_steps, sm_count * programs_per_sm // sum(tiles)))
 
+    pdl = pdl_enabled(x.device, pdl)
     if inline and not has_lr and not prenorm:  # (the compaction launch folds the norm, the inline one does not)
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch, up, residual=residual)
+                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl)
     if up is not None:
         x = torch.nn.functional.silu(x) * up
 
@@ -646,18 +688,16 @@ def compact_gemv(
                    ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
     r_progs = max(1, cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
-    pdl = pdl and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
     a_args += [norm_weight if prenorm else x, float(norm_eps)]
     _compact_kernel[(cdiv(n, block_n), r_progs, k)](
         *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, PRENORM=prenorm,
-        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, num_warps=4,
+        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, num_warps=4, **pdl_kwargs(pdl),
     )
-    extra = {"launch_pdl": True} if pdl else {}
     b_args.append(residual if residual is not None else outs[0])
     _gather_kernel[(chunks * sum(tiles),)](
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
         PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl, RES0=residual is not None,
-        num_warps=num_warps, num_stages=1, **extra,
+        num_warps=num_warps, num_stages=1, **pdl_kwargs(pdl),
     )
     return outs
 
@@ -667,7 +707,7 @@ PRENORM_MAX_N = 16384  # widest residual stream a program loads whole to fold th
 
 
 def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None,
-            residual=None):
+            residual=None, pdl=False):
     # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
     # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
@@ -697,6 +737,7 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
         BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None, RES0=residual is not None,
-        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", num_warps=num_warps, num_stages=1,
+        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl, num_warps=num_warps, num_stages=1,
+        **pdl_kwargs(pdl),
     )
     return outs

@@ -396,8 +396,9 @@ def _splitk_kernel(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr,
+    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
     # fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
@@ -482,7 +483,7 @@ class Config:
     # one-launch form (each program compacts its own channels; layers without rank).
     path: str = "splitk"
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
-    pdl: bool = False  # compact path: programmatic dependent launch of the gather grid
+    pdl: bool | None = None  # programmatic dependent launch of every launch (None: compact_gemv.LAUNCH_PDL)
     z_steps: int | None = None  # z items: steps of block_kz channels per item (None: Z_STEPS)
 
 
@@ -676,7 +677,7 @@ def sparse_linear_multi(
     prenorm = (norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
                and rows <= PRENORM_MAX_ROWS)
     if norm_weight is not None and not prenorm:
-        x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps), None
+        x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps, cfg.pdl), None
     if prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
 
@@ -720,6 +721,7 @@ def sparse_linear_multi(
             z[j], max(z[j].stride(0), 1), zcnt[j], ws[j], cnt[j], b if b is not None else w_[j], outs[j],
             outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
         ]
+    pdl = _compact.pdl_enabled(x.device, cfg.pdl)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
         *args,
@@ -727,8 +729,8 @@ def sparse_linear_multi(
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
-        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
 

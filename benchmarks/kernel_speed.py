@@ -10,9 +10,9 @@ replays of a graph that calls the layer on ``copies`` different weight copies in
 the same run.  "bytes" counts what the sparse kernel must read: the weight rows of the
 channels active for some token of the batch, the low-rank factors, ``c`` and ``x``.
 
-    python benchmarks/kernels.py                 # full table -> benchmarks/results/
-    python benchmarks/kernels.py --sweep         # also tile-size sweep on the big shapes
-    python benchmarks/kernels.py --plot results/kernels.json   # PNG from a JSON (no GPU)
+    python benchmarks/kernel_speed.py                 # full table -> benchmarks/results/
+    python benchmarks/kernel_speed.py --sweep         # also tile-size sweep on the big shapes
+    python benchmarks/kernel_speed.py --plot results/kernels.json   # PNG from a JSON (no GPU)
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def main():
         plot(args.plot, Path(args.plot).with_suffix(".png"))
         return
     if not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py needs a CUDA GPU")
+        sys.exit("benchmarks/kernel_speed.py needs a CUDA GPU")
     import triton
 
     import rsparse
