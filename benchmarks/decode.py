@@ -190,8 +190,10 @@ def run(args) -> None:
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
-        "skip_module_guards": args.skip_module_guards,
+        "skip_module_guards": args.skip_module_guards, "pdl": args.pdl,
     }
+    from rsparse.kernels import compact_gemv
+    compact_gemv.LAUNCH_PDL = args.pdl
     rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
@@ -383,6 +385,8 @@ def main() -> None:
                    help="attention of dense and sparse models alike (transformers' attn_implementation; default sdpa)")
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compiled rows, dense and sparse alike: no dynamo guards on the modules (host time per step; NOTES run 23)")
+    p.add_argument("--no-pdl", dest="pdl", action="store_false",
+                   help="launch the sparse kernels without programmatic dependent launch (compact_gemv.LAUNCH_PDL)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
