@@ -251,7 +251,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 @triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr, sq_tiles,
+            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sq_tiles,
             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
             RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, HAS_SQ: tl.constexpr):
     if USE_DOT:
@@ -276,7 +276,7 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
                                        out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
         if HAS_SQ:  # one token: the next launch's RMSNorm reads this row, so leave its sum of squares
-            add_row_sumsq(y, o_mask, sq_ptr, sqc_ptr, sq_tiles, out_ptr.dtype.element_ty)
+            add_row_sumsq(y, o_mask, sq_ptr, tl.min(offs_m, axis=0) // BLOCK_M, sq_tiles, out_ptr.dtype.element_ty)
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             # Every thread's load of the sums is done before any thread zeroes them: the compiler
             # may lay the zero store out over other threads than the load. Without this barrier the
@@ -311,7 +311,7 @@ def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr, sqc_ptr,
+    g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
@@ -339,7 +339,7 @@ def _weight_item(
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                           USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr, n_tiles,
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, n_tiles,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, HAS_SQ)
 
 
@@ -348,7 +348,7 @@ def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    res_ptr, stride_r, sq_ptr, sqc_ptr,
+    res_ptr, stride_r, sq_ptr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
@@ -373,7 +373,7 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr, n_tiles,
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, n_tiles,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, HAS_SQ)
 
 
@@ -397,7 +397,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr, sqc_ptr,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -434,21 +434,21 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr, sqc_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, SQ_IN,
                          SQ0)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr, sqc_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, SQ_IN,
                          False)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr, sqc_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, SQ_IN,
                          False)
@@ -459,21 +459,21 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
                           RES0, SQ0)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
                           False, False)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sqc_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
                           False, False)
 
@@ -703,7 +703,7 @@ def sparse_linear_multi(
         norm_weight = norm_weight.contiguous()
     # Norm slots (one token only): the RMS of x from the slot its writer filled, this output's for the next launch.
     sq_in = _norm_slots.slot_views(x.device, sumsq_in, create=False) if prenorm else None
-    sq_out = _norm_slots.slot_views(x.device, sumsq_out) if T == 1 else None
+    sq_out = _norm_slots.slot_views(x.device, sumsq_out) if T == 1 and tiles[0] < _norm_slots.WORDS else None
 
     # One zeroed fp32 workspace: split-K sums | tile counters | the state: launch counter, z,
     # z counters.  Each call leaves it zero: the last program of each tile puts its sums and
@@ -736,7 +736,7 @@ def sparse_linear_multi(
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
             residual.stride(0) if residual is not None else 0]
-    args += [sq_in[0] if sq_in is not None else gcnt, *(sq_out if sq_out is not None else (gcnt, gcnt))]
+    args += [sq_in if sq_in is not None else gcnt, sq_out if sq_out is not None else gcnt]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -758,6 +758,8 @@ def sparse_linear_multi(
         SQ0=sq_out is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
+    if sumsq_out >= 0 and sq_out is None:  # more tiles than a slot has words: fill it with PyTorch
+        _norm_slots.recorded(outs[0], sumsq_out)
     return outs
 
 
