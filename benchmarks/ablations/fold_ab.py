@@ -1,8 +1,7 @@
 """Folded norms and adds (`rsparse.fuse_norm`) A/B in one process: dense, then each target with the
 fold as shipped, with the split-K launches forming the norm in every item (``PRENORM_MAX_ROWS``
 unbounded: decode run 29's code), with its inputs loaded two steps ahead (``PRENORM_AHEAD``), and with
-the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or not, and without the norm slots
-(``no slots``: the folded norms load the whole row, `rsparse.fuse_norm.NORM_SLOTS`). Same model and harness as `decode.py`
+the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or not. Same model and harness as `decode.py`
 (Llama-3-8B shape, random bf16 weights, compiled static-cache decode, batch 1, prompt 128).
 
     python benchmarks/ablations/fold_ab.py --targets 0.4 --out $OUT/fold_ab.json
@@ -29,13 +28,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
-                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
-                            "no slots"],
+                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
-                        "(compact_gemv.LAUNCH_PDL); no slots: shipped, the folded norms formed from the whole row "
-                        "(fuse_norm.NORM_SLOTS off)")
+                        "(compact_gemv.LAUNCH_PDL)")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -48,13 +45,11 @@ def main() -> None:
         None, "cpu" if args.tiny else "cuda", torch.float32 if args.tiny else torch.bfloat16, "llama3-8b", None, "sdpa")
     import rsparse
     from rsparse.bench import decode_speed
-    from rsparse import fuse_norm
     from rsparse.fuse_norm import set_norm_fusion
     from rsparse.kernels import compact_gemv
     from rsparse.kernels import sparse_linear as kernels
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
-    shipped_slots = fuse_norm.NORM_SLOTS
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 
@@ -81,14 +76,12 @@ def main() -> None:
             kernels.PRENORM_AHEAD = variant in ("two ahead", "every item, two ahead") or (shipped_ahead and variant == "shipped")
             compact_gemv.LAUNCH_PDL = {"pdl": True, "no pdl": False}.get(variant, shipped_pdl)
             set_norm_fusion(model, variant != "off")
-            fuse_norm.NORM_SLOTS = shipped_slots and variant != "no slots"
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
             save()
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL = shipped_pdl
-        fuse_norm.NORM_SLOTS = shipped_slots
         rsparse.set_backend("auto")
         del model
 

@@ -57,9 +57,9 @@ class SharedInputGroup:
             )
         self.members = list(members)
         self.enabled = True
-        # (weight, eps, sumsq_in) of the RMSNorm that the next round's input needs (`rsparse.fuse_norm`):
-        # the folded decoder layer sets it just before calling attention on its residual stream.
-        self.pending_norm: tuple[torch.Tensor, float, int] | None = None
+        # (weight, eps) of the RMSNorm that the next round's input needs (`rsparse.fuse_norm`): the
+        # folded decoder layer sets it just before calling attention on its residual stream.
+        self.pending_norm: tuple[torch.Tensor, float] | None = None
         for slot, m in enumerate(self.members):
             m.shared_input, m.shared_slot = self, slot
         self.clear()

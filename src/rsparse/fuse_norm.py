@@ -15,13 +15,7 @@ that work to the launches around it:
 * the gate/up launch forms ``post_attention_layernorm`` of that the same way;
 * the down_proj launch (``F.silu(gate) * up`` formed inside, `rsparse.fuse_silu`) adds it again.
 
-Only attention runs between the launches then. And the launches that write the residual stream
-(o_proj, down_proj) leave its sum of squares in a norm slot (`rsparse.ops.norm_slots`), so that
-the launch folding the next norm (gate/up, the next layer's q/k/v) loads one float instead of the
-whole row: about 1.9 µs per layer on an H200 at target 0.7 (decode run 29's profile). A layer reads
-the next layer's slot only when the tensor it was handed is the very one that launch wrote (`NormHandoff`).
-
-Results are the model's own up to rounding: the
+Only attention runs between the launches then. Results are the model's own up to rounding: the
 ops define the norm with Hugging Face's ``LlamaRMSNorm`` roundings and the add as ``residual + y``
 in the model dtype (the PyTorch reference computes exactly the model's ops; the kernels sum the
 squares in another order).
@@ -46,13 +40,8 @@ import torch
 from torch import nn
 
 from rsparse.nn import RSparseLinear, direct_call, fused_forward
-from rsparse.ops import norm_slots
 
-__all__ = ["link_norm_layers", "is_norm_layer", "set_norm_fusion", "FoldSlot", "NormHandoff", "NORM_SLOTS"]
-
-# Whether folded layers hand the sum of squares of their residual stream on through norm slots
-# (read at call time; a switch for same-process comparisons, `benchmarks/ablations/fold_ab.py`).
-NORM_SLOTS = True
+__all__ = ["link_norm_layers", "is_norm_layer", "set_norm_fusion", "FoldSlot"]
 
 _LAYER_NAMES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 _NORM_NAMES = ("dtype", "to", "torch", "float32", "pow", "mean", "rsqrt", "variance_epsilon", "weight")
@@ -62,25 +51,10 @@ class FoldSlot:
     """A residual that the next call of one `RSparseLinear` (o_proj) adds to its output.
 
     Plain Python state (like the shared-input groups' rounds): set by the folded layer forward just
-    before the attention module calls o_proj, taken by that call, which leaves its output in
-    ``output`` (so the layer can tell whether attention returned it unchanged) and the output's sum
-    of squares in norm slot ``sumsq_out``. Never in the state dict."""
+    before the attention module calls o_proj, taken by that call. Never in the state dict."""
 
-    def __init__(self, sumsq_out: int = -1) -> None:
+    def __init__(self) -> None:
         self.residual: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
-        self.sumsq_out = sumsq_out
-
-
-class NormHandoff:
-    """What one folded decoder layer hands the next: the residual stream its down_proj launch wrote
-    (``tensor``) and the norm slot holding that row's sum of squares (``slot``). The next layer uses
-    the slot only if it is called on that very tensor, and clears ``tensor`` first thing, so a call
-    order other than the model's own (a layer skipped, called twice) reads no stale slot."""
-
-    def __init__(self, slot: int) -> None:
-        self.tensor: torch.Tensor | None = None
-        self.slot = slot
 
 
 def _code(fn):
@@ -169,38 +143,24 @@ def _fold_now(layer: nn.Module, h: torch.Tensor) -> bool:
 
 
 def _folded_forward(layer: nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
-    # The previous layer's hand-over counts for this call only, and only for the tensor it wrote.
-    handoff_in, sumsq_in = layer.rsparse_handoff_in, -1
-    if handoff_in is not None:
-        if NORM_SLOTS and handoff_in.tensor is hidden_states:
-            sumsq_in = handoff_in.slot
-        handoff_in.tensor = None
     if args or not _fold_now(layer, hidden_states):
         return type(layer).forward(layer, hidden_states, *args, **kwargs)
     attn, mlp = layer.self_attn, layer.mlp
     qkv, slot = attn.q_proj.shared_input, attn.o_proj.fold_slot
     pre, post = layer.input_layernorm, layer.post_attention_layernorm
-    mid, out = layer.rsparse_norm_slots if NORM_SLOTS else (-1, -1)
     # The attention module calls q/k/v on hidden_states (the residual stream) and o_proj once:
     # the q/k/v round forms the norm, o_proj adds the residual, so it returns h + attention.
-    qkv.pending_norm = (pre.weight, pre.variance_epsilon, sumsq_in)
-    slot.residual, slot.sumsq_out = hidden_states, mid
+    qkv.pending_norm = (pre.weight, pre.variance_epsilon)
+    slot.residual = hidden_states
     try:
         hidden_states, _ = attn(hidden_states=hidden_states, **kwargs)
     finally:
         unused = qkv.pending_norm is not None or slot.residual is not None
-        written, slot.output = slot.output, None
         qkv.pending_norm, slot.residual = None, None
     if unused:  # an attention forward that did not call q/k/v and o_proj as Llama's does
         raise RuntimeError(f"{type(attn).__name__} did not take the folded norm and residual; unlink with set_fusion(model, False)")
-    # o_proj's slot holds the sum of squares of what it wrote: usable if attention returned that unchanged.
-    norm = (post.weight, post.variance_epsilon, mid if hidden_states is written else -1)
-    gate, up = fused_forward(hidden_states, [mlp.gate_proj, mlp.up_proj], norm=norm)
-    hidden_states = mlp.down_proj.forward_silu_mul(gate, up, residual=hidden_states, sumsq_out=out)
-    handoff_out = layer.rsparse_handoff_out
-    if handoff_out is not None and out >= 0:
-        handoff_out.tensor = hidden_states
-    return hidden_states
+    gate, up = fused_forward(hidden_states, [mlp.gate_proj, mlp.up_proj], norm=(post.weight, post.variance_epsilon))
+    return mlp.down_proj.forward_silu_mul(gate, up, residual=hidden_states)
 
 
 def link_norm_layers(model: nn.Module) -> int:
@@ -219,29 +179,18 @@ def link_norm_layers(model: nn.Module) -> int:
     32
     ```
     """
-    linked = []
+    linked = 0
     for module in model.modules():
         own = vars(module).get("forward")
         if own is not None and not _is_ours(own):
             continue  # someone else's forward (an offloading hook): left alone
         if is_norm_layer(module):
-            # Slots are claimed once per layer and kept (linking again reuses them): captured graphs
-            # point at their words. Past `norm_slots.SLOTS`, -1: the norm is formed from the row.
-            slots = getattr(module, "rsparse_norm_slots", None) or tuple(norm_slots.claim(2))
-            module.rsparse_norm_slots = slots
-            module.self_attn.o_proj.fold_slot = FoldSlot(slots[0])
-            module.rsparse_handoff_in = module.rsparse_handoff_out = None
+            module.self_attn.o_proj.fold_slot = FoldSlot()
             # A partial (not a bound method) so that the model still pickles and deep-copies.
             module.forward = functools.partial(_folded_forward, module)
             module.rsparse_fold = True
-            linked.append(module)
-    # Hand-overs between layers that follow each other in one ModuleList (a model's decoder layers).
-    for parent in model.modules():
-        if isinstance(parent, nn.ModuleList):
-            for a, b in zip(parent, parent[1:]):
-                if any(a is m for m in linked) and any(b is m for m in linked):
-                    a.rsparse_handoff_out = b.rsparse_handoff_in = NormHandoff(a.rsparse_norm_slots[1])
-    return len(linked)
+            linked += 1
+    return linked
 
 
 def _is_ours(forward) -> bool:

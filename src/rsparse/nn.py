@@ -172,15 +172,12 @@ class RSparseLinear(nn.Module):
         slot = self.fold_slot
         if slot is not None and slot.residual is not None:  # a folded decoder layer's o_proj (rsparse.fuse_norm)
             residual, slot.residual = slot.residual, None
-            slot.output = self.forward_alone(x, residual, slot.sumsq_out)
-            return slot.output
+            return self.forward_alone(x, residual)
         return self.forward_alone(x)
 
-    def forward_alone(self, x: torch.Tensor, residual: torch.Tensor | None = None, sumsq_out: int = -1) -> torch.Tensor:
+    def forward_alone(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """This layer's output computed on its own (no fused launch with the layers sharing its input),
-        plus ``residual`` (same shape as the output) if given, added inside the op's launch.
-        ``sumsq_out``: the norm slot where the op leaves a one-token output's sum of squares
-        (`rsparse.ops.norm_slots`; only the op's path fills it, and only folded layers pass one)."""
+        plus ``residual`` (same shape as the output) if given, added inside the op's launch."""
         if not self.takes_kernel(x):
             y = self.forward_dense(x)
             return y if residual is None else residual + y
@@ -190,18 +187,15 @@ class RSparseLinear(nn.Module):
             y = y.view(*x.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
-        y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction(), r2, sumsq_out)
+        y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction(), r2)
         return y.view(*x.shape[:-1], self.out_features)
 
     def _run_direct(self, x: torch.Tensor) -> torch.Tensor:
         return backend.run_sparse_linear(x, *self._op_tensors(), self.expected_active_fraction())
 
-    def forward_silu_mul(
-        self, gate: torch.Tensor, up: torch.Tensor, residual: torch.Tensor | None = None, sumsq_out: int = -1
-    ) -> torch.Tensor:
+    def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`), plus
-        ``residual`` if given (a decoder layer's residual add, `rsparse.fuse_norm`); ``sumsq_out`` as
-        in `forward_alone`.
+        ``residual`` if given (a decoder layer's residual add, `rsparse.fuse_norm`).
 
         Where the call takes the sparse kernel, it is one ``rsparse::sparse_linear_silu_mul``
         call, which the one-token Triton launch serves without a launch of its own for the
@@ -221,9 +215,7 @@ class RSparseLinear(nn.Module):
             y = y.view(*gate.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
-        y = torch.ops.rsparse.sparse_linear_silu_mul(
-            gate2, up2, *self._op_tensors(), self.expected_active_fraction(), r2, sumsq_out
-        )
+        y = torch.ops.rsparse.sparse_linear_silu_mul(gate2, up2, *self._op_tensors(), self.expected_active_fraction(), r2)
         return y.view(*gate.shape[:-1], self.out_features)
 
     def _run_direct_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -294,21 +286,20 @@ def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float]:
 
 
 def fused_forward(
-    x: torch.Tensor, modules: "list[RSparseLinear]", norm: "tuple[torch.Tensor, float, int] | None" = None
+    x: torch.Tensor, modules: "list[RSparseLinear]", norm: "tuple[torch.Tensor, float] | None" = None
 ) -> list[torch.Tensor]:
     """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``).
 
-    ``norm`` (``(weight, eps, sumsq_in)`` of a Llama RMSNorm): ``x`` is the residual stream and the
-    modules read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`), from the sum
-    of squares in norm slot ``sumsq_in`` where the launch that wrote ``x`` left one (``-1``: none)."""
+    ``norm`` (``(weight, eps)`` of a Llama RMSNorm): ``x`` is the residual stream and the modules
+    read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`)."""
     n = modules[0].in_features
     tensors, fraction = multi_args(modules)
     x2 = x.reshape(-1, n)
     if norm is not None:
         if not direct_call(x):
-            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1], norm[2] if len(norm) > 2 else -1)
+            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1])
             return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
-        x2 = rms_norm_reference(x2, norm[0], norm[1])  # eager CUDA calls replay the plain launch's graph
+        x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
     if direct_call(x):
         def run(x2: torch.Tensor) -> list[torch.Tensor]:
             return backend.run_sparse_linear_multi(x2, *tensors, fraction)

@@ -57,8 +57,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from rsparse.ops import norm_slots
-
 MAX_PROJ = 3
 
 # ---------------------------------------------------------------- programmatic dependent launch
@@ -126,32 +124,6 @@ def rms_inv(h_ptr, n, eps, NORM_BLOCK: tl.constexpr):
     return tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
 
 
-SLOT_WORDS = tl.constexpr(norm_slots.WORDS)
-
-
-@triton.jit
-def rms_inv_from_slot(sq_ptr, n, eps):
-    """`rms_inv` from the norm slot (`rsparse.ops.norm_slots`) that the launch which wrote the row
-    filled: one small load (its tiles' partial sums and their count) instead of the whole row."""
-    offs = tl.arange(0, SLOT_WORDS)
-    v = tl.load(sq_ptr + offs)
-    count = tl.sum(tl.where(offs == SLOT_WORDS - 1, v, 0.0), axis=0)
-    total = tl.sum(tl.where(offs.to(tl.float32) < count, v, 0.0), axis=0)
-    return tl.math.rsqrt(total / n + eps)
-
-
-@triton.jit
-def add_row_sumsq(y, ok, sq_ptr, tile, total_tiles, DTYPE: tl.constexpr):
-    """Leave one output tile's share of the row's sum of squares in a norm slot
-    (`rsparse.ops.norm_slots`): the squares of its values ``y`` as stored in ``DTYPE``, in the
-    tile's own word; tile 0 also writes the count. No atomics: each word has one writer, and the
-    reader is a later launch (decode run 33: a counted hand-over cost more than it saved)."""
-    yr = y.to(DTYPE).to(tl.float32)
-    tl.store(sq_ptr + tile, tl.sum(tl.where(ok, yr * yr, 0.0)))
-    if tile == 0:
-        tl.store(sq_ptr + SLOT_WORDS - 1, total_tiles.to(tl.float32))
-
-
 @triton.jit
 def normed_input(h, g, inv, DTYPE: tl.constexpr):
     """The RMSNorm output from fp32 residual values ``h`` and norm weights ``g``: ``g * (h * inv)``
@@ -200,19 +172,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, pdl: bool | None
 
 @triton.jit
 def _compact_one(x_ptr, n, c_ptr, tau_ptr, li_ptr, stride_li, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr, pid_n, pid_r,
-                 r_progs, g_ptr, eps, sqi_ptr, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                 PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr, SQ_IN: tl.constexpr):
+                 r_progs, g_ptr, eps, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                 PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
     offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < n
     xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
     if PRENORM:  # x_ptr holds the residual stream; the input is its RMSNorm
         g = tl.load(g_ptr + offs, mask=ok, other=0.0)
-        if SQ_IN:  # the launch that wrote x_ptr left its sum of squares
-            inv = rms_inv_from_slot(sqi_ptr, n, eps)
-        else:
-            inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
-        xf = normed_input(xf, g, inv, x_ptr.dtype.element_ty)
+        xf = normed_input(xf, g, rms_inv(x_ptr, n, eps, NORM_BLOCK), x_ptr.dtype.element_ty)
     tau = tl.load(tau_ptr)
     # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
     act = (tl.abs(xf) * cv > tau) & ok
@@ -239,9 +207,9 @@ def _compact_kernel(
     c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0,
     c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1,
     c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
-    g_ptr, eps, sqi_ptr,
+    g_ptr, eps,
     HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr, SQ_IN: tl.constexpr,
+    PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
 ):
     pdl_enter(PDL)
     pid_n = tl.program_id(0)
@@ -249,13 +217,13 @@ def _compact_kernel(
     p = tl.program_id(2)
     if p == 0:
         _compact_one(x_ptr, n, c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0, pid_n, pid_r, r_progs, g_ptr, eps,
-                     sqi_ptr, HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, SQ_IN)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
     elif p == 1:
         _compact_one(x_ptr, n, c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1, pid_n, pid_r, r_progs, g_ptr, eps,
-                     sqi_ptr, HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, SQ_IN)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
     else:
         _compact_one(x_ptr, n, c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2, pid_n, pid_r, r_progs, g_ptr, eps,
-                     sqi_ptr, HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, SQ_IN)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
 
 
 # ---------------------------------------------------------------- launch 2: gathered GEMV
@@ -330,8 +298,8 @@ def _stream(acc, base_ptr, stride, coef_ptr, idx_ptr, p0, p1, offs_m, m_ok,
 
 
 @triton.jit
-def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, sq_ptr,
-                 sq_tiles, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, HAS_SQ: tl.constexpr):
+def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr,
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr):
     # Split-K: add this program's partial sums to the tile's fp32 workspace; the last of the
     # tile's `chunks` programs writes the output and leaves workspace and counter at zero.
     tl.atomic_add(ws_ptr + offs_m, acc, mask=m_ok, sem="relaxed")
@@ -352,8 +320,6 @@ def _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m,
         tl.debug_barrier()
         tl.store(ws_ptr + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=m_ok)
         tl.atomic_xchg(tcnt_ptr + tile, 0, sem="relaxed")
-        if HAS_SQ:  # the next launch's RMSNorm reads this row: leave its sum of squares
-            add_row_sumsq(y, m_ok, sq_ptr, tile, sq_tiles, out_ptr.dtype.element_ty)
     return last
 
 
@@ -373,9 +339,8 @@ def zero_state_after_last_tile(gcnt_ptr, total_tiles, state_ptr, state_len, BLOC
 def _gather_item(
     chunk, tile, chunks, w_ptr, stride_w, lo_ptr, stride_lo, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr,
     ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, state_ptr, state_len, gcnt_ptr, total_tiles, res_ptr,
-    sq_ptr, sq_tiles,
     HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, HAS_SQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
@@ -392,8 +357,8 @@ def _gather_item(
         # Slices start on a step boundary: index and coefficient loads can be 16-byte wide.
         q0 = tl.multiple_of(q0, BLOCK_K)
         acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K, False)
-    if _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, sq_ptr,
-                    sq_tiles, HAS_BIAS, BLOCK_M, HAS_RES, HAS_SQ):
+    if _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, HAS_BIAS, BLOCK_M,
+                    HAS_RES):
         tl.debug_barrier()
         # The last tile of the launch: every program has read its count and z (each tile's
         # counter chain orders them before this point), so those go back to zero too.
@@ -406,10 +371,10 @@ def _gather_kernel(
     w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0, tiles0,
     w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1, tiles1,
     w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2, out2, m2, tiles2,
-    res_ptr, sq_ptr,
+    res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr, HAS_LR: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
-    RES0: tl.constexpr, SQ0: tl.constexpr,
+    RES0: tl.constexpr,
 ):
     pdl_enter(PDL)
     # Programs: slice-major, the tiles of projection 0, 1, 2 fastest, so one wave covers
@@ -420,16 +385,14 @@ def _gather_kernel(
     tile = pid % tiles
     if tile < tiles0:
         _gather_item(chunk, tile, chunks, w0, sw0, lo0, slo0, r0, idx0, xs0, cnt0, z0, ws0, tc0, b0, out0, m0,
-                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, sq_ptr, tiles0, BIAS0, HAS_LR, PREFETCH,
-                     BLOCK_K, BLOCK_M, RES0, SQ0)
+                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS0, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M, RES0)
     elif tile < tiles0 + tiles1:
         _gather_item(chunk, tile - tiles0, chunks, w1, sw1, lo1, slo1, r1, idx1, xs1, cnt1, z1, ws1, tc1, b1, out1, m1,
-                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, sq_ptr, tiles0, BIAS1, HAS_LR, PREFETCH,
-                     BLOCK_K, BLOCK_M, False, False)
+                     state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS1, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M, False)
     else:
         _gather_item(chunk, tile - tiles0 - tiles1, chunks, w2, sw2, lo2, slo2, r2, idx2, xs2, cnt2, z2, ws2, tc2, b2,
-                     out2, m2, state_ptr, state_len, gcnt_ptr, tiles, res_ptr, sq_ptr, tiles0, BIAS2, HAS_LR,
-                     PREFETCH, BLOCK_K, BLOCK_M, False, False)
+                     out2, m2, state_ptr, state_len, gcnt_ptr, tiles, res_ptr, BIAS2, HAS_LR, PREFETCH, BLOCK_K, BLOCK_M,
+                     False)
 
 
 # ---------------------------------------------------------------- one launch: compaction inline
@@ -451,10 +414,9 @@ def silu_mul(g, u, DTYPE: tl.constexpr, EXACT_EXP: tl.constexpr):
 @triton.jit
 def _inline_item(
     chunk, tile, chunks, rows, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
-    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, res_ptr, sq_ptr, sq_tiles,
+    ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, res_ptr,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, HAS_RES: tl.constexpr,
-    HAS_SQ: tl.constexpr,
 ):
     # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
     # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
@@ -479,8 +441,7 @@ def _inline_item(
     m_ok = offs_m < m
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, 0, count, offs_m, m_ok, True, PREFETCH, BLOCK_K, True)
-    _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, sq_ptr, sq_tiles,
-                 HAS_BIAS, BLOCK_M, HAS_RES, HAS_SQ)
+    _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, HAS_BIAS, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -489,10 +450,10 @@ def _inline_kernel(
     c0, tau0, w0, sw0, idx0, xs0, ws0, tc0, b0, out0, m0, tiles0,
     c1, tau1, w1, sw1, idx1, xs1, ws1, tc1, b1, out1, m1, tiles1,
     c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
-    res_ptr, sq_ptr,
+    res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr, PDL: tl.constexpr, SQ0: tl.constexpr,
+    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
@@ -503,16 +464,13 @@ def _inline_kernel(
     lst = chunk * list_stride
     if tile < tiles0:
         _inline_item(chunk, tile, chunks, rows, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
-                     res_ptr, sq_ptr, tiles0, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0,
-                     SQ0)
+                     res_ptr, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0)
     elif tile < tiles0 + tiles1:
         _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
-                     out1, m1, res_ptr, sq_ptr, tiles0, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL,
-                     EXACT_EXP, False, False)
+                     out1, m1, res_ptr, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
     else:
         _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
-                     tc2, b2, out2, m2, res_ptr, sq_ptr, tiles0, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK,
-                     SILU_MUL, EXACT_EXP, False, False)
+                     tc2, b2, out2, m2, res_ptr, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
 
 
 # ---------------------------------------------------------------- host side
@@ -629,8 +587,6 @@ def compact_gemv(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
-    sumsq_in: int = -1,
-    sumsq_out: int = -1,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -659,11 +615,6 @@ def compact_gemv(
             ``norm_eps``.
         residual (`torch.Tensor`, *optional*): ``[1, m]``, one projection only: the output is then
             ``residual + y``, added by the program that writes each output tile.
-        sumsq_in (`int`): a norm slot (`rsparse.ops.norm_slots`) holding the sum of squares of ``x``,
-            left by the launch that wrote it: the compaction launch then folds the norm from it
-            instead of loading the whole row (``-1``: no slot).
-        sumsq_out (`int`): a norm slot where the output tiles leave the sum of squares of the
-            output (one projection; ``-1``: none).
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -684,11 +635,7 @@ def compact_gemv(
         residual = residual.contiguous()
     if norm_weight is not None and up is not None:
         raise ValueError("compact_gemv takes either norm_weight (an RMSNorm input) or up (a SiLU product input), got both")
-    if sumsq_out >= 0 and k != 1:
-        raise ValueError(f"sumsq_out serves one projection, got {k} projection(s)")
     prenorm = norm_weight is not None and n <= PRENORM_MAX_N
-    sq_in = norm_slots.slot_views(x.device, sumsq_in, create=False) if prenorm else None
-    sq_out = norm_slots.slot_views(x.device, sumsq_out) if cdiv(weight_t[0].shape[1], block_m) < norm_slots.WORDS else None
     if norm_weight is not None and not prenorm:
         x, norm_weight = rms_norm(x, norm_weight, norm_eps, pdl), None
     elif prenorm and norm_weight.stride(-1) != 1:
@@ -707,11 +654,8 @@ def compact_gemv(
     if inline and not has_lr and not prenorm:  # (the compaction launch folds the norm, the inline one does not)
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
-            _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                    block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl, sq_out=sq_out)
-            if sumsq_out >= 0 and sq_out is None:  # more tiles than a slot has words: fill it with PyTorch
-                norm_slots.recorded(outs[0], sumsq_out)
-            return outs
+            return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
+                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl)
     if up is not None:
         x = torch.nn.functional.silu(x) * up
 
@@ -746,20 +690,17 @@ def compact_gemv(
                    ws[j], tcnt[j], b if b is not None else w_[j], outs[j], ms[j], tiles[j] if real else 0]
     r_progs = max(1, cdiv(max(rs), block_r)) if has_lr else 1
     a_args[2] = r_progs
-    a_args += [norm_weight if prenorm else x, float(norm_eps), sq_in if sq_in is not None else flat]
+    a_args += [norm_weight if prenorm else x, float(norm_eps)]
     _compact_kernel[(cdiv(n, block_n), r_progs, k)](
         *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, PRENORM=prenorm,
-        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, SQ_IN=sq_in is not None, num_warps=4, **pdl_kwargs(pdl),
+        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, num_warps=4, **pdl_kwargs(pdl),
     )
     b_args.append(residual if residual is not None else outs[0])
-    b_args.append(sq_out if sq_out is not None else flat)
     _gather_kernel[(chunks * sum(tiles),)](
         *b_args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], HAS_LR=has_lr,
         PREFETCH=int(prefetch), BLOCK_K=block_k, BLOCK_M=block_m, PDL=pdl, RES0=residual is not None,
-        SQ0=sq_out is not None, num_warps=num_warps, num_stages=1, **pdl_kwargs(pdl),
+        num_warps=num_warps, num_stages=1, **pdl_kwargs(pdl),
     )
-    if sumsq_out >= 0 and sq_out is None:  # more tiles than a slot has words: fill it with PyTorch
-        norm_slots.recorded(outs[0], sumsq_out)
     return outs
 
 
@@ -768,7 +709,7 @@ PRENORM_MAX_N = 16384  # widest residual stream a program loads whole to fold th
 
 
 def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None,
-            residual=None, pdl=False, sq_out=None):
+            residual=None, pdl=False):
     # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
     # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
@@ -795,12 +736,10 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
         args += [c[j], tau[j], w_[j], w_[j].stride(0), idx[j], xs[j], ws[j], tcnt[j], b if b is not None else w_[j],
                  outs[j], ms[j], tiles[j] if real else 0]
     args.append(residual if residual is not None else outs[0])
-    args.append(sq_out if sq_out is not None else ws[0])
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
         BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None, RES0=residual is not None,
-        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl, SQ0=sq_out is not None, num_warps=num_warps,
-        num_stages=1,
+        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl, num_warps=num_warps, num_stages=1,
         **pdl_kwargs(pdl),
     )
     return outs

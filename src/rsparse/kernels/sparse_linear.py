@@ -53,10 +53,7 @@ import triton.language as tl
 
 from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
-from rsparse.ops import norm_slots as _norm_slots
-from rsparse.kernels.compact_gemv import (
-    add_row_sumsq, normed_input, rms_inv, rms_inv_from_slot, with_residual, zero_state_after_last_tile,
-)
+from rsparse.kernels.compact_gemv import normed_input, rms_inv, with_residual, zero_state_after_last_tile
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -130,9 +127,9 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 
 @triton.jit
-def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps, sqi_ptr,
+def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-                  NORM_AHEAD: tl.constexpr, SQ_IN: tl.constexpr):
+                  NORM_AHEAD: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
@@ -140,7 +137,6 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
     # the raw inputs are loaded two steps ahead, and a step normalises those that arrived during the
     # previous one, so neither their loads nor the roundings stand between a step's mask and its
     # row loads (decode run 29: normalising the inputs just loaded cost about 0.2 us per step).
-    # SQ_IN: the launch that wrote x_ptr left its sum of squares in a norm slot (`rsparse.ops.norm_slots`).
     acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
@@ -155,10 +151,7 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
             c_raw = tl.load(c_ptr + nk1, mask=ok1, other=0.0)
             x_raw = tl.load(x_ptr + nk1, mask=ok1, other=0.0)
             g_raw = tl.load(g_ptr + nk1, mask=ok1, other=0.0)
-        if SQ_IN:
-            inv = rms_inv_from_slot(sqi_ptr, n, eps)
-        else:
-            inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
+        inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
         xf = normed_input(xf, g, inv, x_ptr.dtype.element_ty)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -251,9 +244,9 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 @triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, sq_tiles,
+            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
-            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, HAS_SQ: tl.constexpr):
+            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -275,8 +268,6 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
             y = with_residual(y, res_ptr, offs_t[:, None] * stride_r + offs_m[None, :], o_mask,
                                        out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
-        if HAS_SQ:  # one token: the next launch's RMSNorm reads this row, so leave its sum of squares
-            add_row_sumsq(y, o_mask, sq_ptr, tl.min(offs_m, axis=0) // BLOCK_M, sq_tiles, out_ptr.dtype.element_ty)
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             # Every thread's load of the sums is done before any thread zeroes them: the compiler
             # may lay the zero store out over other threads than the load. Without this barrier the
@@ -311,12 +302,12 @@ def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
+    g_ptr, eps, res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, SQ_IN: tl.constexpr, HAS_SQ: tl.constexpr,
+    HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -331,16 +322,16 @@ def _weight_item(
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
                     Z_SKIP_ACTIVE)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
-        acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps, sqi_ptr,
-                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, SQ_IN)
+        acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                           USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, n_tiles,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, HAS_SQ)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -348,11 +339,10 @@ def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    res_ptr, stride_r, sq_ptr,
+    res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
-    HAS_SQ: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -373,8 +363,8 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr, n_tiles,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, HAS_SQ)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
 
 
 @triton.jit
@@ -397,7 +387,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -406,7 +396,7 @@ def _splitk_kernel(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, SQ_IN: tl.constexpr, SQ0: tl.constexpr,
+    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -434,24 +424,21 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, SQ_IN,
-                         SQ0)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, SQ_IN,
-                         False)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, sqi_ptr, sq_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, SQ_IN,
-                         False)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -459,23 +446,23 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, SQ0)
+                          RES0)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, False)
+                          False)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, sq_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, False)
+                          False)
 
 
 @dataclass(frozen=True)
@@ -633,8 +620,6 @@ def sparse_linear_multi(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
-    sumsq_in: int = -1,
-    sumsq_out: int = -1,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
@@ -643,14 +628,9 @@ def sparse_linear_multi(
     ``norm_weight``/``norm_eps``: the input is the RMSNorm of ``x`` (a decoder layer's residual
     stream), formed inside the launch for one token where the path allows it (the compact path;
     the split-K launch without rank), by PyTorch first otherwise.  ``residual`` (one projection):
-    the output is ``residual + y``, added where each output tile is written.  ``sumsq_in``: a norm slot
-    (`rsparse.ops.norm_slots`) holding the sum of squares of ``x``, which a folded norm then reads
-    instead of the whole row; ``sumsq_out`` (one projection): a slot where a one-token launch leaves the
-    output's sum of squares (``-1``: none)."""
+    the output is ``residual + y``, added where each output tile is written."""
     if residual is not None and len(weight_t) != 1:
         raise ValueError(f"residual serves one projection, got {len(weight_t)}")
-    if sumsq_out >= 0 and len(weight_t) != 1:
-        raise ValueError(f"sumsq_out serves one projection, got {len(weight_t)}")
     if len(weight_t) > MAX_PROJ:
         if norm_weight is not None:
             x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps), None
@@ -676,8 +656,7 @@ def sparse_linear_multi(
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
         return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
-                             norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
-                             sumsq_in=sumsq_in, sumsq_out=sumsq_out)
+                             norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
     xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d
     if residual is not None and residual.stride(-1) != 1:
         residual = residual.contiguous()
@@ -701,9 +680,6 @@ def sparse_linear_multi(
         x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps, cfg.pdl), None
     if prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
-    # Norm slots (one token only): the RMS of x from the slot its writer filled, this output's for the next launch.
-    sq_in = _norm_slots.slot_views(x.device, sumsq_in, create=False) if prenorm else None
-    sq_out = _norm_slots.slot_views(x.device, sumsq_out) if T == 1 and tiles[0] < _norm_slots.WORDS else None
 
     # One zeroed fp32 workspace: split-K sums | tile counters | the state: launch counter, z,
     # z counters.  Each call leaves it zero: the last program of each tile puts its sums and
@@ -736,7 +712,6 @@ def sparse_linear_multi(
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
             residual.stride(0) if residual is not None else 0]
-    args += [sq_in if sq_in is not None else gcnt, sq_out if sq_out is not None else gcnt]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -754,42 +729,35 @@ def sparse_linear_multi(
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
-        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl, SQ_IN=sq_in is not None,
-        SQ0=sq_out is not None, num_warps=cfg.num_warps,
+        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
-    if sumsq_out >= 0 and sq_out is None:  # more tiles than a slot has words: fill it with PyTorch
-        _norm_slots.recorded(outs[0], sumsq_out)
     return outs
 
 
 def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None,
-                  norm_weight=None, norm_eps=0.0, residual=None, sumsq_in=-1, sumsq_out=-1):
+                  norm_weight=None, norm_eps=0.0, residual=None):
     """One token through `rsparse.kernels.compact_gemv` with ``cfg``'s tiles (path "compact" or "inline")."""
     return _compact.compact_gemv(
         x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, _sm_count(x.device),
         block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
         num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
         inline=cfg.path == "inline", up=up, norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
-        sumsq_in=sumsq_in, sumsq_out=sumsq_out,
     )
 
 
 def sparse_linear(
-    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None,
-    sumsq_out: int = -1,
+    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
 ) -> torch.Tensor:
-    """Triton implementation of ``rsparse::sparse_linear`` (``residual``, ``sumsq_out``: see `sparse_linear_multi`)."""
+    """Triton implementation of ``rsparse::sparse_linear`` (``residual``: see `sparse_linear_multi`)."""
     outs = None if out is None else [out]
     return sparse_linear_multi(
-        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction, residual=residual,
-        sumsq_out=sumsq_out,
+        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction, residual=residual
     )[0]
 
 
 def sparse_linear_silu_mul(
-    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None,
-    sumsq_out: int = -1,
+    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
 ) -> torch.Tensor:
     """Triton implementation of ``rsparse::sparse_linear_silu_mul``: `sparse_linear` on
     ``F.silu(gate) * up`` (the input of a gated MLP's down projection).
@@ -808,6 +776,6 @@ def sparse_linear_silu_mul(
     if T == 1 and cfg.path == "inline" and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
-                             residual=residual, sumsq_out=sumsq_out)[0]
+                             residual=residual)[0]
     x = torch.nn.functional.silu(gate) * up
-    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction, residual, sumsq_out)
+    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction, residual)

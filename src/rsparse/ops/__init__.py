@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from rsparse.ops import norm_slots
 from rsparse.ops.reference import active_mask, check_fold_args, rms_norm_reference, sparse_linear_reference
 
 from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
@@ -50,22 +49,19 @@ def sparse_linear(
     bias: torch.Tensor | None,
     active_fraction: float = 1.0,
     residual: torch.Tensor | None = None,
-    sumsq_out: int = -1,
 ) -> torch.Tensor:
     """R-Sparse linear on ``x`` of shape ``[T, n]``; returns ``[T, m]`` in ``x.dtype``.
 
     ``active_fraction`` is the layer's expected share of active input channels (its budget's
     ``k / n``); it never changes the result, only which kernel launch serves it. ``residual``
     (``[T, m]``, ``x.dtype``): the result is then ``residual + y``, a decoder layer's residual add
-    taken into the launch (`rsparse.fuse_norm`). ``sumsq_out``: a norm slot (`rsparse.ops.norm_slots`)
-    that a one-token call leaves the output's sum of squares in, for the next launch's folded norm
-    (``-1``: none); it never changes the result."""
+    taken into the launch (`rsparse.fuse_norm`)."""
     check_fold_args(x, None, residual, weight_t.shape[1])
-    return norm_slots.recorded(sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual), sumsq_out)
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 @sparse_linear.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None, sumsq_out=-1):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     torch._check(x.shape[1] == weight_t.shape[0], lambda: "x and weight_t disagree on n")
     return x.new_empty(x.shape[0], weight_t.shape[1])

@@ -15,7 +15,7 @@ import os
 import torch
 
 from rsparse import eager_graphs
-from rsparse.ops import fused, norm_slots, silu_mul
+from rsparse.ops import fused, silu_mul
 from rsparse.ops.reference import check_fold_args, sparse_linear_reference
 
 __all__ = ["BACKENDS", "set_backend", "get_backend"]
@@ -87,44 +87,41 @@ def _use_triton(x: torch.Tensor) -> bool:
     return False
 
 
-def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None,
-                   sumsq_out=-1):
+def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
     check_fold_args(x, None, residual, weight_t.shape[1])
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear(
-            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction, residual=residual,
-            sumsq_out=sumsq_out,
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction, residual=residual
         )
-    return norm_slots.recorded(sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual), sumsq_out)
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,
-                         norm_weight=None, norm_eps=0.0, sumsq_in=-1):
+                         norm_weight=None, norm_eps=0.0):
     check_fold_args(x, norm_weight, None, None)
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_multi(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction,
-            norm_weight=norm_weight, norm_eps=norm_eps, sumsq_in=sumsq_in,
+            norm_weight=norm_weight, norm_eps=norm_eps,
         )
     return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps)
 
 
 def _sparse_linear_silu_mul(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,
-                            residual=None, sumsq_out=-1):
+                            residual=None):
     check_fold_args(gate, None, residual, weight_t.shape[1])
     if _use_triton(gate):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_silu_mul(
             gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction,
-            residual=residual, sumsq_out=sumsq_out,
+            residual=residual,
         )
-    y = silu_mul.sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
-    return norm_slots.recorded(y, sumsq_out)
+    return silu_mul.sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 # The implementations the ops dispatch to on CPU and CUDA, for callers that skip the dispatcher

@@ -46,23 +46,19 @@ def sparse_linear_multi(
     active_fraction: float = 1.0,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    sumsq_in: int = -1,
 ) -> list[torch.Tensor]:
     """``[sparse_linear(x, weight_t[i], c[i], ...) for i]`` for projections sharing ``x`` ``[T, n]``
     (``active_fraction``: the largest expected share of active channels among them, a launch hint).
 
     With ``norm_weight`` (``[n]``, ``x.dtype``), ``x`` is a decoder layer's residual stream and every
     projection reads ``rms_norm_reference(x, norm_weight, norm_eps)``: the layer's RMSNorm taken into
-    the launch (`rsparse.fuse_norm`). ``sumsq_in``: a norm slot (`rsparse.ops.norm_slots`) where the
-    launch that wrote ``x`` left its sum of squares, which a one-token kernel then reads instead of the
-    whole row (``-1``: none); never read by the PyTorch reference, never changes the result."""
+    the launch (`rsparse.fuse_norm`)."""
     check_fold_args(x, norm_weight, None, None)
     return sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps)
 
 
 @sparse_linear_multi.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, norm_weight=None, norm_eps=0.0,
-      sumsq_in=-1):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, norm_weight=None, norm_eps=0.0):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     counts = {len(weight_t), len(c), len(tau), len(lowrank_in), len(lowrank_out), len(bias)}
     torch._check(len(counts) == 1, lambda: "every argument list must have one entry per projection")

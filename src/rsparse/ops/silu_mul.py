@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rsparse.ops import norm_slots
 from rsparse.ops.reference import check_fold_args, sparse_linear_reference
 
 __all__ = ["sparse_linear_silu_mul", "sparse_linear_silu_mul_reference"]
@@ -47,17 +46,15 @@ def sparse_linear_silu_mul(
     bias: torch.Tensor | None,
     active_fraction: float = 1.0,
     residual: torch.Tensor | None = None,
-    sumsq_out: int = -1,
 ) -> torch.Tensor:
-    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ..., residual, sumsq_out)`` for ``gate`` and ``up`` of
+    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ..., residual)`` for ``gate`` and ``up`` of
     shape ``[T, n]``; returns ``[T, m]`` in their dtype (``active_fraction``: a launch hint, as there)."""
     check_fold_args(gate, None, residual, weight_t.shape[1])
-    y = sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
-    return norm_slots.recorded(y, sumsq_out)
+    return sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
 
 
 @sparse_linear_silu_mul.register_fake
-def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None, sumsq_out=-1):
+def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
     torch._check(gate.dim() == 2, lambda: f"gate must be [T, n], got {tuple(gate.shape)}")
     torch._check(gate.shape == up.shape, lambda: f"gate and up must have one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
     torch._check(gate.shape[1] == weight_t.shape[0], lambda: "gate and weight_t disagree on n")
