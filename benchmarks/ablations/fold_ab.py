@@ -7,6 +7,10 @@ the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or 
     python benchmarks/ablations/fold_ab.py --targets 0.4 --out $OUT/fold_ab.json
     python benchmarks/ablations/fold_ab.py --targets 0.4 0.5 0.7 --variants shipped "two ahead" "every item, two ahead" off \
         --out $OUT/fold_ab.json
+    python benchmarks/ablations/fold_ab.py --inductor-pdl --targets 0.7 0.5 --variants shipped --out $OUT/ipdl.json  # run 34
+
+``--inductor-pdl`` turns on programmatic dependent launch for inductor's own kernels for the whole process, dense
+included (decode run 34: it helps the dense model, not the sparse one).
 """
 
 from __future__ import annotations
