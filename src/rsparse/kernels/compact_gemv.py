@@ -546,18 +546,27 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
 _VIEWS: dict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]] = {}
 
 
+def cut_parts(flat: torch.Tensor, sizes: list[int], int32: tuple[int, ...] = (),
+              float64: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """``flat`` (fp32 words) cut into consecutive parts of ``sizes`` words, those whose index is in
+    ``int32`` viewed as int32 and those in ``float64`` as fp64 (two words per value; even sizes and offsets)."""
+    parts = flat.split(sizes)
+    return [p.view(torch.int32) if i in int32 else p.view(torch.float64) if i in float64 else p
+            for i, p in enumerate(parts)]
+
+
 def workspace_parts(
-    device: torch.device, sizes: list[int], int32: tuple[int, ...] = ()
+    device: torch.device, sizes: list[int], int32: tuple[int, ...] = (), float64: tuple[int, ...] = ()
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The zeroed workspace (fp32, ``sum(sizes)`` words) and its consecutive parts of ``sizes``
-    (the parts whose index is in ``int32`` viewed as int32).  Cut once per persistent buffer:
-    slicing anew on every call costs more host time than the launch it serves in eager decoding."""
-    key = (device.type, device.index, tuple(sizes), int32)
+    (`cut_parts`).  Cut once per persistent buffer: slicing anew on every call costs more host
+    time than the launch it serves in eager decoding."""
+    key = (device.type, device.index, tuple(sizes), int32, float64)
     hit = _VIEWS.get(key)
     if hit is not None and hit[0] is _WORKSPACE.get(key[:2]):
         return hit[1]
     flat = _workspace(device, sum(sizes))
-    parts = flat, [p.view(torch.int32) if i in int32 else p for i, p in enumerate(flat.split(sizes))]
+    parts = flat, cut_parts(flat, sizes, int32, float64)
     persistent = _WORKSPACE.get(key[:2])
     if persistent is not None and flat.data_ptr() == persistent.data_ptr():  # not a capture's own buffer
         _VIEWS[key] = (persistent, parts)

@@ -54,6 +54,7 @@ import triton.language as tl
 from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
 from rsparse.kernels.compact_gemv import normed_input, rms_inv, with_residual, zero_state_after_last_tile
+from rsparse.ops.reference import rms_norm_reference
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -99,7 +100,7 @@ def _dot_acc(coef, w, acc, FP32: tl.constexpr):
 
 @triton.jit
 def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-            USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr):
+            USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
@@ -118,7 +119,7 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
         active = (tl.abs(xf) * cv > tau) & k_ok
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
-        prod = tl.where(active, xf, 0.0)[:, None] * w.to(tl.float32)
+        prod = tl.where(active, xf, 0.0).to(ACC)[:, None] * w.to(ACC)
         if ACC2D:
             acc += prod
         else:
@@ -129,7 +130,7 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 @triton.jit
 def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-                  NORM_AHEAD: tl.constexpr):
+                  NORM_AHEAD: tl.constexpr, ACC: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
@@ -137,7 +138,7 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
     # the raw inputs are loaded two steps ahead, and a step normalises those that arrived during the
     # previous one, so neither their loads nor the roundings stand between a step's mask and its
     # row loads (decode run 29: normalising the inputs just loaded cost about 0.2 us per step).
-    acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([1, BLOCK_M], dtype=ACC)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
@@ -175,13 +176,13 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
             xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
             if PRENORM:
                 xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
-        acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)[None, :]
+        acc += tl.sum(coef.to(ACC)[:, None] * w.to(ACC), axis=0)[None, :]
     return acc
 
 
 @triton.jit
 def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
-             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr):
+             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
@@ -190,7 +191,8 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
         acc = _dot_acc(z, w, acc, FP32)
     else:
         z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-        prod = z[:, None] * w.to(tl.float32)
+        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
+        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
         if ACC2D:
             acc += prod
         else:
@@ -202,7 +204,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
@@ -211,7 +213,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
-            acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=ACC)
         for k0 in range(k_start, k_end, BLOCK_KZ):
             offs_k = k0 + tl.arange(0, BLOCK_KZ)
             k_ok = offs_k < k_end
@@ -232,7 +234,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
                 v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
-                acc += coef[:, None] * v.to(tl.float32)
+                acc += coef.to(ACC)[:, None] * v.to(ACC)
         if USE_DOT:
             part = acc
         else:
@@ -246,7 +248,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
             gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
-            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr):
+            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, ACC: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -263,7 +265,7 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
     if done == total - 1:
         y = tl.load(ws_ptrs, mask=o_mask, other=0.0, volatile=True)
         if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
+            y += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(ACC)[None, :]
         if HAS_RES:  # a decoder layer's residual add, folded into the launch whose output it adds
             y = with_residual(y, res_ptr, offs_t[:, None] * stride_r + offs_m[None, :], o_mask,
                                        out_ptr.dtype.element_ty)
@@ -287,13 +289,13 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
 
 @triton.jit
 def _init_acc(BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-              USE_DOT: tl.constexpr, ACC2D: tl.constexpr):
+              USE_DOT: tl.constexpr, ACC2D: tl.constexpr, ACC: tl.constexpr):
     if USE_DOT:
         acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
     elif ACC2D:
-        acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=ACC)
     else:
-        acc = tl.zeros([1, BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([1, BLOCK_M], dtype=ACC)
     return acc
 
 
@@ -307,8 +309,10 @@ def _weight_item(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr,
+    HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
 ):
+    if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
+        x_ptr += pid_t * stride_xt
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -320,18 +324,18 @@ def _weight_item(
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                    Z_SKIP_ACTIVE)
+                    Z_SKIP_ACTIVE, ACC)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
-                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD)
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC)
     else:
-        acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
+        acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-                          USE_DOT, FP32, ACC2D, BLOCK_K)
+                          USE_DOT, FP32, ACC2D, BLOCK_K, ACC)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
 
 
 @triton.jit
@@ -343,6 +347,7 @@ def _lowrank_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
+    ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -358,19 +363,22 @@ def _lowrank_item(
         seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
     k_start = chunk * rows
     k_end = tl.minimum(k_start + rows, r)
-    acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D)
+    acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
+    z_row = z_ptr
+    if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
+        z_row += pid_t * stride_z
     for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
-                       USE_DOT, FP32, ACC2D, BLOCK_K)
+        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
+                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES)
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
 
 
 @triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -379,9 +387,11 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     t_ok = offs_t < T
     k_start = chunk * rows_z
     k_end = tl.minimum(k_start + rows_z, n)
+    if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
+        x_ptr += pid_t * stride_xt
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
             zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-            Z_SKIP_ACTIVE)
+            Z_SKIP_ACTIVE, ACC)
 
 
 @triton.jit
@@ -396,7 +406,7 @@ def _splitk_kernel(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr,
+    RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -411,13 +421,13 @@ def _splitk_kernel(
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
+                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
@@ -426,19 +436,19 @@ def _splitk_kernel(
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -448,21 +458,21 @@ def _splitk_kernel(
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0)
+                          RES0, ACC, PER_TOKEN)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False)
+                          False, ACC, PER_TOKEN)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False)
+                          False, ACC, PER_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -650,11 +660,15 @@ def sparse_linear_multi(
     outs = [x.new_empty(T, m) for m in ms] if out is None else out
     if T == 0:
         return outs
-    use_dot = T > 1
+    # fp32 inputs: products and sums in fp64, rounded once, as the reference computes them on the GPU
+    # (`rsparse.ops.reference.sums_in_fp64`), so that the two agree to the bit.  That takes the
+    # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
+    f64 = x.dtype == torch.float32
+    use_dot = T > 1 and not f64
     cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
-    if cfg.path != "splitk" and T == 1 and all(o.stride(-1) == 1 for o in outs):
+    if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
         return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
                              norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
     xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d
@@ -675,9 +689,11 @@ def sparse_linear_multi(
     # and with short items; otherwise one small launch forms it first (decode run 29: folded into
     # gate/up's 232-row items the norm cost more than that launch).
     prenorm = (norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
-               and rows <= PRENORM_MAX_ROWS)
+               and rows <= PRENORM_MAX_ROWS and not f64)
     if norm_weight is not None and not prenorm:
-        x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps, cfg.pdl), None
+        # fp32: PyTorch's norm, so that the input is the reference's to the bit.
+        norm = rms_norm_reference if f64 else functools.partial(_compact.rms_norm, pdl=cfg.pdl)
+        x, norm_weight = norm(x, norm_weight, norm_eps), None
     if prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
 
@@ -686,15 +702,19 @@ def sparse_linear_multi(
     # counter back, and with a low-rank path the last tile of the launch puts the state back
     # (kernel run 12; before, calls with a rank took a fresh torch.zeros, a memset launch of
     # 1-2 us ahead of the kernel).  So the persistent buffer of `compact_gemv` serves.
+    # With fp64 sums the split-K sums and z take two words per value, and z starts on an even word.
     k = len(ms)
-    state_sizes = [1] + [T * r for r in rs] + [t_blocks] * k
-    sizes = [T * m for m in ms] + [t_blocks * t for t in tiles] + state_sizes
+    words = 2 if f64 else 1
+    counters = [t_blocks * t for t in tiles]
+    state_sizes = [2 - sum(counters) % 2 if f64 else 1] + [words * T * r for r in rs] + [t_blocks] * k
+    sizes = [words * T * m for m in ms] + counters + state_sizes
     int32 = (*range(k, 2 * k + 1), *range(3 * k + 1, 4 * k + 1))  # tile counters, launch counter, z counters
+    float64 = (*range(k), *range(2 * k + 1, 3 * k + 1)) if f64 else ()  # split-K sums, z
     if PERSISTENT_WORKSPACE:
-        _, parts = _compact.workspace_parts(x.device, sizes, int32=int32)
+        _, parts = _compact.workspace_parts(x.device, sizes, int32=int32, float64=float64)
     else:
         flat = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-        parts = [p.view(torch.int32) if i in int32 else p for i, p in enumerate(flat.split(sizes))]
+        parts = _compact.cut_parts(flat, sizes, int32, float64)
     ws, cnt, gcnt = parts[:k], parts[k : 2 * k], parts[2 * k]
     z = [p.view(T, r) for p, r in zip(parts[2 * k + 1 : 3 * k + 1], rs)]
     zcnt = parts[3 * k + 1 :]
@@ -729,7 +749,8 @@ def sparse_linear_multi(
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
-        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl, num_warps=cfg.num_warps,
+        RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
+        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
@@ -773,7 +794,7 @@ def sparse_linear_silu_mul(
     if up.stride(1) != 1:
         up = up.contiguous()
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, lowrank_in.shape[1] > 0)
-    if T == 1 and cfg.path == "inline" and (out is None or out.stride(-1) == 1):
+    if T == 1 and cfg.path == "inline" and gate.dtype != torch.float32 and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
                              residual=residual)[0]

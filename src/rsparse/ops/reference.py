@@ -4,6 +4,13 @@ It multiplies a masked copy of the input with the whole weight (so it reads ever
 weight byte): it is the numerical definition the fast kernels are checked against,
 and the fallback where no kernel runs.  It has no host synchronisation and no
 data-dependent shape, so it is safe inside CUDA graphs.
+
+fp32 inputs on a GPU are summed in fp64 and rounded to fp32 once (`sums_in_fp64`), as the
+Triton kernels sum them: the kernels add their split-K partial sums in an order no BLAS call
+reproduces (and with atomics, in a run-dependent one), so fp32 sums would differ from the
+reference by a rounding, and a rounding that lands on a threshold turns into a different
+forward pass (benchmarks/NOTES.md, run 20).  Summed in fp64, both round the same exact
+products to the same fp32 value, short of a sum within 2^-29 of a rounding tie.
 """
 
 from __future__ import annotations
@@ -19,6 +26,13 @@ def active_mask(x: torch.Tensor, c: torch.Tensor, tau: torch.Tensor) -> torch.Te
     would otherwise flip between implementations.
     """
     return x.abs().float() * c > tau
+
+
+def sums_in_fp64(x: torch.Tensor) -> bool:
+    """Whether the op sums ``x``'s products in fp64: fp32 inputs on a GPU, where the Triton kernels
+    serve decode calls and both implementations must round to the same fp32 value.  On the CPU
+    (no kernel to agree with; the interpreter is a test tool) fp32 sums stay fp32, at half the cost."""
+    return x.dtype == torch.float32 and x.device.type == "cuda"
 
 
 def rms_norm_reference(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,9 +66,22 @@ def sparse_linear_reference(
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
+    *,
+    fp64: bool | None = None,
 ) -> torch.Tensor:
-    """See `rsparse.ops.sparse_linear`."""
+    """See `rsparse.ops.sparse_linear`.  ``fp64``: sum fp32 inputs in fp64 (default: `sums_in_fp64`;
+    tests set it to compare the Triton interpreter's fp32 results with this rule on the CPU)."""
     active = active_mask(x, c, tau)
+    if x.dtype == torch.float32 and (sums_in_fp64(x) if fp64 is None else fp64):
+        y = torch.where(active, x, 0.0).double() @ weight_t.double()
+        if lowrank_in.shape[1] > 0:
+            # z rounded to fp32, as the kernels keep it between their two phases.
+            z = (torch.where(active, 0.0, x).double() @ lowrank_in.double()).float()
+            y = y + z.double() @ lowrank_out.double()
+        if bias is not None:
+            y = y + bias.double()
+        y = y.float()
+        return y if residual is None else residual + y
     # The native-dtype matmul accumulates in fp32 on CPU and GPU; the sum of the
     # two paths is formed in fp32 and rounded once.
     # A Python 0.0 (not a 0-dim tensor) takes where's scalar path: half the time on CPU.
