@@ -138,7 +138,8 @@ def test_splitk_norm_is_formed_first_where_not_folded(case, dtype, monkeypatch):
     else:
         monkeypatch.setattr(kernels, "PRENORM_MAX_ROWS", 0)
         check_normed(257, (64, 33), (0, 0), dtype)
-    assert formed == [1]
+    # fp32 (fp64 sums) takes PyTorch's norm instead, the reference's to the bit.
+    assert formed == ([] if dtype == torch.float32 else [1])
 
 
 @needs_triton

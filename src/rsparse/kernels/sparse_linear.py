@@ -691,9 +691,11 @@ def sparse_linear_multi(
     prenorm = (norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
                and rows <= PRENORM_MAX_ROWS and not f64)
     if norm_weight is not None and not prenorm:
-        # fp32: PyTorch's norm, so that the input is the reference's to the bit.
-        norm = rms_norm_reference if f64 else functools.partial(_compact.rms_norm, pdl=cfg.pdl)
-        x, norm_weight = norm(x, norm_weight, norm_eps), None
+        if f64:  # PyTorch's norm, so that the input is the reference's to the bit
+            x = rms_norm_reference(x, norm_weight, norm_eps)
+        else:
+            x = _compact.rms_norm(x, norm_weight, norm_eps, cfg.pdl)
+        norm_weight = None
     if prenorm and norm_weight.stride(-1) != 1:
         norm_weight = norm_weight.contiguous()
 
