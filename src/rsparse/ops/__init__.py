@@ -10,7 +10,9 @@ for every token (row) of ``x`` (``[T, n]``)::
 
 with ``weight_t`` the transposed weight ``[n, m]``, ``lowrank_in`` ``[n, r]`` (``V_r``),
 ``lowrank_out`` ``[r, m]`` (``(U_r S_r)ᵀ``), ``c`` the fp32 channel weights and ``tau`` a
-0-dim fp32 threshold.  The schema is declared once here with a fake (shape)
+0-dim fp32 threshold.  fp32 inputs on a GPU are summed in fp64 and rounded once, so
+that every implementation gives the same fp32 numbers (`sums_in_fp64`).  The schema
+is declared once here with a fake (shape)
 implementation and the PyTorch reference, which runs on every device; faster
 implementations (Triton) register against the same op.
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from rsparse.ops.reference import active_mask, check_fold_args, rms_norm_reference, sparse_linear_reference
+from rsparse.ops.reference import (
+    active_mask, check_fold_args, rms_norm_reference, sparse_linear_reference, sums_in_fp64,
+)
 
 from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
 from rsparse.ops.silu_mul import sparse_linear_silu_mul, sparse_linear_silu_mul_reference
@@ -30,6 +34,7 @@ __all__ = [
     "active_mask",
     "rms_norm_reference",
     "sparse_linear_reference",
+    "sums_in_fp64",
     "sparse_linear_multi_reference",
     "sparse_linear_silu_mul",
     "sparse_linear_silu_mul_reference",
