@@ -37,8 +37,8 @@ benchmarks/NOTES.md runs 6 and 8); ``set_config(Config(path=...), "gemv1")`` for
 fp32 inputs: products and sums in fp64 (the constexpr ``ACC``), split-K sums and ``z`` in fp64
 words of the workspace, ``z`` rounded to fp32 before its second phase, the output rounded once:
 the reference's rule on the GPU (`rsparse.ops.reference.sums_in_fp64`), so the two agree to the
-bit.  Such calls take the one-token code for every token, one token per grid row (``PER_TOKEN``;
-Triton 3.6 has no fp64 tensor-core dot for sm_90), never the compact or inline paths.
+bit.  Such calls take the one-token code (fp64 FMAs, no ``tl.dot``) for every token, one token per
+grid row (``PER_TOKEN``), never the compact or inline paths: fp32 is for checking, not for speed.
 
 Graph safety: the grid depends only on shapes and the layer's active-share hint; no host
 synchronisation.  The split-K sums, tile counters, ``z`` and its counters live in the
