@@ -349,7 +349,8 @@ def test_gpu_inline_launch_forms_the_product(dtype, monkeypatch):
     for active in (0.5, 0.3, 0.1):
         for seed in range(2):
             check_silu_mul(gated_args(1, 14336, 4096, dtype, "cuda", active, True, seed), dtype, "cuda", active)
-    assert len(ups) == 6 and all(u is not None for u in ups)
+    # fp32 (fp64 sums) never takes the inline launch: PyTorch forms the product, as the reference does.
+    assert len(ups) == (0 if dtype == torch.float32 else 6) and all(u is not None for u in ups)
     kernels.set_config(kernels.Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4), "gemv1")
     try:  # odd shapes through the same launch
         for n, m in ((777, 333), (513, 1025), (3000, 1000)):

@@ -32,11 +32,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
-                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl"],
+                   choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
+                            "compact attention", "compact attention, any"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
-                        "(compact_gemv.LAUNCH_PDL)")
+                        "(compact_gemv.LAUNCH_PDL); compact attention: q/k/v and o launches through the compact path at up to 35 %% "
+                        "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\")")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -54,6 +56,7 @@ def main() -> None:
     from rsparse.kernels import sparse_linear as kernels
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
+    shipped_small = kernels.SMALL_COMPACT_MAX_ACTIVE
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 
@@ -79,13 +82,15 @@ def main() -> None:
             kernels.PRENORM_MAX_ROWS = 10**9 if variant in ("every item", "every item, two ahead") else shipped_rows
             kernels.PRENORM_AHEAD = variant in ("two ahead", "every item, two ahead") or (shipped_ahead and variant == "shipped")
             compact_gemv.LAUNCH_PDL = {"pdl": True, "no pdl": False}.get(variant, shipped_pdl)
+            kernels.SMALL_COMPACT_MAX_ACTIVE = {"compact attention": 0.35, "compact attention, any": 1.0}.get(
+                variant, shipped_small)
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
             save()
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
-        compact_gemv.LAUNCH_PDL = shipped_pdl
+        compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
         rsparse.set_backend("auto")
         del model
 

@@ -531,6 +531,12 @@ COMPACT_MIN_ELEMENTS = 32 * 2**20  # n * m_total
 WIDE_COMPACT_MAX_ACTIVE = 0.55
 WIDE_COMPACT_MIN_ELEMENTS = 96 * 2**20
 INLINE_MAX_ACTIVE = 0.55
+# Attention-sized wide launches (q/k/v fused 4096x6144, o 4096x4096: SMALL_COMPACT_MIN_ELEMENTS <= n * m_total <
+# COMPACT_MIN_ELEMENTS) take the compact path up to this active fraction; 0 keeps run 4's launch for them.
+# Kernel run 37 (q/k/v fused + o at 70 %, batch 1): 23.3 us compact against 18.9 us run 4's launch; the compiled
+# 0.7 decode step moved by under 0.3 %. Kept at 0, as a knob for `benchmarks/ablations/fold_ab.py`.
+SMALL_COMPACT_MAX_ACTIVE = 0.0
+SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 # z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
 # path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
 # of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
@@ -545,6 +551,9 @@ def choose_config(
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
+    if (not use_dot and n < 2 * m_total and SMALL_COMPACT_MIN_ELEMENTS <= n * m_total < COMPACT_MIN_ELEMENTS
+            and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
+        return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
     if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
