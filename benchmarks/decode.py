@@ -4,9 +4,14 @@ Protocol: a Llama-3-8B-shaped model (hidden 4096, intermediate 14336, 32 layers,
 8 KV heads, vocab 128256) with random bf16 weights on the GPU (speed does not depend on weight
 values, DESIGN.md §8), another published shape (``--shape mistral-7b`` or ``qwen2.5-7b``), or any
 local model (``--model PATH``). Each sparse variant is a copy of
-the dense model sparsified by ``rsparse.sparsify(model, target, calibration=<4×64 random
+the dense model sparsified by ``rsparse.sparsify(model, target, calibration=<4×384 random
 tokens>)``, i.e. thresholds calibrated through the real pipeline so that the decode steps read
-the real number of weight rows; the kept fraction measured on decode steps is reported.
+the real number of weight rows; the kept fraction measured on the decode steps of the shortest prompt's row
+is reported. The calibration sequences span the positions that row's decode visits (128 + 256): on this random
+model the inputs' scale depends on the position, and decode run 38 found that 4×64 calibration tokens leave
+the decode steps at positions 128-383 reading 0.282 of the rows at target 0.7 (0.476 at 0.5), i.e. a sparser
+model than the target, while 4×384 reads 0.302 (0.497). Runs up to 37 used 4×64 and measured the kept
+fraction at positions 32-36 only (0.306).
 Backend forced to ``"triton"`` for every sparse variant. Layers that read the same input (q/k/v,
 gate/up) share one fused launch per decode step (`rsparse.fuse`) unless ``--no-fuse``.
 "0 (kernel)" is target 0 with the budgets hidden, so that every layer runs the sparse kernel
@@ -96,13 +101,24 @@ def attn_implementation(choice: str) -> str:
     return choice
 
 
-def sparsify_copy(dense, target: float, device, fuse: bool = True) -> tuple[torch.nn.Module, float]:
+def parse_calibration(text: str) -> tuple[int, int]:
+    """``"4x64"`` -> (4 sequences, 64 tokens each)."""
+    n, _, length = text.lower().partition("x")
+    if not (n.isdigit() and length.isdigit() and int(n) > 0 and int(length) > 0):
+        raise ValueError(f"--calibration must be SEQUENCESxTOKENS such as 4x64, got {text!r}")
+    return int(n), int(length)
+
+
+DEFAULT_CALIBRATION = "4x384"  # sequences x tokens: the positions of a 128-token prompt's 256 decode steps
+
+
+def sparsify_copy(dense, target: float, device, fuse: bool = True, calibration: str = DEFAULT_CALIBRATION) -> tuple[torch.nn.Module, float]:
     import rsparse
     from rsparse.fuse import set_fusion
 
     model = copy.deepcopy(dense)
     vocab = model.config.get_text_config().vocab_size
-    calib = torch.randint(0, vocab, (4, 64), generator=torch.Generator().manual_seed(SEED + 1)).to(device)
+    calib = torch.randint(0, vocab, parse_calibration(calibration), generator=torch.Generator().manual_seed(SEED + 1)).to(device)
     _sync(device)
     t0 = time.perf_counter()
     rsparse.sparsify(model, target, calibration=calib, search="none", show_progress=False)  # uniform: every layer at the target
@@ -111,8 +127,9 @@ def sparsify_copy(dense, target: float, device, fuse: bool = True) -> tuple[torc
     return model, time.perf_counter() - t0
 
 
-def kept_fraction(model, device) -> float:
-    """Weight-count-weighted mean kept fraction of the sparse linears over 4 eager decode steps."""
+def kept_fraction(model, device, prompt_len: int = 32, new_tokens: int = 5) -> float:
+    """Weight-count-weighted mean kept fraction of the sparse linears over the one-token eager decode
+    steps after a random prompt of ``prompt_len`` tokens (``new_tokens - 1`` steps)."""
     from rsparse.bench import decode_tokens
     from rsparse.nn import rsparse_modules
     from rsparse.ops import active_mask
@@ -121,15 +138,15 @@ def kept_fraction(model, device) -> float:
 
     def hook(mod, inputs):
         x = inputs[0].reshape(-1, mod.in_features)
-        if mod.uses_sparse_path(inputs[0]):
+        if x.shape[0] == 1 and mod.uses_sparse_path(inputs[0]):  # decode steps only, not a sparse prefill
             sums.setdefault(mod, []).append(active_mask(x, mod.c, mod.tau).float().mean())
 
     for m in rsparse_modules(model).values():
         hooks.append(m.register_forward_pre_hook(hook))
     try:
         vocab = model.config.get_text_config().vocab_size
-        prompt = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(SEED + 2)).to(device)
-        decode_tokens(model, prompt, 5)
+        prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(SEED + 2)).to(device)
+        decode_tokens(model, prompt, new_tokens)
     finally:
         for h in hooks:
             h.remove()
@@ -188,7 +205,8 @@ def run(args) -> None:
         "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
         "model": args.model or (f"{SHAPES[args.shape][1]} shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "seed": SEED, "calibration": "4x64 random tokens", "backend_sparse": "triton",
+        "seed": SEED, "calibration": f"{args.calibration} random tokens",
+        "kept_fraction_steps": f"{args.kept_steps} eager decode steps after a {min(args.prompts)}-token random prompt", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
         "skip_module_guards": args.skip_module_guards, "pdl": args.pdl,
     }
@@ -206,9 +224,10 @@ def run(args) -> None:
     variants = {"dense": (dense, None)}
     info = {}
     for target in args.targets:
-        model, secs = sparsify_copy(dense, target, args.device, args.fuse)
+        model, secs = sparsify_copy(dense, target, args.device, args.fuse, args.calibration)
         variants[f"{target:g}"] = (model, target)
-        info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept_fraction(model, args.device)}
+        kept = kept_fraction(model, args.device, min(args.prompts), args.kept_steps + 1)
+        info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept}
         print(f"target {target:g}: sparsify {secs:.1f}s, decode kept fraction {info[f'{target:g}']['kept_fraction_decode']:.3f}", flush=True)
     if 0.0 in args.targets and args.kernel_at_zero:
         variants["0 (kernel)"] = variants["0"]
@@ -391,8 +410,16 @@ def main() -> None:
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
+    p.add_argument("--calibration", default=DEFAULT_CALIBRATION,
+                   help="calibration sequences x tokens (random token ids); the default spans a 128-token prompt's decode")
+    p.add_argument("--kept-steps", type=int,
+                   help="eager decode steps after the shortest prompt over which the kept fraction is measured "
+                        "(default: all of that row's, new tokens - 1)")
     p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")
     args = p.parse_args()
+    parse_calibration(args.calibration)  # a malformed value fails before any model is built
+    if args.kept_steps is None:
+        args.kept_steps = args.new_tokens - 1
     if args.render:
         render(Path(args.render))
         return
