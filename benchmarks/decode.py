@@ -26,6 +26,7 @@ was allocated when the row started (other variants stay resident and are subtrac
     python benchmarks/decode.py --out benchmarks/results          # the whole grid, by priority
     python benchmarks/decode.py --render benchmarks/results/decode.json   # table + plot, no GPU
     python benchmarks/decode.py --targets 0.7 --batches 1 --prompts 128 --modes compiled --profile  # + kernel means
+    python benchmarks/decode.py --prompts 2048 --calibration 4x2304   # long prompts: calibrate over their positions (run 39)
 
 ``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them).
 ``--skip-module-guards`` compiles both without guards on the modules (`rsparse.bench.compile_decode_step`): the sparse
