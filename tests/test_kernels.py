@@ -654,6 +654,22 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
         kernels.set_config(None, "gemv1")
 
 
+def test_attention_sized_launches_take_the_compact_path_only_when_asked(monkeypatch):
+    # SMALL_COMPACT_MAX_ACTIVE is off as shipped (kernel run 37: slower at 70 %); the ablation turns it on.
+    from rsparse.kernels import sparse_linear as kernels
+
+    qkv, o = (4096, 6144), (4096, 4096)
+    assert kernels.SMALL_COMPACT_MAX_ACTIVE == 0.0
+    assert kernels.choose_config(*qkv, False, 2, active_fraction=0.3).path == "splitk"
+    monkeypatch.setattr(kernels, "SMALL_COMPACT_MAX_ACTIVE", 0.35)
+    assert kernels.choose_config(*qkv, False, 2, active_fraction=0.3).path == "compact"
+    assert kernels.choose_config(*o, False, 2, active_fraction=0.3).path == "compact"
+    assert kernels.choose_config(*qkv, False, 2, active_fraction=0.5).path == "splitk"  # above the bound
+    assert kernels.choose_config(*qkv, True, 2, active_fraction=0.3).path == "splitk"  # several tokens
+    assert kernels.choose_config(2048, 2048, False, 2, active_fraction=0.3).path == "splitk"  # below the size
+    assert kernels.choose_config(8192, 3072, False, 2, active_fraction=0.3).path == "splitk"  # tall (n >= 2 m)
+
+
 @needs_triton
 @pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused"])
 def test_layers_pass_their_budget_active_fraction_to_the_kernel(fused, monkeypatch):
