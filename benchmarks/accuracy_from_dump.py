@@ -31,7 +31,8 @@ def write_dump(path: str) -> None:
     print({k: len(v) for k, v in rows.items()})
 
 
-def run_from_dump(path: str, argv: list[str]) -> None:
+def use_dump(path: str) -> None:
+    """Serve `rsparse.eval`'s offline data sets from a dump written by ``--write``."""
     with gzip.open(path, "rt") as f:
         rows = json.load(f)
 
@@ -39,6 +40,10 @@ def run_from_dump(path: str, argv: list[str]) -> None:
         return rows[f"{name}/{subset or 'none'}"]  # BoolQ's passages are read with no subset
 
     rsparse_eval.read_offline_dataset = read_offline_dataset  # read_task and boolq_passages look it up here
+
+
+def run_from_dump(path: str, argv: list[str]) -> None:
+    use_dump(path)
     rsparse.set_backend("torch")
     sys.argv = ["accuracy.py", *argv]
     runpy.run_path(str(Path(__file__).with_name("accuracy.py")), run_name="__main__")

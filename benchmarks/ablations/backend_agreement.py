@@ -10,9 +10,8 @@ backend; prints, per prompt, the share of equal tokens and the first position th
 ROWS_DUMP: `benchmarks/accuracy_from_dump.py --write`'s file, where pyarrow is missing ("-": none);
 SEARCH: `sparsify`'s ``search`` (default ``"auto"``, the test's setting; ``"none"``: uniform budgets).
 """
-import gzip
-import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -20,11 +19,12 @@ import rsparse
 import rsparse.eval as rsparse_eval
 from rsparse.bench import decode_tokens
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accuracy_from_dump import use_dump  # noqa: E402  (the dump reader of `accuracy_from_dump.py --write` files)
+
 SEARCH = sys.argv[2] if len(sys.argv) > 2 else "auto"
 if len(sys.argv) > 1 and sys.argv[1] != "-":
-    with gzip.open(sys.argv[1], "rt") as f:
-        rows = json.load(f)
-    rsparse_eval.read_offline_dataset = lambda name, subset=None: rows[f"{name}/{subset or 'none'}"]
+    use_dump(sys.argv[1])
 
 model, tokenizer = rsparse_eval.load_offline_model(torch.float32)
 model = model.cuda()

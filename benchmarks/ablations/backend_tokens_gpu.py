@@ -7,9 +7,8 @@ The model is sparsified as `test_gpu_smollm2_triton_agrees_with_torch_per_layer`
 search, column-norm score, 4 x 64 random calibration tokens). Prints a timestamp with every line, so a
 call cut short by its time limit still shows how far it got. ROWS_DUMP as in `backend_agreement.py`.
 """
-import gzip
-import json
 import sys
+from pathlib import Path
 import time
 
 import torch
@@ -17,6 +16,9 @@ import torch
 import rsparse
 import rsparse.eval as rsparse_eval
 from rsparse.bench import decode_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accuracy_from_dump import use_dump  # noqa: E402  (the dump reader of `accuracy_from_dump.py --write` files)
 
 start = time.perf_counter()
 
@@ -26,9 +28,7 @@ def say(*a):
 
 
 if len(sys.argv) > 1 and sys.argv[1] != "-":
-    with gzip.open(sys.argv[1], "rt") as f:
-        rows = json.load(f)
-    rsparse_eval.read_offline_dataset = lambda name, subset=None: rows[f"{name}/{subset or 'none'}"]
+    use_dump(sys.argv[1])
 n_passages = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 
 model, tokenizer = rsparse_eval.load_offline_model(torch.float32)

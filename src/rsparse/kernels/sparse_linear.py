@@ -543,6 +543,10 @@ SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 WIDE_Z_STEPS = 8
 
 
+# Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
+COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
+
+
 def choose_config(
     n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False
 ) -> Config:
@@ -553,15 +557,14 @@ def choose_config(
         return _OVERRIDE[kind]
     if (not use_dot and n < 2 * m_total and SMALL_COMPACT_MIN_ELEMENTS <= n * m_total < COMPACT_MIN_ELEMENTS
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
-        return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
+        return COMPACT_CONFIG
     if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
         if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide):
-            # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
-            return Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
+            return COMPACT_CONFIG
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens (kernel run 10, one-wave grid), 16x512 tiles over 3 stages, 3 items per
