@@ -269,26 +269,11 @@ VARIANTS_RUN15 = {
     "acc2d 32,128,8,2": _A(32, 128, 8, 2),
     "shipped again": (None, {}),
 }
-# Kernel run 40 (twenty-second session): the inline launch with `group` neighbouring chunks sharing one window's
-# active rows evenly (a chunk of 112 channels alone keeps Binomial(112, density) rows, so the slowest program of the
-# tile streams about 2 steps more than the mean at 70 %), on down_proj (where the shipped rules take it) and on the
-# wide shapes (where run 8 found the spread made it lose at 50 %).
-_I = lambda g: K.Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1, group=g)  # noqa: E731
-VARIANTS_RUN40 = {
-    "shipped": (None, {}),
-    "inline g1": _I(1),
-    "inline g2": _I(2),
-    "inline g4": _I(4),
-    "inline g8": _I(8),
-    "inline g16": _I(16),
-    "shipped again": (None, {}),
-    "inline g8 again": _I(8),
-}
 VARIANT_SETS = {"run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
-                "run13": VARIANTS_RUN13, "lr13b": VARIANTS_LR13B, "run40": VARIANTS_RUN40}
+                "run13": VARIANTS_RUN13, "lr13b": VARIANTS_LR13B}
 CASES = ["gate/up 4096->14336", "down 14336->4096", "gate+up fused 4096->2x14336", "qkv fused + o", "k/v 4096->1024",
          "q/o 4096->4096", "qkv fused 4096->4096+1024+1024"]
 

@@ -157,7 +157,7 @@ def _residual_case(path, dtype, T, compact_path):
     from rsparse.kernels import sparse_linear as kernels
 
     if path != "splitk":
-        compact_path(path=path, block_k=4, block_m=16, programs_per_sm=8, group=3 if path == "inline" else 1)
+        compact_path(path=path, block_k=4, block_m=16, programs_per_sm=8)
     if path == "inline":
         gate, up, w, c, tau, li, lo, b = gated_args(T, 120, 45, dtype, "cpu", 0.4, bias=True, seed=3)
         run = lambda **kw: kernels.sparse_linear_silu_mul(gate, up, w, c, tau, li, lo, b, **kw)  # noqa: E731

@@ -314,28 +314,6 @@ def test_inline_path_matches_reference(shape, dtype, prefetch, compact_path, mon
 
 
 @needs_triton
-@pytest.mark.parametrize("group,prefetch,dtype", [(2, 1, torch.bfloat16), (3, 2, torch.float16), (64, 0, torch.bfloat16)],
-                         ids=str)
-@pytest.mark.parametrize("shape", [INLINE_SHAPES[0], INLINE_SHAPES[1], INLINE_SHAPES[4]], ids=str)
-def test_inline_groups_share_their_window_rows_and_match_reference(shape, group, prefetch, dtype, compact_path,
-                                                                     monkeypatch):
-    # Chunks in groups of 2, 3 and "all" (64 is clamped to the chunk count): the last group of
-    # 301 channels in 61 chunks of 5 is partial, and every program streams a share of its
-    # group's list that starts and ends on a step boundary.
-    from rsparse.kernels import compact_gemv
-
-    n, m, bias, active, pps = shape
-    compact_path(path="inline", prefetch=prefetch, programs_per_sm=pps, group=group)
-    groups = []
-    orig = compact_gemv._inline
-    monkeypatch.setattr(compact_gemv, "_inline", lambda *a, **k: groups.append(k["group"]) or orig(*a, **k))
-    for seed in range(2):
-        check(make_args(1, n, m, 0, dtype, "cpu", active, bias, seed=seed), dtype, "cpu")
-    assert groups == [group, group]
-    assert _workspace_is_zero()
-
-
-@needs_triton
 def test_inline_path_multi_projection_and_rank_fallback(compact_path, monkeypatch):
     from rsparse.kernels import compact_gemv
     from rsparse.kernels import sparse_linear as kernels
@@ -566,12 +544,10 @@ def test_gpu_torch_compile_fullgraph():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("path", ["compact", "inline", "inline group 8"])
+@pytest.mark.parametrize("path", ["compact", "inline"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gpu_compact_path_matches_reference(dtype, path, compact_path):
-    group = 8 if path == "inline group 8" else 1
-    path = path.split()[0]
-    compact_path(path=path, block_m=1024, group=group)
+    compact_path(path=path, block_m=1024)
     shapes = [(4096, 14336, 0, False, 0.5), (14336, 4096, 300, True, 0.4), (777, 333, 31, True, 0.7),
               (513, 1025, 9, False, 0.5), (4096, 1024, 64, True, 0.4)]
     if path == "inline":  # the one launch serves layers without rank
@@ -587,11 +563,9 @@ def test_gpu_compact_path_matches_reference(dtype, path, compact_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("path", ["compact", "inline", "inline group 8"])
+@pytest.mark.parametrize("path", ["compact", "inline"])
 def test_gpu_compact_path_graph_and_compile(path, compact_path):
-    group = 8 if path == "inline group 8" else 1
-    path = path.split()[0]
-    compact_path(path=path, block_m=1024, group=group)
+    compact_path(path=path, block_m=1024)
     mod = _gpu_module(rank=0 if path == "inline" else 32)
     x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     mod(x)  # compile outside the capture (and create the workspace)

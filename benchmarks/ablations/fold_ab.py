@@ -8,7 +8,6 @@ the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or 
     python benchmarks/ablations/fold_ab.py --targets 0.4 0.5 0.7 --variants shipped "two ahead" "every item, two ahead" off \
         --out $OUT/fold_ab.json
     python benchmarks/ablations/fold_ab.py --inductor-pdl --targets 0.7 0.5 --variants shipped --out $OUT/ipdl.json  # run 34
-    python benchmarks/ablations/fold_ab.py --targets 0.7 0.5 --variants shipped "group 8" shipped "group 8" --out $OUT/g.json
 
 ``--inductor-pdl`` turns on programmatic dependent launch for inductor's own kernels for the whole process, dense
 included (decode run 34: it helps the dense model, not the sparse one).
@@ -34,14 +33,12 @@ def main() -> None:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
                    choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
-                            "compact attention", "compact attention, any", "group 2", "group 4", "group 8",
-                            "group 16"],
+                            "compact attention", "compact attention, any"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
                         "(compact_gemv.LAUNCH_PDL); compact attention: q/k/v and o launches through the compact path at up to 35 %% "
-                        "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\"); group N: the inline launch (down_proj) "
-                        "shares each window of N chunks' active rows evenly (INLINE_GROUP)")
+                        "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\")")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -59,7 +56,7 @@ def main() -> None:
     from rsparse.kernels import sparse_linear as kernels
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
-    shipped_small, shipped_group = kernels.SMALL_COMPACT_MAX_ACTIVE, kernels.INLINE_GROUP
+    shipped_small = kernels.SMALL_COMPACT_MAX_ACTIVE
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 
@@ -87,7 +84,6 @@ def main() -> None:
             compact_gemv.LAUNCH_PDL = {"pdl": True, "no pdl": False}.get(variant, shipped_pdl)
             kernels.SMALL_COMPACT_MAX_ACTIVE = {"compact attention": 0.35, "compact attention, any": 1.0}.get(
                 variant, shipped_small)
-            kernels.INLINE_GROUP = int(variant.split()[1]) if variant.startswith("group ") else shipped_group
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
@@ -95,7 +91,6 @@ def main() -> None:
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
-        kernels.INLINE_GROUP = shipped_group
         rsparse.set_backend("auto")
         del model
 

@@ -413,24 +413,18 @@ def silu_mul(g, u, DTYPE: tl.constexpr, EXACT_EXP: tl.constexpr):
 
 @triton.jit
 def _inline_item(
-    chunk, tile, chunks, rows, group, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
+    chunk, tile, chunks, rows, x_ptr, u_ptr, n, c_ptr, tau_ptr, w_ptr, stride_w, idx_ptr, xs_ptr,
     ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, res_ptr,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, HAS_RES: tl.constexpr,
 ):
-    # The `group` chunks [g0, g0 + members) share one window of channels: every program of the
-    # group computes the window's mask and exclusive prefix sum, then streams an equal share of
-    # the window's active rows (whole steps), so no program of the group runs more than one step
-    # longer than another (a chunk alone keeps Binomial(rows, density) rows: at 70 % the slowest
-    # of 528 chunks streams about 6 steps against a mean of 4).  A program writes the index and
-    # fp32 x of its own share only; the tiles' programs of one share write the same values to
-    # the same slots, so the lists need no cross-program order, and the barrier makes this
-    # program's stores visible to all its threads.  group = 1: a chunk compacts its own channels.
-    g0 = (chunk // group) * group
-    members = tl.minimum(group, chunks - g0)
-    k0 = g0 * rows
+    # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
+    # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
+    # the chunk writes the same values to the same slots, so the lists need no cross-program
+    # order; the barrier makes this program's stores visible to all its threads.
+    k0 = chunk * rows
     offs = k0 + tl.arange(0, CHUNK)
-    ok = (offs < k0 + members * rows) & (offs < n)
+    ok = (offs < k0 + rows) & (offs < n)
     xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if SILU_MUL:  # x_ptr holds the gate, u_ptr the up projection: the input is silu(gate) * up
         xf = silu_mul(xf, tl.load(u_ptr + offs, mask=ok, other=0.0).to(tl.float32), x_ptr.dtype.element_ty, EXACT_EXP)
@@ -440,24 +434,19 @@ def _inline_item(
     a = act.to(tl.int32)
     pos = tl.cumsum(a, axis=0) - a
     count = tl.sum(a, axis=0)
-    steps = tl.cdiv(count, BLOCK_K)
-    share = chunk - g0
-    q0 = tl.multiple_of((share * steps // members) * BLOCK_K, BLOCK_K)
-    q1 = tl.minimum(((share + 1) * steps // members) * BLOCK_K, count)
-    mine = act & (pos >= q0) & (pos < q1)
-    tl.store(idx_ptr + pos, offs, mask=mine)
-    tl.store(xs_ptr + pos, xf, mask=mine)
+    tl.store(idx_ptr + pos, offs, mask=act)
+    tl.store(xs_ptr + pos, xf, mask=act)
     tl.debug_barrier()
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, q0, q1, offs_m, m_ok, True, PREFETCH, BLOCK_K, True)
+    acc = _stream(acc, w_ptr, stride_w, xs_ptr, idx_ptr, 0, count, offs_m, m_ok, True, PREFETCH, BLOCK_K, True)
     _add_partial(acc, tile, chunks, ws_ptr, tcnt_ptr, bias_ptr, out_ptr, offs_m, m_ok, res_ptr, HAS_BIAS, BLOCK_M, HAS_RES)
 
 
 @triton.jit
 def _inline_kernel(
-    x_ptr, u_ptr, n, chunks, rows, group, list_stride,
+    x_ptr, u_ptr, n, chunks, rows, list_stride,
     c0, tau0, w0, sw0, idx0, xs0, ws0, tc0, b0, out0, m0, tiles0,
     c1, tau1, w1, sw1, idx1, xs1, ws1, tc1, b1, out1, m1, tiles1,
     c2, tau2, w2, sw2, idx2, xs2, ws2, tc2, b2, out2, m2, tiles2,
@@ -472,15 +461,15 @@ def _inline_kernel(
     tiles = tiles0 + tiles1 + tiles2
     chunk = pid // tiles
     tile = pid % tiles
-    lst = (chunk // group) * list_stride  # one list per group of chunks
+    lst = chunk * list_stride
     if tile < tiles0:
-        _inline_item(chunk, tile, chunks, rows, group, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
+        _inline_item(chunk, tile, chunks, rows, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
                      res_ptr, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0)
     elif tile < tiles0 + tiles1:
-        _inline_item(chunk, tile - tiles0, chunks, rows, group, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
+        _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
                      out1, m1, res_ptr, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
     else:
-        _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, group, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
+        _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
                      tc2, b2, out2, m2, res_ptr, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
 
 
@@ -607,7 +596,6 @@ def compact_gemv(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
-    group: int = 1,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -636,9 +624,6 @@ def compact_gemv(
             ``norm_eps``.
         residual (`torch.Tensor`, *optional*): ``[1, m]``, one projection only: the output is then
             ``residual + y``, added by the program that writes each output tile.
-        group (`int`): inline launch only: neighbouring chunks that mask one shared window and
-            split its active rows evenly (at most `INLINE_MAX_WINDOW` channels a window); 1: each
-            program streams its own chunk's rows.
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -679,7 +664,7 @@ def compact_gemv(
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl, group=group)
+                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl)
     if up is not None:
         x = torch.nn.functional.silu(x) * up
 
@@ -728,35 +713,31 @@ def compact_gemv(
     return outs
 
 
-INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` owns
-INLINE_MAX_WINDOW = 2048  # channels a program of `_inline_kernel` masks in registers (its group's window)
+INLINE_MAX_CHUNK = 1024  # channels a program of `_inline_kernel` compacts in registers
 PRENORM_MAX_N = 16384  # widest residual stream a program loads whole to fold the RMSNorm
 
 
 def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None,
-            residual=None, pdl=False, group=1):
-    # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels;
-    # `group` neighbouring chunks share their window's active rows out evenly (`_inline_item`).
-    # With `up`, the input silu(x) * up is formed by the programs as they load their window.
+            residual=None, pdl=False):
+    # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
+    # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
     k = len(weight_t)
     ms = [w.shape[1] for w in weight_t]
-    group = max(1, min(group, chunks, INLINE_MAX_WINDOW // next_power_of_2(rows)))
-    chunk_p2 = next_power_of_2(group * rows)
-    groups = cdiv(chunks, group)
+    chunk_p2 = next_power_of_2(rows)
     # Persistent zeroed state: tile counters | split-K sums (each call leaves them zero).
     sizes = tiles + ms
     _, parts = workspace_parts(x.device, sizes, int32=tuple(range(k)))
     tcnt, ws = parts[:k], parts[k:]
-    # Per projection and group, a list of up to `group * rows` active channels plus the 3 * block_k
-    # slots `_stream` reads ahead unmasked; slots past a program's share are never used.
+    # Per projection and chunk, a list of up to `rows` active channels plus the 3 * block_k
+    # slots `_stream` reads ahead unmasked; slots past a chunk's count are never used.
     stride = cdiv(chunk_p2 + 3 * block_k, 4) * 4
-    lists = torch.empty(2 * k * groups * stride, dtype=torch.float32, device=x.device)
-    per = groups * stride
+    lists = torch.empty(2 * k * chunks * stride, dtype=torch.float32, device=x.device)
+    per = chunks * stride
     idx = [lists[2 * i * per : (2 * i + 1) * per].view(torch.int32) for i in range(k)]
     xs = [lists[(2 * i + 1) * per : (2 * i + 2) * per] for i in range(k)]
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
-    args = [x, x if up is None else up, n, chunks, rows, group, stride]
+    args = [x, x if up is None else up, n, chunks, rows, stride]
     has_bias = []
     for j, real in _slots(k):
         b = bias[j] if real else None

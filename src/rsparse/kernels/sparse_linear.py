@@ -501,7 +501,6 @@ class Config:
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool | None = None  # programmatic dependent launch of every launch (None: compact_gemv.LAUNCH_PDL)
     z_steps: int | None = None  # z items: steps of block_kz channels per item (None: Z_STEPS)
-    group: int = 1  # inline path: chunks that share one window's active rows evenly
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -538,9 +537,6 @@ INLINE_MAX_ACTIVE = 0.55
 # 0.7 decode step moved by under 0.3 %. Kept at 0, as a knob for `benchmarks/ablations/fold_ab.py`.
 SMALL_COMPACT_MAX_ACTIVE = 0.0
 SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
-# Chunks of the inline launch that share one window's active rows evenly (`Config.group`; 1: each
-# program streams its own chunk). Not yet measured on the GPU: kept at 1 until a run shows a gain.
-INLINE_GROUP = 1
 # z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
 # path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
 # of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
@@ -565,8 +561,7 @@ def choose_config(
     if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
-            return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1,
-                          group=INLINE_GROUP)
+            return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
         if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide):
             return COMPACT_CONFIG
@@ -691,8 +686,6 @@ def sparse_linear_multi(
     cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
-    if cfg.group < 1:
-        raise ValueError(f"Config.group must be at least 1 (chunks per shared window), got {cfg.group}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
         return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
                              norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
@@ -791,7 +784,6 @@ def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bia
         block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
         num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
         inline=cfg.path == "inline", up=up, norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
-        group=cfg.group,
     )
 
 
