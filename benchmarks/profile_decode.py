@@ -14,6 +14,8 @@ step's span: the gaps between kernels that a smaller kernel count would save.
     python benchmarks/profile_decode.py --out $OUT --norms-removed  # and a bound: 0.5, 0.7 with no decoder RMSNorm
     python benchmarks/profile_decode.py --out $OUT --adds-removed   # and one with neither norms nor residual adds
     python benchmarks/profile_decode.py --out $OUT --fold-ab        # and 0.5, 0.7 with rsparse.fuse_norm off
+    TORCH_LOGS=output_code python benchmarks/profile_decode.py --out $OUT --targets 0.7 2> $OUT/output_code.log
+        # and inductor's generated code, to read what each of its kernels (full names in the JSON) computes
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def profile_variant(model, steps: int, prompt_len: int, cache_len: int | None = 
         "kernels_per_step_by_kind": dict(count_kind),
         "rsparse_by_position_in_layer": by_position,
         "top_kernels": [
-            {"name": n[:160], "kind": kind_of(n), "per_step": len(d) / steps, "us_per_step": sum(d) / steps,
+            {"name": n, "kind": kind_of(n), "per_step": len(d) / steps, "us_per_step": sum(d) / steps,
              "median_us": sorted(d)[len(d) // 2]}
             for n, d in top
         ],
