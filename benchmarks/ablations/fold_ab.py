@@ -8,6 +8,8 @@ the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or 
     python benchmarks/ablations/fold_ab.py --targets 0.4 0.5 0.7 --variants shipped "two ahead" "every item, two ahead" off \
         --out $OUT/fold_ab.json
     python benchmarks/ablations/fold_ab.py --inductor-pdl --targets 0.7 0.5 --variants shipped --out $OUT/ipdl.json  # run 34
+    python benchmarks/ablations/fold_ab.py --targets 0.7 --variants shipped "no q rotary (bound)" "no rotary (bound)" shipped \
+        --out $OUT/rotary_bound.json   # what folding the rotary embedding into the q/k/v launch could save at most
 
 ``--inductor-pdl`` turns on programmatic dependent launch for inductor's own kernels for the whole process, dense
 included (decode run 34: it helps the dense model, not the sparse one).
@@ -33,12 +35,14 @@ def main() -> None:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
                    choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
-                            "compact attention", "compact attention, any"],
+                            "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
                         "(compact_gemv.LAUNCH_PDL); compact attention: q/k/v and o launches through the compact path at up to 35 %% "
-                        "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\")")
+                        "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\"); no q rotary / no rotary (bound): shipped, with "
+                        "the rotary embedding of q (or of q and k) skipped, wrong outputs: what folding it into the "
+                        "q/k/v launch could save at most")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -57,6 +61,14 @@ def main() -> None:
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
     shipped_small = kernels.SMALL_COMPACT_MAX_ACTIVE
+    import transformers.models.llama.modeling_llama as llama
+
+    shipped_rotary = llama.apply_rotary_pos_emb
+
+    def k_rotary_only(q, k, cos, sin, *rest, **kw):  # a bound: q leaves unrotated (outputs are wrong)
+        return q, shipped_rotary(k, k, cos, sin, *rest, **kw)[1]
+
+    bounds = {"no q rotary (bound)": k_rotary_only, "no rotary (bound)": lambda q, k, *rest, **kw: (q, k)}
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 
@@ -84,6 +96,7 @@ def main() -> None:
             compact_gemv.LAUNCH_PDL = {"pdl": True, "no pdl": False}.get(variant, shipped_pdl)
             kernels.SMALL_COMPACT_MAX_ACTIVE = {"compact attention": 0.35, "compact attention, any": 1.0}.get(
                 variant, shipped_small)
+            llama.apply_rotary_pos_emb = bounds.get(variant, shipped_rotary)  # read by LlamaAttention.forward at call time
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
@@ -91,6 +104,7 @@ def main() -> None:
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
+        llama.apply_rotary_pos_emb = shipped_rotary
         rsparse.set_backend("auto")
         del model
 
