@@ -10,6 +10,7 @@ the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or 
     python benchmarks/ablations/fold_ab.py --inductor-pdl --targets 0.7 0.5 --variants shipped --out $OUT/ipdl.json  # run 34
     python benchmarks/ablations/fold_ab.py --targets 0.7 --variants shipped "no q rotary (bound)" "no rotary (bound)" shipped \
         --out $OUT/rotary_bound.json   # what folding the rotary embedding into the q/k/v launch could save at most
+    python benchmarks/ablations/fold_ab.py --targets 0.7 0.5 --variants shipped "rope fold" shipped "rope fold" --out $OUT/rope.json
 
 ``--inductor-pdl`` turns on programmatic dependent launch for inductor's own kernels for the whole process, dense
 included (decode run 34: it helps the dense model, not the sparse one).
@@ -35,14 +36,15 @@ def main() -> None:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
                    choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
-                            "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)"],
+                            "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)", "rope fold"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
                         "(compact_gemv.LAUNCH_PDL); compact attention: q/k/v and o launches through the compact path at up to 35 %% "
                         "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\"); no q rotary / no rotary (bound): shipped, with "
                         "the rotary embedding of q (or of q and k) skipped, wrong outputs: what folding it into the "
-                        "q/k/v launch could save at most")
+                        "q/k/v launch could save at most; rope fold: the rotary embedding of q and k folded into the q/k/v "
+                        "launch (rsparse.fuse_norm.FOLD_ROPE)")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -61,6 +63,9 @@ def main() -> None:
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
     shipped_small = kernels.SMALL_COMPACT_MAX_ACTIVE
+    import rsparse.fuse_norm as fuse_norm
+
+    shipped_rope = fuse_norm.FOLD_ROPE
     import transformers.models.llama.modeling_llama as llama
 
     shipped_rotary = llama.apply_rotary_pos_emb
@@ -97,6 +102,7 @@ def main() -> None:
             kernels.SMALL_COMPACT_MAX_ACTIVE = {"compact attention": 0.35, "compact attention, any": 1.0}.get(
                 variant, shipped_small)
             llama.apply_rotary_pos_emb = bounds.get(variant, shipped_rotary)  # read by LlamaAttention.forward at call time
+            fuse_norm.FOLD_ROPE = variant == "rope fold" or (shipped_rope and variant == "shipped")
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
@@ -105,6 +111,7 @@ def main() -> None:
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
         llama.apply_rotary_pos_emb = shipped_rotary
+        fuse_norm.FOLD_ROPE = shipped_rope
         rsparse.set_backend("auto")
         del model
 
