@@ -1,0 +1,89 @@
+"""Compile the split-K decode launch (`rsparse.kernels.sparse_linear._splitk_kernel`) for sm_90 without a GPU
+and print registers and local memory per variant (cuobjdump on the cubin Triton builds): the one-token q/k/v launch of a
+Llama-3-8B layer with the folded norm, with and without ranks, with and without the folded rotary embedding.
+
+Register allocation is static: registers an epilogue needs are paid by every weight item, and above 128 per
+thread (4 warps) a multiprocessor holds fewer than the 4 programs the one-wave grid plans. Use a Triton wheel
+that matches the GPU image (3.6.0) in its own environment; torch comes from another one appended to sys.path:
+
+    /tmp/t36/bin/python tools/aot_check_splitk.py --torch-site /work/venv/lib/python3.11/site-packages
+"""
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--torch-site", default="", help="site-packages with torch, when this Python has none")
+args = ap.parse_args()
+if args.torch_site:
+    sys.path.append(args.torch_site)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from rsparse.kernels.sparse_linear import _splitk_kernel  # noqa: E402
+
+print("triton", triton.__version__, file=sys.stderr)
+TARGET = GPUTarget("cuda", 90, 32)
+F32_PTRS = ("c", "tau", "z", "ws")
+INT_PTRS = ("zc", "cnt", "gcnt_ptr")
+FLOATS = ("eps",)
+# Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides).
+DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r")
+
+
+def compile_splitk(dtype: str, const: dict, warps: int = 4):
+    sig, attrs = {}, {}
+    names = _splitk_kernel.arg_names
+    for i, a in enumerate(names):
+        if a in const:
+            sig[a] = "constexpr"
+            continue
+        base = a.rstrip("012") if a not in ("gcnt_ptr",) else a
+        if base in INT_PTRS:
+            sig[a] = "*i32"
+        elif base in F32_PTRS:
+            sig[a] = "*fp32"
+        elif base in FLOATS:
+            sig[a] = "fp32"
+        elif a.endswith("_ptr") or base in ("w", "li", "lo", "b", "out"):
+            sig[a] = f"*{dtype}"
+        else:
+            sig[a] = "i32"
+        if sig[a].startswith("*") or base in DIV16:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(_splitk_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": 1})
+
+
+def resource_report(k) -> str:
+    """Registers, stack and local memory of the cubin Triton built (its own ptxas), read with cuobjdump."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    usage = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    return "registers {} stack {} shared {} local {}".format(*usage[0]) if usage else f"no usage line: {out[-200:]!r}"
+
+
+for dtype in ("bf16", "fp16"):
+    for ranks in (False, True):
+        for rope in (0, 2):
+            prenorm = not ranks  # the split-K launch folds the norm only without rank
+            const = dict(
+                T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
+                BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
+                RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
+                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, ROPE_COUNT=rope, HEAD=128 if rope else 2,
+            )
+            try:
+                report = resource_report(compile_splitk(dtype, const))
+            except Exception as e:  # a variant that does not build is the finding
+                report = f"FAILED {e!r}"[:300]
+            print(f"{dtype} ranks={ranks} rope_count={rope}: {report}", flush=True)
