@@ -691,9 +691,9 @@ def sparse_linear_multi(
     the output is ``residual + y``, added where each output tile is written.  ``rope`` (``(cos, sin,
     count)``): the first ``count`` outputs get their rotary embedding, in the split-K launch's epilogue
     for one token (bf16/fp16), by `rsparse.ops.reference.rope_reference` after the launch otherwise."""
-    if rope is not None and not rope_in_launch(x, weight_t, rope, choose_config(
-            x.shape[1], sum(w.shape[1] for w in weight_t), x.shape[0] > 1 and x.dtype != torch.float32,
-            x.element_size(), active_fraction, any(li.shape[1] for li in lowrank_in))):
+    ms = [w.shape[1] for w in weight_t]
+    rs = [li.shape[1] for li in lowrank_in]
+    if rope is not None and not rope_in_launch(x, weight_t, rope, _launch_config(x, ms, rs, active_fraction)):
         cos, sin, count = rope
         outs = sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction,
                                    norm_weight, norm_eps, residual)
@@ -716,8 +716,6 @@ def sparse_linear_multi(
     T, n = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    ms = [w.shape[1] for w in weight_t]
-    rs = [li.shape[1] for li in lowrank_in]
     outs = [x.new_empty(T, m) for m in ms] if out is None else out
     if T == 0:
         return outs
@@ -726,7 +724,7 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
+    cfg = _launch_config(x, ms, rs, active_fraction)
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
@@ -820,6 +818,12 @@ def sparse_linear_multi(
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
+
+
+def _launch_config(x: torch.Tensor, ms: list[int], rs: list[int], active_fraction: float) -> Config:
+    """`choose_config` for a call of `sparse_linear_multi` on ``x`` ``[T, n]`` (fp32 always takes the one-token code)."""
+    use_dot = x.shape[0] > 1 and x.dtype != torch.float32
+    return choose_config(x.shape[1], sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
 
 
 def rope_in_launch(x: torch.Tensor, weight_t: list[torch.Tensor], rope, cfg: Config) -> bool:
