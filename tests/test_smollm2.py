@@ -2,6 +2,7 @@
 
 import copy
 import importlib.util
+import shutil
 
 import pytest
 import torch
@@ -43,12 +44,20 @@ def test_kept_fraction_on_heldout_text(smollm2, target, search):
     assert out.shape == (1, 40)
 
 
+def size(folder):
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
 def test_save_load_round_trip_and_size(smollm2, tmp_path):
     model, calib, heldout = smollm2
     dense = copy.deepcopy(model)
     dense.hf_quantizer.remove_quantization_config(dense)  # the GGUF loader's marker blocks saving
     dense.save_pretrained(tmp_path / "dense")
     del dense
+    # Each fp32 copy of this model is about 0.5 GB: keep at most one on disk at a time, so the
+    # test runs on a nearly full disk too.
+    dense_size = size(tmp_path / "dense")
+    shutil.rmtree(tmp_path / "dense")
     sparse = copy.deepcopy(model)
     rsparse.sparsify(
         sparse, 0.5, calibration=calib[:4], config=rsparse.RSparseConfig(search_evaluations=4), show_progress=False
@@ -61,13 +70,10 @@ def test_save_load_round_trip_and_size(smollm2, tmp_path):
         with torch.no_grad():
             assert torch.equal(loaded(heldout[:2]).logits, sparse(heldout[:2]).logits)
 
-    def size(folder):
-        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
     # The weights are stored once (transposed); what comes on top is the low-rank factors of
     # the layers the search gave a rank, and c/tau.
     factors = sum(b.r * (b.in_features + b.out_features) for b in sparse.rsparse_config.layers.values()) * 4
-    assert size(tmp_path / "sparse") <= 1.01 * size(tmp_path / "dense") + factors
+    assert size(tmp_path / "sparse") <= 1.01 * dense_size + factors
 
     prompt = heldout[:1, :16]
     kw = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
@@ -76,6 +82,8 @@ def test_save_load_round_trip_and_size(smollm2, tmp_path):
     # bf16 (loaded as bf16, so that its rotary tables are built as a bf16 model builds them; c and
     # tau stay fp32) survives a second trip bit for bit too.
     sparse = rsparse.from_pretrained(tmp_path / "sparse", dtype=torch.bfloat16)
+    del loaded
+    shutil.rmtree(tmp_path / "sparse")
     sparse.save_pretrained(tmp_path / "bf16")
     loaded = rsparse.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
     assert loaded.get_submodule("model.layers.0.mlp.up_proj").weight_t.dtype == torch.bfloat16
