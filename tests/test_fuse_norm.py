@@ -5,6 +5,7 @@ the ops' ``norm_weight`` and ``residual`` arguments on the PyTorch reference and
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 
 import pytest
@@ -250,12 +251,13 @@ def _folded_calls(model, monkeypatch):
 
 
 @pytest.mark.parametrize("rope", [False, True], ids=["norms", "norms and rotary"])
-@pytest.mark.parametrize("family", ["llama3", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["llama3", "qwen3", "mistral", "qwen2"])
 def test_folded_layers_give_the_models_own_logits(family, rope, monkeypatch):
     # The PyTorch reference forms the norm, the add and the rotary embedding with the model's own
     # ops, so the folded decode steps are the model's to the bit; prefill (many tokens) runs the
     # class's forward. The rotary embedding folds only where the attention forward has Llama's form
-    # (not Qwen3's, which normalises q and k per head first).
+    # (Mistral's and Qwen2's add a sliding-window setting; Qwen2's q/k/v have biases), not Qwen3's,
+    # which normalises q and k per head first.
     import rsparse.fuse_norm as fuse_norm
 
     monkeypatch.setattr(fuse_norm, "FOLD_ROPE", rope)
@@ -274,8 +276,35 @@ def test_folded_layers_give_the_models_own_logits(family, rope, monkeypatch):
         seq0, logits0 = _decode(model, ids)
     assert folded == 5 * len(model.model.layers)  # every decode step after the first token, every layer
     assert sum(calls) == folded  # none with fusion off
-    assert sum(ropes) == (folded if rope and family == "llama3" else 0)
+    assert sum(ropes) == (folded if rope and family != "qwen3" else 0)
     assert torch.equal(seq, seq0) and torch.equal(logits, logits0)
+
+
+def test_the_rotary_folds_only_for_llamas_rotation():
+    # An attention forward of Llama's form whose module rotates otherwise (a partial rotary, say), or
+    # that reads a name beyond Llama's and the sliding-window setting, keeps its own rotation.
+    import types as pytypes
+
+    import rsparse.fuse_norm as fuse_norm
+    from transformers.models.llama import modeling_llama
+
+    fn = inspect.unwrap(modeling_llama.LlamaAttention.forward)
+
+    def attention_class(apply_rotary_pos_emb, code=fn.__code__):
+        forward = pytypes.FunctionType(code, dict(fn.__globals__, apply_rotary_pos_emb=apply_rotary_pos_emb))
+        return type("Attention", (), {"forward": forward})
+
+    assert fuse_norm._rope_free_forward(attention_class(modeling_llama.apply_rotary_pos_emb)) is not None
+
+    def partial_rotary(q, k, cos, sin):
+        d = q.shape[-1] // 2
+        rotate = modeling_llama.apply_rotary_pos_emb
+        q_rot, k_rot = rotate(q[..., :d], k[..., :d], cos[..., :d], sin[..., :d])
+        return torch.cat((q_rot, q[..., d:]), -1), torch.cat((k_rot, k[..., d:]), -1)
+
+    assert fuse_norm._rope_free_forward(attention_class(partial_rotary)) is None
+    extra = fn.__code__.replace(co_names=fn.__code__.co_names + ("q_norm",))
+    assert fuse_norm._rope_free_forward(attention_class(modeling_llama.apply_rotary_pos_emb, extra)) is None
 
 
 def test_other_layers_and_calls_keep_the_class_forward(monkeypatch):

@@ -46,7 +46,7 @@ __all__ = ["link_norm_layers", "is_norm_layer", "set_norm_fusion", "FoldSlot"]
 
 _LAYER_NAMES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 # The rotary embedding of q and k taken into the q/k/v launch's epilogue as well, where the attention
-# module's forward has Llama's form (`_rope_free_forward`). Built in the twenty-second session, not yet
+# module's forward has Llama's form (`_rope_free_forward`: Llama, Mistral, Qwen2). Built in the twenty-second session, not yet
 # timed on the GPU (benchmarks/NOTES.md): off until a decode run shows it pays.
 FOLD_ROPE = False
 _NORM_NAMES = ("dtype", "to", "torch", "float32", "pow", "mean", "rsqrt", "variance_epsilon", "weight")
@@ -164,14 +164,44 @@ def _llama_attention_names() -> tuple | None:
 _ROPE_FREE: dict[type, object] = {}
 
 
+# Names an attention forward may read besides Llama's that only pass a setting to the attention function:
+# Mistral's `getattr(self.config, "sliding_window", None)` and Qwen2's `self.sliding_window`.
+_ATTENTION_SETTINGS = frozenset({"getattr", "sliding_window"})
+
+
+def _rotates_as_llama(apply_rotary_pos_emb) -> bool:
+    """Whether a module's ``apply_rotary_pos_emb`` gives `rope_reference`'s result to the bit on random
+    inputs: Llama's whole-head rotation (``rotate_half``), whatever form transformers wraps it in."""
+    from rsparse.ops.reference import rope_reference
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 1, 8, generator=g) for _ in range(2))
+    cos, sin = (torch.randn(1, 1, 8, generator=g) for _ in range(2))
+    try:
+        q_rot, k_rot = apply_rotary_pos_emb(q, k, cos, sin)
+    except Exception:
+        return False
+    return all(
+        torch.equal(out.reshape(1, 16), rope_reference(x.reshape(1, 16), cos, sin)) for out, x in ((q_rot, q), (k_rot, k))
+    )
+
+
 def _rope_free_forward(cls: type):
     """``cls.forward`` (undecorated) with its ``apply_rotary_pos_emb`` a no-op, for an attention class whose
-    forward reads exactly the names of Llama's (so it projects, rotates q and k with ``position_embeddings``,
-    updates the cache and attends, and nothing else: not Qwen3's per-head norms or Phi-3's partial rotary);
-    None otherwise. The q/k/v launch then returns q and k rotated already."""
+    forward reads Llama's names (so it projects, rotates q and k with ``position_embeddings``, updates the
+    cache and attends, and nothing else: not Qwen3's per-head norms or Phi-3's partial rotary), plus at most
+    a sliding-window setting for the attention function (Mistral, Qwen2), and whose module's
+    ``apply_rotary_pos_emb`` rotates as Llama's; None otherwise. The q/k/v launch then returns q and k
+    rotated already."""
     fn = inspect.unwrap(cls.forward)
     code = getattr(fn, "__code__", None)
-    if code is None or code.co_names != _llama_attention_names() or "apply_rotary_pos_emb" not in code.co_names:
+    llama = _llama_attention_names()
+    if code is None or llama is None or "apply_rotary_pos_emb" not in code.co_names:
+        return None
+    names = set(code.co_names)
+    if not set(llama) <= names or not names - set(llama) <= _ATTENTION_SETTINGS:
+        return None
+    if not _rotates_as_llama(fn.__globals__.get("apply_rotary_pos_emb")):
         return None
     own_globals = dict(fn.__globals__, apply_rotary_pos_emb=_rope_already_applied)
     rope_free = types.FunctionType(code, own_globals, fn.__name__, fn.__defaults__, fn.__closure__)
