@@ -208,7 +208,8 @@ def run(args) -> None:
     meta = {
         "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-        "model": args.model or (f"{SHAPES[args.shape][1]} shape, random weights" + (f", {args.layers} layers" if args.layers else "")),
+        "model": args.model or (f"{SHAPES[args.shape][1]} shape" + (" at tiny widths" if args.tiny else "") + ", random weights"
+                                + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
         "seed": SEED, "calibration": f"{args.calibration} random tokens",
         "kept_fraction_steps": f"{args.kept_steps} eager decode steps after a {min(args.prompts)}-token random prompt", "backend_sparse": "triton",
