@@ -34,17 +34,17 @@ def _restore_backend():
     backend._backend = "auto"
 
 
-def normed_args(n, ms, ranks, dtype, device, active=0.5, seed=0, eps=1e-5):
+def normed_args(n, ms, ranks, dtype, device, active=0.5, seed=0, eps=1e-5, biases=1):
     """A residual stream ``h``, a norm weight, and one layer per width whose ``tau`` sits in the
     widest gap of the scores near ``active``: an input rounded an ulp apart (another order of the
-    sum of squares) keeps the same channels."""
+    sum of squares) keeps the same channels. The first ``biases`` layers have a bias."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     h = (torch.randn(1, n, generator=g) * 3).to(dtype=dtype, device=device)
     weight = (torch.rand(n, generator=g) + 0.5).to(dtype=dtype, device=device)
     x = rms_norm_reference(h, weight, eps)
     layers = []
     for i, (m, r) in enumerate(zip(ms, ranks)):
-        _, w, c, _, li, lo, b = make_args(1, n, m, r, dtype, device, active, bias=i == 0, seed=seed + 10 + i)
+        _, w, c, _, li, lo, b = make_args(1, n, m, r, dtype, device, active, bias=i < biases, seed=seed + 10 + i)
         score = (x.abs().float() * c).flatten().sort().values
         k = min(max(int(round((1 - active) * n)), 1), n - 1)
         lo_k, hi_k = max(k - n // 8, 0), min(k + n // 8, n - 1)
@@ -116,9 +116,10 @@ def test_splitk_launch_folds_the_norm(case, dtype, ahead, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("block_m", [1024, 32], ids=["one tile", "tiles of two heads"])
 @pytest.mark.parametrize("ranks", [(0, 0, 0), (4, 0, 3)], ids=["no rank", "ranks"])
-def test_qkv_launch_folds_the_rotary_embedding(ranks, block_m, dtype):
+@pytest.mark.parametrize("biases", [1, 3], ids=["bias on q", "bias on q, k and v (Qwen2)"])
+def test_qkv_launch_folds_the_rotary_embedding(biases, ranks, block_m, dtype):
     # q (4 heads of 16), k and v (2 heads each): q and k leave the launch rotated as
-    # `rope_reference` rotates the launch's own unrotated outputs; v is untouched. fp16 rounds
+    # `rope_reference` rotates the launch's own unrotated outputs (bias included); v is untouched. fp16 rounds
     # like PyTorch to the bit; the interpreter casts fp32 -> bf16 by truncation where the epilogue
     # rounds to nearest, so bf16 is held to its rounding; fp32 is rotated after the launch.
     from rsparse.kernels import sparse_linear as kernels
@@ -127,8 +128,9 @@ def test_qkv_launch_folds_the_rotary_embedding(ranks, block_m, dtype):
     if block_m != 1024:
         kernels.set_config(kernels.Config(block_m=block_m, block_k=8, programs_per_sm=4), "gemv1")
     try:
-        h, weight, eps, x, layers = normed_args(70, [64, 32, 32], list(ranks), dtype, "cpu")
+        h, weight, eps, x, layers = normed_args(70, [64, 32, 32], list(ranks), dtype, "cpu", biases=biases)
         lists = [list(a) for a in zip(*layers)]
+        assert sum(b is not None for b in lists[-1]) == biases
         g = torch.Generator().manual_seed(1)
         cos, sin = (torch.randn(1, 1, 16, generator=g).to(dtype) for _ in range(2))
         plain = kernels.sparse_linear_multi(h, *lists, norm_weight=weight, norm_eps=eps)
