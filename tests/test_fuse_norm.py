@@ -353,20 +353,23 @@ def test_folded_layers_on_the_triton_kernels(dtype, monkeypatch):
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ranks", [(0, 0, 0), (64, 16, 16)], ids=["no rank", "ranks"])
-def test_gpu_qkv_launch_folds_the_rotary_embedding(ranks, dtype):
-    # Llama-3-8B's q/k/v (32 and 8 heads of 128) through the split-K launch: q and k rotated in the
-    # epilogue (bf16/fp16; fp32 after the launch) as `rope_reference` rotates the plain outputs.
+@pytest.mark.parametrize("shape", [(4096, (4096, 1024, 1024), 1), (3584, (3584, 512, 512), 3)], ids=["llama3-8b", "qwen2.5-7b"])
+def test_gpu_qkv_launch_folds_the_rotary_embedding(shape, ranks, dtype):
+    # Llama-3-8B's q/k/v (32 and 8 heads of 128) and Qwen2.5-7B's (28 and 4 heads, a bias on each)
+    # through the split-K launch: q and k rotated in the epilogue (bf16/fp16; fp32 after the
+    # launch) as `rope_reference` rotates the plain outputs.
     from rsparse.kernels import sparse_linear as kernels
     from rsparse.ops.reference import rope_reference
 
-    h, weight, eps, x, layers = normed_args(4096, [4096, 1024, 1024], list(ranks), dtype, "cuda", 0.3, seed=5)
+    n, ms, biases = shape
+    h, weight, eps, x, layers = normed_args(n, list(ms), list(ranks), dtype, "cuda", 0.3, seed=5, biases=biases)
     lists = [list(a) for a in zip(*layers)]
     pos = torch.arange(64, device="cuda", dtype=torch.float32) * 37.0
     freqs = pos * 10000.0 ** (-torch.arange(0, 128, 2, device="cuda", dtype=torch.float32) / 128)
     emb = torch.cat((freqs, freqs))[None, None]
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     plain = kernels.sparse_linear_multi(h, *lists, norm_weight=weight, norm_eps=eps, active_fraction=0.3)
-    outs = [torch.full((1, m), float("nan"), dtype=dtype, device="cuda") for m in (4096, 1024, 1024)]
+    outs = [torch.full((1, m), float("nan"), dtype=dtype, device="cuda") for m in ms]
     rotated = kernels.sparse_linear_multi(h, *lists, out=outs, norm_weight=weight, norm_eps=eps, active_fraction=0.3,
                                           rope=(cos, sin, 2))
     for y, y0, i in zip(rotated, plain, range(3)):
