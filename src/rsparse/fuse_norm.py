@@ -46,8 +46,8 @@ __all__ = ["link_norm_layers", "is_norm_layer", "set_norm_fusion", "FoldSlot"]
 
 _LAYER_NAMES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 # The rotary embedding of q and k taken into the q/k/v launch's epilogue as well, where the attention
-# module's forward has Llama's form (`_rope_free_forward`: Llama, Mistral, Qwen2). Built in the twenty-second session, not yet
-# timed on the GPU (benchmarks/NOTES.md): off until a decode run shows it pays.
+# module's forward has Llama's form (`_rope_free_forward`: Llama, Mistral, Qwen2). Built in the
+# twenty-second session, not yet timed on the GPU (benchmarks/NOTES.md): off until a decode run shows it pays.
 FOLD_ROPE = False
 _NORM_NAMES = ("dtype", "to", "torch", "float32", "pow", "mean", "rsqrt", "variance_epsilon", "weight")
 
@@ -165,7 +165,9 @@ _ROPE_FREE: dict[type, object] = {}
 
 
 # Names an attention forward may read besides Llama's that only pass a setting to the attention function:
-# Mistral's `getattr(self.config, "sliding_window", None)` and Qwen2's `self.sliding_window`.
+# Mistral's `getattr(self.config, "sliding_window", None)` and Qwen2's `self.sliding_window`. (Names only:
+# a forward that used `getattr` to change q or k would pass, which is why the flag stays off until timed
+# and the families it takes are tested one by one.)
 _ATTENTION_SETTINGS = frozenset({"getattr", "sliding_window"})
 
 
