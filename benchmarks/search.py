@@ -89,6 +89,29 @@ def sparsify_method(model, method: str, target: float, calib: torch.Tensor, seed
     return sparse, time.perf_counter() - started
 
 
+def score_variant(model, heldout, calib, meta, target: float, name: str, out: Path, extra: dict | None = None,
+                  **sparsify_kwargs) -> None:
+    """One search variant, as the ablation drivers run it (`ablations/search_variant.py` and its patched
+    siblings): sparsify a copy of ``model`` at ``target``, score it on ``heldout`` window by window, and write
+    ``out`` in `search_paired.py`'s layout (``extra``: more fields for the run)."""
+    import math
+
+    from rsparse.eval import window_nll
+
+    sparse = copy.deepcopy(model)
+    started = time.perf_counter()
+    rsparse.sparsify(sparse, target, calibration=calib, seed=0, show_progress=False, **sparsify_kwargs)
+    seconds = time.perf_counter() - started
+    nll = window_nll(sparse, heldout).tolist()
+    layers = sparse.rsparse_config.layers
+    run = {"method": name, "target": target, "nll": nll, "sparsify_seconds": seconds, "score": sparse.rsparse_config.score,
+           "layers_with_rank": sum(b.r > 0 for b in layers.values()), "layers": len(layers),
+           "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}, **(extra or {})}
+    out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
+    print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds,
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])

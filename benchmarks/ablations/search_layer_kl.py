@@ -12,10 +12,7 @@ measurements come on top: 30 or 60 forward passes). Scored like `search_variant.
 
 Results: benchmarks/NOTES.md, budget search notes ("Tried in the twenty-third session").
 """
-import copy
-import json
 import logging
-import math
 import os
 import re
 import sys
@@ -24,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-import rsparse
 import rsparse.search as search_module
 from rsparse.budget import layer_budget
-from rsparse.eval import window_nll
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired.py uses)
@@ -81,15 +76,6 @@ search_module._refine = calibrated_refine
 
 torch.manual_seed(0)
 model, held, calib, meta = search.load_data(512, 64, 16, 0)
-sparse = copy.deepcopy(model)
-started = time.perf_counter()
-rsparse.sparsify(sparse, target, calibration=calib, seed=0, show_progress=False)
-seconds = time.perf_counter() - started
+record.update(granularity=GRAN, power=POWER)
+search.score_variant(model, held, calib, meta, target, name, out, record)
 assert record["parts"], "the patched refinement did not run"
-nll = window_nll(sparse, held).tolist()
-layers = sparse.rsparse_config.layers
-run = {"method": name, "target": target, "granularity": GRAN, "power": POWER, "nll": nll, "sparsify_seconds": seconds,
-       "score": sparse.rsparse_config.score, "layers_with_rank": sum(b.r > 0 for b in layers.values()),
-       "layers": len(layers), "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}, **record}
-out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
-print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds, flush=True)

@@ -14,13 +14,10 @@ and the run is scored like `search_variant.py` (64 held-out windows, per-window 
 
 Results: benchmarks/NOTES.md, budget search notes ("Tried in the twenty-third session").
 """
-import copy
-import json
 import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +25,6 @@ import torch
 import rsparse
 import rsparse.search as search_module
 from rsparse.budget import uniform_budgets
-from rsparse.eval import window_nll
 from rsparse.fuse import set_fusion
 from rsparse.install import install_layers, restore
 from rsparse.nn import RSparseLinear
@@ -90,15 +86,6 @@ if getattr(rsparse.api, "search_budgets", None) is original_search:
 
 torch.manual_seed(0)
 model, held, calib, meta = search.load_data(512, 64, 16, 0)
-sparse = copy.deepcopy(model)
-started = time.perf_counter()
-rsparse.sparsify(sparse, target, calibration=calib, seed=0, show_progress=False)
-seconds = time.perf_counter() - started
+record["mix"] = MIX
+search.score_variant(model, held, calib, meta, target, name, out, record)
 assert calibration, "the patched search did not run"
-nll = window_nll(sparse, held).tolist()
-layers = sparse.rsparse_config.layers
-run = {"method": name, "target": target, "mix": MIX, "nll": nll, "sparsify_seconds": seconds,
-       "score": sparse.rsparse_config.score, "layers_with_rank": sum(b.r > 0 for b in layers.values()),
-       "layers": len(layers), "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}, **record}
-out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
-print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds, flush=True)

@@ -25,19 +25,15 @@ The search's log (`rsparse.search` at INFO: the rule chosen, the KL, the knobs) 
 
 Results: benchmarks/NOTES.md, budget search notes, "Tried in the eleventh session" and "in the twelfth session".
 """
-import copy
 import json
 import logging
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import rsparse
-from rsparse.eval import window_nll
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired.py uses)
@@ -53,14 +49,4 @@ if skip:  # another draw of calibration text: the windows after the first `skip`
     calib = calib[skip:]
     meta["calibration"] = f"{calib.shape[0]} x 256 tokens of BoolQ passages (first half), after the first {skip} windows"
 cfg = rsparse.RSparseConfig(**extra.pop("config", {}))
-sparse = copy.deepcopy(model)
-started = time.perf_counter()
-rsparse.sparsify(sparse, target, calibration=calib, seed=0, show_progress=False, config=cfg, **extra)
-seconds = time.perf_counter() - started
-nll = window_nll(sparse, held).tolist()
-layers = sparse.rsparse_config.layers
-run = {"method": name, "target": target, "nll": nll, "sparsify_seconds": seconds, "score": sparse.rsparse_config.score,
-       "layers_with_rank": sum(b.r > 0 for b in layers.values()), "layers": len(layers),
-       "budgets": {n: [b.s, b.rho, b.r] for n, b in layers.items()}}
-out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
-print(name, target, "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)), seconds, flush=True)
+search.score_variant(model, held, calib, meta, target, name, out, config=cfg, **extra)
