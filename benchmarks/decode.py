@@ -195,12 +195,8 @@ def run(args) -> None:
     import rsparse
     import transformers
     import triton
-    from rsparse import fuse_norm
     from rsparse.bench import decode_speed
-    from rsparse.kernels import compact_gemv
 
-    if args.fold_rope is not None:
-        fuse_norm.FOLD_ROPE = args.fold_rope
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "decode.jsonl"
@@ -214,8 +210,9 @@ def run(args) -> None:
         "seed": SEED, "calibration": f"{args.calibration} random tokens",
         "kept_fraction_steps": f"{args.kept_steps} eager decode steps after a {min(args.prompts)}-token random prompt", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
-        "skip_module_guards": args.skip_module_guards, "pdl": args.pdl, "fold_rope": fuse_norm.FOLD_ROPE,
+        "skip_module_guards": args.skip_module_guards, "pdl": args.pdl,
     }
+    from rsparse.kernels import compact_gemv
     compact_gemv.LAUNCH_PDL = args.pdl
     rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
@@ -411,9 +408,6 @@ def main() -> None:
                    help="compiled rows, dense and sparse alike: no dynamo guards on the modules (host time per step; NOTES run 23)")
     p.add_argument("--no-pdl", dest="pdl", action="store_false",
                    help="launch the sparse kernels without programmatic dependent launch (compact_gemv.LAUNCH_PDL)")
-    p.add_argument("--fold-rope", action=argparse.BooleanOptionalAction, default=None,
-                   help="Llama layers: the rotary embedding of q and k in the q/k/v launch (rsparse.fuse_norm.FOLD_ROPE; "
-                        "default: the library's setting)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")

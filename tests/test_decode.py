@@ -159,32 +159,6 @@ def test_compiled_unfused_decode_is_one_op_per_linear_and_gives_the_same_tokens(
     torch.testing.assert_close(compiled, fused, rtol=0, atol=0)
 
 
-def test_compiled_decode_folds_the_rotary_embedding_in_one_graph(monkeypatch):
-    # Batch 1: the folded layers also hand the rotary embedding of q and k to the q/k/v launch
-    # (`rsparse.fuse_norm.FOLD_ROPE`); the step stays one graph, and the tokens are those of the
-    # unfolded model (fp32, the reference ops apply the model's own roundings).
-    import rsparse.fuse_norm as fuse_norm
-
-    model = sparse_model()
-    prompt = random_tokens(1, PROMPT, seed=8)
-    unfolded = decode_tokens(model, prompt, 6)
-    monkeypatch.setattr(fuse_norm, "FOLD_ROPE", True)
-    graphs: list[torch.fx.GraphModule] = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = decode_tokens(model, prompt, 6, step=compile_decode_step(model, backend=backend))
-    assert len(graphs) == 1 and not counters["graph_break"]
-    multi = [n for n in graphs[0].graph.nodes
-             if n.op == "call_function" and str(n.target).startswith("rsparse.sparse_linear_multi")]
-    counts = [n.args[12] if len(n.args) > 12 else n.kwargs.get("rope_count", 0) for n in multi]
-    assert sorted(counts) == [0, 0, 2, 2]  # q/k/v of both layers rotate q and k; gate/up rotate nothing
-    torch.testing.assert_close(compiled, unfolded, rtol=0, atol=0)
-
-
 def test_compiled_decode_aot_eager_tokens_equal_eager():
     model = sparse_model()
     prompt = random_tokens(2, PROMPT, seed=6)

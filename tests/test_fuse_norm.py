@@ -5,7 +5,6 @@ the ops' ``norm_weight`` and ``residual`` arguments on the PyTorch reference and
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 
 import pytest
@@ -34,17 +33,17 @@ def _restore_backend():
     backend._backend = "auto"
 
 
-def normed_args(n, ms, ranks, dtype, device, active=0.5, seed=0, eps=1e-5, biases=1):
+def normed_args(n, ms, ranks, dtype, device, active=0.5, seed=0, eps=1e-5):
     """A residual stream ``h``, a norm weight, and one layer per width whose ``tau`` sits in the
     widest gap of the scores near ``active``: an input rounded an ulp apart (another order of the
-    sum of squares) keeps the same channels. The first ``biases`` layers have a bias."""
+    sum of squares) keeps the same channels."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     h = (torch.randn(1, n, generator=g) * 3).to(dtype=dtype, device=device)
     weight = (torch.rand(n, generator=g) + 0.5).to(dtype=dtype, device=device)
     x = rms_norm_reference(h, weight, eps)
     layers = []
     for i, (m, r) in enumerate(zip(ms, ranks)):
-        _, w, c, _, li, lo, b = make_args(1, n, m, r, dtype, device, active, bias=i < biases, seed=seed + 10 + i)
+        _, w, c, _, li, lo, b = make_args(1, n, m, r, dtype, device, active, bias=i == 0, seed=seed + 10 + i)
         score = (x.abs().float() * c).flatten().sort().values
         k = min(max(int(round((1 - active) * n)), 1), n - 1)
         lo_k, hi_k = max(k - n // 8, 0), min(k + n // 8, n - 1)
@@ -110,57 +109,6 @@ def test_splitk_launch_folds_the_norm(case, dtype, ahead, monkeypatch):
     n, ms, ranks = case
     check_normed(n, ms, ranks, dtype)
     assert _workspace_is_zero()
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("block_m", [1024, 32], ids=["one tile", "tiles of two heads"])
-@pytest.mark.parametrize("ranks", [(0, 0, 0), (4, 0, 3)], ids=["no rank", "ranks"])
-@pytest.mark.parametrize("biases", [1, 3], ids=["bias on q", "bias on q, k and v (Qwen2)"])
-def test_qkv_launch_folds_the_rotary_embedding(biases, ranks, block_m, dtype):
-    # q (4 heads of 16), k and v (2 heads each): q and k leave the launch rotated as
-    # `rope_reference` rotates the launch's own unrotated outputs (bias included); v is untouched. fp16 rounds
-    # like PyTorch to the bit; the interpreter casts fp32 -> bf16 by truncation where the epilogue
-    # rounds to nearest, so bf16 is held to its rounding; fp32 is rotated after the launch.
-    from rsparse.kernels import sparse_linear as kernels
-    from rsparse.ops.reference import rope_reference
-
-    if block_m != 1024:
-        kernels.set_config(kernels.Config(block_m=block_m, block_k=8, programs_per_sm=4), "gemv1")
-    try:
-        h, weight, eps, x, layers = normed_args(70, [64, 32, 32], list(ranks), dtype, "cpu", biases=biases)
-        lists = [list(a) for a in zip(*layers)]
-        assert sum(b is not None for b in lists[-1]) == biases
-        g = torch.Generator().manual_seed(1)
-        cos, sin = (torch.randn(1, 1, 16, generator=g).to(dtype) for _ in range(2))
-        plain = kernels.sparse_linear_multi(h, *lists, norm_weight=weight, norm_eps=eps)
-        outs = [torch.full((1, m), float("nan"), dtype=dtype) for m in (64, 32, 32)]
-        rotated = kernels.sparse_linear_multi(h, *lists, out=outs, norm_weight=weight, norm_eps=eps, rope=(cos, sin, 2))
-    finally:
-        kernels.set_config(None, "gemv1")
-    assert kernels.rope_in_launch(h, lists[0], (cos, sin, 2), kernels.Config(block_m=block_m)) == (dtype != torch.float32)
-    assert torch.equal(rotated[2], plain[2])
-    for y, y0 in zip(rotated[:2], plain[:2]):
-        ref = rope_reference(y0, cos, sin)
-        if dtype == torch.bfloat16:
-            assert rel_err(y, ref.double()) <= 1e-2
-        else:
-            assert torch.equal(y, ref)
-    assert _workspace_is_zero()
-
-
-def test_bad_rotary_arguments_are_errors():
-    h, weight, eps, x, layers = normed_args(70, [64, 32], [0, 0], torch.float32, "cpu")
-    lists = [list(a) for a in zip(*layers)]
-    cos = torch.ones(1, 16)
-    with pytest.raises(ValueError, match="needs rope_cos, rope_sin and 1 <= rope_count <= 2"):
-        torch.ops.rsparse.sparse_linear_multi(h, *lists, 1.0, weight, eps, cos, None, 2)
-    with pytest.raises(ValueError, match="needs rope_cos, rope_sin and 1 <= rope_count <= 2"):
-        torch.ops.rsparse.sparse_linear_multi(h, *lists, 1.0, weight, eps, cos, cos, 3)
-    with pytest.raises(ValueError, match=r"rope_cos and rope_sin must be \[T=1, d\]"):
-        torch.ops.rsparse.sparse_linear_multi(h, *lists, 1.0, weight, eps, torch.ones(1, 12), torch.ones(1, 12), 2)
-    with pytest.raises(ValueError, match=r"rope_cos and rope_sin must be"):
-        torch.ops.rsparse.sparse_linear_multi(h, *lists, 1.0, weight, eps, cos.half(), cos.half(), 1)
 
 
 @needs_triton
@@ -252,25 +200,15 @@ def _folded_calls(model, monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("rope", [False, True], ids=["norms", "norms and rotary"])
-@pytest.mark.parametrize("family", ["llama3", "qwen3", "mistral", "qwen2"])
-def test_folded_layers_give_the_models_own_logits(family, rope, monkeypatch):
-    # The PyTorch reference forms the norm, the add and the rotary embedding with the model's own
-    # ops, so the folded decode steps are the model's to the bit; prefill (many tokens) runs the
-    # class's forward. The rotary embedding folds only where the attention forward has Llama's form
-    # (Mistral's and Qwen2's add a sliding-window setting; Qwen2's q/k/v have biases), not Qwen3's,
-    # which normalises q and k per head first.
-    import rsparse.fuse_norm as fuse_norm
-
-    monkeypatch.setattr(fuse_norm, "FOLD_ROPE", rope)
+@pytest.mark.parametrize("family", ["llama3", "qwen3", "mistral"])
+def test_folded_layers_give_the_models_own_logits(family, monkeypatch):
+    # The PyTorch reference forms the norm and the add with the model's own ops, so the folded
+    # decode steps are the model's to the bit; prefill (many tokens) runs the class's forward.
     model = tiny_model(family)
     rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, 1), search="none", show_progress=False)
     assert all(is_norm_layer(layer) for layer in model.model.layers)
     ids = random_tokens(2, 10, 3)[:1]
     calls = _folded_calls(model, monkeypatch)
-    ropes = []
-    real = fuse_norm._rope_to_fold
-    monkeypatch.setattr(fuse_norm, "_rope_to_fold", lambda *a: ropes.append(real(*a) is not None) or real(*a))
     with torch.no_grad():
         seq, logits = _decode(model, ids)
         folded = sum(calls)
@@ -278,35 +216,7 @@ def test_folded_layers_give_the_models_own_logits(family, rope, monkeypatch):
         seq0, logits0 = _decode(model, ids)
     assert folded == 5 * len(model.model.layers)  # every decode step after the first token, every layer
     assert sum(calls) == folded  # none with fusion off
-    assert sum(ropes) == (folded if rope and family != "qwen3" else 0)
     assert torch.equal(seq, seq0) and torch.equal(logits, logits0)
-
-
-def test_the_rotary_folds_only_for_llamas_rotation():
-    # An attention forward of Llama's form whose module rotates otherwise (a partial rotary, say), or
-    # that reads a name beyond Llama's and the sliding-window setting, keeps its own rotation.
-    import types as pytypes
-
-    import rsparse.fuse_norm as fuse_norm
-    from transformers.models.llama import modeling_llama
-
-    fn = inspect.unwrap(modeling_llama.LlamaAttention.forward)
-
-    def attention_class(apply_rotary_pos_emb, code=fn.__code__):
-        forward = pytypes.FunctionType(code, dict(fn.__globals__, apply_rotary_pos_emb=apply_rotary_pos_emb))
-        return type("Attention", (), {"forward": forward})
-
-    assert fuse_norm._rope_free_forward(attention_class(modeling_llama.apply_rotary_pos_emb)) is not None
-
-    def partial_rotary(q, k, cos, sin):
-        d = q.shape[-1] // 2
-        rotate = modeling_llama.apply_rotary_pos_emb
-        q_rot, k_rot = rotate(q[..., :d], k[..., :d], cos[..., :d], sin[..., :d])
-        return torch.cat((q_rot, q[..., d:]), -1), torch.cat((k_rot, k[..., d:]), -1)
-
-    assert fuse_norm._rope_free_forward(attention_class(partial_rotary)) is None
-    extra = fn.__code__.replace(co_names=fn.__code__.co_names + ("q_norm",))
-    assert fuse_norm._rope_free_forward(attention_class(modeling_llama.apply_rotary_pos_emb, extra)) is None
 
 
 def test_other_layers_and_calls_keep_the_class_forward(monkeypatch):
@@ -347,36 +257,6 @@ def test_folded_layers_on_the_triton_kernels(dtype, monkeypatch):
 
 
 # ------------------------------------------------------------------ the GPU
-
-
-@pytest.mark.gpu
-@needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("ranks", [(0, 0, 0), (64, 16, 16)], ids=["no rank", "ranks"])
-@pytest.mark.parametrize("shape", [(4096, (4096, 1024, 1024), 1), (3584, (3584, 512, 512), 3)], ids=["llama3-8b", "qwen2.5-7b"])
-def test_gpu_qkv_launch_folds_the_rotary_embedding(shape, ranks, dtype):
-    # Llama-3-8B's q/k/v (32 and 8 heads of 128) and Qwen2.5-7B's (28 and 4 heads, a bias on each)
-    # through the split-K launch: q and k rotated in the epilogue (bf16/fp16; fp32 after the
-    # launch) as `rope_reference` rotates the plain outputs.
-    from rsparse.kernels import sparse_linear as kernels
-    from rsparse.ops.reference import rope_reference
-
-    n, ms, biases = shape
-    h, weight, eps, x, layers = normed_args(n, list(ms), list(ranks), dtype, "cuda", 0.3, seed=5, biases=biases)
-    lists = [list(a) for a in zip(*layers)]
-    pos = torch.arange(64, device="cuda", dtype=torch.float32) * 37.0
-    freqs = pos * 10000.0 ** (-torch.arange(0, 128, 2, device="cuda", dtype=torch.float32) / 128)
-    emb = torch.cat((freqs, freqs))[None, None]
-    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-    plain = kernels.sparse_linear_multi(h, *lists, norm_weight=weight, norm_eps=eps, active_fraction=0.3)
-    outs = [torch.full((1, m), float("nan"), dtype=dtype, device="cuda") for m in ms]
-    rotated = kernels.sparse_linear_multi(h, *lists, out=outs, norm_weight=weight, norm_eps=eps, active_fraction=0.3,
-                                          rope=(cos, sin, 2))
-    for y, y0, i in zip(rotated, plain, range(3)):
-        assert not torch.isnan(y).any()
-        ref = rope_reference(y0, cos, sin) if i < 2 else y0
-        assert rel_err(y, ref.double()) <= TOL[dtype]
-    assert _workspace_is_zero()
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
 """Compile the split-K decode launch (`rsparse.kernels.sparse_linear._splitk_kernel`) for sm_90 without a GPU
 and print registers and local memory per variant (cuobjdump on the cubin Triton builds): the one-token q/k/v launch of a
-Llama-3-8B layer with the folded norm, with and without ranks, with and without the folded rotary embedding.
+Llama-3-8B layer with the folded norm, with and without ranks.
 
 Register allocation is static: registers an epilogue needs are paid by every weight item, and above 128 per
 thread (4 warps) a multiprocessor holds fewer than the 4 programs the one-wave grid plans. Use a Triton wheel
@@ -74,16 +74,15 @@ def resource_report(k) -> str:
 
 for dtype in ("bf16", "fp16"):
     for ranks in (False, True):
-        for rope in (0, 2):
-            prenorm = not ranks  # the split-K launch folds the norm only without rank
-            const = dict(
-                T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
-                BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
-                RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, ROPE_COUNT=rope, HEAD=128 if rope else 2,
-            )
-            try:
-                report = resource_report(compile_splitk(dtype, const))
-            except Exception as e:  # a variant that does not build is the finding
-                report = f"FAILED {e!r}"[:300]
-            print(f"{dtype} ranks={ranks} rope_count={rope}: {report}", flush=True)
+        prenorm = not ranks  # the split-K launch folds the norm only without rank
+        const = dict(
+            T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
+            BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
+            RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False,
+        )
+        try:
+            report = resource_report(compile_splitk(dtype, const))
+        except Exception as e:  # a variant that does not build is the finding
+            report = f"FAILED {e!r}"[:300]
+        print(f"{dtype} ranks={ranks}: {report}", flush=True)

@@ -10,7 +10,6 @@ the fold off, and with every rsparse launch programmatic-dependent (``pdl``) or 
     python benchmarks/ablations/fold_ab.py --inductor-pdl --targets 0.7 0.5 --variants shipped --out $OUT/ipdl.json  # run 34
     python benchmarks/ablations/fold_ab.py --targets 0.7 --variants shipped "no q rotary (bound)" "no rotary (bound)" shipped \
         --out $OUT/rotary_bound.json   # what folding the rotary embedding into the q/k/v launch could save at most
-    python benchmarks/ablations/fold_ab.py --targets 0.7 0.5 --variants shipped "rope fold" shipped "rope fold" --out $OUT/rope.json
 
 ``--inductor-pdl`` turns on programmatic dependent launch for inductor's own kernels for the whole process, dense
 included (decode run 34: it helps the dense model, not the sparse one).
@@ -36,15 +35,14 @@ def main() -> None:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4])
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
                    choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
-                            "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)", "rope fold"],
+                            "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
                         "(compact_gemv.LAUNCH_PDL); compact attention: q/k/v and o launches through the compact path at up to 35 %% "
                         "active (SMALL_COMPACT_MAX_ACTIVE), or at any fraction (\", any\"); no q rotary / no rotary (bound): shipped, with "
                         "the rotary embedding of q (or of q and k) skipped, wrong outputs: what folding it into the "
-                        "q/k/v launch could save at most; rope fold: the rotary embedding of q and k folded into the q/k/v "
-                        "launch (rsparse.fuse_norm.FOLD_ROPE)")
+                        "q/k/v launch could save at most")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -63,9 +61,6 @@ def main() -> None:
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
     shipped_small = kernels.SMALL_COMPACT_MAX_ACTIVE
-    import rsparse.fuse_norm as fuse_norm
-
-    shipped_rope = fuse_norm.FOLD_ROPE
     import transformers.models.llama.modeling_llama as llama
 
     shipped_rotary = llama.apply_rotary_pos_emb
@@ -102,35 +97,16 @@ def main() -> None:
             kernels.SMALL_COMPACT_MAX_ACTIVE = {"compact attention": 0.35, "compact attention, any": 1.0}.get(
                 variant, shipped_small)
             llama.apply_rotary_pos_emb = bounds.get(variant, shipped_rotary)  # read by LlamaAttention.forward at call time
-            fuse_norm.FOLD_ROPE = variant == "rope fold" or (shipped_rope and variant == "shipped")
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
-            row = {"variant": variant, "target": target}
-            if variant == "rope fold":  # a row that would time the shipped step says so
-                row["rope_fold_engages"] = rope_fold_engages(model)
-            rows.append({**row, **decode_speed(model, **kw)})
+            rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
             save()
-            print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token"
-                  + ("" if rows[-1].get("rope_fold_engages", True) else " (WARNING: the rotary fold does not engage)"), flush=True)
+            print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
         llama.apply_rotary_pos_emb = shipped_rotary
-        fuse_norm.FOLD_ROPE = shipped_rope
         rsparse.set_backend("auto")
         del model
-
-
-def rope_fold_engages(model) -> bool:
-    """Whether the first decoder layer's attention takes the folded rotary embedding for a one-token call with
-    the model's own ``position_embeddings`` (`rsparse.fuse_norm._rope_to_fold`; asked here, outside the compiled
-    step, because a counter inside it would be a guard that recompiles every step)."""
-    import rsparse.fuse_norm as fuse_norm
-
-    inner = model.model
-    weight = inner.embed_tokens.weight
-    h = torch.zeros(1, 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    position_embeddings = inner.rotary_emb(h, torch.zeros(1, 1, dtype=torch.long, device=weight.device))
-    return fuse_norm._rope_to_fold(inner.layers[0].self_attn, {"position_embeddings": position_embeddings}) is not None
 
 
 if __name__ == "__main__":

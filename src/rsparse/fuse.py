@@ -60,9 +60,6 @@ class SharedInputGroup:
         # (weight, eps) of the RMSNorm that the next round's input needs (`rsparse.fuse_norm`): the
         # folded decoder layer sets it just before calling attention on its residual stream.
         self.pending_norm: tuple[torch.Tensor, float] | None = None
-        # (cos, sin) of the rotary embedding the first two members' outputs (query, key) need, set
-        # with pending_norm where the folded layer also folds the rotary embedding.
-        self.pending_rope: tuple[torch.Tensor, torch.Tensor] | None = None
         for slot, m in enumerate(self.members):
             m.shared_input, m.shared_slot = self, slot
         self.clear()
@@ -91,7 +88,6 @@ class SharedInputGroup:
                 return member.forward_alone(x)
         self.clear()  # a call outside the round ends it: nothing kept may go stale
         norm, self.pending_norm = self.pending_norm, None
-        rope, self.pending_rope = self.pending_rope, None
         fused = (
             [m for m in self.members if m.takes_kernel(x) and m._parameters["weight_t"].device == x.device] if self.enabled else []
         )
@@ -103,7 +99,7 @@ class SharedInputGroup:
         # offloaded members (weights on "meta" until their own hook loads them) to their own call.
         if len(fused) < 2 or fused[0].shared_slot != slot:
             return member.forward_alone(x)
-        ys = fused_forward(x, fused, norm, None if rope is None else (*rope, 2))
+        ys = fused_forward(x, fused, norm)
         self._outputs = [None] * len(self.members)
         self._fused = [False] * len(self.members)
         for m, y in zip(fused, ys):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
-import types
 
 import torch
 from torch import nn
@@ -45,10 +44,6 @@ from rsparse.nn import RSparseLinear, direct_call, fused_forward
 __all__ = ["link_norm_layers", "is_norm_layer", "set_norm_fusion", "FoldSlot"]
 
 _LAYER_NAMES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-# The rotary embedding of q and k taken into the q/k/v launch's epilogue as well, where the attention
-# module's forward has Llama's form (`_rope_free_forward`: Llama, Mistral, Qwen2). Built in the
-# twenty-second session, not yet timed on the GPU (benchmarks/NOTES.md): off until a decode run shows it pays.
-FOLD_ROPE = False
 _NORM_NAMES = ("dtype", "to", "torch", "float32", "pow", "mean", "rsqrt", "variance_epsilon", "weight")
 
 
@@ -147,86 +142,6 @@ def _fold_now(layer: nn.Module, h: torch.Tensor) -> bool:
     return not any(_observed(m) for m in (layer, attn, mlp, *norms))
 
 
-def _rope_already_applied(q, k, cos, sin, *args, **kwargs):
-    return q, k
-
-
-@functools.lru_cache(maxsize=None)
-def _llama_attention_names() -> tuple | None:
-    try:
-        from transformers.models.llama.modeling_llama import LlamaAttention
-    except ImportError:
-        return None
-    return _code(LlamaAttention.forward).co_names
-
-
-# Attention class -> its rope-free forward (or None), made when layers are linked: never while traced.
-_ROPE_FREE: dict[type, object] = {}
-
-
-# Names an attention forward may read besides Llama's that only pass a setting to the attention function:
-# Mistral's `getattr(self.config, "sliding_window", None)` and Qwen2's `self.sliding_window`. (Names only:
-# a forward that used `getattr` to change q or k would pass, which is why the flag stays off until timed
-# and the families it takes are tested one by one.)
-_ATTENTION_SETTINGS = frozenset({"getattr", "sliding_window"})
-
-
-def _rotates_as_llama(apply_rotary_pos_emb) -> bool:
-    """Whether a module's ``apply_rotary_pos_emb`` gives `rope_reference`'s result to the bit on random
-    inputs: Llama's whole-head rotation (``rotate_half``), whatever form transformers wraps it in."""
-    from rsparse.ops.reference import rope_reference
-
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(1, 2, 1, 8, generator=g) for _ in range(2))
-    cos, sin = (torch.randn(1, 1, 8, generator=g) for _ in range(2))
-    try:
-        q_rot, k_rot = apply_rotary_pos_emb(q, k, cos, sin)
-    except Exception:
-        return False
-    return all(
-        torch.equal(out.reshape(1, 16), rope_reference(x.reshape(1, 16), cos, sin)) for out, x in ((q_rot, q), (k_rot, k))
-    )
-
-
-def _rope_free_forward(cls: type):
-    """``cls.forward`` (undecorated) with its ``apply_rotary_pos_emb`` a no-op, for an attention class whose
-    forward reads Llama's names (so it projects, rotates q and k with ``position_embeddings``, updates the
-    cache and attends, and nothing else: not Qwen3's per-head norms or Phi-3's partial rotary), plus at most
-    a sliding-window setting for the attention function (Mistral, Qwen2), and whose module's
-    ``apply_rotary_pos_emb`` rotates as Llama's; None otherwise. The q/k/v launch then returns q and k
-    rotated already."""
-    fn = inspect.unwrap(cls.forward)
-    code = getattr(fn, "__code__", None)
-    llama = _llama_attention_names()
-    if code is None or llama is None or "apply_rotary_pos_emb" not in code.co_names:
-        return None
-    names = set(code.co_names)
-    if not set(llama) <= names or not names - set(llama) <= _ATTENTION_SETTINGS:
-        return None
-    if not _rotates_as_llama(fn.__globals__.get("apply_rotary_pos_emb")):
-        return None
-    own_globals = dict(fn.__globals__, apply_rotary_pos_emb=_rope_already_applied)
-    rope_free = types.FunctionType(code, own_globals, fn.__name__, fn.__defaults__, fn.__closure__)
-    rope_free.__kwdefaults__ = fn.__kwdefaults__
-    return rope_free
-
-
-def _rope_to_fold(attn: nn.Module, kwargs: dict):
-    """``(rope-free forward, cos, sin)`` where this call can fold the rotary embedding (`FOLD_ROPE`): one
-    token, whole-head ``position_embeddings`` in the model dtype; None otherwise."""
-    if not FOLD_ROPE:
-        return None
-    forward = _ROPE_FREE.get(type(attn))
-    pe = kwargs.get("position_embeddings")
-    if forward is None or not isinstance(pe, tuple) or len(pe) != 2:
-        return None
-    cos, sin = pe
-    d = getattr(attn, "head_dim", None)
-    if cos.shape != sin.shape or cos.numel() != d or cos.dtype != attn.q_proj.weight_t.dtype:
-        return None
-    return forward, cos, sin
-
-
 def _folded_forward(layer: nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
     if args or not _fold_now(layer, hidden_states):
         return type(layer).forward(layer, hidden_states, *args, **kwargs)
@@ -237,17 +152,11 @@ def _folded_forward(layer: nn.Module, hidden_states: torch.Tensor, *args, **kwar
     # the q/k/v round forms the norm, o_proj adds the residual, so it returns h + attention.
     qkv.pending_norm = (pre.weight, pre.variance_epsilon)
     slot.residual = hidden_states
-    rope = _rope_to_fold(attn, kwargs)
     try:
-        if rope is None:
-            hidden_states, _ = attn(hidden_states=hidden_states, **kwargs)
-        else:  # the q/k/v round rotates q and k; the attention forward skips its own rotation
-            forward, cos, sin = rope
-            qkv.pending_rope = (cos, sin)
-            hidden_states, _ = forward(attn, hidden_states=hidden_states, **kwargs)
+        hidden_states, _ = attn(hidden_states=hidden_states, **kwargs)
     finally:
-        unused = qkv.pending_norm is not None or slot.residual is not None or qkv.pending_rope is not None
-        qkv.pending_norm, slot.residual, qkv.pending_rope = None, None, None
+        unused = qkv.pending_norm is not None or slot.residual is not None
+        qkv.pending_norm, slot.residual = None, None
     if unused:  # an attention forward that did not call q/k/v and o_proj as Llama's does
         raise RuntimeError(f"{type(attn).__name__} did not take the folded norm and residual; unlink with set_fusion(model, False)")
     gate, up = fused_forward(hidden_states, [mlp.gate_proj, mlp.up_proj], norm=(post.weight, post.variance_epsilon))
@@ -276,8 +185,6 @@ def link_norm_layers(model: nn.Module) -> int:
         if own is not None and not _is_ours(own):
             continue  # someone else's forward (an offloading hook): left alone
         if is_norm_layer(module):
-            if type(module.self_attn) not in _ROPE_FREE:
-                _ROPE_FREE[type(module.self_attn)] = _rope_free_forward(type(module.self_attn))
             module.self_attn.o_proj.fold_slot = FoldSlot()
             # A partial (not a bound method) so that the model still pickles and deep-copies.
             module.forward = functools.partial(_folded_forward, module)

@@ -286,24 +286,19 @@ def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float]:
 
 
 def fused_forward(
-    x: torch.Tensor, modules: "list[RSparseLinear]", norm: "tuple[torch.Tensor, float] | None" = None,
-    rope: "tuple[torch.Tensor, torch.Tensor, int] | None" = None,
+    x: torch.Tensor, modules: "list[RSparseLinear]", norm: "tuple[torch.Tensor, float] | None" = None
 ) -> list[torch.Tensor]:
     """One ``rsparse::sparse_linear_multi`` call for ``modules`` (all taking the kernel on ``x``).
 
     ``norm`` (``(weight, eps)`` of a Llama RMSNorm): ``x`` is the residual stream and the modules
-    read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`).  ``rope``
-    (``(cos, sin, count)``, with ``norm`` only): the first ``count`` outputs get their rotary embedding."""
+    read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`)."""
     n = modules[0].in_features
     tensors, fraction = multi_args(modules)
     x2 = x.reshape(-1, n)
     if norm is not None:
         if not direct_call(x):
-            cos, sin, count = rope if rope is not None else (None, None, 0)
-            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1], cos, sin, count)
+            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1])
             return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
-        if rope is not None:
-            raise RuntimeError("a folded rotary embedding reached an eager CUDA call, which does not fold it")
         x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
     if direct_call(x):
         def run(x2: torch.Tensor) -> list[torch.Tensor]:

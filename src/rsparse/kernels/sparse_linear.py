@@ -60,7 +60,7 @@ import triton.language as tl
 from rsparse import eager_graphs
 from rsparse.kernels import compact_gemv as _compact
 from rsparse.kernels.compact_gemv import normed_input, rms_inv, with_residual, zero_state_after_last_tile
-from rsparse.ops.reference import rms_norm_reference, rope_reference
+from rsparse.ops.reference import rms_norm_reference
 
 MAX_PROJ = 3  # q/k/v is the widest group a decoder layer has
 PERSISTENT_WORKSPACE = True  # False: a fresh zeroed workspace per call (benchmarks compare both)
@@ -251,34 +251,10 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
 
 
 @triton.jit
-def _rotated(y, ws_ptr, offs_m, m_ok, bias_ptr, cos_ptr, sin_ptr, HAS_BIAS: tl.constexpr, HEAD: tl.constexpr,
-             DTYPE: tl.constexpr):
-    # `rsparse.ops.reference.rope_reference` on this tile's one-token outputs y ([1, BLOCK_M] fp32 sums
-    # plus bias; the tile holds whole heads): the output rounded to DTYPE, then y * cos + rotate_half(y)
-    # * sin with each product and the sum rounded as eager PyTorch rounds them.  A column's partner in
-    # rotate_half (the other half of its head) is in this tile's workspace too: every sum has landed.
-    d = offs_m % HEAD
-    first = d < HEAD // 2
-    partner = tl.where(first, offs_m + HEAD // 2, offs_m - HEAD // 2)
-    yp = tl.load(ws_ptr + partner, mask=m_ok, other=0.0, volatile=True).to(tl.float32)
-    if HAS_BIAS:
-        yp += tl.load(bias_ptr + partner, mask=m_ok, other=0.0).to(tl.float32)
-    cos = tl.load(cos_ptr + d, mask=m_ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + d, mask=m_ok, other=0.0).to(tl.float32)
-    own = _compact.round_like(y.to(tl.float32), DTYPE)
-    other = _compact.round_like(yp, DTYPE)[None, :]
-    rotated = tl.where(first[None, :], -other, other)
-    return _compact.round_like(
-        _compact.round_like(own * cos[None, :], DTYPE) + _compact.round_like(rotated * sin[None, :], DTYPE), DTYPE
-    )
-
-
-@triton.jit
 def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr, out_ptr, stride_o,
-            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
+            gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC2D: tl.constexpr, RESET: tl.constexpr,
-            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, ACC: tl.constexpr,
-            ROPE: tl.constexpr, HEAD: tl.constexpr):
+            RESET_STATE: tl.constexpr, BLOCK_M: tl.constexpr, HAS_RES: tl.constexpr, ACC: tl.constexpr):
     if USE_DOT:
         part = acc
     elif ACC2D:
@@ -299,8 +275,6 @@ def _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr, total, bias_ptr
         if HAS_RES:  # a decoder layer's residual add, folded into the launch whose output it adds
             y = with_residual(y, res_ptr, offs_t[:, None] * stride_r + offs_m[None, :], o_mask,
                                        out_ptr.dtype.element_ty)
-        if ROPE:  # a query or key projection's rotary embedding, folded into the launch (one token)
-            y = _rotated(y, ws_ptr, offs_m, m_ok, bias_ptr, cos_ptr, sin_ptr, HAS_BIAS, HEAD, out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_t[:, None] * stride_o + offs_m[None, :], y.to(out_ptr.dtype.element_ty), mask=o_mask)
         if RESET:  # persistent workspace: leave this tile's sums and counter at zero
             # Every thread's load of the sums is done before any thread zeroes them: the compiler
@@ -336,13 +310,12 @@ def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    g_ptr, eps, res_ptr, stride_r, cos_ptr, sin_ptr,
+    g_ptr, eps, res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    ROPE: tl.constexpr, HEAD: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -367,8 +340,8 @@ def _weight_item(
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
                           USE_DOT, FP32, ACC2D, BLOCK_K, ACC)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC, ROPE, HEAD)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
 
 
 @triton.jit
@@ -376,11 +349,11 @@ def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    res_ptr, stride_r, cos_ptr, sin_ptr,
+    res_ptr, stride_r,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
-    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, ROPE: tl.constexpr, HEAD: tl.constexpr,
+    ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -404,8 +377,8 @@ def _lowrank_item(
         acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
                        USE_DOT, FP32, ACC2D, BLOCK_K, ACC)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
-            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
-            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC, ROPE, HEAD)
+            bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+            HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
 
 
 @triton.jit
@@ -430,7 +403,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, cos_ptr, sin_ptr,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -440,7 +413,6 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    ROPE_COUNT: tl.constexpr, HEAD: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -468,24 +440,21 @@ def _splitk_kernel(
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, cos_ptr, sin_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN,
-                         ROPE_COUNT > 0, HEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, cos_ptr, sin_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN,
-                         ROPE_COUNT > 1, HEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, cos_ptr, sin_ptr,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN,
-                         ROPE_COUNT > 2, HEAD)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -493,23 +462,23 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, ACC, PER_TOKEN, ROPE_COUNT > 0, HEAD)
+                          RES0, ACC, PER_TOKEN)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, ROPE_COUNT > 1, HEAD)
+                          False, ACC, PER_TOKEN)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, cos_ptr, sin_ptr,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, ROPE_COUNT > 2, HEAD)
+                          False, ACC, PER_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -679,7 +648,6 @@ def sparse_linear_multi(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
-    rope: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
@@ -688,18 +656,7 @@ def sparse_linear_multi(
     ``norm_weight``/``norm_eps``: the input is the RMSNorm of ``x`` (a decoder layer's residual
     stream), formed inside the launch for one token where the path allows it (the compact path;
     the split-K launch without rank), by PyTorch first otherwise.  ``residual`` (one projection):
-    the output is ``residual + y``, added where each output tile is written.  ``rope`` (``(cos, sin,
-    count)``): the first ``count`` outputs get their rotary embedding, in the split-K launch's epilogue
-    for one token (bf16/fp16), by `rsparse.ops.reference.rope_reference` after the launch otherwise."""
-    ms = [w.shape[1] for w in weight_t]
-    rs = [li.shape[1] for li in lowrank_in]
-    if rope is not None and not rope_in_launch(x, weight_t, rope, _launch_config(x, ms, rs, active_fraction)):
-        cos, sin, count = rope
-        outs = sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction,
-                                   norm_weight, norm_eps, residual)
-        for y in outs[:count]:
-            y.copy_(rope_reference(y, cos, sin))
-        return outs
+    the output is ``residual + y``, added where each output tile is written."""
     if residual is not None and len(weight_t) != 1:
         raise ValueError(f"residual serves one projection, got {len(weight_t)}")
     if len(weight_t) > MAX_PROJ:
@@ -716,6 +673,8 @@ def sparse_linear_multi(
     T, n = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
+    ms = [w.shape[1] for w in weight_t]
+    rs = [li.shape[1] for li in lowrank_in]
     outs = [x.new_empty(T, m) for m in ms] if out is None else out
     if T == 0:
         return outs
@@ -792,8 +751,7 @@ def sparse_linear_multi(
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
-            residual.stride(0) if residual is not None else 0,
-            *((rope[0], rope[1]) if rope is not None else (x, x))]
+            residual.stride(0) if residual is not None else 0]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -812,9 +770,7 @@ def sparse_linear_multi(
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
-        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
-        ROPE_COUNT=rope[2] if rope is not None else 0, HEAD=rope[0].shape[-1] if rope is not None else 2,
-        num_warps=cfg.num_warps,
+        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
@@ -824,15 +780,6 @@ def _launch_config(x: torch.Tensor, ms: list[int], rs: list[int], active_fractio
     """`choose_config` for a call of `sparse_linear_multi` on ``x`` ``[T, n]`` (fp32 always takes the one-token code)."""
     use_dot = x.shape[0] > 1 and x.dtype != torch.float32
     return choose_config(x.shape[1], sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
-
-
-def rope_in_launch(x: torch.Tensor, weight_t: list[torch.Tensor], rope, cfg: Config) -> bool:
-    """Whether the split-K launch applies ``rope`` (``(cos, sin, count)``) in its epilogue: one token in
-    bf16/fp16 through that launch, at most `MAX_PROJ` projections, tiles that hold whole heads."""
-    cos, sin, _ = rope
-    d = cos.shape[-1]
-    return (x.shape[0] == 1 and x.dtype != torch.float32 and cfg.path == "splitk" and len(weight_t) <= MAX_PROJ
-            and cfg.block_m % d == 0 and cos.stride(-1) == 1 and sin.stride(-1) == 1)
 
 
 def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None,

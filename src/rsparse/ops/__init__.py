@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from rsparse.ops.reference import (
-    active_mask, check_fold_args, rms_norm_reference, rope_reference, sparse_linear_reference, sums_in_fp64,
+    active_mask, check_fold_args, rms_norm_reference, sparse_linear_reference, sums_in_fp64,
 )
 
 from rsparse.ops.fused import sparse_linear_multi, sparse_linear_multi_reference
@@ -33,7 +33,6 @@ __all__ = [
     "sparse_linear_multi",
     "active_mask",
     "rms_norm_reference",
-    "rope_reference",
     "sparse_linear_reference",
     "sums_in_fp64",
     "sparse_linear_multi_reference",

@@ -16,7 +16,7 @@ import torch
 
 from rsparse import eager_graphs
 from rsparse.ops import fused, silu_mul
-from rsparse.ops.reference import check_fold_args, check_rope_args, sparse_linear_reference
+from rsparse.ops.reference import check_fold_args, sparse_linear_reference
 
 __all__ = ["BACKENDS", "set_backend", "get_backend"]
 
@@ -99,18 +99,16 @@ def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fr
 
 
 def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,
-                         norm_weight=None, norm_eps=0.0, rope_cos=None, rope_sin=None, rope_count=0):
+                         norm_weight=None, norm_eps=0.0):
     check_fold_args(x, norm_weight, None, None)
-    check_rope_args(x, rope_cos, rope_sin, rope_count, [w.shape[1] for w in weight_t])
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_multi(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction,
-            norm_weight=norm_weight, norm_eps=norm_eps, rope=(rope_cos, rope_sin, rope_count) if rope_count else None,
+            norm_weight=norm_weight, norm_eps=norm_eps,
         )
-    return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps,
-                                               rope_cos, rope_sin, rope_count)
+    return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps)
 
 
 def _sparse_linear_silu_mul(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rsparse.ops.reference import check_fold_args, check_rope_args, rms_norm_reference, rope_reference, sparse_linear_reference
+from rsparse.ops.reference import check_fold_args, rms_norm_reference, sparse_linear_reference
 
 __all__ = ["sparse_linear_multi", "sparse_linear_multi_reference"]
 
@@ -25,15 +25,13 @@ def sparse_linear_multi_reference(
     bias: list[torch.Tensor | None],
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    rope_cos: torch.Tensor | None = None,
-    rope_sin: torch.Tensor | None = None,
-    rope_count: int = 0,
 ) -> list[torch.Tensor]:
     """See `sparse_linear_multi`."""
     if norm_weight is not None:
         x = rms_norm_reference(x, norm_weight, norm_eps)
-    ys = [sparse_linear_reference(x, *args) for args in zip(weight_t, c, tau, lowrank_in, lowrank_out, bias)]
-    return [rope_reference(y, rope_cos, rope_sin) if i < rope_count else y for i, y in enumerate(ys)]
+    return [
+        sparse_linear_reference(x, *args) for args in zip(weight_t, c, tau, lowrank_in, lowrank_out, bias)
+    ]
 
 
 @torch.library.custom_op("rsparse::sparse_linear_multi", mutates_args=())
@@ -48,27 +46,19 @@ def sparse_linear_multi(
     active_fraction: float = 1.0,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    rope_cos: torch.Tensor | None = None,
-    rope_sin: torch.Tensor | None = None,
-    rope_count: int = 0,
 ) -> list[torch.Tensor]:
     """``[sparse_linear(x, weight_t[i], c[i], ...) for i]`` for projections sharing ``x`` ``[T, n]``
     (``active_fraction``: the largest expected share of active channels among them, a launch hint).
 
     With ``norm_weight`` (``[n]``, ``x.dtype``), ``x`` is a decoder layer's residual stream and every
     projection reads ``rms_norm_reference(x, norm_weight, norm_eps)``: the layer's RMSNorm taken into
-    the launch (`rsparse.fuse_norm`). With ``rope_count`` > 0, the first ``rope_count`` outputs (a layer's
-    query and key projections) get the rotary embedding of ``rope_cos``/``rope_sin`` (``[T, d]``, ``x.dtype``)
-    with Hugging Face's roundings (`rsparse.ops.reference.rope_reference`), taken into the launch too."""
+    the launch (`rsparse.fuse_norm`)."""
     check_fold_args(x, norm_weight, None, None)
-    check_rope_args(x, rope_cos, rope_sin, rope_count, [w.shape[1] for w in weight_t])
-    return sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps,
-                                         rope_cos, rope_sin, rope_count)
+    return sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps)
 
 
 @sparse_linear_multi.register_fake
-def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, norm_weight=None, norm_eps=0.0,
-      rope_cos=None, rope_sin=None, rope_count=0):
+def _(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, norm_weight=None, norm_eps=0.0):
     torch._check(x.dim() == 2, lambda: f"x must be [T, n], got {tuple(x.shape)}")
     counts = {len(weight_t), len(c), len(tau), len(lowrank_in), len(lowrank_out), len(bias)}
     torch._check(len(counts) == 1, lambda: "every argument list must have one entry per projection")

@@ -45,43 +45,6 @@ def rms_norm_reference(h: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * (hf * torch.rsqrt(variance + eps)).to(h.dtype)
 
 
-def rope_reference(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding of one query or key projection's output ``y`` ``[T, heads * d]``, with the
-    roundings of Hugging Face's eager ``apply_rotary_pos_emb``: ``y * cos + rotate_half(y) * sin`` in
-    ``y``'s dtype, each product and the sum rounded (``cos``/``sin``: ``[T, d]`` or anything of ``T * d``
-    elements, ``y``'s dtype; ``rotate_half`` swaps the halves of each head and negates the first).
-    `rsparse::sparse_linear_multi` applies it where a decoder layer's rotary embedding is folded into
-    the q/k/v launch (``rope_count``, `rsparse.fuse_norm`)."""
-    t, m = y.shape
-    d = cos.shape[-1]
-    h = y.view(t, m // d, d)
-    cos, sin = cos.reshape(t, 1, d), sin.reshape(t, 1, d)
-    rotated = torch.cat((-h[..., d // 2 :], h[..., : d // 2]), dim=-1)
-    return (h * cos + rotated * sin).view(t, m)
-
-
-def check_rope_args(x: torch.Tensor, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None, rope_count: int,
-                    widths: list[int]) -> None:
-    """ValueErrors for a folded rotary embedding that does not fit ``x`` ``[T, n]`` and the outputs' ``widths``."""
-    if rope_count == 0 and rope_cos is None and rope_sin is None:
-        return
-    if rope_cos is None or rope_sin is None or not 0 < rope_count <= len(widths):
-        raise ValueError(
-            f"a folded rotary embedding needs rope_cos, rope_sin and 1 <= rope_count <= {len(widths)}, got "
-            f"{None if rope_cos is None else tuple(rope_cos.shape)}, {None if rope_sin is None else tuple(rope_sin.shape)} "
-            f"and {rope_count}"
-        )
-    d = rope_cos.shape[-1]
-    ok = (rope_cos.shape == rope_sin.shape and rope_cos.numel() == x.shape[0] * d and d % 2 == 0
-          and rope_cos.dtype == rope_sin.dtype == x.dtype and all(w % d == 0 for w in widths[:rope_count]))
-    if not ok:
-        raise ValueError(
-            f"rope_cos and rope_sin must be [T={x.shape[0]}, d] in {x.dtype} with d even and dividing the rotated "
-            f"widths {widths[:rope_count]}, got {tuple(rope_cos.shape)} / {tuple(rope_sin.shape)} in "
-            f"{rope_cos.dtype} / {rope_sin.dtype}"
-        )
-
-
 def check_fold_args(x: torch.Tensor, norm_weight: torch.Tensor | None, residual: torch.Tensor | None, m: int | None) -> None:
     """ValueErrors for a folded norm weight or residual that does not fit ``x`` ``[T, n]`` and outputs of width ``m``."""
     if norm_weight is not None and (tuple(norm_weight.shape) != (x.shape[-1],) or norm_weight.dtype != x.dtype):
