@@ -28,7 +28,8 @@ was allocated when the row started (other variants stay resident and are subtrac
     python benchmarks/decode.py --targets 0.7 --batches 1 --prompts 128 --modes compiled --profile  # + kernel means
     python benchmarks/decode.py --prompts 2048 --calibration 4x2304   # long prompts: calibrate over their positions (run 39)
 
-``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them).
+``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them;
+``sdpa-packed``, `rsparse.bench.packed_sdpa_attention`, run 44).
 ``--skip-module-guards`` compiles both without guards on the modules (`rsparse.bench.compile_decode_step`): the sparse
 step's host time is mostly those guards (run 23); on the GPU skipping them moved the rows by under 1 % (run 24).
 """
@@ -90,12 +91,18 @@ def build_dense(args) -> torch.nn.Module:
     return model.eval()
 
 
-ATTENTION = ("sdpa", "sdpa-no-cudnn", "eager", "flex_attention")
+ATTENTION = ("sdpa", "sdpa-packed", "sdpa-no-cudnn", "eager", "flex_attention")
 
 
 def attn_implementation(choice: str) -> str:
     """transformers' ``attn_implementation`` for ``--attn``; ``sdpa-no-cudnn`` is SDPA with PyTorch's cuDNN
-    attention backend switched off for the whole process (SDPA then picks its memory-efficient kernel)."""
+    attention backend switched off for the whole process (SDPA then picks its memory-efficient kernel);
+    ``sdpa-packed`` is SDPA with a decode token's grouped query heads packed onto their key/value head
+    instead of K and V copied to every query head (`rsparse.bench.packed_sdpa_attention`)."""
+    if choice == "sdpa-packed":
+        from rsparse.bench import register_packed_attention
+
+        return register_packed_attention()
     if choice == "sdpa-no-cudnn":
         torch.backends.cuda.enable_cudnn_sdp(False)
         return "sdpa"

@@ -599,3 +599,73 @@ def test_gpu_smollm2_triton_agrees_with_torch_per_layer():
     torch.testing.assert_close(out[torch.float32, "torch", False], out[torch.float32, "triton", False], rtol=0, atol=0)
     for tokens in out.values():  # every run decoded 64 real tokens
         assert tokens.shape == (1, 64) and int(tokens.min()) >= 0 and int(tokens.max()) < model.config.vocab_size
+
+
+class AttentionCalls(TorchDispatchMode):
+    """Records the query shape of every scaled-dot-product attention op that runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in func.__name__:
+            self.queries.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "phi3", "llama2"])
+def test_packed_attention_decodes_as_sdpa(family):
+    """`use_packed_attention`: a decode token's 4 query heads attend as 2 packed queries on each of the
+    2 key/value heads (no expanded K/V), eager and compiled in one graph, with SDPA's logits; multi-head
+    attention (llama2) and the prompt take transformers' own SDPA forward."""
+    from rsparse.bench import use_packed_attention
+
+    prompt = random_tokens(2, PROMPT, seed=6)
+    model = tiny_model(family)
+    tokens, ref = decode_logits(model, prompt, 6)
+    use_packed_attention(model)
+    with AttentionCalls() as calls:
+        _, eager = decode_logits(model, prompt, 6, forced=tokens)
+    packed = (2, 2, 2, 16) if family != "llama2" else (2, 4, 1, 16)
+    assert calls.queries[-1] == packed and calls.queries[0] == (2, 4, PROMPT, 16)
+    torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    counters.clear()
+    traced: list[tuple[int, ...]] = []
+
+    def backend(gm, example_inputs):  # records the query shape of the graph's attention calls, runs it as traced
+        traced.extend(tuple(n.args[0].meta["example_value"].shape) for n in gm.graph.nodes
+                      if n.op == "call_function" and "scaled_dot_product" in str(n.target))
+        return gm.forward
+
+    _, compiled = decode_logits(model, prompt, 6, step=torch.compile(model, fullgraph=True, backend=backend), forced=tokens)
+    assert traced and set(traced) == {packed}
+    assert int(counters["stats"]["unique_graphs"]) == (2 if family == "mistral" else 1) and not counters["graph_break"]
+    torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_attention_with_padding_and_a_sparse_model():
+    """Left-padded batches (a mask per sequence) through `generate`, on a sparsified model: the same
+    tokens as SDPA and the same scores."""
+    from rsparse.bench import use_packed_attention
+
+    model = tiny_model("llama3")
+    rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, seed=1), show_progress=False)
+    ids = random_tokens(2, PROMPT, seed=7)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # the first sequence is left-padded
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+              pad_token_id=0)
+    ref = model.generate(ids, **kw)
+    use_packed_attention(model)
+    got = model.generate(ids, **kw)
+    assert torch.equal(got.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(got.scores), torch.stack(ref.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_attention_refuses_a_family_without_sdpa():
+    from rsparse.bench import use_packed_attention
+
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        use_packed_attention(tiny_model("gemma2"))

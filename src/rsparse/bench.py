@@ -16,7 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_step"]
+__all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_step", "use_packed_attention",
+           "register_packed_attention", "packed_sdpa_attention"]
+
+# transformers' name for `packed_sdpa_attention` once `register_packed_attention` has registered it.
+PACKED_SDPA = "rsparse_packed_sdpa"
 
 
 def compile_decode_step(
@@ -330,6 +334,50 @@ class _LogitsDecoder(_Decoder):
         logits = fn(ids, **kw).logits[:, -1].float()
         self.logits.append(logits.clone())  # a CUDA-graph step reuses its output buffer
         return logits.argmax(-1, keepdim=True)
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' SDPA attention, except that one query token of a grouped-query attention attends
+    on the key/value heads themselves: the query heads of a group are packed as that key/value head's
+    queries (``[B, H, 1, D] -> [B, H_kv, H / H_kv, D]``, a view). transformers' own SDPA forward does the
+    same in eager decode (from 5.2x) but, under ``torch.compile`` or with a mask and transformers 5.17,
+    copies K and V to every query head first (``repeat_kv``): two copies of the whole static cache per
+    layer and step. Each query head still attends on its own group's key/value head, so the outputs
+    are the same attention; every other call (prompts, multi-head attention, position biases, masks
+    that differ between heads) goes to transformers' own forward."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    b, heads, q_len, d = query.shape
+    mask = attention_mask
+    if (groups == 1 or q_len != 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+            or kwargs.get("output_attentions", False) or (mask is not None and (mask.dim() != 4 or mask.shape[1] != 1))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    # mask [B, 1, 1, L] broadcasts over the packed [B, H_kv, groups, L] scores
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(b, heads // groups, groups, d), key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    # [B, H_kv, groups, D] is [B, H, D] in memory (query head h = kv head * groups + g): transformers' layout [B, 1, H, D]
+    return out.reshape(b, 1, heads, d), None
+
+
+def register_packed_attention() -> str:
+    """Register `packed_sdpa_attention` with transformers (with SDPA's masks) and return its name, for
+    ``from_pretrained(..., attn_implementation=name)`` or ``model.set_attn_implementation(name)``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    return PACKED_SDPA
+
+
+def use_packed_attention(model: nn.Module) -> None:
+    """Give a transformers model `packed_sdpa_attention` (a model whose family has no SDPA attention
+    gets transformers' ``ValueError``).
+
+    A harness setting, not part of R-Sparse: benchmarks that compare a dense and a sparsified model give
+    it to both (`benchmarks/decode.py --attn sdpa-packed`)."""
+    model.set_attn_implementation(register_packed_attention())
 
 
 def _static_cache(model: nn.Module, max_len: int):
