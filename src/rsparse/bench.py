@@ -344,7 +344,15 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     copies K and V to every query head first (``repeat_kv``): two copies of the whole static cache per
     layer and step. Each query head still attends on its own group's key/value head, so the outputs
     are the same attention; every other call (prompts, multi-head attention, position biases, masks
-    that differ between heads) goes to transformers' own forward."""
+    that differ between heads) goes to transformers' own forward.
+
+    Example:
+
+    ```python
+    >>> out, _ = packed_sdpa_attention(model.model.layers[0].self_attn, q, k, v, mask, scaling=0.088)  # doctest: +SKIP
+    >>> out.shape  # [batch, 1, heads, head_dim], as transformers' attention functions return it  # doctest: +SKIP
+    ```
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
@@ -362,7 +370,17 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
 
 def register_packed_attention() -> str:
     """Register `packed_sdpa_attention` with transformers (with SDPA's masks) and return its name, for
-    ``from_pretrained(..., attn_implementation=name)`` or ``model.set_attn_implementation(name)``."""
+    ``from_pretrained(..., attn_implementation=name)`` or ``model.set_attn_implementation(name)``.
+
+    Example:
+
+    ```python
+    >>> name = register_packed_attention()
+    >>> name
+    'rsparse_packed_sdpa'
+    >>> model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=name)  # doctest: +SKIP
+    ```
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -376,7 +394,16 @@ def use_packed_attention(model: nn.Module) -> None:
     gets transformers' ``ValueError``).
 
     A harness setting, not part of R-Sparse: benchmarks that compare a dense and a sparsified model give
-    it to both (`benchmarks/decode.py --attn sdpa-packed`)."""
+    it to both (`benchmarks/decode.py --attn sdpa-packed`).
+
+    Example:
+
+    ```python
+    >>> for m in (dense, sparse):  # doctest: +SKIP
+    ...     use_packed_attention(m)
+    >>> decode_speed(dense, compile=True)["ms_per_token"] / decode_speed(sparse, compile=True)["ms_per_token"]  # doctest: +SKIP
+    ```
+    """
     model.set_attn_implementation(register_packed_attention())
 
 
