@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the decode step into a CUDA graph, as generate does with a static cache "
                         "(default: on CUDA devices; eager decoding is bound by host time and hides the speed-up)")
+    p.add_argument("--packed-attention", action="store_true",
+                   help="both runs attend with rsparse.bench.use_packed_attention: a decode token's grouped query heads "
+                        "on their own K/V head, instead of the K/V cache copied to every query head")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     sparsify_options(p, None)
 
@@ -667,10 +670,18 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         raise CliError("'rsparse bench' needs rsparse.bench.decode_speed, which this rsparse installation lacks "
                        "(upgrade rsparse)") from None
     model, _ = _load_for_use(args, need_tokenizer=False, need_sparse=True)
+    if args.packed_attention:
+        from rsparse.bench import use_packed_attention
+
+        try:
+            use_packed_attention(model)
+        except ValueError as e:  # a family without SDPA attention
+            raise CliError(f"--packed-attention: {e}") from None
     device = next(model.parameters()).device
     compiled = device.type == "cuda" if args.compile is None else args.compile
     kw = dict(batch_size=args.batch_size, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
               compile=compiled, repeats=args.repeats)
+    attention = model.config._attn_implementation
     modes = {name: m.mode for name, m in rsparse_modules(model).items()}
     _say(args, f"rsparse: decode speed on {device}, sparse ...")
     sparse = decode_speed(model, **kw)
@@ -683,11 +694,11 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             m.set_mode(modes[name])
     speedup = dense["ms_per_token"] / sparse["ms_per_token"]
     if args.json:
-        _print_json({"model": args.model, "device": str(device), **kw, "sparse": sparse, "dense": dense,
-                     "speedup": speedup})
+        _print_json({"model": args.model, "device": str(device), **kw, "attention": attention, "sparse": sparse,
+                     "dense": dense, "speedup": speedup})
         return
     print(f"decode on {device}, batch {args.batch_size}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
-          f"{args.repeats} repeats, {'compiled' if compiled else 'eager'}")
+          f"{args.repeats} repeats, {'compiled' if compiled else 'eager'}, attention {attention}")
     print(f"{'':<8} {'ms/token':>10} {'tokens/s':>10} {'peak MB':>10}")
     for name, r in (("sparse", sparse), ("dense", dense)):
         peak = r.get("peak_memory_mb")
