@@ -375,6 +375,33 @@ def test_gpu_compiled_fullgraph_decode_with_triton():
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_packed_attention_compiled_matches_sdpa(dtype):
+    """The packed decode attention (4 query heads per K/V head) in the compiled Triton step: one graph, and the
+    logits of transformers' SDPA on the same tokens (fp32 to rounding, bf16 within its rounding)."""
+    from rsparse.bench import use_packed_attention
+
+    model = _gpu_sparse_model(dtype)
+    prompt = torch.randint(0, 512, (2, PROMPT), generator=torch.Generator().manual_seed(3)).cuda()
+    rsparse.set_backend("triton")
+    try:
+        torch._dynamo.reset()
+        tokens, ref = decode_logits(model, prompt, 16, step=compile_decode_step(model))
+        use_packed_attention(model)
+        torch._dynamo.reset()
+        counters.clear()
+        _, got = decode_logits(model, prompt, 16, step=compile_decode_step(model), forced=tokens)
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    finally:
+        rsparse.set_backend("auto")
+        model.set_attn_implementation("sdpa")
+    rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+    print(f"packed vs sdpa attention, compiled, {dtype}: max relative logit difference {rel:.2e}")
+    assert rel < (1e-4 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_triton_and_torch_backends_agree(dtype):
     """Compiled decode under the Triton and the PyTorch backend: the same greedy tokens in fp32; in
     bf16 the free-running agreement is reported (it read 0.641 in decode run 26) and the
