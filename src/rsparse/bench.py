@@ -339,10 +339,10 @@ class _LogitsDecoder(_Decoder):
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' SDPA attention, except that one query token of a grouped-query attention attends
     on the key/value heads themselves: the query heads of a group are packed as that key/value head's
-    queries (``[B, H, 1, D] -> [B, H_kv, H / H_kv, D]``, a view). transformers' own SDPA forward does the
-    same in eager decode (from 5.2x) but, under ``torch.compile`` or with a mask and transformers 5.17,
-    copies K and V to every query head first (``repeat_kv``): two copies of the whole static cache per
-    layer and step. Each query head still attends on its own group's key/value head, so the outputs
+    queries (``[B, H, 1, D] -> [B, H_kv, H / H_kv, D]``, a view). transformers' own SDPA forward copies
+    K and V to every query head first (``repeat_kv``: two copies of the whole static cache per layer and
+    step) whenever a mask is given under ``torch.compile`` (5.25 packs like this only in eager decode;
+    5.17 never does). Each query head still attends on its own group's key/value head, so the outputs
     are the same attention; every other call (prompts, multi-head attention, position biases, masks
     that differ between heads) goes to transformers' own forward.
 
