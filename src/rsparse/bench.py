@@ -358,8 +358,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     groups = getattr(module, "num_key_value_groups", 1)
     b, heads, q_len, d = query.shape
     mask = attention_mask
-    if (groups == 1 or q_len != 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-            or kwargs.get("output_attentions", False) or (mask is not None and (mask.dim() != 4 or mask.shape[1] != 1))):
+    per_head_mask = mask is not None and (mask.dim() != 4 or mask.shape[1] != 1)
+    if (groups == 1 or q_len != 1 or per_head_mask or kwargs.get("position_bias") is not None
+            or kwargs.get("softcap") is not None or kwargs.get("output_attentions", False)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     # mask [B, 1, 1, L] broadcasts over the packed [B, H_kv, groups, L] scores
     out = torch.nn.functional.scaled_dot_product_attention(

@@ -683,7 +683,7 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = _launch_config(x, ms, rs, active_fraction)
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
@@ -774,12 +774,6 @@ def sparse_linear_multi(
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
-
-
-def _launch_config(x: torch.Tensor, ms: list[int], rs: list[int], active_fraction: float) -> Config:
-    """`choose_config` for a call of `sparse_linear_multi` on ``x`` ``[T, n]`` (fp32 always takes the one-token code)."""
-    use_dot = x.shape[0] > 1 and x.dtype != torch.float32
-    return choose_config(x.shape[1], sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
 
 
 def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None,
