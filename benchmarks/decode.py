@@ -91,18 +91,24 @@ def build_dense(args) -> torch.nn.Module:
     return model.eval()
 
 
-ATTENTION = ("sdpa", "sdpa-packed", "sdpa-no-cudnn", "eager", "flex_attention")
+ATTENTION = ("sdpa", "sdpa-packed", "split-key", "sdpa-no-cudnn", "eager", "flex_attention")
 
 
 def attn_implementation(choice: str) -> str:
     """transformers' ``attn_implementation`` for ``--attn``; ``sdpa-no-cudnn`` is SDPA with PyTorch's cuDNN
     attention backend switched off for the whole process (SDPA then picks its memory-efficient kernel);
     ``sdpa-packed`` is SDPA with a decode token's grouped query heads packed onto their key/value head
-    instead of K and V copied to every query head (`rsparse.bench.packed_sdpa_attention`)."""
+    instead of K and V copied to every query head (`rsparse.bench.packed_sdpa_attention`); ``split-key`` packs
+    the same way and computes a decode token's attention with the keys cut into ranges over many programs
+    of a Triton kernel (`rsparse.bench.split_key_attention`)."""
     if choice == "sdpa-packed":
         from rsparse.bench import register_packed_attention
 
         return register_packed_attention()
+    if choice == "split-key":
+        from rsparse.bench import register_split_key_attention
+
+        return register_split_key_attention()
     if choice == "sdpa-no-cudnn":
         torch.backends.cuda.enable_cudnn_sdp(False)
         return "sdpa"

@@ -377,7 +377,7 @@ def test_gpu_compiled_fullgraph_decode_with_triton():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_packed_attention_compiled_matches_sdpa(dtype):
     """The packed decode attention (4 query heads per K/V head) in the compiled Triton step: one graph, and the
-    logits of transformers' SDPA on the same tokens (fp32 to rounding, bf16 within its rounding)."""
+    logits of transformers' SDPA on the same tokens (fp32 to rounding, bf16 by `assert_forced_close`)."""
     from rsparse.bench import use_packed_attention
 
     model = _gpu_sparse_model(dtype)
@@ -394,9 +394,16 @@ def test_gpu_packed_attention_compiled_matches_sdpa(dtype):
     finally:
         rsparse.set_backend("auto")
         model.set_attn_implementation("sdpa")
-    rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
-    print(f"packed vs sdpa attention, compiled, {dtype}: max relative logit difference {rel:.2e}")
-    assert rel < (1e-4 if dtype == torch.float32 else 3e-2)
+    print(f"packed vs sdpa attention, compiled, {dtype}:")
+    if dtype == torch.float32:
+        rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+        print(f"  max relative logit difference {rel:.2e}")
+        assert rel < 1e-4
+    else:
+        # bf16: a 3e-2 bound on every step failed on the H200 (session 25), since a rounding that moves one
+        # channel across its threshold changes the sparse model's later layers; the teacher-forced rule
+        # asserted for the two backends applies (the same tokens are forced on both runs).
+        assert_forced_close(got, ref)
 
 
 @pytest.mark.gpu

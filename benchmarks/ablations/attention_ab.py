@@ -1,6 +1,8 @@
 """Attention A/B in one process: transformers' SDPA against the packed decode attention
 (`rsparse.bench.packed_sdpa_attention`: a decode token's grouped query heads attend on their key/value
-head instead of on copies of K and V expanded to every query head), given to the dense model and to
+head instead of on copies of K and V expanded to every query head) and the split-key one
+(`rsparse.bench.split_key_attention`: the same packing, the keys cut into ranges over many programs of
+a Triton kernel), given to the dense model and to
 each sparse copy alike, in the order of ``--attentions``. Same model and harness as `decode.py`
 (Llama-3-8B shape, random bf16 weights, compiled static-cache decode, batch 1, prompt 128).
 
@@ -25,10 +27,12 @@ from decode import SEED, build_dense, sparsify_copy  # noqa: E402
 
 
 def set_attention(model, choice: str) -> None:
-    from rsparse.bench import use_packed_attention
+    from rsparse.bench import use_packed_attention, use_split_key_attention
 
     if choice == "sdpa-packed":
         use_packed_attention(model)
+    elif choice == "split-key":
+        use_split_key_attention(model)
     else:
         model.set_attn_implementation("sdpa")
 
@@ -36,7 +40,7 @@ def set_attention(model, choice: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", type=float, nargs="+", default=[0.7])
-    p.add_argument("--attentions", nargs="+", default=["sdpa", "sdpa-packed"], choices=["sdpa", "sdpa-packed"])
+    p.add_argument("--attentions", nargs="+", default=["sdpa", "sdpa-packed"], choices=["sdpa", "sdpa-packed", "split-key"])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--time-limit", type=float, default=1e9, help="start no attention round after this many s")

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 __all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_step", "use_packed_attention",
-           "register_packed_attention", "packed_sdpa_attention"]
+           "register_packed_attention", "packed_sdpa_attention", "split_key_attention", "register_split_key_attention",
+           "use_split_key_attention"]
 
-# transformers' name for `packed_sdpa_attention` once `register_packed_attention` has registered it.
+# transformers' names for `packed_sdpa_attention` and `split_key_attention` once registered.
 PACKED_SDPA = "rsparse_packed_sdpa"
+SPLIT_KEY = "rsparse_split_key"
 
 
 def compile_decode_step(
@@ -369,6 +371,40 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     return out.reshape(b, 1, heads, d), None
 
 
+def split_key_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """`packed_sdpa_attention` with a decode token's attention computed by ``rsparse::decode_attention``:
+    the keys split into ranges over many programs (a Triton kernel on CUDA), where SDPA's kernels give
+    each key/value head one program that walks the whole static cache. Calls it does not take (prompts,
+    a non-boolean or per-head mask, soft-capping, attention sinks, head dims other than a power of 2 in
+    [16, 256], dropout) go to `packed_sdpa_attention`.
+
+    Example:
+
+    ```python
+    >>> out, _ = split_key_attention(model.model.layers[0].self_attn, q, k, v, mask, scaling=0.088)  # doctest: +SKIP
+    ```
+    """
+    import rsparse.ops.decode_attention  # noqa: F401  (registers the op)
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    b, heads, q_len, d = query.shape
+    mask = attention_mask
+    takes = (
+        q_len == 1 and dropout == 0.0 and query.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and 16 <= d <= 256 and d & (d - 1) == 0 and key.shape[1] * groups == heads
+        and (mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1
+                              and mask.shape[2] == 1 and mask.shape[3] == key.shape[2]))
+        and kwargs.get("position_bias") is None and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
+        and not kwargs.get("output_attentions", False)
+    )
+    if not takes:
+        return packed_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                     **kwargs)
+    scale = scaling if scaling is not None else d ** -0.5
+    out = torch.ops.rsparse.decode_attention(query.reshape(b, heads // groups, groups, d), key, value, mask, scale)
+    return out.reshape(b, 1, heads, d), None  # [B, H_kv, G, D] is [B, H, D] in memory
+
+
 def register_packed_attention() -> str:
     """Register `packed_sdpa_attention` with transformers (with SDPA's masks) and return its name, for
     ``from_pretrained(..., attn_implementation=name)`` or ``model.set_attn_implementation(name)``.
@@ -416,3 +452,35 @@ def _static_cache(model: nn.Module, max_len: int):
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def register_split_key_attention() -> str:
+    """Register `split_key_attention` with transformers (with SDPA's boolean masks) and return its name.
+
+    Example:
+
+    ```python
+    >>> register_split_key_attention()
+    'rsparse_split_key'
+    ```
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SPLIT_KEY, split_key_attention)
+    AttentionMaskInterface.register(SPLIT_KEY, sdpa_mask)
+    return SPLIT_KEY
+
+
+def use_split_key_attention(model: nn.Module) -> None:
+    """Give a transformers model `split_key_attention`. A harness setting, not part of R-Sparse: benchmarks
+    that compare a dense and a sparsified model give it to both (`benchmarks/decode.py --attn split-key`).
+
+    Example:
+
+    ```python
+    >>> for m in (dense, sparse):  # doctest: +SKIP
+    ...     use_split_key_attention(m)
+    ```
+    """
+    model.set_attn_implementation(register_split_key_attention())
