@@ -28,7 +28,9 @@ was allocated when the row started (other variants stay resident and are subtrac
     python benchmarks/decode.py --targets 0.7 --batches 1 --prompts 128 --modes compiled --profile  # + kernel means
     python benchmarks/decode.py --prompts 2048 --calibration 4x2304   # long prompts: calibrate over their positions (run 39)
 
-``--attn`` sets transformers' attention for dense and sparse alike (default ``sdpa``; run 22 in NOTES compares them;
+``--attn`` sets transformers' attention for dense and sparse alike (default ``split-key``,
+`rsparse.bench.split_key_attention`, since run 45: the dense step takes 3.6 % less time than with ``sdpa-packed`` in the
+same process, so it is the stronger baseline; runs up to 44 used ``sdpa``; run 22 in NOTES compares the others;
 ``sdpa-packed``, `rsparse.bench.packed_sdpa_attention`, run 44).
 ``--skip-module-guards`` compiles both without guards on the modules (`rsparse.bench.compile_decode_step`): the sparse
 step's host time is mostly those guards (run 23); on the GPU skipping them moved the rows by under 1 % (run 24).
@@ -415,8 +417,8 @@ def main() -> None:
                    help="eager rows: run every sparse call uncaptured (rsparse.eager_graphs off)")
     p.add_argument("--profile", action="store_true",
                    help="profile each row and store its kernels' mean times in the row (slows the row a little)")
-    p.add_argument("--attn", default="sdpa", choices=ATTENTION,
-                   help="attention of dense and sparse models alike (transformers' attn_implementation; default sdpa)")
+    p.add_argument("--attn", default="split-key", choices=ATTENTION,
+                   help="attention of dense and sparse models alike (transformers' attn_implementation; default split-key)")
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compiled rows, dense and sparse alike: no dynamo guards on the modules (host time per step; NOTES run 23)")
     p.add_argument("--no-pdl", dest="pdl", action="store_false",

@@ -301,18 +301,24 @@ def test_bench_compiles_on_cuda_by_default_only(flag, expected, sparse_dir, caps
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rsparse.bench") is None, reason="rsparse.bench not in this checkout")
-@pytest.mark.parametrize("flag", [False, True])
-def test_bench_packed_attention_for_both_runs(flag, sparse_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("flag", [None, "--packed-attention", "--split-key-attention"])
+def test_bench_attention_for_both_runs(flag, sparse_dir, capsys, monkeypatch):
     import rsparse.bench
 
     seen = []
     fake = {"ms_per_token": 1.0, "tokens_per_s": 1000.0, "peak_memory_mb": None}
     monkeypatch.setattr(rsparse.bench, "decode_speed",
                         lambda model, **kw: seen.append(model.config._attn_implementation) or dict(fake))
-    args = ["bench", sparse_dir, "--repeats", "1", "-q", "--json"] + (["--packed-attention"] if flag else [])
+    args = ["bench", sparse_dir, "--repeats", "1", "-q", "--json"] + ([flag] if flag else [])
     rc, out, _ = run(capsys, *args)
-    expected = rsparse.bench.PACKED_SDPA if flag else "sdpa"
+    expected = {None: "sdpa", "--packed-attention": rsparse.bench.PACKED_SDPA,
+                "--split-key-attention": rsparse.bench.SPLIT_KEY}[flag]
     assert rc == 0 and seen == [expected, expected] and json.loads(out)["attention"] == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rsparse.bench") is None, reason="rsparse.bench not in this checkout")
+def test_bench_takes_one_attention(sparse_dir, capsys):
+    assert_error(run(capsys, "bench", sparse_dir, "--packed-attention", "--split-key-attention"), 2, "not allowed with")
 
 
 # --------------------------------------------------------------------------- the program itself

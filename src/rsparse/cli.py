@@ -225,9 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the decode step into a CUDA graph, as generate does with a static cache "
                         "(default: on CUDA devices; eager decoding is bound by host time and hides the speed-up)")
-    p.add_argument("--packed-attention", action="store_true",
-                   help="both runs attend with rsparse.bench.use_packed_attention: a decode token's grouped query heads "
-                        "on their own K/V head, instead of the K/V cache copied to every query head")
+    attention = p.add_mutually_exclusive_group()
+    attention.add_argument("--packed-attention", action="store_true",
+                           help="both runs attend with rsparse.bench.use_packed_attention: a decode token's grouped query "
+                                "heads on their own K/V head, instead of the K/V cache copied to every query head")
+    attention.add_argument("--split-key-attention", action="store_true",
+                           help="both runs attend with rsparse.bench.use_split_key_attention: packed as with "
+                                "--packed-attention, a decode token's keys split over many programs of a Triton kernel "
+                                "(the fastest decode attention on an H200, decode run 45)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     sparsify_options(p, None)
 
@@ -670,13 +675,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         raise CliError("'rsparse bench' needs rsparse.bench.decode_speed, which this rsparse installation lacks "
                        "(upgrade rsparse)") from None
     model, _ = _load_for_use(args, need_tokenizer=False, need_sparse=True)
-    if args.packed_attention:
-        from rsparse.bench import use_packed_attention
+    if args.packed_attention or args.split_key_attention:
+        from rsparse.bench import use_packed_attention, use_split_key_attention
 
+        flag, use = (("--packed-attention", use_packed_attention) if args.packed_attention
+                     else ("--split-key-attention", use_split_key_attention))
         try:
-            use_packed_attention(model)
+            use(model)
         except ValueError as e:  # a family without SDPA attention
-            raise CliError(f"--packed-attention: {e}") from None
+            raise CliError(f"{flag}: {e}") from None
     device = next(model.parameters()).device
     compiled = device.type == "cuda" if args.compile is None else args.compile
     kw = dict(batch_size=args.batch_size, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
