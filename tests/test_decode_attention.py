@@ -13,7 +13,10 @@ from torch._dynamo.utils import counters
 
 import rsparse
 from rsparse.bench import decode_logits, use_split_key_attention
-from rsparse.ops.decode_attention import check_decode_attention_args, decode_attention_reference
+from rsparse.ops.decode_attention import (
+    check_decode_attention_args,
+    decode_attention_reference,
+)
 
 from .conftest import random_tokens, tiny_model
 
@@ -209,25 +212,6 @@ def test_gpu_kernel_in_a_cuda_graph():
 def test_gpu_split_key_attention_compiled_decode(dtype):
     """A sparsified model's compiled Triton decode with the split-key attention: one graph, the logits of
     SDPA on the same tokens (fp32 to rounding; bf16 as the teacher-forced rule of test_decode allows)."""
-    from rsparse.bench import compile_decode_step
-    from .test_decode import _gpu_sparse_model, assert_forced_close
+    from .test_decode import assert_attention_matches_sdpa
 
-    model = _gpu_sparse_model(dtype)
-    prompt = torch.randint(0, 512, (2, PROMPT), generator=torch.Generator().manual_seed(3)).cuda()
-    rsparse.set_backend("triton")
-    try:
-        torch._dynamo.reset()
-        tokens, ref = decode_logits(model, prompt, 16, step=compile_decode_step(model))
-        use_split_key_attention(model)
-        torch._dynamo.reset()
-        counters.clear()
-        _, got = decode_logits(model, prompt, 16, step=compile_decode_step(model), forced=tokens)
-        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
-    finally:
-        model.set_attn_implementation("sdpa")
-    if dtype == torch.float32:
-        rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
-        print(f"split-key vs sdpa, compiled fp32: max relative logit difference {rel:.2e}")
-        assert rel < 1e-4
-    else:
-        assert_forced_close(got, ref)
+    assert_attention_matches_sdpa(dtype, use_split_key_attention, "split-key")

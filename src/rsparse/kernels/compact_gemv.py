@@ -522,9 +522,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _workspace(device: torch.device, numel: int) -> torch.Tensor:
+def persistent_zeros(store: dict, device: torch.device, numel: int) -> torch.Tensor:
+    """A zeroed fp32 buffer of at least ``numel`` words, kept per device in ``store`` and grown by
+    doubling (an outgrown buffer is kept alive: captured graphs may still use it)."""
     key = (device.type, device.index)
-    buf = _WORKSPACE.get(key)
+    buf = store.get(key)
     if buf is not None and buf.numel() >= numel:
         return buf[:numel]
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -539,8 +541,12 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
         new = torch.zeros(size, dtype=torch.float32, device=device)
     if buf is not None:
         _RETIRED.append(buf)
-    _WORKSPACE[key] = new
+    store[key] = new
     return new[:numel]
+
+
+def _workspace(device: torch.device, numel: int) -> torch.Tensor:
+    return persistent_zeros(_WORKSPACE, device, numel)
 
 
 _VIEWS: dict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]] = {}

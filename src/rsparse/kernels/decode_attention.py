@@ -115,26 +115,6 @@ def _decode_attention_kernel(
 
 _SCRATCH: dict[tuple, torch.Tensor] = {}
 _COUNTERS: dict[tuple, torch.Tensor] = {}
-_RETIRED: list[torch.Tensor] = []  # outgrown buffers that captured graphs may still use
-
-
-def _persistent(store: dict, device: torch.device, numel: int) -> torch.Tensor:
-    """A zeroed fp32 buffer of at least ``numel`` words kept per device in ``store``. Inside a CUDA
-    graph capture that finds it too small, the capture's own zeroed buffer (a memset node); warm-up
-    calls before a capture size it first."""
-    key = (device.type, device.index)
-    buf = store.get(key)
-    if buf is not None and buf.numel() >= numel:
-        return buf[:numel]
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(numel, dtype=torch.float32, device=device)
-    size = max(numel, 1 << 12, 2 * buf.numel() if buf is not None else 0)
-    new = (_compact._zeros_outside_graph_pool(size, device) if device.type == "cuda"
-           else torch.zeros(size, dtype=torch.float32, device=device))
-    if buf is not None:
-        _RETIRED.append(buf)
-    store[key] = new
-    return new[:numel]
 
 
 def _workspace(device: torch.device, ranges: int, d: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -142,8 +122,8 @@ def _workspace(device: torch.device, ranges: int, d: int, heads: int) -> tuple[t
     counter per (batch, key/value head) in a buffer of their own that is zero at rest (the last program
     of each head puts its counter back). Neither is the GEMV kernels' workspace, which must be zero at
     rest everywhere."""
-    part, stat = _compact.cut_parts(_persistent(_SCRATCH, device, ranges * (d + 2)), [ranges * d, ranges * 2])
-    return part, stat, _persistent(_COUNTERS, device, heads).view(torch.int32)
+    part, stat = _compact.cut_parts(_compact.persistent_zeros(_SCRATCH, device, ranges * (d + 2)), [ranges * d, ranges * 2])
+    return part, stat, _compact.persistent_zeros(_COUNTERS, device, heads).view(torch.int32)
 
 
 def split_plan(batch: int, heads_kv: int, n_keys: int, sm_count: int) -> tuple[int, int]:
