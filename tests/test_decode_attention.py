@@ -81,6 +81,20 @@ def test_kernel_without_mask_and_with_a_broadcast_mask():
 
 
 @needs_triton
+def test_kernel_takes_strided_inputs_and_returns_a_contiguous_output():
+    """q with its heads and queries transposed, K/V a slice of a longer cache: the strides are read, and the
+    output is contiguous, as the op's fake declares for torch.compile."""
+    q, k, v, mask = random_case(2, 3, 4, 100, 32, torch.float32, seed=5)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, H_kv, G, D] view of a [B, G, H_kv, D] buffer
+    k_long, v_long = torch.randn(2, 3, 150, 32), torch.randn(2, 3, 150, 32)
+    k_long[:, :, :100], v_long[:, :, :100] = k, v
+    rsparse.set_backend("triton")
+    out = torch.ops.rsparse.decode_attention(q, k_long[:, :, :100], v_long[:, :, :100], mask, 0.2)
+    assert not q.is_contiguous() and out.is_contiguous()
+    assert relative_error(out, q, k, v, mask, 0.2) < 1e-5
+
+
+@needs_triton
 def test_counters_are_zero_after_calls_of_other_shapes():
     """The per-head counters live in a buffer that is zero at rest: calls of growing and shrinking batch and
     length in a row (the scratch regions move) still merge exactly their own ranges."""

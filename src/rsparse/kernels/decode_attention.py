@@ -154,7 +154,7 @@ def decode_attention(
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else 4
     splits, per_split = split_plan(b, heads_kv, n_keys, sms)
     part, stat, cnt = _workspace(q.device, b * heads_kv * splits * g, d, b * heads_kv)
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, as the op's fake declares
     m = mask.view(torch.uint8) if mask is not None else q  # bool read as bytes; unused without a mask
     pdl = _compact.pdl_enabled(q.device)
     _decode_attention_kernel[(b * heads_kv, splits)](
