@@ -691,13 +691,18 @@ def test_packed_attention_with_padding_and_a_sparse_model():
 
     model = tiny_model("llama3")
     rsparse.sparsify(model, 0.5, calibration=random_tokens(8, 32, seed=1), show_progress=False)
+    assert_padded_generate_matches_sdpa(model, use_packed_attention)
+
+
+def assert_padded_generate_matches_sdpa(model, use_attention) -> None:
+    """Left-padded `generate` (a mask per sequence) gives SDPA's tokens and scores after ``use_attention(model)``."""
     ids = random_tokens(2, PROMPT, seed=7)
     mask = torch.ones_like(ids)
     mask[0, :5] = 0  # the first sequence is left-padded
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
               pad_token_id=0)
     ref = model.generate(ids, **kw)
-    use_packed_attention(model)
+    use_attention(model)
     got = model.generate(ids, **kw)
     assert torch.equal(got.sequences, ref.sequences)
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(ref.scores), rtol=1e-5, atol=1e-5)

@@ -169,17 +169,9 @@ def test_split_key_attention_decodes_as_sdpa(family):
 
 def test_split_key_attention_with_padding_generates_as_sdpa():
     """Left-padded `generate` (a mask per sequence, prompts through the fallback) on the reference path."""
-    model = tiny_model("llama3")
-    ids = random_tokens(2, PROMPT, seed=7)
-    mask = torch.ones_like(ids)
-    mask[0, :5] = 0
-    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
-              pad_token_id=0)
-    ref = model.generate(ids, **kw)
-    use_split_key_attention(model)
-    got = model.generate(ids, **kw)
-    assert torch.equal(got.sequences, ref.sequences)
-    torch.testing.assert_close(torch.stack(got.scores), torch.stack(ref.scores), rtol=1e-5, atol=1e-5)
+    from .test_decode import assert_padded_generate_matches_sdpa
+
+    assert_padded_generate_matches_sdpa(tiny_model("llama3"), use_split_key_attention)
 
 
 # ---------------------------------------------------------------- GPU (run on the lent H200)

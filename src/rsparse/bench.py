@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import rsparse.ops.decode_attention  # noqa: F401  (registers rsparse::decode_attention for split_key_attention)
+
 __all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_step", "use_packed_attention",
            "register_packed_attention", "packed_sdpa_attention", "split_key_attention", "register_split_key_attention",
            "use_split_key_attention"]
@@ -384,8 +386,6 @@ def split_key_attention(module, query, key, value, attention_mask, dropout=0.0, 
     >>> out, _ = split_key_attention(model.model.layers[0].self_attn, q, k, v, mask, scaling=0.088)  # doctest: +SKIP
     ```
     """
-    import rsparse.ops.decode_attention  # noqa: F401  (registers the op)
-
     groups = getattr(module, "num_key_value_groups", 1)
     b, heads, q_len, d = query.shape
     mask = attention_mask

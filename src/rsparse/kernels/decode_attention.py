@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from rsparse.kernels import compact_gemv as _compact
+from rsparse.kernels.sparse_linear import _sm_count
 
 __all__ = ["decode_attention"]
 
@@ -151,8 +152,7 @@ def decode_attention(
     """
     b, heads_kv, g, d = q.shape
     n_keys = k.shape[2]
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else 4
-    splits, per_split = split_plan(b, heads_kv, n_keys, sms)
+    splits, per_split = split_plan(b, heads_kv, n_keys, _sm_count(q.device))
     part, stat, cnt = _workspace(q.device, b * heads_kv * splits * g, d, b * heads_kv)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, as the op's fake declares
     m = mask.view(torch.uint8) if mask is not None else q  # bool read as bytes; unused without a mask
