@@ -269,21 +269,7 @@ VARIANTS_RUN15 = {
     "acc2d 32,128,8,2": _A(32, 128, 8, 2),
     "shipped again": (None, {}),
 }
-# Twenty-sixth session (use with --batch 2..4): several tokens on CUDA cores (`Config.tokens_on_cores`) against the
-# shipped tensor-core launch.  Registers per thread (tools/aot_check_splitk.py, Triton 3.6, sm_90, bf16, 4 tokens):
-# 8-row steps with x a step ahead 217, without 168; 4-row steps 159 / 137; so 2-3 programs fit per multiprocessor.
-_C = lambda bk, pps, ahead: K.Config(block_k=bk, block_m=1024, programs_per_sm=pps, num_warps=4,  # noqa: E731
-                                     prefetch=int(ahead), tokens_on_cores=True)
-VARIANTS_CORES26 = {
-    "dot (shipped)": _DOT,
-    "cores 8,3/SM": _C(8, 3, False),
-    "cores 8,2/SM,ahead": _C(8, 2, True),
-    "cores 4,3/SM": _C(4, 3, False),
-    "cores 4,3/SM,ahead": _C(4, 3, True),
-    "cores 8,4/SM": _C(8, 4, False),
-    "dot (shipped) again": _DOT,
-}
-VARIANT_SETS = {"cores26": VARIANTS_CORES26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+VARIANT_SETS = {"run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,

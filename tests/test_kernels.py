@@ -138,47 +138,6 @@ def test_all_inactive_and_all_active(active, r):
 
 
 @needs_triton
-@needs_triton
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-@pytest.mark.parametrize("T", [2, 3, 4, 7])
-def test_tokens_on_cores_match_reference(T, dtype, monkeypatch):
-    # Several tokens with FMAs instead of tl.dot (Config.tokens_on_cores): odd widths, token blocks
-    # of 2 and 4 (T = 7: two grid rows, the second one token short), one and three projections,
-    # NaN-filled outputs so that every element must be written.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "TOKENS_ON_CORES_MAX", 16)
-    assert kernels.choose_config(70, 45, True, 2, tokens=T).tokens_on_cores
-    check(make_args(T, 70, 45, 0, dtype, "cpu", 0.5, bias=True), dtype, "cpu")
-    projs = [make_args(T, 130, m, 0, dtype, "cpu", 0.4, seed=j) for j, m in enumerate((77, 20, 33))]
-    projs = [(projs[0][0], *p[1:]) for p in projs]  # one shared x
-    check_group(projs, dtype, active_fraction=0.4)
-
-
-def test_tokens_on_cores_leave_ranks_and_fp32_to_their_launches(monkeypatch):
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "TOKENS_ON_CORES_MAX", 4)
-    assert kernels.choose_config(4096, 14336, True, 2, tokens=4).tokens_on_cores
-    assert not kernels.choose_config(4096, 14336, True, 2, tokens=5).tokens_on_cores  # above the bound
-    assert not kernels.choose_config(4096, 14336, True, 2, has_rank=True, tokens=4).tokens_on_cores
-    assert not kernels.choose_config(4096, 14336, False, 2, tokens=1).tokens_on_cores  # one token
-    monkeypatch.setattr(kernels, "TOKENS_ON_CORES_MAX", 0)
-    assert not kernels.choose_config(4096, 14336, True, 2, tokens=2).tokens_on_cores
-
-
-@needs_triton
-def test_tokens_on_cores_config_with_a_rank_takes_the_dot_launch(monkeypatch):
-    # A forced on-cores config on a layer with rank must still be right: the low-rank items need tl.dot.
-    from rsparse.kernels import sparse_linear as kernels
-
-    kernels.set_config(kernels.Config(block_k=8, block_m=64, programs_per_sm=2, tokens_on_cores=True), kind="dot")
-    try:
-        check(make_args(3, 70, 45, 6, torch.bfloat16, "cpu", 0.5), torch.bfloat16, "cpu")
-    finally:
-        kernels.set_config(None, kind="dot")
-
-
 def test_multi_projection_matches_single():
     from rsparse.kernels import sparse_linear as kernels
 
@@ -504,15 +463,13 @@ def test_gpu_fp32_backends_agree_to_the_bit(shape):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("ms", [(14336, 14336), (8192, 8192), (4096, 1024, 1024)], ids=str)
-@pytest.mark.parametrize("on_cores", [False, True], ids=["dot", "on-cores"])
 @pytest.mark.parametrize("T", [2, 3, 4, 8])
-def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms, on_cores, monkeypatch):
+def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms):
     # Regression (2026-12-01): the last program of a tile zeroed the persistent workspace with no
     # barrier after loading its sums; in the batched launch of gate+up at these widths the second
     # projection's outputs then read zeros at random (up to 8 calls in 8 wrong).
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "TOKENS_ON_CORES_MAX", 16 if on_cores else 0)
     projs = [make_args(T, 4096, m, 0, torch.bfloat16, "cuda", 0.5, seed=j) for j, m in enumerate(ms)]
     g = torch.Generator(device="cuda").manual_seed(T)
     for call in range(6):  # the weights once (built on the CPU, slow at these widths), a fresh x per call

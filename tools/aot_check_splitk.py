@@ -79,29 +79,10 @@ for dtype in ("bf16", "fp16"):
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, TOKENS_ON_CORES=False,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False,
         )
         try:
             report = resource_report(compile_splitk(dtype, const))
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
         print(f"{dtype} ranks={ranks}: {report}", flush=True)
-
-# Several tokens without rank on CUDA cores (`Config.tokens_on_cores`): the weight loop holds BLOCK_T accumulators
-# per column; above 128 registers (4 warps) fewer than 4 programs fit on a multiprocessor.
-for dtype in ("bf16",):
-    for block_t, block_k, block_m, warps, ahead in ((2, 8, 1024, 4, True), (4, 8, 1024, 4, True), (4, 8, 1024, 4, False),
-                                                    (4, 4, 1024, 4, True), (4, 4, 1024, 4, False), (4, 8, 512, 2, False)):
-        const = dict(
-            BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=block_t,
-            BLOCK_K=block_k, BLOCK_M=block_m, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False,
-            RESET_STATE=False, XC_AHEAD=ahead, PRENORM=False, NORM_BLOCK=1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, TOKENS_ON_CORES=True,
-        )
-        try:
-            report = resource_report(compile_splitk(dtype, const, warps))
-        except Exception as e:
-            report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} tokens on cores, BLOCK_T={block_t}, BLOCK_K={block_k}, BLOCK_M={block_m}, {warps} warps, "
-              f"x ahead {ahead}: {report}",
-              flush=True)

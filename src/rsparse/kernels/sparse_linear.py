@@ -187,82 +187,6 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
 
 
 @triton.jit
-def _token_x(x_ptr, stride_xt, t, T, offs_k, k_ok):
-    # Token t's inputs at offs_k in fp32 (zeros past the last token).
-    return tl.load(x_ptr + t * stride_xt + offs_k, mask=k_ok & (offs_k * 0 + t < T), other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _token_step(acc, xf, cv, tau, w):
-    # acc [BLOCK_M] += this token's kept inputs times the step's rows (w: zeros where no token keeps a row).
-    return acc + tl.sum(tl.where(tl.abs(xf) * cv > tau, xf, 0.0)[:, None] * w.to(tl.float32), axis=0)
-
-
-@triton.jit
-def _w_rows_tokens(x_ptr, stride_xt, T, t0, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok,
-                   BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, AHEAD: tl.constexpr):
-    # Up to 4 tokens on CUDA cores (Config.tokens_on_cores): [BLOCK_T, BLOCK_M] partial sums of the
-    # rows k_start..k_end for tokens t0..t0+BLOCK_T.  One accumulator per token, each laid out like
-    # the one-token loop's, so a step's rows stay in one thread and its sum over them needs no
-    # exchange between threads (a [BLOCK_T, BLOCK_K, BLOCK_M] product put the columns in another
-    # layout and moved every step's rows through shared memory: 222 registers).  A row is read if
-    # any token keeps it, as in the tensor-core loop.  AHEAD: the next step's x and c are loaded
-    # before this step's products, as in `_w_rows_ahead` (more registers: every thread holds every
-    # token's inputs of two steps).
-    acc0 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < k_end
-    cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-    x0 = _token_x(x_ptr, stride_xt, t0, T, offs_k, k_ok)
-    x1 = _token_x(x_ptr, stride_xt, t0 + 1, T, offs_k, k_ok)
-    x2 = x0
-    x3 = x0
-    if BLOCK_T > 2:
-        x2 = _token_x(x_ptr, stride_xt, t0 + 2, T, offs_k, k_ok)
-        x3 = _token_x(x_ptr, stride_xt, t0 + 3, T, offs_k, k_ok)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < k_end
-        if not AHEAD:
-            cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            x0 = _token_x(x_ptr, stride_xt, t0, T, offs_k, k_ok)
-            x1 = _token_x(x_ptr, stride_xt, t0 + 1, T, offs_k, k_ok)
-            if BLOCK_T > 2:
-                x2 = _token_x(x_ptr, stride_xt, t0 + 2, T, offs_k, k_ok)
-                x3 = _token_x(x_ptr, stride_xt, t0 + 3, T, offs_k, k_ok)
-        # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
-        # Padded tokens and channels load x = 0: whatever the mask, their coefficient is 0.
-        row_on = (tl.abs(x0) * cv > tau) | (tl.abs(x1) * cv > tau)
-        if BLOCK_T > 2:
-            row_on = row_on | (tl.abs(x2) * cv > tau) | (tl.abs(x3) * cv > tau)
-        w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=(row_on & k_ok)[:, None] & m_ok[None, :],
-                    other=0.0)
-        c_now, y0, y1, y2, y3 = cv, x0, x1, x2, x3
-        if AHEAD:
-            nk = offs_k + BLOCK_K
-            n_ok = nk < k_end
-            cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
-            x0 = _token_x(x_ptr, stride_xt, t0, T, nk, n_ok)
-            x1 = _token_x(x_ptr, stride_xt, t0 + 1, T, nk, n_ok)
-            if BLOCK_T > 2:
-                x2 = _token_x(x_ptr, stride_xt, t0 + 2, T, nk, n_ok)
-                x3 = _token_x(x_ptr, stride_xt, t0 + 3, T, nk, n_ok)
-        acc0 = _token_step(acc0, y0, c_now, tau, w)
-        acc1 = _token_step(acc1, y1, c_now, tau, w)
-        if BLOCK_T > 2:
-            acc2 = _token_step(acc2, y2, c_now, tau, w)
-            acc3 = _token_step(acc3, y3, c_now, tau, w)
-    rows = tl.arange(0, BLOCK_T)[:, None]
-    acc = tl.where(rows == 0, acc0[None, :], acc1[None, :])
-    if BLOCK_T > 2:
-        acc = tl.where(rows == 2, acc2[None, :], tl.where(rows == 3, acc3[None, :], acc))
-    return acc
-
-
-@triton.jit
 def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
              USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -392,7 +316,6 @@ def _weight_item(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    TOKENS_ON_CORES: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -408,10 +331,7 @@ def _weight_item(
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
                     zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
                     Z_SKIP_ACTIVE, ACC)
-    if TOKENS_ON_CORES:
-        acc = _w_rows_tokens(x_ptr, stride_xt, T, pid_t * BLOCK_T, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
-                             m_ok, BLOCK_T, BLOCK_K, BLOCK_M, XC_AHEAD)
-    elif XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
+    if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                             BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC)
     else:
@@ -493,7 +413,6 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    TOKENS_ON_CORES: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -523,22 +442,19 @@ def _splitk_kernel(
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN,
-                         TOKENS_ON_CORES)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN,
-                         TOKENS_ON_CORES)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN,
-                         TOKENS_ON_CORES)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -582,11 +498,9 @@ class Config:
     # block_k, block_m, programs_per_sm, num_warps, prefetch and block_r; "inline" its
     # one-launch form (each program compacts its own channels; layers without rank).
     path: str = "splitk"
-    prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2); tokens_on_cores: x and c a step ahead (> 0)
+    prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool | None = None  # programmatic dependent launch of every launch (None: compact_gemv.LAUNCH_PDL)
     z_steps: int | None = None  # z items: steps of block_kz channels per item (None: Z_STEPS)
-    # 2-16 tokens without rank: FMAs on CUDA cores, 2 or 4 tokens per grid row, instead of tl.dot
-    tokens_on_cores: bool = False
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -629,25 +543,18 @@ SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 WIDE_Z_STEPS = 8
 
 
-# 2 to TOKENS_ON_CORES_MAX tokens without rank: FMAs on CUDA cores (`_w_rows_tokens`, one-token tiles, 2 or 4
-# tokens per grid row) instead of tensor-core dots padded to 16 rows.  0: never (until measured).
-TOKENS_ON_CORES_MAX = 0
-
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
 
 
 def choose_config(
-    n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False,
-    tokens: int = 1,
+    n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False
 ) -> Config:
-    """Tile sizes and path of a launch, from the shape, the layer's expected active fraction,
-    whether any of its projections has a low-rank path and the tokens per call."""
+    """Tile sizes and path of a launch, from the shape, the layer's expected active fraction and
+    whether any of its projections has a low-rank path."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
-    if use_dot and not has_rank and tokens <= TOKENS_ON_CORES_MAX:
-        return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1, tokens_on_cores=True)
     if (not use_dot and n < 2 * m_total and SMALL_COMPACT_MIN_ELEMENTS <= n * m_total < COMPACT_MIN_ELEMENTS
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
         return COMPACT_CONFIG
@@ -776,26 +683,22 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), tokens=T)
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
         return _compact_path(cfg, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs,
                              norm_weight=norm_weight, norm_eps=norm_eps, residual=residual)
-    on_cores = use_dot and cfg.tokens_on_cores and not any(rs)  # several tokens, FMAs instead of tl.dot
-    use_dot = use_dot and not on_cores
-    # (several tokens on cores: x and c a step ahead where the config prefetches)
-    xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d and (cfg.prefetch > 0 if on_cores else True)
+    xc_ahead = XC_AHEAD and not use_dot and not cfg.acc2d
     if residual is not None and residual.stride(-1) != 1:
         residual = residual.contiguous()
-    # tl.dot needs 16 rows on the GPU
-    block_t = 2 if on_cores and T <= 2 else 4 if on_cores else 16 if use_dot else 1
+    block_t = 16 if use_dot else 1  # tl.dot needs 16 rows on the GPU
     t_blocks = _compact.cdiv(T, block_t)
     # fp32 dots for fp32 inputs, and under the interpreter for bf16 (numpy has no bf16 dot).
     fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
     # Share of weight rows a one-token launch is expected to read (batches: run 10's items, all rows).
-    density = 1.0 if use_dot or on_cores else min(max(active_fraction, 0.0), 1.0)
+    density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     chunks_w = _compact.cdiv(n, rows)
@@ -803,7 +706,7 @@ def sparse_linear_multi(
     # The split-K launch folds the norm for one token without rank (z items read x on their own)
     # and with short items; otherwise one small launch forms it first (decode run 29: folded into
     # gate/up's 232-row items the norm cost more than that launch).
-    prenorm = (norm_weight is not None and xc_ahead and not on_cores and not any(rs) and n <= _compact.PRENORM_MAX_N
+    prenorm = (norm_weight is not None and xc_ahead and not any(rs) and n <= _compact.PRENORM_MAX_N
                and rows <= PRENORM_MAX_ROWS and not f64)
     if norm_weight is not None and not prenorm:
         if f64:  # PyTorch's norm, so that the input is the reference's to the bit
@@ -867,8 +770,7 @@ def sparse_linear_multi(
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
-        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and not on_cores and T > 1,
-        TOKENS_ON_CORES=on_cores, num_warps=cfg.num_warps,
+        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
