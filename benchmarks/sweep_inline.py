@@ -269,7 +269,20 @@ VARIANTS_RUN15 = {
     "acc2d 32,128,8,2": _A(32, 128, 8, 2),
     "shipped again": (None, {}),
 }
-VARIANT_SETS = {"run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Twenty-sixth session (use with --batch 4): tile settings of the tensor-core launch not swept in run 10 (taller
+# steps, narrower tiles, other stage counts), against the shipped 16,512,3/SM,4 warps,3 stages.
+VARIANTS_DOT26 = {
+    "dot (shipped)": _DOT,
+    "dot 32,256,3,4,3": _D(32, 256, 3, 4, 3),
+    "dot 32,512,2,4,3": _D(32, 512, 2, 4, 3),
+    "dot 16,512,3,4,4": _D(16, 512, 3, 4, 4),
+    "dot 16,512,3,4,2": _D(16, 512, 3, 4, 2),
+    "dot 64,256,2,4,3": _D(64, 256, 2, 4, 3),
+    "dot 16,256,6,4,3": _D(16, 256, 6, 4, 3),
+    "dot 32,1024,1,8,3": _D(32, 1024, 1, 8, 3),
+    "dot (shipped) again": _DOT,
+}
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
