@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import rsparse
+from rsparse import bench
 from rsparse.bench import decode_logits, use_split_key_attention
 from rsparse.ops.decode_attention import (
     check_decode_attention_args,
@@ -135,9 +136,10 @@ def test_reference_path_on_cpu_and_bad_arguments():
 
 @needs_triton
 @pytest.mark.parametrize("family", ["llama3", "qwen3", "llama2"])
-def test_split_key_attention_decodes_as_sdpa(family):
+def test_split_key_attention_decodes_as_sdpa(family, monkeypatch):
     """A tiny model with `use_split_key_attention` (the Triton kernel under the interpreter): the logits of
-    SDPA on the same tokens, eager and compiled (one graph, the op in it); multi-head attention too."""
+    SDPA on the same tokens, eager (with `SPLIT_KEY_IN_EAGER`; without it eager calls never reach the
+    kernel) and compiled (one graph, the op in it); multi-head attention too."""
     prompt = random_tokens(2, PROMPT, seed=6)
     model = tiny_model(family)
     tokens, ref = decode_logits(model, prompt, 5)
@@ -147,11 +149,14 @@ def test_split_key_attention_decodes_as_sdpa(family):
     from rsparse.kernels import decode_attention as kernel
 
     original = kernel.decode_attention
-    kernel.decode_attention = lambda *a: calls.append(a[0].shape) or original(*a)
-    try:
-        _, eager = decode_logits(model, prompt, 5, forced=tokens)
-    finally:
-        kernel.decode_attention = original
+    monkeypatch.setattr(kernel, "decode_attention", lambda *a: calls.append(a[0].shape) or original(*a))
+    _, eager_default = decode_logits(model, prompt, 5, forced=tokens)
+    assert not calls  # eager calls take the packed SDPA
+    torch.testing.assert_close(eager_default, ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(bench, "SPLIT_KEY_IN_EAGER", True)
+    _, eager = decode_logits(model, prompt, 5, forced=tokens)
+    monkeypatch.setattr(kernel, "decode_attention", original)
+    monkeypatch.setattr(bench, "SPLIT_KEY_IN_EAGER", False)  # the compiled step below takes the op anyway
     assert calls and all(s == ((2, 2, 2, 16) if family != "llama2" else (2, 4, 1, 16)) for s in calls)
     torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
@@ -167,9 +172,11 @@ def test_split_key_attention_decodes_as_sdpa(family):
     torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_split_key_attention_with_padding_generates_as_sdpa():
+def test_split_key_attention_with_padding_generates_as_sdpa(monkeypatch):
     """Left-padded `generate` (a mask per sequence, prompts through the fallback) on the reference path."""
     from .test_decode import assert_padded_generate_matches_sdpa
+
+    monkeypatch.setattr(bench, "SPLIT_KEY_IN_EAGER", True)  # eager decode steps through the op
 
     assert_padded_generate_matches_sdpa(tiny_model("llama3"), use_split_key_attention)
 

@@ -25,6 +25,12 @@ __all__ = ["decode_speed", "decode_tokens", "decode_logits", "compile_decode_ste
 # transformers' names for `packed_sdpa_attention` and `split_key_attention` once registered.
 PACKED_SDPA = "rsparse_packed_sdpa"
 SPLIT_KEY = "rsparse_split_key"
+#: `split_key_attention` takes ``rsparse::decode_attention`` only where its host cost vanishes: in a step
+#: traced by ``torch.compile`` or captured into a CUDA graph, unless this is set.  In eager decoding the
+#: custom-op dispatch, the argument checks and a Triton launch of 30 arguments cost more host time than
+#: the few microseconds per layer the kernel saves on the GPU (decode run 47, H200, eager, batch 1:
+#: dense 32.8 ms/token with SDPA, 43.8 with the op in every layer), so eager calls get the packed SDPA.
+SPLIT_KEY_IN_EAGER = False
 
 
 def compile_decode_step(
@@ -378,7 +384,8 @@ def split_key_attention(module, query, key, value, attention_mask, dropout=0.0, 
     the keys split into ranges over many programs (a Triton kernel on CUDA), where SDPA's kernels give
     each key/value head one program that walks the whole static cache. Calls it does not take (prompts,
     a non-boolean or per-head mask, soft-capping, attention sinks, head dims other than a power of 2 in
-    [16, 256], dropout) go to `packed_sdpa_attention`.
+    [16, 256], dropout) go to `packed_sdpa_attention`, and so do eager calls outside a CUDA-graph capture
+    unless `SPLIT_KEY_IN_EAGER` is set: there the op's host cost exceeds what it saves.
 
     Example:
 
@@ -390,7 +397,8 @@ def split_key_attention(module, query, key, value, attention_mask, dropout=0.0, 
     b, heads, q_len, d = query.shape
     mask = attention_mask
     takes = (
-        q_len == 1 and dropout == 0.0 and query.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        (SPLIT_KEY_IN_EAGER or _traced_or_captured(query.device))
+        and q_len == 1 and dropout == 0.0 and query.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and 16 <= d <= 256 and d & (d - 1) == 0 and key.shape[1] * groups == heads
         and (mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1
                               and mask.shape[2] == 1 and mask.shape[3] == key.shape[2]))
@@ -403,6 +411,11 @@ def split_key_attention(module, query, key, value, attention_mask, dropout=0.0, 
     scale = scaling if scaling is not None else d ** -0.5
     out = torch.ops.rsparse.decode_attention(query.reshape(b, heads // groups, groups, d), key, value, mask, scale)
     return out.reshape(b, 1, heads, d), None  # [B, H_kv, G, D] is [B, H, D] in memory
+
+
+def _traced_or_captured(device: torch.device) -> bool:
+    """Whether this call is traced by ``torch.compile`` or captured into a CUDA graph."""
+    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def register_packed_attention() -> str:
