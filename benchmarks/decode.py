@@ -226,9 +226,14 @@ def run(args) -> None:
         "kept_fraction_steps": f"{args.kept_steps} eager decode steps after a {min(args.prompts)}-token random prompt", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
         "skip_module_guards": args.skip_module_guards, "pdl": args.pdl,
+        "dot_tiles": args.dot_tiles or "shipped",
     }
-    from rsparse.kernels import compact_gemv
+    from rsparse.kernels import compact_gemv, sparse_linear
     compact_gemv.LAUNCH_PDL = args.pdl
+    if args.dot_tiles:  # every sparse launch of 2-16 tokens (the tensor-core split-K launch) takes these tiles
+        bk, bm, per_sm, warps, stages = parse_dot_tiles(args.dot_tiles)
+        sparse_linear.set_config(sparse_linear.Config(block_k=bk, block_m=bm, programs_per_sm=per_sm, num_warps=warps,
+                                                      num_stages=stages), "dot")
     rsparse.eager_graphs.set_enabled(args.eager_graphs)
     print(json.dumps(meta), flush=True)
     with jsonl.open("a") as f:
@@ -398,6 +403,14 @@ def render(path: Path) -> None:
     fig.savefig(path.with_suffix(".png"), dpi=120)
 
 
+def parse_dot_tiles(text: str) -> tuple[int, ...]:
+    """``"BK,BM,PER_SM,WARPS,STAGES"`` -> five positive ints (``ValueError`` naming what was given)."""
+    parts = text.split(",")
+    if len(parts) != 5 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--dot-tiles expects five positive integers BK,BM,PER_SM,WARPS,STAGES, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
@@ -425,6 +438,9 @@ def main() -> None:
                    help="launch the sparse kernels without programmatic dependent launch (compact_gemv.LAUNCH_PDL)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
+    p.add_argument("--dot-tiles", metavar="BK,BM,PER_SM,WARPS,STAGES",
+                   help="tiles of the sparse launches of 2-16 tokens (sparse_linear.set_config(..., 'dot')), e.g. "
+                        "32,256,3,4,3 (NOTES, twenty-sixth session); default: choose_config's")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
     p.add_argument("--calibration", default=DEFAULT_CALIBRATION,
@@ -435,6 +451,8 @@ def main() -> None:
     p.add_argument("--render", help="only write the table and plot of this decode.json / decode.jsonl")
     args = p.parse_args()
     parse_calibration(args.calibration)  # a malformed value fails before any model is built
+    if args.dot_tiles:
+        parse_dot_tiles(args.dot_tiles)
     if args.kept_steps is None:
         args.kept_steps = args.new_tokens - 1
     if args.render:
