@@ -431,7 +431,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="profile each row and store its kernels' mean times in the row (slows the row a little)")
     p.add_argument("--attn", default="split-key", choices=ATTENTION,
-                   help="attention of dense and sparse models alike (transformers' attn_implementation; default split-key)")
+                   help="attention of dense and sparse models alike (transformers' attn_implementation; default split-key, "
+                        "which eager rows run as the packed SDPA: rsparse.bench.SPLIT_KEY_IN_EAGER)")
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compiled rows, dense and sparse alike: no dynamo guards on the modules (host time per step; NOTES run 23)")
     p.add_argument("--no-pdl", dest="pdl", action="store_false",
