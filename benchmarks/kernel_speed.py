@@ -77,8 +77,8 @@ def must_read_bytes(mod, x):
     return (rows * mod.out_features + mod.rank * (mod.in_features + mod.out_features)) * item + mod.in_features * 4, rows
 
 
-def graph_time_us(fns, reps):
-    """Median µs per call of ``fns`` (one per weight copy) replayed in one CUDA graph."""
+def capture(fns):
+    """One CUDA graph that calls ``fns`` (one per weight copy) in turn, compiled and warmed up outside it."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -92,6 +92,11 @@ def graph_time_us(fns, reps):
             f()
     for _ in range(3):
         graph.replay()
+    return graph
+
+
+def replay_us(graph, calls, reps):
+    """Median µs per call over ``reps`` replays of ``graph``, which holds ``calls`` calls."""
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -99,12 +104,31 @@ def graph_time_us(fns, reps):
         graph.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(fns))
-    del graph
+        times.append(a.elapsed_time(b) * 1e3 / calls)
     return statistics.median(times)
 
 
-def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen):
+def graph_time_us(fns, reps):
+    """Median µs per call of ``fns`` (one per weight copy) replayed in one CUDA graph."""
+    graph = capture(fns)
+    t = replay_us(graph, len(fns), reps)
+    del graph
+    return t
+
+
+def alternating_us(calls: dict, copies: int, reps: int, rounds: int) -> dict[str, list[float]]:
+    """``{name: [µs per call, one per round]}``: every graph captured once, then timed in turn, round after
+    round, so that a drift of the GPU's speed during the case reaches dense and sparse alike."""
+    graphs = {name: capture(fns) for name, fns in calls.items()}
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            times[name].append(replay_us(graph, copies, reps))
+    del graphs
+    return times
+
+
+def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1):
     from rsparse.nn import RSparseLinear, forward_shared_input
 
     with_o = name == "qkv fused + o"
@@ -144,10 +168,13 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen):
     def dense_call(ws):
         return lambda: [F.linear(x, w) for w in ws]
 
-    t_mod = graph_time_us([sparse_call(m) for m in layers], reps)
     dense_module = any(m.keeps_every_channel() for m in layers[0])
-    t_ker = graph_time_us([kernel_call(m) for m in layers], reps) if dense_module else t_mod
-    t_dense = graph_time_us([dense_call(w) for w in dense_w], reps)
+    calls = {"module": [sparse_call(m) for m in layers], "dense": [dense_call(w) for w in dense_w]}
+    if dense_module:
+        calls["kernel"] = [kernel_call(m) for m in layers]
+    times = alternating_us(calls, copies, reps, rounds)
+    t_mod, t_dense = statistics.median(times["module"]), statistics.median(times["dense"])
+    t_ker = statistics.median(times["kernel"]) if dense_module else t_mod
     # correctness of this very case against the reference, once
     from rsparse.ops import sparse_linear_reference
 
@@ -163,6 +190,10 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen):
         "rows_read_fraction": rows, "copies": copies,
         "us_module": round(t_mod, 2), "us_kernel": round(t_ker, 2), "us_dense": round(t_dense, 2),
         "speedup_module": round(t_dense / t_mod, 3), "speedup_kernel": round(t_dense / t_ker, 3),
+        "rounds": rounds, "us_module_rounds": [round(t, 2) for t in times["module"]],
+        "us_dense_rounds": [round(t, 2) for t in times["dense"]],
+        # the speed-up of each round (dense and sparse timed side by side), then their median
+        "speedup_module_by_round": round(statistics.median(d / m for d, m in zip(times["dense"], times["module"])), 3),
         "bytes": byte_count, "GBps_kernel": round(byte_count / t_ker / 1e3, 1),
         "dense_module_dispatch": dense_module, "max_rel_err_vs_reference": max(errs),
     }
@@ -274,9 +305,13 @@ def main():
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
     p.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
     p.add_argument("--batches", type=int, nargs="*", default=BATCHES)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time dense and sparse in turn this many times per case, on the same layers (medians reported)")
     p.add_argument("--gemv1", metavar="KEY=VALUE,...",
                    help="one-token Config fields, e.g. path=compact,block_k=8,programs_per_sm=4,pdl=1")
     args = p.parse_args()
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))
         return
@@ -305,7 +340,7 @@ def main():
         "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "torch": torch.__version__,
         "triton": triton.__version__, "seed": SEED, "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
-        "gemv1": args.gemv1 or "default",
+        "gemv1": args.gemv1 or "default", "rounds": args.rounds,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +362,7 @@ def main():
             for T in args.batches:
                 for rho in RHOS:
                     for s in args.sparsities:
-                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen)
+                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen, args.rounds)
                         print(json.dumps(r), flush=True)
                         rows.append(r)
                         result["rows"] = rows  # what has run survives a time limit
