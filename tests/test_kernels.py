@@ -654,6 +654,25 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
         kernels.set_config(None, "gemv1")
 
 
+def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layers_without_rank():
+    # Twenty-seventh session (batch-4 decode): 32x256 tiles faster at 50 % active, slower at 30 % and with a rank.
+    from rsparse.kernels import sparse_linear as kernels
+
+    shipped = kernels.Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
+    for shape in ((4096, 14336), (14336, 4096), (4096, 6144), (100, 37)):
+        assert kernels.choose_config(*shape, True, 2, active_fraction=0.5) == kernels.DOT_DENSE_CONFIG
+        assert kernels.choose_config(*shape, True, 2) == kernels.DOT_DENSE_CONFIG  # no hint: dense-like
+        assert kernels.choose_config(*shape, True, 2, active_fraction=0.3) == shipped
+        assert kernels.choose_config(*shape, True, 2, active_fraction=0.5, has_rank=True) == shipped
+    assert kernels.DOT_DENSE_CONFIG != shipped
+    assert kernels.choose_config(4096, 14336, False, 2, active_fraction=0.5).block_k == 8  # one token: untouched
+    kernels.set_config(shipped, "dot")  # an override wins
+    try:
+        assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.9) == shipped
+    finally:
+        kernels.set_config(None, "dot")
+
+
 def test_attention_sized_launches_take_the_compact_path_only_when_asked(monkeypatch):
     # SMALL_COMPACT_MAX_ACTIVE is off as shipped (kernel run 37: slower at 70 %); the ablation turns it on.
     from rsparse.kernels import sparse_linear as kernels

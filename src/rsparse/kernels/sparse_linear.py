@@ -543,6 +543,14 @@ SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 WIDE_Z_STEPS = 8
 
 
+# 2-16 tokens without a low-rank path on dense-ish layers: 32-row steps over 256 columns (152 registers, no
+# spill; the 16x512 tiles below take 168 and spill 6 words). Twenty-seventh session, batch-4 decode of the
+# Llama-3-8B shape (benchmarks/NOTES.md): 0.5 at 4.97 ms/token against 5.11-5.30 with 16x512, but 0.7 (30 %
+# active) at 4.71 against 4.59-4.90, so only layers expected to keep at least this fraction take them. With a
+# low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us).
+DOT_DENSE_MIN_ACTIVE = 0.4
+DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
+
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
 
@@ -571,6 +579,8 @@ def choose_config(
     # multiprocessor (168 registers: 3 fit): batch 4 at 50 % 1.00-1.25x cuBLAS against 0.82-1.08x.
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
+        if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
+            return DOT_DENSE_CONFIG
         return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
     if has_rank:
         # Attention-sized launches (q/k/v fused, o) with a rank: 3 weight items per multiprocessor
