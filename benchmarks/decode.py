@@ -440,8 +440,9 @@ def main() -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="one launch per layer instead of one per shared-input group (q/k/v, gate/up)")
     p.add_argument("--dot-tiles", metavar="BK,BM,PER_SM,WARPS,STAGES",
-                   help="tiles of the sparse launches of 2-16 tokens (sparse_linear.set_config(..., 'dot')), e.g. "
-                        "32,256,3,4,3 (NOTES, twenty-sixth session); default: choose_config's")
+                   help="force these tiles on every sparse launch of 2-16 tokens (sparse_linear.set_config(..., 'dot')), "
+                        "e.g. 16,512,3,4,3; default: choose_config's rule (32,256,3,4,3 on layers expected to keep "
+                        ">= 40 %% of their channels without a rank, else 16,512,3,4,3; NOTES, twenty-seventh session)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
     p.add_argument("--calibration", default=DEFAULT_CALIBRATION,

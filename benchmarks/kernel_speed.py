@@ -295,6 +295,20 @@ def plot(json_path, png_path):
     fig.savefig(png_path, dpi=110)
 
 
+def parse_config(text: str, kind: str):
+    """``"key=value,..."`` -> a kernels ``Config`` (``ValueError`` naming the option and the bad key)."""
+    from rsparse.kernels import sparse_linear as K
+
+    fields = {f.name: f.type for f in dataclasses.fields(K.Config)}
+    kw = {}
+    for item in text.split(","):
+        key, _, val = item.partition("=")
+        if key not in fields:
+            raise ValueError(f"--{kind} keys must be Config fields {sorted(fields)}, got {key!r}")
+        kw[key] = val if key == "path" else (val in ("1", "true", "True") if fields[key] in (bool, "bool") else int(val))
+    return K.Config(**kw)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -309,6 +323,9 @@ def main():
                    help="time dense and sparse in turn this many times per case, on the same layers (medians reported)")
     p.add_argument("--gemv1", metavar="KEY=VALUE,...",
                    help="one-token Config fields, e.g. path=compact,block_k=8,programs_per_sm=4,pdl=1")
+    p.add_argument("--dot", metavar="KEY=VALUE,...",
+                   help="Config fields forced on every launch of 2-16 tokens, e.g. "
+                        "block_k=16,block_m=512,programs_per_sm=3,num_warps=4,num_stages=3 (default: choose_config's rule)")
     args = p.parse_args()
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
@@ -322,17 +339,11 @@ def main():
     import rsparse
 
     rsparse.set_backend("triton")
-    if args.gemv1:
-        from rsparse.kernels import sparse_linear as K
+    from rsparse.kernels import sparse_linear as K
 
-        fields = {f.name: f.type for f in dataclasses.fields(K.Config)}
-        kw = {}
-        for item in args.gemv1.split(","):
-            key, _, val = item.partition("=")
-            if key not in fields:
-                raise ValueError(f"--gemv1 keys must be Config fields {sorted(fields)}, got {key!r}")
-            kw[key] = val if key == "path" else (val in ("1", "true", "True") if fields[key] in (bool, "bool") else int(val))
-        K.set_config(K.Config(**kw), "gemv1")
+    for kind in ("gemv1", "dot"):
+        if getattr(args, kind):
+            K.set_config(parse_config(getattr(args, kind), kind), kind)
     device, dtype = "cuda", torch.bfloat16
     gen = torch.Generator(device=device).manual_seed(SEED)
     torch.manual_seed(SEED)
@@ -340,7 +351,7 @@ def main():
         "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "torch": torch.__version__,
         "triton": triton.__version__, "seed": SEED, "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
-        "gemv1": args.gemv1 or "default", "rounds": args.rounds,
+        "gemv1": args.gemv1 or "default", "dot": args.dot or "default", "rounds": args.rounds,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
