@@ -314,7 +314,8 @@ def main():
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--sweep", action="store_true", help="also sweep tile sizes on the big shapes")
-    p.add_argument("--no-table", action="store_true")
+    p.add_argument("--no-table", action="store_true",
+                   help="time no cases at all (with --sweep: the tile sweep alone); the JSON then has no rows")
     p.add_argument("--plot", metavar="JSON", help="only draw the PNG from a results JSON")
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
     p.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
