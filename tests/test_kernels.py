@@ -658,7 +658,7 @@ def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layer
     # Twenty-seventh session (batch-4 decode): 32x256 tiles faster at 50 % active, slower at 30 % and with a rank.
     from rsparse.kernels import sparse_linear as kernels
 
-    shipped = kernels.Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
+    shipped = kernels.DOT_CONFIG
     for shape in ((4096, 14336), (14336, 4096), (4096, 6144), (100, 37)):
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.5) == kernels.DOT_DENSE_CONFIG
         assert kernels.choose_config(*shape, True, 2) == kernels.DOT_DENSE_CONFIG  # no hint: dense-like

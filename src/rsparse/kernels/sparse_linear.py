@@ -550,6 +550,8 @@ WIDE_Z_STEPS = 8
 # low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us).
 DOT_DENSE_MIN_ACTIVE = 0.4
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
+# Every other launch of 2-16 tokens (kernel run 10; see choose_config).
+DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
@@ -581,7 +583,7 @@ def choose_config(
     if use_dot:
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             return DOT_DENSE_CONFIG
-        return Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
+        return DOT_CONFIG
     if has_rank:
         # Attention-sized launches (q/k/v fused, o) with a rank: 3 weight items per multiprocessor
         # leave slots to the z items from the start (kernel run 12: q/k/v + o at 50 % 26.3 against 28.7 us);
