@@ -282,21 +282,11 @@ VARIANTS_DOT26 = {
     "dot 32,1024,1,8,3": _D(32, 1024, 1, 8, 3),
     "dot (shipped) again": _DOT,
 }
-# Twenty-eighth session (batch 1): one token through the tensor-core launch (`sparse_linear.DOT_ONE_TOKEN`), whose
-# pipeliner keeps `num_stages` steps of rows in flight through shared memory, against the shipped one-token paths.
-_DOT1 = {"DOT_ONE_TOKEN": True}
-VARIANTS_DOT1 = {
-    "shipped": (None, {}),
-    "dot1 16,512,3,4,3": (_D(16, 512, 3, 4, 3), _DOT1),
-    "dot1 32,256,3,4,3": (_D(32, 256, 3, 4, 3), _DOT1),
-    "dot1 32,256,3,4,4": (_D(32, 256, 3, 4, 4), _DOT1),
-    "dot1 64,256,2,4,3": (_D(64, 256, 2, 4, 3), _DOT1),
-    "dot1 32,512,2,4,3": (_D(32, 512, 2, 4, 3), _DOT1),
-    "dot1 64,128,4,4,3": (_D(64, 128, 4, 4, 3), _DOT1),
-    "dot1 32,256,4,4,3": (_D(32, 256, 4, 4, 3), _DOT1),
-    "shipped again": (None, {}),
-}
-VARIANT_SETS = {"dot1": VARIANTS_DOT1, "dot26": VARIANTS_DOT26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Twenty-eighth session ("dot1", batch 1, commit c9aef16): one token through the tensor-core launch (a flag
+# `sparse_linear.DOT_ONE_TOKEN`), whose pipeliner keeps `num_stages` steps of rows in flight through shared memory.
+# Slower than the shipped one-token paths at every tile setting (1.36x at best against 1.51-1.56x at 50 %);
+# the flag and the set were removed again (results/sweep_run49_dot1_b1.*).
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
@@ -446,7 +436,7 @@ def main():
             row = {"case": name, "sparsity": s, "dense_us": round(dense, 2), "copies": len(layers)}
             for v, spec in VARIANT_SETS[a.variants].items():
                 cfg, flags = spec if isinstance(spec, tuple) else (spec, {})
-                kind = "dot" if a.batch > 1 or flags.get("DOT_ONE_TOKEN") else "gemv1"
+                kind = "gemv1" if a.batch == 1 else "dot"
                 K.set_config(cfg, kind)
                 K.PERSISTENT_WORKSPACE = v != "run4 memset"
                 saved = {flag: getattr(K, flag) for flag in flags}

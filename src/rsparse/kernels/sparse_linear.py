@@ -88,10 +88,6 @@ PRENORM_MAX_ROWS = 64
 # Load a folded norm's raw inputs two steps ahead (`_w_rows_ahead`'s NORM_AHEAD). Off until measured on the
 # GPU (benchmarks/ablations/fold_ab.py, variant "two ahead").
 PRENORM_AHEAD = False
-# One token through the tensor-core launch (a 16-row dot tile with one real row): the pipeliner
-# stages its weight rows in shared memory over `num_stages` steps, so more bytes are in flight per
-# program than in the one-token loop's registers.  Off until measured (twenty-eighth session).
-DOT_ONE_TOKEN = False
 
 
 @triton.jit
@@ -698,7 +694,7 @@ def sparse_linear_multi(
     # (`rsparse.ops.reference.sums_in_fp64`), so that the two agree to the bit.  That takes the
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
-    use_dot = (T > 1 or DOT_ONE_TOKEN) and not f64
+    use_dot = T > 1 and not f64
     cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
