@@ -128,7 +128,26 @@ def alternating_us(calls: dict, copies: int, reps: int, rounds: int) -> dict[str
     return times
 
 
-def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1):
+def same_bytes_us(x, layer, reps, rounds, dtype, device, gen):
+    """cuBLAS on the bytes the sparse kernel reads: ``F.linear`` of each projection's first ``k`` input
+    channels, ``k`` the rows the sparse call reads (random weights of that shape, copies rotated beyond L2
+    like the others).  What streaming those bytes as a dense GEMV costs: a bound to read the speed-ups
+    against.  Projections with a low-rank path are not covered (their bytes are not a weight slice)."""
+    shapes = []
+    for mod in layer:
+        rows = int((x.abs().float() * mod.c > mod.tau).any(0).sum())
+        xin = x if mod.in_features == x.shape[1] else torch.randn(x.shape[0], mod.in_features, device=device,
+                                                                    dtype=dtype, generator=gen)
+        shapes.append((xin[:, :rows].contiguous(), mod.out_features, rows))
+    item = torch.tensor([], dtype=dtype).element_size()
+    sliced = sum(m * k for _, m, k in shapes) * item
+    copies = max(2, math.ceil(3 * L2_BYTES / max(sliced, 1)))
+    ws = [[torch.randn(m, k, device=device, dtype=dtype, generator=gen) for _, m, k in shapes] for _ in range(copies)]
+    calls = [lambda w=w: [F.linear(xk, wk) for (xk, _, _), wk in zip(shapes, w)] for w in ws]
+    return alternating_us({"same_bytes": calls}, copies, reps, rounds)["same_bytes"]
+
+
+def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_bytes=False):
     from rsparse.nn import RSparseLinear, forward_shared_input
 
     with_o = name == "qkv fused + o"
@@ -175,6 +194,12 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1):
     times = alternating_us(calls, copies, reps, rounds)
     t_mod, t_dense = statistics.median(times["module"]), statistics.median(times["dense"])
     t_ker = statistics.median(times["kernel"]) if dense_module else t_mod
+    extra = {}
+    if same_bytes and rho == 1.0:
+        t_sb = same_bytes_us(x, layers[0], reps, rounds, dtype, device, gen)
+        extra = {"us_dense_same_bytes": round(statistics.median(t_sb), 2),
+                 "us_dense_same_bytes_rounds": [round(t, 2) for t in t_sb],
+                 "speedup_cublas_same_bytes": round(t_dense / statistics.median(t_sb), 3)}
     # correctness of this very case against the reference, once
     from rsparse.ops import sparse_linear_reference
 
@@ -195,7 +220,7 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1):
         # the speed-up of each round (dense and sparse timed side by side), then their median
         "speedup_module_by_round": round(statistics.median(d / m for d, m in zip(times["dense"], times["module"])), 3),
         "bytes": byte_count, "GBps_kernel": round(byte_count / t_ker / 1e3, 1),
-        "dense_module_dispatch": dense_module, "max_rel_err_vs_reference": max(errs),
+        "dense_module_dispatch": dense_module, "max_rel_err_vs_reference": max(errs), **extra,
     }
 
 
@@ -249,20 +274,28 @@ def overheads(device, reps):
 
 
 def markdown(rows, meta):
+    bound = any("us_dense_same_bytes" in r for r in rows)
     lines = [
         f"Device: {meta['device']}; dtype {meta['dtype']}; torch {meta['torch']}, triton {meta['triton']}; "
         f"seed {meta['seed']}; {meta['date']}. Median µs per call under CUDA-graph replay, weights rotated "
         "over copies beyond L2. `module` is what RSparseLinear / forward_shared_input runs (dense when the "
-        "budget keeps every channel), `kernel` the Triton kernel itself; speedup = cuBLAS dense / module.",
+        "budget keeps every channel), `kernel` the Triton kernel itself; speedup = cuBLAS dense / module."
+        + (" `cuBLAS, same bytes`: F.linear on a slice of each weight as large as the rows the sparse call "
+           "reads, and its speed-up over the whole weight (rho 1 rows only)." if bound else ""),
         "",
-        "| case | s | rho | batch | rows read | dense µs | module µs | kernel µs | speedup | GB/s kernel |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | s | rho | batch | rows read | dense µs | module µs | kernel µs | speedup | GB/s kernel |"
+        + (" cuBLAS, same bytes |" if bound else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if bound else ""),
     ]
     for r in rows:
         frac = "/".join(f"{f:.2f}" for f in r["rows_read_fraction"])
+        cell = ""
+        if bound:
+            cell = (f" {r['us_dense_same_bytes']} ({r['speedup_cublas_same_bytes']:.2f}×) |"
+                    if "us_dense_same_bytes" in r else " – |")
         lines.append(
             f"| {r['case']} | {r['sparsity']} | {r['rho']} | {r['batch']} | {frac} | {r['us_dense']} | "
-            f"{r['us_module']} | {r['us_kernel']} | {r['speedup_module']:.2f}× | {r['GBps_kernel']} |"
+            f"{r['us_module']} | {r['us_kernel']} | {r['speedup_module']:.2f}× | {r['GBps_kernel']} |" + cell
         )
     return "\n".join(lines) + "\n"
 
@@ -322,6 +355,8 @@ def main():
     p.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     p.add_argument("--rounds", type=int, default=1,
                    help="time dense and sparse in turn this many times per case, on the same layers (medians reported)")
+    p.add_argument("--same-bytes", action="store_true",
+                   help="also time cuBLAS on a slice of each weight as large as what the sparse call reads (rho 1 rows)")
     p.add_argument("--gemv1", metavar="KEY=VALUE,...",
                    help="one-token Config fields, e.g. path=compact,block_k=8,programs_per_sm=4,pdl=1")
     p.add_argument("--dot", metavar="KEY=VALUE,...",
@@ -374,7 +409,8 @@ def main():
             for T in args.batches:
                 for rho in RHOS:
                     for s in args.sparsities:
-                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen, args.rounds)
+                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen, args.rounds,
+                                     args.same_bytes)
                         print(json.dumps(r), flush=True)
                         rows.append(r)
                         result["rows"] = rows  # what has run survives a time limit
