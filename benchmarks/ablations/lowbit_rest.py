@@ -74,7 +74,7 @@ def add_rest_path(module: RSparseLinear) -> None:
 
     def hook(mod, args, output):
         x = args[0]
-        if not mod.uses_sparse_path(x):
+        if not mod.takes_kernel(x):  # the dense GEMM already multiplied every channel
             return output
         inactive = torch.where(x.abs().float() * mod.c > mod.tau, 0.0, x.float())
         return (output.float() + inactive @ w_hat).to(output.dtype)
