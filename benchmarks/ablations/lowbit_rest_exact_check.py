@@ -3,12 +3,21 @@ channels, the sparse model must score as the dense one (8 held-out windows, unif
 
     OMP_NUM_THREADS=2 python benchmarks/ablations/lowbit_rest_exact_check.py
 """
-import copy, math, os, sys, torch
-sys.path.insert(0, "/work/main/benchmarks")
-import search, rsparse
+import copy
+import math
+import os
+import sys
+
+import torch
+
+import rsparse
 from rsparse.eval import window_nll
 from rsparse.fuse import set_fusion
 from rsparse.nn import RSparseLinear
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired.py uses)
+
 torch.manual_seed(0)
 model, held, calib, meta = search.load_data(512, 8, 16, 0)
 dense = window_nll(model, held)
