@@ -213,8 +213,9 @@ def timing(out_dir: Path, reps: int) -> None:
                     ref = reference(*a, bits, 64).double()
                     y = rest_gemv(*a, bits, 64, block_k=bk, block_m=bm, per_sm=per_sm, num_warps=warps).double()
                     row[key + " err"] = ((y - ref).norm() / ref.norm()).item()
-                    calls[key] = [lambda a=a: rest_gemv(*a, bits, 64, block_k=bk, block_m=bm, per_sm=per_sm,
-                                                        num_warps=warps) for a in cases]
+                    # Every loop variable bound now: the graphs are captured after the loop.
+                    calls[key] = [lambda a=a, b=bits, bk=bk, bm=bm, ps=per_sm, nw=warps: rest_gemv(
+                        *a, b, 64, block_k=bk, block_m=bm, per_sm=ps, num_warps=nw) for a in cases]
                 except Exception as e:  # a setting that fails to build is a data point too
                     row[key] = repr(e)[:200]
         times = B.alternating_us(calls, copies, reps, 3)
