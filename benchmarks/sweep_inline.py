@@ -284,7 +284,8 @@ VARIANTS_DOT26 = {
 }
 # Twenty-eighth session ("dot1", batch 1, commit c9aef16): one token through the tensor-core launch (a flag
 # `sparse_linear.DOT_ONE_TOKEN`), whose pipeliner keeps `num_stages` steps of rows in flight through shared memory.
-# Slower than the shipped one-token paths at every tile setting (1.36x at best against 1.51-1.56x at 50 %);
+# Slower than the shipped one-token paths at every tile setting (at 50 % at best 1.36x on gate/up and 1.42x on down,
+# against the shipped 1.51-1.56x and 1.43-1.50x);
 # the flag and the set were removed again (results/sweep_run49_dot1_b1.*).
 VARIANT_SETS = {"dot26": VARIANTS_DOT26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
