@@ -23,7 +23,8 @@ others of this session.  CPU only: no kernel reads such a copy.
 
 Arguments: model-level target (share of the dense bytes not read), bits (0: no rest path), group, JSON, and
 optionally the search (default ``none``; ``auto`` searches the channel budgets for the channel target
-``1 - k`` as if there were no rest path, then adds it).
+``1 - k`` as if there were no rest path, then adds it) and the protocol (default ``strict``; ``deployment``:
+the first 256 tokens of each window are a dense prompt, the rest is scored sparse).
 Results: benchmarks/NOTES.md, "Twenty-eighth session".
 """
 import copy
@@ -47,6 +48,7 @@ import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired
 pure = sys.argv[1] == "quant"
 bits, group, out = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 how = sys.argv[5] if len(sys.argv) > 5 else "none"
+protocol = sys.argv[6] if len(sys.argv) > 6 else "strict"
 f = (bits + 32 / group) / 16 if bits else 0.0
 target = 1 - f if pure else float(sys.argv[1])
 kept = 0.0 if pure else (1 - target - f) / (1 - f)  # share of channels on the bf16 path at equal bytes
@@ -101,11 +103,11 @@ if bits and not pure:
     for m in sparse.modules():
         if isinstance(m, RSparseLinear):
             add_rest_path(m)
-nll = window_nll(sparse, held).tolist()
+nll = window_nll(sparse, held, protocol=protocol, context=256 if protocol == "deployment" else 0).tolist()
 name = (f"every weight {bits}-bit g{group}" if pure else f"rest {bits}-bit g{group}" if bits else "channels only") + ("" if how == "none" else f", search {how}")
-run = {"method": name, "target": target, "kept_channels": kept, "rest_bytes_per_row": f, "nll": nll,
+run = {"method": name, "protocol": protocol, "target": target, "kept_channels": kept, "rest_bytes_per_row": f, "nll": nll,
        "sparsify_seconds": seconds, "hooks": len(ERRORS),
        "weight_rel_error_mean": sum(ERRORS) / len(ERRORS) if ERRORS else None}
 out.write_text(json.dumps({"meta": meta, "runs": {f"{name}/target={target}": run}}))
-print(name, target, f"kept {kept:.3f}", "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)),
+print(name, protocol, target, f"kept {kept:.3f}", "ppl first 8", math.exp(sum(nll[:8]) / 8), "ppl 64", math.exp(sum(nll) / len(nll)),
       "weight error", run["weight_rel_error_mean"], flush=True)
