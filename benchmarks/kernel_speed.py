@@ -135,7 +135,7 @@ def same_bytes_us(x, layer, reps, rounds, dtype, device, gen):
     against.  Projections with a low-rank path are not covered (their bytes are not a weight slice)."""
     shapes = []
     for mod in layer:
-        rows = int((x.abs().float() * mod.c > mod.tau).any(0).sum())
+        rows = must_read_bytes(mod, x)[1]
         xin = x if mod.in_features == x.shape[1] else torch.randn(x.shape[0], mod.in_features, device=device,
                                                                     dtype=dtype, generator=gen)
         shapes.append((xin[:, :rows].contiguous(), mod.out_features, rows))
