@@ -95,7 +95,7 @@ def sparsify(
     model.eval()
     try:
         if cfg.search == "none":
-            budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
+            budgets = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho, cfg.factor_bits)
             if cfg.score == "auto":
                 cfg.score = "rsparse"
         else:

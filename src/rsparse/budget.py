@@ -2,7 +2,7 @@
 
 The budget of a layer is a fraction ``1 - s`` of its dense weight bytes per decode
 token, split between ``k`` gathered weight rows (the sparse path) and a rank-``r``
-factorisation (the low-rank path): ``k*m + r*(n+m) ≈ (1-s)*m*n``.
+factorisation (the low-rank path): ``k*m + f*r*(n+m) ≈ (1-s)*m*n`` (``f = factor_bits / 16``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import math
 from collections.abc import Iterable
 
 from rsparse.config import LayerBudget
+from rsparse.factor_quant import factor_bytes
 
 
-def layer_budget(in_features: int, out_features: int, s: float, rho: float) -> LayerBudget:
+def layer_budget(in_features: int, out_features: int, s: float, rho: float, factor_bits: int = 16) -> LayerBudget:
     """The budget of an ``out_features x in_features`` linear at sparsity ``s`` and sparse share ``rho``.
 
     Args:
@@ -21,9 +22,12 @@ def layer_budget(in_features: int, out_features: int, s: float, rho: float) -> L
         out_features (`int`): output channels ``m``.
         s (`float`): layer sparsity in ``[0, 1)``.
         rho (`float`): share of the budget spent on channels, in ``[0, 1]``.
+        factor_bits (`int`, defaults to 16): bits per stored factor value (16 or 4): 4-bit factors
+            cost a quarter of the bytes per rank (`rsparse.factor_quant`).
 
     Returns:
-        `LayerBudget` with ``k = rho*(1-s)*n`` and ``r = floor((1-rho)*(1-s)*m*n/(m+n))``.
+        `LayerBudget` with ``k = rho*(1-s)*n`` and ``r = floor((1-rho)*(1-s)*m*n/((m+n)*f))``,
+        ``f = factor_bits / 16``, at most ``min(m, n)``.
 
     Example:
 
@@ -39,9 +43,16 @@ def layer_budget(in_features: int, out_features: int, s: float, rho: float) -> L
     n, m = int(in_features), int(out_features)
     density = 1.0 - s
     k = rho * density * n
-    # The small epsilon keeps exact products such as 0.5*0.2*... from flooring one below.
-    r = math.floor((1.0 - rho) * density * m * n / (m + n) + 1e-9)
-    return LayerBudget(in_features=n, out_features=m, s=float(s), rho=float(rho), k=float(k), r=int(r))
+    r = rank_for(n, m, density, rho, factor_bits)
+    return LayerBudget(in_features=n, out_features=m, s=float(s), rho=float(rho), k=float(k), r=int(r), factor_bits=factor_bits)
+
+
+def rank_for(n: int, m: int, density: float, rho: float, factor_bits: int = 16) -> int:
+    """The rank that ``(1 - rho)`` of a budget ``density * m * n`` buys with factors of ``factor_bits``."""
+    # The small epsilon keeps exact products such as 0.5*0.2*... from flooring one below. Cheap
+    # factors can buy more rank than the weight has: the rest of that share is left unspent.
+    r = math.floor((1.0 - rho) * density * m * n / ((m + n) * factor_bytes(factor_bits)) + 1e-9)
+    return min(r, m, n)
 
 
 def model_sparsity(budgets: Iterable[LayerBudget]) -> float:
@@ -54,12 +65,15 @@ def model_sparsity(budgets: Iterable[LayerBudget]) -> float:
     return weighted / total if total else 0.0
 
 
-def uniform_budgets(shapes: dict[str, tuple[int, int]], target: float, rho: float) -> dict[str, LayerBudget]:
+def uniform_budgets(
+    shapes: dict[str, tuple[int, int]], target: float, rho: float, factor_bits: int = 16
+) -> dict[str, LayerBudget]:
     """Give every layer sparsity ``target`` and sparse share ``rho``.
 
     Args:
         shapes: ``{name: (in_features, out_features)}`` of the layers to sparsify.
         target: model-level (and per-layer) sparsity.
         rho: sparse share of every layer.
+        factor_bits: bits per stored factor value (16 or 4).
     """
-    return {name: layer_budget(n, m, target, rho) for name, (n, m) in shapes.items()}
+    return {name: layer_budget(n, m, target, rho, factor_bits) for name, (n, m) in shapes.items()}

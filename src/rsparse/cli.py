@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
             group.add_argument("--factorization", choices=FACTORIZATIONS, default=defaults.factorization,
                                help=f"low-rank fit (default: {defaults.factorization})")
+        if hasattr(defaults, "factor_bits"):
+            from rsparse.config import FACTOR_BITS
+
+            group.add_argument("--factor-bits", type=int, choices=FACTOR_BITS, default=defaults.factor_bits,
+                               help="bits per stored low-rank factor value; 4 buys four times the rank "
+                                    f"for the same bytes (default: {defaults.factor_bits})")
 
     parser = _Parser(
         prog="rsparse",
@@ -491,6 +497,8 @@ def _sparsify_in_place(args: argparse.Namespace, model: Any, tokenizer: Any) -> 
             raise CliError(f"--calib {args.calib} needs the model's tokenizer, and {args.model} has none")
         calibration = _calibration_texts(args.calib)
     extra = {"factorization": args.factorization} if hasattr(args, "factorization") else {}
+    if hasattr(args, "factor_bits"):
+        extra["factor_bits"] = args.factor_bits
     config = RSparseConfig(
         target=args.target, rho=args.rho, score=args.score, search=args.search, seed=args.seed,
         calibration_samples=args.samples, calibration_seq_len=args.seq_len, **extra,

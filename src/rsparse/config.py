@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Version of the on-disk format of `RSparseConfig`; bump when a field changes meaning.
-FORMAT_VERSION = 2  # 2: search settings and factorization
+FORMAT_VERSION = 3  # 2: search settings and factorization; 3: factor_bits
 
 SCORES = ("auto", "rsparse", "magnitude")
 MODES = ("auto", "sparse", "dense")
 SEARCHES = ("auto", "none")
 FACTORIZATIONS = ("activation", "weight")
+FACTOR_BITS = (16, 4)  # rsparse.factor_quant
 
 
 def _library_version() -> str:
@@ -47,7 +48,10 @@ class LayerBudget:
         s (`float`): sparsity of the layer; the density is ``1 - s``.
         rho (`float`): share of the budget spent on the sparse (channel) path.
         k (`float`): expected number of active input channels per token, ``rho * (1 - s) * n``.
-        r (`int`): rank of the low-rank path, ``floor((1 - rho) * (1 - s) * m * n / (m + n))``.
+        r (`int`): rank of the low-rank path, ``floor((1 - rho) * (1 - s) * m * n / ((m + n) * f))``,
+            ``f = factor_bits / 16`` the bytes of a factor value relative to a 16-bit weight value.
+        factor_bits (`int`, defaults to 16): bits per stored factor value, 16 (the weight's dtype) or 4
+            (`rsparse.factor_quant`).
 
     Example:
 
@@ -65,6 +69,7 @@ class LayerBudget:
     rho: float
     k: float
     r: int
+    factor_bits: int = 16
 
     @property
     def density(self) -> float:
@@ -113,6 +118,13 @@ class RSparseConfig:
     search: str = field(
         default="auto",
         metadata={"help": f"per-layer budget search, one of {SEARCHES}; 'none' gives every layer the target"},
+    )
+    factor_bits: int = field(
+        default=16,
+        metadata={
+            "help": "bits per stored low-rank factor value: 16 (the weight's dtype) or 4 (packed, one range "
+            "per rank component; the same bytes buy four times the rank, rsparse.factor_quant)"
+        },
     )
     factorization: str = field(
         default="activation",
@@ -193,6 +205,8 @@ class RSparseConfig:
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        if isinstance(self.factor_bits, bool) or self.factor_bits not in FACTOR_BITS:
+            raise ValueError(f"factor_bits must be one of {list(FACTOR_BITS)}, got {self.factor_bits!r}")
         if self.factorization not in FACTORIZATIONS:
             raise ValueError(f"factorization must be one of {list(FACTORIZATIONS)}, got {self.factorization!r}")
         lo, hi = self.min_layer_sparsity, self.max_layer_sparsity

@@ -93,6 +93,7 @@ def _whole_mlp_launches(mlp: nn.Module, x: torch.Tensor):
         or not all(m.takes_kernel(x) and m.weight_t.device == x.device for m in (gate, up))
         or not down.takes_kernel(x.new_empty(()).expand(x.numel() // x.shape[-1], down.in_features))  # its input's shape
         or down.weight_t.device != x.device
+        or any(m.factor_bits != 16 for m in (gate, up, down))  # their per-call dequantization is not in `run`
     ):
         return None
     tensors, fraction = multi_args([gate, up])

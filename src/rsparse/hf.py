@@ -83,8 +83,9 @@ class RSparseHfQuantizer(HfQuantizer):
             for param in model.parameters():
                 param.data = param.data.to(requested)
             for module in rsparse_modules(model).values():
-                module.lowrank_in.data = module.lowrank_in.data.to(requested)
-                module.lowrank_out.data = module.lowrank_out.data.to(requested)
+                if module.factor_bits == 16:  # packed factors are uint8 (and their ranges stay fp32)
+                    module.lowrank_in.data = module.lowrank_in.data.to(requested)
+                    module.lowrank_out.data = module.lowrank_out.data.to(requested)
         _write_card_on_save(model)
         return model
 
@@ -136,6 +137,11 @@ def check_checkpoint(files: list[str], config: RSparseConfig) -> None:
             "weight_t": [b.in_features, b.out_features], "c": [b.in_features], "tau": [],
             "lowrank_in": [b.in_features, b.r], "lowrank_out": [b.r, b.out_features],
         }
+        if b.factor_bits != 16:  # packed two values a byte, with their ranges (rsparse.factor_quant)
+            expected.update({
+                "lowrank_in": [(b.in_features + 1) // 2, b.r], "lowrank_out": [(b.r + 1) // 2, b.out_features],
+                "lowrank_quant": [4, b.r],
+            })
         for tensor, shape in expected.items():
             key = f"{name}.{tensor}"
             if key not in shapes:
@@ -163,7 +169,7 @@ def install_skeletons(model: nn.Module, config: RSparseConfig) -> None:
             )
         new = RSparseLinear(
             budget.in_features, budget.out_features, budget.r, bias=linear.bias is not None,
-            mode=config.mode, decode_cutoff=config.decode_cutoff,
+            mode=config.mode, decode_cutoff=config.decode_cutoff, factor_bits=budget.factor_bits,
             dtype=linear.weight.dtype, device=linear.weight.device,
         )
         new.budget = budget

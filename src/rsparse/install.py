@@ -25,6 +25,7 @@ from rsparse.calibrate import (
     score_histograms,
 )
 from rsparse.config import LayerBudget, RSparseConfig
+from rsparse.factor_quant import fake_quantize_factors
 from rsparse.factorize import lowrank_factors, weight_svd_residual, activation_aware_factors
 from rsparse.fuse import link_groups
 from rsparse.fuse_norm import link_norm_layers
@@ -109,10 +110,16 @@ def install_layers(
                     lowrank_in, lowrank_out, residual = _factors(
                         modules[n].weight, ranks[n], moments.get(n), cfg.factorization
                     )
+                    packed = cfg.factor_bits != 16 and not max_ranks
+                    if cfg.factor_bits != 16 and max_ranks:
+                        # The search slices these factors for every candidate rank: it scores them as a
+                        # packed layer holds them (per-component ranges keep the slices exact).
+                        lowrank_in, lowrank_out = fake_quantize_factors(lowrank_in, lowrank_out)
                     new = RSparseLinear.from_linear(
                         modules[n], tau=taus[n], c=weights[n],
                         lowrank_in=lowrank_in[:, : budget.r], lowrank_out=lowrank_out[: budget.r],
                         budget=budget, mode="sparse", decode_cutoff=cfg.decode_cutoff,
+                        factor_bits=cfg.factor_bits if packed else 16,
                     )
                     if max_ranks:
                         stats[name] = LinearStats(

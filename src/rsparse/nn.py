@@ -9,6 +9,7 @@ from torch import nn
 import rsparse.ops  # noqa: F401  (registers torch.ops.rsparse.sparse_linear)
 from rsparse import eager_graphs
 from rsparse.config import MODES, LayerBudget
+from rsparse.factor_quant import dequantize_factors, factor_bytes, quantize_factors
 from rsparse.ops import backend
 from rsparse.ops.reference import rms_norm_reference
 
@@ -26,7 +27,9 @@ class RSparseLinear(nn.Module):
       weight for the ``"rsparse"`` rule, ones for ``"magnitude"``).
     * ``tau`` 0-dim fp32: channels scoring above it are active.
     * ``lowrank_in`` ``[in, r]`` and ``lowrank_out`` ``[r, out]``: the low-rank path
-      ``V_r`` and ``(U_r S_r)ᵀ`` applied to the inactive channels.
+      ``V_r`` and ``(U_r S_r)ᵀ`` applied to the inactive channels. With ``factor_bits=4`` they are
+      packed uint8 ``[ceil(in/2), r]`` and ``[ceil(r/2), out]`` with ``lowrank_quant`` fp32 ``[4, r]``
+      (`rsparse.factor_quant`), and every sparse call dequantizes them first.
     * ``bias`` ``[out]`` or None.
 
     Args:
@@ -37,6 +40,7 @@ class RSparseLinear(nn.Module):
         mode (`str`, defaults to ``"auto"``): ``"auto"`` (sparse when a call carries at most
             ``decode_cutoff`` tokens, dense otherwise), ``"sparse"`` or ``"dense"``.
         decode_cutoff (`int`, defaults to 8): see ``mode``.
+        factor_bits (`int`, defaults to 16): bits per stored factor value, 16 (``dtype``) or 4.
         dtype, device: of the weight, factors and bias.
 
     Example:
@@ -59,18 +63,27 @@ class RSparseLinear(nn.Module):
         *,
         mode: str = "auto",
         decode_cutoff: int = 8,
+        factor_bits: int = 16,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        factor_bytes(factor_bits)  # validates
         self.in_features = in_features
         self.out_features = out_features
         kw = {"dtype": dtype, "device": device}
         self.weight_t = nn.Parameter(torch.empty(in_features, out_features, **kw), requires_grad=False)
         self.register_buffer("c", torch.ones(in_features, dtype=torch.float32, device=device))
         self.register_buffer("tau", torch.full((), -1.0, dtype=torch.float32, device=device))
-        self.register_buffer("lowrank_in", torch.zeros(in_features, rank, **kw))
-        self.register_buffer("lowrank_out", torch.zeros(rank, out_features, **kw))
+        self.factor_bits = factor_bits
+        if factor_bits == 16:
+            self.register_buffer("lowrank_in", torch.zeros(in_features, rank, **kw))
+            self.register_buffer("lowrank_out", torch.zeros(rank, out_features, **kw))
+        else:
+            packed = {"dtype": torch.uint8, "device": device}
+            self.register_buffer("lowrank_in", torch.zeros((in_features + 1) // 2, rank, **packed))
+            self.register_buffer("lowrank_out", torch.zeros((rank + 1) // 2, out_features, **packed))
+            self.register_buffer("lowrank_quant", torch.zeros(4, rank, dtype=torch.float32, device=device))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, **kw), requires_grad=False)
         else:
@@ -98,6 +111,7 @@ class RSparseLinear(nn.Module):
         budget: LayerBudget | None = None,
         mode: str = "auto",
         decode_cutoff: int = 8,
+        factor_bits: int = 16,
     ) -> "RSparseLinear":
         """Build from an `nn.Linear`, copying its weight into the transposed layout.
 
@@ -107,6 +121,7 @@ class RSparseLinear(nn.Module):
             c: channel weights (fp32, ``[in]``); defaults to the weight's column norms.
             lowrank_in, lowrank_out: low-rank factors ``[in, r]`` and ``[r, out]``; none for rank 0.
             budget: the `LayerBudget` this layer was built for (shown by `rsparse.summary`).
+            factor_bits: 16 keeps the factors in the weight's dtype; 4 packs them (`rsparse.factor_quant`).
         """
         w = linear.weight.detach()
         rank = 0 if lowrank_in is None else lowrank_in.shape[1]
@@ -117,15 +132,19 @@ class RSparseLinear(nn.Module):
             bias=linear.bias is not None,
             mode=mode,
             decode_cutoff=decode_cutoff,
+            factor_bits=factor_bits,
             dtype=w.dtype,
             device=w.device,
         )
         new.weight_t.data = w.t().contiguous()
         new.c.copy_(column_norms(w) if c is None else c)
         new.tau.fill_(float(tau))
-        if rank:
+        if rank and factor_bits == 16:
             new.lowrank_in.copy_(lowrank_in)
             new.lowrank_out.copy_(lowrank_out)
+        elif rank:
+            for name, t in zip(("lowrank_in", "lowrank_out", "lowrank_quant"), quantize_factors(lowrank_in, lowrank_out)):
+                getattr(new, name).copy_(t)
         if linear.bias is not None:  # shares the storage; inference needs no gradient
             new.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
         new.budget = budget
@@ -183,7 +202,7 @@ class RSparseLinear(nn.Module):
             return y if residual is None else residual + y
         x2 = x.reshape(-1, self.in_features)
         if direct_call(x):
-            y = eager_graphs.call(self, "linear", self._run_direct, (x2,), self._op_tensors())
+            y = eager_graphs.call(self, "linear", self._run_direct, (x2,), self._state_tensors())
             y = y.view(*x.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
@@ -211,7 +230,7 @@ class RSparseLinear(nn.Module):
         n = self.in_features
         gate2, up2 = gate.reshape(-1, n), up.reshape(-1, n)
         if direct_call(gate):
-            y = eager_graphs.call(self, "silu_mul", self._run_direct_silu_mul, (gate2, up2), self._op_tensors())
+            y = eager_graphs.call(self, "silu_mul", self._run_direct_silu_mul, (gate2, up2), self._state_tensors())
             y = y.view(*gate.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
@@ -226,7 +245,22 @@ class RSparseLinear(nn.Module):
         # Read from the registries directly: `nn.Module.__getattr__` costs host time on every
         # eager decode call (six lookups per call), and eager decoding is bound by host time.
         p, b = self._parameters, self._buffers
+        lowrank_in, lowrank_out = b["lowrank_in"], b["lowrank_out"]
+        if self.factor_bits != 16:  # no kernel reads the packed factors yet: dequantize for this call
+            lowrank_in, lowrank_out = self.factors()
+        return p["weight_t"], b["c"], b["tau"], lowrank_in, lowrank_out, p["bias"]
+
+    def _state_tensors(self) -> tuple:
+        """The stored tensors the sparse call reads (what a captured graph's key must hold)."""
+        p, b = self._parameters, self._buffers
         return p["weight_t"], b["c"], b["tau"], b["lowrank_in"], b["lowrank_out"], p["bias"]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low-rank factors ``[in, r]`` and ``[r, out]`` in the weight's dtype (dequantized if packed)."""
+        b = self._buffers
+        if self.factor_bits == 16:
+            return b["lowrank_in"], b["lowrank_out"]
+        return dequantize_factors(b["lowrank_in"], b["lowrank_out"], b["lowrank_quant"], self.in_features, self.weight_t.dtype)
 
     def expected_active_fraction(self) -> float:
         """The budget's ``k / n`` (1.0 without a budget): a hint for the kernel's launch choice."""
@@ -239,15 +273,16 @@ class RSparseLinear(nn.Module):
         # stay fp32 so that the mask does not depend on the model dtype.
         super()._apply(fn, recurse)
         eager_graphs.clear(self)  # their pointers are stale now (new keys would miss them anyway)
-        for name in ("c", "tau"):
-            if self._buffers[name].dtype != torch.float32:
+        for name in ("c", "tau", "lowrank_quant"):
+            if name in self._buffers and self._buffers[name].dtype != torch.float32:
                 self._buffers[name] = self._buffers[name].float()
         return self
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"bias={self.bias is not None}, mode={self.mode!r}"
+            + (f"factor_bits={self.factor_bits}, " if self.factor_bits != 16 else "")
+            + f"bias={self.bias is not None}, mode={self.mode!r}"
         )
 
 
@@ -301,10 +336,13 @@ def fused_forward(
             return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
         x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
     if direct_call(x):
-        def run(x2: torch.Tensor) -> list[torch.Tensor]:
-            return backend.run_sparse_linear_multi(x2, *tensors, fraction)
+        packed = any(m.factor_bits != 16 for m in modules)
 
-        state = [t for per_module in tensors for t in per_module]
+        def run(x2: torch.Tensor) -> list[torch.Tensor]:
+            # Packed factors are dequantized inside the call, so that a captured graph replays that too.
+            return backend.run_sparse_linear_multi(x2, *(multi_args(modules)[0] if packed else tensors), fraction)
+
+        state = [t for m in modules for t in m._state_tensors()]
         ys = eager_graphs.call(modules[0], f"multi{len(modules)}", run, (x2,), state)
     else:
         ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction)

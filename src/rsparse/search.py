@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsparse import install
-from rsparse.budget import layer_budget, model_sparsity, uniform_budgets
+from rsparse.budget import layer_budget, model_sparsity, rank_for, uniform_budgets
 from rsparse.config import LayerBudget, RSparseConfig
 from rsparse.install import LinearStats, install_layers, restore
 from rsparse.nn import rsparse_modules
@@ -131,10 +131,8 @@ def search_budgets(
     shapes = {name: (m.in_features, m.out_features) for name, m in targets.items()}
     rhos = RHOS if cfg.rho is None else (float(cfg.rho),)
     max_density = 1.0 - cfg.min_layer_sparsity
-    max_ranks = {
-        name: math.floor((1.0 - min(rhos)) * max_density * n * m / (n + m) + 1e-9) for name, (n, m) in shapes.items()
-    }
-    uniform = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho)
+    max_ranks = {name: rank_for(n, m, max_density, min(rhos), cfg.factor_bits) for name, (n, m) in shapes.items()}
+    uniform = uniform_budgets(shapes, cfg.target, 1.0 if cfg.rho is None else cfg.rho, cfg.factor_bits)
 
     started = time.perf_counter()
     dense_logprobs, sensitivity = output_sensitivities(model, targets, heldout, seed=cfg.seed)
@@ -199,7 +197,7 @@ def _score_weights(modules: dict[str, nn.Module], score: str) -> dict[str, torch
 
 
 def _budgets_of(tables: "_Tables", allocation: dict[str, tuple[float, float]]) -> dict[str, LayerBudget]:
-    return {k: layer_budget(*tables.shapes[k], s, rho) for k, (s, rho) in allocation.items()}
+    return {k: layer_budget(*tables.shapes[k], s, rho, tables.factor_bits) for k, (s, rho) in allocation.items()}
 
 
 def _key(budgets: dict[str, LayerBudget]) -> tuple:
@@ -216,6 +214,7 @@ class _Tables:
         sensitivity = sensitivity or {}
         self.sensitivity = torch.tensor([sensitivity.get(k, 1.0) for k in self.names], dtype=torch.float64)
         self.shapes = shapes
+        self.factor_bits = cfg.factor_bits
         self.bounds = (1.0 - cfg.max_layer_sparsity, 1.0 - cfg.min_layer_sparsity)
         lo, hi = self.bounds
         steps = max(1, round((hi - lo) / DENSITY_STEP))
@@ -229,7 +228,7 @@ class _Tables:
         for k in self.names:
             n, m = shapes[k]
             dropped.append(stats[k].histogram.dropped_energy_curve(self.rho * self.density))
-            ranks = torch.floor((1.0 - self.rho) * self.density * n * m / (n + m) + 1e-9).long()
+            ranks = torch.tensor([rank_for(n, m, d, p, cfg.factor_bits) for d, p in zip(self.density.tolist(), self.rho.tolist())])
             residual = stats[k].residual
             rank_left.append(residual[ranks.clamp(max=len(residual) - 1)])
         self.dropped = torch.stack(dropped)  # [L, O]

@@ -33,6 +33,7 @@ class LayerSummary:
     tau: float
     expected_kept: float
     kept: float | None = None
+    factor_bits: int = 16
 
 
 @dataclass
@@ -68,6 +69,9 @@ class Summary:
                 line += f" {layer.kept:>6.3f}" if layer.kept is not None else f" {'-':>6}"
             lines.append(line)
         lines.append(f"model-level sparsity: {self.model_sparsity:.4f} over {len(self.layers)} layers")
+        packed = sorted({layer.factor_bits for layer in self.layers if layer.r and layer.factor_bits != 16})
+        if packed:  # r counts ranks at these bits: the budget pays factor_bits / 16 of a weight value per value
+            lines.append(f"low-rank factors stored in {', '.join(map(str, packed))} bits")
         return "\n".join(lines)
 
 
@@ -102,7 +106,7 @@ def summary(model: nn.Module, tokens: torch.Tensor | None = None) -> Summary:
         layers.append(
             LayerSummary(
                 name, m.in_features, m.out_features, b.s, b.rho, b.k, b.r, float(m.tau),
-                b.active_fraction, kept.get(name),
+                b.active_fraction, kept.get(name), m.factor_bits,
             )
         )
     return Summary(model_sparsity([m.budget for m in modules.values()]), layers)
