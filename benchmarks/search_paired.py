@@ -118,7 +118,7 @@ def report(files: list[Path], baseline: str) -> str:
             if base is not None and key != f"{baseline}/target={target}":
                 p = paired(r["nll"], base["nll"])
                 cells = f"| {p['diff']:+.4f} ± {p['se']:.4f} | {p['z']:+.2f} | {p['ratio']:.3f} | {p['wins']}/{p['n']} |"
-            lines.append(f"| {target} | {r['method']} ({r['score']}, {r['layers_with_rank']} with rank) | "
+            lines.append(f"| {target} | {r['method']} ({r.get('score', '–')}, {r.get('layers_with_rank', '–')} with rank) | "
                          f"{ppl(r['nll'][:OFFICIAL_WINDOWS]):.2f} | {ppl(r['nll']):.2f} {cells} {r['sparsify_seconds']:.0f} |")
     if dense and 0.5 in targets and f"magnitude/uniform/target=0.5" in merged:
         uni = ppl(merged["magnitude/uniform/target=0.5"]["nll"]) - ppl(dense)
