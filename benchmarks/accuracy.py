@@ -72,6 +72,8 @@ METHODS = {
     "rsparse-uniform": {"score": "rsparse", "search": "none"},
     "rsparse-searched": {"score": "rsparse", "search": "auto"},
     "rsparse-auto": {"score": "auto", "search": "auto"},  # the default since 2026-12-01 (eighth session)
+    # the default with 4-bit low-rank factors (twenty-ninth session; rsparse.factor_quant)
+    "rsparse-auto-4bit": {"score": "auto", "search": "auto", "config": rsparse.RSparseConfig(factor_bits=4)},
 }
 GRID_METHODS = ["dense", "magnitude", "rsparse-uniform", "rsparse-searched"]  # the committed grid's rows
 CALIB_SEQ_LEN = 256
