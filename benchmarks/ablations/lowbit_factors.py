@@ -10,8 +10,8 @@ window by window with `results/search_paired_run1.json` (`search_paired.py --rep
     OMP_NUM_THREADS=1 python benchmarks/ablations/lowbit_factors.py 0.5 4 0.7 out.json    # uniform, rho 0.7
 
 Arguments: model-level target, factor bits (16 or 4), ``auto`` (the default search) or a uniform ``rho``, JSON, and
-optionally the lowest ``rho`` of the search's grid (default 0.7, `rsparse.search.RHOS`; lower values extend it in
-steps of 0.05).
+optionally the lowest ``rho`` of the search's grid, in steps of 0.05 (default 0.7, the grid of this session's first
+runs; the library's grid for 4-bit factors, `rsparse.search.RHOS_PACKED_FACTORS`, goes down to 0.5).
 Results: benchmarks/NOTES.md, "Twenty-ninth session".
 """
 import copy
@@ -34,8 +34,10 @@ import search  # noqa: E402  (benchmarks/search.py: the data setup search_paired
 
 target, bits, how, out = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 lowest_rho = float(sys.argv[5]) if len(sys.argv) > 5 else 0.7
-if lowest_rho < 0.7:  # the search's option grid, extended (a module constant of rsparse.search)
-    rsparse.search.RHOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(round((1.0 - lowest_rho) / 0.05) + 1))
+# The search's option grid (module constants of rsparse.search). The runs of the twenty-ninth session set it
+# explicitly: 0.7 was the grid then, and 0.5 the extension that became RHOS_PACKED_FACTORS.
+rsparse.search.RHOS = rsparse.search.RHOS_PACKED_FACTORS = tuple(
+    round(1.0 - 0.05 * i, 2) for i in range(round((1.0 - lowest_rho) / 0.05) + 1))
 torch.manual_seed(0)
 model, held, calib, meta = search.load_data(512, 64, 16, 0)
 sparse = copy.deepcopy(model)
@@ -50,7 +52,7 @@ layers = rsparse_modules(sparse).values()
 read = sum(m.budget.k * m.out_features + bits / 16 * m.rank * (m.in_features + m.out_features) for m in layers)
 nll = window_nll(sparse, held).tolist()
 name = ("searched" if how == "auto" else f"uniform rho {how}") + f", {bits}-bit factors" + (f", rho down to {lowest_rho}" if lowest_rho < 0.7 else "")
-run = {"method": name, "target": target, "factor_bits": bits, "rhos": list(rsparse.search.RHOS), "score": sparse.rsparse_config.score,
+run = {"method": name, "target": target, "factor_bits": bits, "rhos": list(rsparse.search.RHOS_PACKED_FACTORS if bits != 16 else rsparse.search.RHOS), "score": sparse.rsparse_config.score,
        "layers_with_rank": sum(m.rank > 0 for m in layers), "max_rank": max(m.rank for m in layers),
        "read_share_of_dense": read / sum(m.in_features * m.out_features for m in layers),
        "budgets": {k: b.to_dict() for k, b in sparse.rsparse_config.layers.items()},
