@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-
 from rsparse.config import FACTOR_BITS  # 16 (the weight's dtype, as R-Sparse) or 4 (this module)
 
 _LEVELS = 15

@@ -327,25 +327,22 @@ def fused_forward(
 
     ``norm`` (``(weight, eps)`` of a Llama RMSNorm): ``x`` is the residual stream and the modules
     read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`)."""
-    n = modules[0].in_features
-    tensors, fraction = multi_args(modules)
-    x2 = x.reshape(-1, n)
+    x2 = x.reshape(-1, modules[0].in_features)
+    if not direct_call(x):
+        tensors, fraction = multi_args(modules)
+        ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, *(norm or ()))
+        return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
     if norm is not None:
-        if not direct_call(x):
-            ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm[0], norm[1])
-            return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
         x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
-    if direct_call(x):
-        packed = any(m.factor_bits != 16 for m in modules)
+    # Packed factors are dequantized inside `run`, so that a captured graph replays that too.
+    fixed = None if any(m.factor_bits != 16 for m in modules) else multi_args(modules)
 
-        def run(x2: torch.Tensor) -> list[torch.Tensor]:
-            # Packed factors are dequantized inside the call, so that a captured graph replays that too.
-            return backend.run_sparse_linear_multi(x2, *(multi_args(modules)[0] if packed else tensors), fraction)
+    def run(x2: torch.Tensor) -> list[torch.Tensor]:
+        tensors, fraction = fixed or multi_args(modules)
+        return backend.run_sparse_linear_multi(x2, *tensors, fraction)
 
-        state = [t for m in modules for t in m._state_tensors()]
-        ys = eager_graphs.call(modules[0], f"multi{len(modules)}", run, (x2,), state)
-    else:
-        ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction)
+    state = [t for m in modules for t in m._state_tensors()]
+    ys = eager_graphs.call(modules[0], f"multi{len(modules)}", run, (x2,), state)
     return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
 
 
