@@ -9,6 +9,8 @@ replays of a graph that calls the layer on ``copies`` different weight copies in
 ``copies``.  Dense is ``F.linear`` (cuBLAS, ``[out, in]`` weight) timed the same way in
 the same run.  "bytes" counts what the sparse kernel must read: the weight rows of the
 channels active for some token of the batch, the low-rank factors, ``c`` and ``x``.
+``--factor-bits 4`` stores the factors packed in 4 bits (`rsparse.factor_quant`): the same
+``rho`` then buys four times the rank (``r /= factor_bits / 16``), at the same bytes.
 
     python benchmarks/kernel_speed.py                 # full table -> benchmarks/results/
     python benchmarks/kernel_speed.py --sweep         # also tile-size sweep on the big shapes
@@ -47,19 +49,26 @@ CASES = {
 }
 
 
-def build_layer(n, m, s, rho, x, dtype, device, gen):
+def build_layer(n, m, s, rho, x, dtype, device, gen, factor_bits=16):
     """One RSparseLinear with random weights and tau calibrated on ``x`` to the budget."""
     from rsparse.budget import layer_budget
+    from rsparse.factor_quant import quantize_factors
     from rsparse.nn import RSparseLinear, column_norms
 
-    budget = layer_budget(n, m, s, rho)
-    mod = RSparseLinear(n, m, budget.r, dtype=dtype, device=device, mode="sparse")
+    budget = layer_budget(n, m, s, rho, factor_bits=factor_bits)
+    mod = RSparseLinear(n, m, budget.r, dtype=dtype, device=device, mode="sparse", factor_bits=factor_bits)
     w = torch.randn(m, n, device=device, dtype=dtype, generator=gen) * n**-0.5
     mod.weight_t.data = w.t().contiguous()
     mod.c.copy_(column_norms(w))
     if budget.r:
-        mod.lowrank_in.copy_(torch.randn(n, budget.r, device=device, dtype=dtype, generator=gen) * n**-0.5)
-        mod.lowrank_out.copy_(torch.randn(budget.r, m, device=device, dtype=dtype, generator=gen))
+        li = torch.randn(n, budget.r, device=device, dtype=dtype, generator=gen) * n**-0.5
+        lo = torch.randn(budget.r, m, device=device, dtype=dtype, generator=gen)
+        if factor_bits == 16:
+            mod.lowrank_in.copy_(li)
+            mod.lowrank_out.copy_(lo)
+        else:
+            for name, t in zip(("lowrank_in", "lowrank_out", "lowrank_quant"), quantize_factors(li, lo)):
+                getattr(mod, name).copy_(t)
     keep = budget.k / n
     if keep >= 1:
         mod.tau.fill_(-1.0)
@@ -74,7 +83,9 @@ def must_read_bytes(mod, x):
     active = x.abs().float() * mod.c > mod.tau
     rows = int(active.any(0).sum())
     item = mod.weight_t.element_size()
-    return (rows * mod.out_features + mod.rank * (mod.in_features + mod.out_features)) * item + mod.in_features * 4, rows
+    factors = mod.lowrank_in.numel() * mod.lowrank_in.element_size() + mod.lowrank_out.numel() * mod.lowrank_out.element_size()
+    quant = 0 if mod.factor_ranges() is None else mod.factor_ranges().numel() * 4
+    return rows * mod.out_features * item + factors + quant + mod.in_features * 4, rows
 
 
 def capture(fns):
@@ -147,7 +158,7 @@ def same_bytes_us(x, layer, reps, rounds, dtype, device, gen):
     return alternating_us({"same_bytes": calls}, copies, reps, rounds)["same_bytes"]
 
 
-def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_bytes=False):
+def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_bytes=False, factor_bits=16):
     from rsparse.nn import RSparseLinear, forward_shared_input
 
     with_o = name == "qkv fused + o"
@@ -157,9 +168,9 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
     x = torch.randn(T, n, device=device, dtype=dtype, generator=gen)
     layers, dense_w, byte_count, rows = [], [], 0, []
     for _ in range(copies):
-        mods, ws = zip(*[build_layer(n, m, s, rho, x, dtype, device, gen) for m in ms])
+        mods, ws = zip(*[build_layer(n, m, s, rho, x, dtype, device, gen, factor_bits) for m in ms])
         if with_o:
-            o, wo = build_layer(4096, 4096, s, rho, x, dtype, device, gen)
+            o, wo = build_layer(4096, 4096, s, rho, x, dtype, device, gen, factor_bits)
             mods, ws = mods + (o,), ws + (wo,)
         layers.append(mods)
         dense_w.append(ws)
@@ -177,12 +188,15 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
 
     def kernel_call(mods):  # the sparse kernel even where the module would pick dense
         args = lambda m: (m.weight_t, m.c, m.tau, m.lowrank_in, m.lowrank_out, m.bias)  # noqa: E731
+        quant = lambda ms: [m.factor_ranges() for m in ms] if factor_bits != 16 else None  # noqa: E731
         if with_o:
             return lambda: (
-                torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods[:3]])]),
-                torch.ops.rsparse.sparse_linear(x, *args(mods[3])),
+                torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods[:3]])],
+                                                      lowrank_quant=quant(mods[:3])),
+                torch.ops.rsparse.sparse_linear(x, *args(mods[3]), lowrank_quant=mods[3].factor_ranges()),
             )
-        return lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods])])
+        return lambda: torch.ops.rsparse.sparse_linear_multi(x, *[list(a) for a in zip(*[args(m) for m in mods])],
+                                                             lowrank_quant=quant(mods))
 
     def dense_call(ws):
         return lambda: [F.linear(x, w) for w in ws]
@@ -205,13 +219,16 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
 
     errs = []
     for mod in layers[0]:
-        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias).double()
-        y = torch.ops.rsparse.sparse_linear(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        tensors = (mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias)
+        ref = sparse_linear_reference(x, *tensors, None, mod.factor_ranges()).double()
+        y = torch.ops.rsparse.sparse_linear(x, *tensors, lowrank_quant=mod.factor_ranges())
         errs.append(((y.double() - ref).norm() / ref.norm()).item())
     del layers, dense_w
     return {
         "case": name, "n": n, "m": ms + ([4096] if with_o else []), "sparsity": s, "rho": rho, "batch": T,
-        "rank": [build_rank(n, m, s, rho) for m in ms] + ([build_rank(4096, 4096, s, rho)] if with_o else []),
+        "factor_bits": factor_bits,
+        "rank": [build_rank(n, m, s, rho, factor_bits) for m in ms]
+        + ([build_rank(4096, 4096, s, rho, factor_bits)] if with_o else []),
         "rows_read_fraction": rows, "copies": copies,
         "us_module": round(t_mod, 2), "us_kernel": round(t_ker, 2), "us_dense": round(t_dense, 2),
         "speedup_module": round(t_dense / t_mod, 3), "speedup_kernel": round(t_dense / t_ker, 3),
@@ -224,10 +241,10 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
     }
 
 
-def build_rank(n, m, s, rho):
+def build_rank(n, m, s, rho, factor_bits=16):
     from rsparse.budget import layer_budget
 
-    return layer_budget(n, m, s, rho).r
+    return layer_budget(n, m, s, rho, factor_bits=factor_bits).r
 
 
 SWEEP = {  # kind -> (block_k, block_m, programs_per_sm, num_warps, num_stages); first = previous best
@@ -294,7 +311,8 @@ def markdown(rows, meta):
             cell = (f" {r['us_dense_same_bytes']} ({r['speedup_cublas_same_bytes']:.2f}×) |"
                     if "us_dense_same_bytes" in r else " – |")
         lines.append(
-            f"| {r['case']} | {r['sparsity']} | {r['rho']} | {r['batch']} | {frac} | {r['us_dense']} | "
+            f"| {r['case']} | {r['sparsity']} | {r['rho']}{' (4-bit)' if r.get('factor_bits', 16) != 16 else ''} | "
+            f"{r['batch']} | {frac} | {r['us_dense']} | "
             f"{r['us_module']} | {r['us_kernel']} | {r['speedup_module']:.2f}× | {r['GBps_kernel']} |" + cell
         )
     return "\n".join(lines) + "\n"
@@ -311,9 +329,11 @@ def plot(json_path, png_path):
     cases = list(dict.fromkeys(r["case"] for r in rows))
     fig, axes = plt.subplots(2, math.ceil(len(cases) / 2), figsize=(4 * math.ceil(len(cases) / 2), 7))
     for ax, case in zip(axes.flat, cases):
-        for rho, style in ((1.0, "-o"), (0.8, "--s")):
-            rr = [r for r in rows if r["case"] == case and r["rho"] == rho]
-            ax.plot([r["sparsity"] for r in rr], [r["us_module"] for r in rr], style, label=f"rsparse rho={rho}")
+        for rho, bits, style in ((1.0, 16, "-o"), (0.8, 16, "--s"), (0.8, 4, ":^")):
+            rr = [r for r in rows if r["case"] == case and r["rho"] == rho and r.get("factor_bits", 16) == bits]
+            if rr:
+                label = f"rsparse rho={rho}" + (f", {bits}-bit factors" if bits != 16 else "")
+                ax.plot([r["sparsity"] for r in rr], [r["us_module"] for r in rr], style, label=label)
         dense = [r["us_dense"] for r in rows if r["case"] == case]
         ax.axhline(statistics.median(dense), color="k", lw=1, label="cuBLAS dense")
         ax.set_title(case, fontsize=9)
@@ -353,6 +373,9 @@ def main():
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
     p.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
     p.add_argument("--batches", type=int, nargs="*", default=BATCHES)
+    p.add_argument("--rhos", type=float, nargs="*", default=RHOS)
+    p.add_argument("--factor-bits", type=int, nargs="*", default=[16], choices=[16, 4],
+                   help="bits per stored low-rank factor value (4: packed, four times the rank at equal bytes)")
     p.add_argument("--rounds", type=int, default=1,
                    help="time dense and sparse in turn this many times per case, on the same layers (medians reported)")
     p.add_argument("--same-bytes", action="store_true",
@@ -407,12 +430,13 @@ def main():
             if args.cases and not any(c in name for c in args.cases):
                 continue
             for T in args.batches:
-                for rho in RHOS:
+                for rho in args.rhos:
                     for s in args.sparsities:
-                        r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen, args.rounds,
-                                     args.same_bytes)
-                        print(json.dumps(r), flush=True)
-                        rows.append(r)
+                        for bits in args.factor_bits if rho < 1 else [16]:  # rho 1 has no factors
+                            r = run_case(name, n, ms, s, rho, T, dtype, device, args.reps, gen, args.rounds,
+                                         args.same_bytes, bits)
+                            print(json.dumps(r), flush=True)
+                            rows.append(r)
                         result["rows"] = rows  # what has run survives a time limit
                         (out / "kernels.json").write_text(json.dumps(result, indent=1))
     result["rows"] = rows

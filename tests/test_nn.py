@@ -81,16 +81,23 @@ def test_direct_call_only_for_plain_eager_cuda_tensors():
         assert not direct_call(x.requires_grad_())  # autograd sees the op
 
 
+@pytest.mark.parametrize("bits", [16, 4])
 @pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused"])
-def test_direct_call_gives_the_op_result(fused, monkeypatch):
-    # Eager CUDA calls skip the dispatcher; the function they run must be the op's own.
+def test_direct_call_gives_the_op_result(fused, bits, monkeypatch):
+    # Eager CUDA calls skip the dispatcher; the function they run must be the op's own (with 4-bit
+    # factors: the packed tensors and their ranges reach it too).
     import rsparse.nn as rnn
     from rsparse.budget import layer_budget
     from rsparse.nn import forward_shared_input
 
     torch.manual_seed(0)
+    rank = 0 if bits == 16 else 5
     mods = [
-        RSparseLinear.from_linear(torch.nn.Linear(40, m), tau=0.5, budget=layer_budget(40, m, s=0.5, rho=1.0), mode="sparse")
+        RSparseLinear.from_linear(
+            torch.nn.Linear(40, m), tau=0.5, budget=layer_budget(40, m, s=0.5, rho=1.0), mode="sparse",
+            lowrank_in=torch.randn(40, rank) if rank else None, lowrank_out=torch.randn(rank, m) if rank else None,
+            factor_bits=bits,
+        )
         for m in (24, 16)
     ]
     x = torch.randn(3, 40)
@@ -98,8 +105,8 @@ def test_direct_call_gives_the_op_result(fused, monkeypatch):
     calls = []
     run, run_multi = rnn.backend.run_sparse_linear, rnn.backend.run_sparse_linear_multi
     monkeypatch.setattr(rnn, "direct_call", lambda x: True)
-    monkeypatch.setattr(rnn.backend, "run_sparse_linear", lambda *a: calls.append("one") or run(*a))
-    monkeypatch.setattr(rnn.backend, "run_sparse_linear_multi", lambda *a: calls.append("multi") or run_multi(*a))
+    monkeypatch.setattr(rnn.backend, "run_sparse_linear", lambda *a, **k: calls.append("one") or run(*a, **k))
+    monkeypatch.setattr(rnn.backend, "run_sparse_linear_multi", lambda *a, **k: calls.append("multi") or run_multi(*a, **k))
     direct = forward_shared_input(x, mods) if fused else [mods[0](x)]
     assert calls == (["multi"] if fused else ["one"])
     for a, b in zip(direct, via_op):

@@ -1,6 +1,7 @@
 """Compile the split-K decode launch (`rsparse.kernels.sparse_linear._splitk_kernel`) for sm_90 without a GPU
 and print registers and local memory per variant (cuobjdump on the cubin Triton builds): the one-token q/k/v launch of a
-Llama-3-8B layer with the folded norm, with and without ranks.
+Llama-3-8B layer with the folded norm, with and without ranks, with 4-bit packed factors, and the batched (tensor-core)
+launch with plain and packed factors.
 
 Register allocation is static: registers an epilogue needs are paid by every weight item, and above 128 per
 thread (4 warps) a multiprocessor holds fewer than the 4 programs the one-wave grid plans. Use a Triton wheel
@@ -31,14 +32,14 @@ from rsparse.kernels.sparse_linear import _splitk_kernel  # noqa: E402
 
 print("triton", triton.__version__, file=sys.stderr)
 TARGET = GPUTarget("cuda", 90, 32)
-F32_PTRS = ("c", "tau", "z", "ws")
+F32_PTRS = ("c", "tau", "z", "ws", "lq")
 INT_PTRS = ("zc", "cnt", "gcnt_ptr")
 FLOATS = ("eps",)
 # Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides).
 DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r")
 
 
-def compile_splitk(dtype: str, const: dict, warps: int = 4):
+def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
     sig, attrs = {}, {}
     names = _splitk_kernel.arg_names
     for i, a in enumerate(names):
@@ -52,6 +53,8 @@ def compile_splitk(dtype: str, const: dict, warps: int = 4):
             sig[a] = "*fp32"
         elif base in FLOATS:
             sig[a] = "fp32"
+        elif base in ("li", "lo") and const.get("PACKED"):
+            sig[a] = "*u8"
         elif a.endswith("_ptr") or base in ("w", "li", "lo", "b", "out"):
             sig[a] = f"*{dtype}"
         else:
@@ -59,7 +62,7 @@ def compile_splitk(dtype: str, const: dict, warps: int = 4):
         if sig[a].startswith("*") or base in DIV16:
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(_splitk_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": 1})
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 
 
 def resource_report(k) -> str:
@@ -73,16 +76,30 @@ def resource_report(k) -> str:
 
 
 for dtype in ("bf16", "fp16"):
-    for ranks in (False, True):
+    for ranks, packed in ((False, False), (True, False), (True, True)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
         )
         try:
             report = resource_report(compile_splitk(dtype, const))
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} ranks={ranks}: {report}", flush=True)
+        print(f"{dtype} one token, ranks={ranks} packed={packed}: {report}", flush=True)
+    for packed in (False, True):  # 2-16 tokens with ranks: DOT_CONFIG's tiles (16 x 512, 3 stages)
+        const = dict(
+            BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
+            BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False,
+            RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
+        )
+        try:
+            report = resource_report(compile_splitk(dtype, const, stages=3))
+        except Exception as e:
+            report = f"FAILED {e!r}"[:300]
+        print(f"{dtype} batch (dot, 3 stages), ranks=True packed={packed}: {report}", flush=True)
+    const["PACKED"] = True  # PACKED_DOT_CONFIG: the same tiles in one stage
+    print(f"{dtype} batch (dot, 1 stage), ranks=True packed=True: {resource_report(compile_splitk(dtype, const))}")

@@ -87,10 +87,16 @@ def quantize_factors(
 def dequantize_factors(
     packed_in: torch.Tensor, packed_out: torch.Tensor, quant: torch.Tensor, in_features: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The factors ``[n, r]`` and ``[r, m]`` in ``dtype`` that `quantize_factors` stored."""
+    """The factors ``[n, r]`` and ``[r, m]`` in ``dtype`` that `quantize_factors` stored.
+
+    Each value ``offset + step * q`` is formed in fp32 (in fp64 for ``dtype=torch.float64``, where it
+    is exact), then rounded to ``dtype``: the ops' definition of a packed low-rank path
+    (`rsparse.ops.sparse_linear`'s ``lowrank_quant``)."""
     r = quant.shape[1]
-    v = quant[0] + quant[1] * _unpack_rows(packed_in, in_features)
-    u = quant[2, :, None] + quant[3, :, None] * _unpack_rows(packed_out, r)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    q = quant.to(compute)
+    v = q[0] + q[1] * _unpack_rows(packed_in, in_features).to(compute)
+    u = q[2, :, None] + q[3, :, None] * _unpack_rows(packed_out, r).to(compute)
     return v.to(dtype), u.to(dtype)
 
 

@@ -93,17 +93,16 @@ def _whole_mlp_launches(mlp: nn.Module, x: torch.Tensor):
         or not all(m.takes_kernel(x) and m.weight_t.device == x.device for m in (gate, up))
         or not down.takes_kernel(x.new_empty(()).expand(x.numel() // x.shape[-1], down.in_features))  # its input's shape
         or down.weight_t.device != x.device
-        or any(m.factor_bits != 16 for m in (gate, up, down))  # their per-call dequantization is not in `run`
     ):
         return None
-    tensors, fraction = multi_args([gate, up])
-    down_tensors, down_fraction = down._op_tensors(), down.expected_active_fraction()
+    tensors, fraction, quant = multi_args([gate, up])
+    down_tensors, down_fraction, down_quant = down._op_tensors(), down.expected_active_fraction(), down.factor_ranges()
 
     def run(x2: torch.Tensor) -> torch.Tensor:
-        g, u = backend.run_sparse_linear_multi(x2, *tensors, fraction)
-        return backend.run_sparse_linear_silu_mul(g, u, *down_tensors, down_fraction)
+        g, u = backend.run_sparse_linear_multi(x2, *tensors, fraction, lowrank_quant=quant)
+        return backend.run_sparse_linear_silu_mul(g, u, *down_tensors, down_fraction, lowrank_quant=down_quant)
 
-    return run, [t for column in tensors for t in column] + list(down_tensors)
+    return run, [t for column in tensors for t in column] + list(down_tensors) + list(quant or ()) + [down_quant]
 
 
 def _observed(module: nn.Module) -> bool:

@@ -206,11 +206,15 @@ class RSparseLinear(nn.Module):
             y = y.view(*x.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
-        y = torch.ops.rsparse.sparse_linear(x2, *self._op_tensors(), self.expected_active_fraction(), r2)
+        y = torch.ops.rsparse.sparse_linear(
+            x2, *self._op_tensors(), self.expected_active_fraction(), r2, self.factor_ranges()
+        )
         return y.view(*x.shape[:-1], self.out_features)
 
     def _run_direct(self, x: torch.Tensor) -> torch.Tensor:
-        return backend.run_sparse_linear(x, *self._op_tensors(), self.expected_active_fraction())
+        return backend.run_sparse_linear(
+            x, *self._op_tensors(), self.expected_active_fraction(), lowrank_quant=self.factor_ranges()
+        )
 
     def forward_silu_mul(self, gate: torch.Tensor, up: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``self(F.silu(gate) * up)``: a gated MLP's down projection (see `rsparse.fuse_silu`), plus
@@ -234,26 +238,31 @@ class RSparseLinear(nn.Module):
             y = y.view(*gate.shape[:-1], self.out_features)
             return y if residual is None else residual + y
         r2 = None if residual is None else residual.reshape(-1, self.out_features)
-        y = torch.ops.rsparse.sparse_linear_silu_mul(gate2, up2, *self._op_tensors(), self.expected_active_fraction(), r2)
+        y = torch.ops.rsparse.sparse_linear_silu_mul(
+            gate2, up2, *self._op_tensors(), self.expected_active_fraction(), r2, self.factor_ranges()
+        )
         return y.view(*gate.shape[:-1], self.out_features)
 
     def _run_direct_silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return backend.run_sparse_linear_silu_mul(gate, up, *self._op_tensors(), self.expected_active_fraction())
+        return backend.run_sparse_linear_silu_mul(
+            gate, up, *self._op_tensors(), self.expected_active_fraction(), lowrank_quant=self.factor_ranges()
+        )
 
     def _op_tensors(self) -> tuple:
-        """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them."""
+        """The layer's tensors in the order the ``rsparse::sparse_linear*`` ops take them (packed
+        factors as stored: the ops read them with `lowrank_quant`)."""
         # Read from the registries directly: `nn.Module.__getattr__` costs host time on every
         # eager decode call (six lookups per call), and eager decoding is bound by host time.
         p, b = self._parameters, self._buffers
-        lowrank_in, lowrank_out = b["lowrank_in"], b["lowrank_out"]
-        if self.factor_bits != 16:  # no kernel reads the packed factors yet: dequantize for this call
-            lowrank_in, lowrank_out = self.factors()
-        return p["weight_t"], b["c"], b["tau"], lowrank_in, lowrank_out, p["bias"]
+        return p["weight_t"], b["c"], b["tau"], b["lowrank_in"], b["lowrank_out"], p["bias"]
+
+    def factor_ranges(self) -> torch.Tensor | None:
+        """The ranges ``[4, r]`` of packed 4-bit factors (the ops' ``lowrank_quant``); ``None`` at 16 bits."""
+        return self._buffers.get("lowrank_quant")
 
     def _state_tensors(self) -> tuple:
         """The stored tensors the sparse call reads (what a captured graph's key must hold)."""
-        p, b = self._parameters, self._buffers
-        return p["weight_t"], b["c"], b["tau"], b["lowrank_in"], b["lowrank_out"], p["bias"]
+        return (*self._op_tensors(), self.factor_ranges())
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The low-rank factors ``[in, r]`` and ``[r, out]`` in the weight's dtype (dequantized if packed)."""
@@ -313,11 +322,13 @@ def forward_shared_input(x: torch.Tensor, modules: "list[RSparseLinear] | tuple[
     return fused_forward(x, modules)
 
 
-def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float]:
-    """The per-module tensor lists and the launch hint that ``rsparse::sparse_linear_multi`` takes."""
+def multi_args(modules: "list[RSparseLinear]") -> tuple[tuple, float, list | None]:
+    """The per-module tensor lists, the launch hint and the ``lowrank_quant`` list (``None`` when no
+    module packs its factors) that ``rsparse::sparse_linear_multi`` takes."""
     per_module = [m._op_tensors() for m in modules]
     tensors = tuple(list(column) for column in zip(*per_module))
-    return tensors, max(m.expected_active_fraction() for m in modules)
+    quant = [m.factor_ranges() for m in modules]
+    return tensors, max(m.expected_active_fraction() for m in modules), None if all(q is None for q in quant) else quant
 
 
 def fused_forward(
@@ -329,17 +340,16 @@ def fused_forward(
     read its norm, formed inside the launch where it can be (`rsparse.fuse_norm`)."""
     x2 = x.reshape(-1, modules[0].in_features)
     if not direct_call(x):
-        tensors, fraction = multi_args(modules)
-        ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, *(norm or ()))
+        tensors, fraction, quant = multi_args(modules)
+        norm_weight, norm_eps = norm or (None, 0.0)
+        ys = torch.ops.rsparse.sparse_linear_multi(x2, *tensors, fraction, norm_weight, norm_eps, quant)
         return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(ys, modules)]
     if norm is not None:
         x2 = rms_norm_reference(x2, *norm)  # eager CUDA calls replay the plain launch's graph
-    # Packed factors are dequantized inside `run`, so that a captured graph replays that too.
-    fixed = None if any(m.factor_bits != 16 for m in modules) else multi_args(modules)
+    tensors, fraction, quant = multi_args(modules)
 
     def run(x2: torch.Tensor) -> list[torch.Tensor]:
-        tensors, fraction = fixed or multi_args(modules)
-        return backend.run_sparse_linear_multi(x2, *tensors, fraction)
+        return backend.run_sparse_linear_multi(x2, *tensors, fraction, lowrank_quant=quant)
 
     state = [t for m in modules for t in m._state_tensors()]
     ys = eager_graphs.call(modules[0], f"multi{len(modules)}", run, (x2,), state)

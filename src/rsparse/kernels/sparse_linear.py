@@ -49,6 +49,7 @@ launch puts ``z`` and the counters back), so no memset launch precedes the kerne
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -187,16 +188,43 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
 
 
 @triton.jit
-def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
-             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+def _nibbles(ptr, rows, cols, stride, mask):
+    # Levels 0..15 of 4-bit factors packed along their rows (`rsparse.factor_quant`): element
+    # (k, j) sits in byte row k // 2, the low nibble for even k.  Two lanes load the same byte;
+    # the cache serves the second, so memory still moves each byte once.
+    b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
+    return (b.to(tl.int32) >> ((rows % 2) * 4)[:, None]) & 15
+
+
+@triton.jit
+def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
+             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+             PACKED: tl.constexpr, DT: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
-    w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    w_ok = k_ok[:, None] & m_ok[None, :]
+    if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
+        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok)
+        off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
+        step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
+    else:
+        w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
     if USE_DOT:
         z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0, volatile=True)
-        acc = _dot_acc(z, w, acc, FP32)
+        if PACKED:
+            # z @ (offset + step * q) = (z * step) @ q + z @ offset: the levels are exact in the
+            # activation dtype, so the tensor cores see no rounded factor.
+            if FP32:
+                acc = _dot_acc(z * step[None, :], q.to(tl.float32), acc, FP32)
+            else:
+                acc = _dot_acc(z * step[None, :], q.to(DT), acc, FP32)
+            acc += tl.sum(z * off[None, :], axis=1)[:, None]
+        else:
+            acc = _dot_acc(z, w, acc, FP32)
     else:
         z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
+        if PACKED:  # formed in the sums' precision, as the reference forms it
+            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)
         # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
         prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
         if ACC2D:
@@ -208,14 +236,19 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 
 @triton.jit
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
-            k_start, k_end, r, rb_first, rb_step,
+            k_start, k_end, r, rb_first, rb_step, lq_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PACKED: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
+    # PACKED: V_r's column j is offset[j] + step[j] * q (rows 0 and 1 of the ranges at lq_ptr).
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
         offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = offs_r < r
+        if PACKED:
+            off = tl.load(lq_ptr + offs_r, mask=r_ok, other=0.0)
+            step = tl.load(lq_ptr + r + offs_r, mask=r_ok, other=0.0)
+            csum = tl.zeros([BLOCK_T], dtype=tl.float32)  # dot path: each token's sum of inactive inputs
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
@@ -227,11 +260,22 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
                 xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
                 coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
-                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=k_ok[:, None] & r_ok[None, :], other=0.0)
-                if FP32:
-                    acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                v_ok = k_ok[:, None] & r_ok[None, :]
+                if PACKED:
+                    # coef @ (offset + step * q) = offset * sum(coef) + step * (coef @ q), with q
+                    # exact in the activation dtype: the tensor cores see no rounded factor.
+                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)
+                    csum += tl.sum(coef, axis=1)
+                    if FP32:
+                        acc = tl.dot(coef, q.to(tl.float32), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), q.to(x_ptr.dtype.element_ty), acc)
                 else:
-                    acc = tl.dot(coef.to(v.dtype), v, acc)
+                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
+                    if FP32:
+                        acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(coef.to(v.dtype), v, acc)
             else:
                 xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
                 active = tl.abs(xf) * cv > tau
@@ -239,10 +283,17 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 row_on = k_ok
                 if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
-                v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :], other=0.0)
+                v_ok = row_on[:, None] & r_ok[None, :]
+                if PACKED:  # formed in the sums' precision, as the reference forms it
+                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)
+                    v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * q.to(ACC)
+                else:
+                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
                 acc += coef.to(ACC)[:, None] * v.to(ACC)
         if USE_DOT:
             part = acc
+            if PACKED:
+                part = off[None, :] * csum[:, None] + step[None, :] * acc
         else:
             part = tl.sum(acc, axis=0)[None, :]
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
@@ -310,12 +361,13 @@ def _weight_item(
     x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
     w_ptr, stride_w, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    g_ptr, eps, res_ptr, stride_r,
+    g_ptr, eps, res_ptr, stride_r, lq_ptr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -329,8 +381,8 @@ def _weight_item(
     if (r > 0) and (not Z_ITEMS):  # with Z_ITEMS, z has items of its own
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
-                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-                    Z_SKIP_ACTIVE, ACC)
+                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, lq_ptr, USE_DOT, FP32, BLOCK_T, BLOCK_KZ,
+                    BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                             BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC)
@@ -349,11 +401,11 @@ def _lowrank_item(
     T, chunk, tile, pid_t, rows, chunks_w, chunks_z,
     lo_ptr, stride_lo, z_ptr, stride_z, zcnt_ptr,
     ws_ptr, cnt_ptr, bias_ptr, out_ptr, stride_o, m, r, n_tiles, lr_chunks, gcnt_ptr, state_len, all_tiles,
-    res_ptr, stride_r,
+    res_ptr, stride_r, lq_ptr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
-    ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
+    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -374,8 +426,8 @@ def _lowrank_item(
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
     for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
-                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC)
+        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
+                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -383,8 +435,9 @@ def _lowrank_item(
 
 @triton.jit
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
-            USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr):
+            lq_ptr, USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
+            PACKED: tl.constexpr):
     # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
@@ -396,23 +449,24 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
     _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
-            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
-            Z_SKIP_ACTIVE, ACC)
+            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, lq_ptr, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
+            Z_SKIP_ACTIVE, ACC, PACKED)
 
 
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
     gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
-    w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-    w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-    w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
+    w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0, lq0,
+    w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1, lq1,
+    w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2, lq2,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_KZ: tl.constexpr,
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -427,34 +481,34 @@ def _splitk_kernel(
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
+                    lq0, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
+                    lq1, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN)
+                    lq2, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
         if tile < tiles0:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile, pid_t, rows, chunks_w,
                          w0, sw0, c0, tau0, li0, sli0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq0,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN, PACKED)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq1,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r,
+                         gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq2,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
-                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN)
+                         Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED)
     else:
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -462,23 +516,23 @@ def _splitk_kernel(
         if q < l0:
             _lowrank_item(T, q // tiles0, q % tiles0, pid_t, rows_lr, chunks_w, chunks_z,
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, ACC, PER_TOKEN)
+                          RES0, ACC, PER_TOKEN, PACKED)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN)
+                          False, ACC, PER_TOKEN, PACKED)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
-                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
+                          gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN)
+                          False, ACC, PER_TOKEN, PACKED)
 
 
 @dataclass(frozen=True)
@@ -552,23 +606,31 @@ DOT_DENSE_MIN_ACTIVE = 0.4
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Every other launch of 2-16 tokens (kernel run 10; see choose_config).
 DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
+# 2-16 tokens with packed 4-bit factors: DOT_CONFIG's tiles in one stage. Unpacking takes registers: compiled for
+# sm_90 with Triton 3.6 (tools/aot_check_splitk.py) the launch needs 218 with 3 stages, so only 2 programs
+# would fit a multiprocessor against the grid's 3; with 1 stage it needs 168, DOT_CONFIG's count. Not yet timed.
+PACKED_DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=1)
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
 
 
 def choose_config(
-    n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False
+    n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False,
+    packed: bool = False,
 ) -> Config:
-    """Tile sizes and path of a launch, from the shape, the layer's expected active fraction and
-    whether any of its projections has a low-rank path."""
+    """Tile sizes and path of a launch, from the shape, the layer's expected active fraction,
+    whether any of its projections has a low-rank path, and whether its factors are packed 4-bit
+    (``packed``: only the split-K launch reads those, so the compact and inline paths are skipped)."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
-        return _OVERRIDE[kind]
-    if (not use_dot and n < 2 * m_total and SMALL_COMPACT_MIN_ELEMENTS <= n * m_total < COMPACT_MIN_ELEMENTS
+        cfg = _OVERRIDE[kind]
+        return dataclasses.replace(cfg, path="splitk") if packed and cfg.path != "splitk" else cfg
+    one_token = not use_dot and not packed  # the compact and inline paths serve one token, unpacked factors
+    if (one_token and n < 2 * m_total and SMALL_COMPACT_MIN_ELEMENTS <= n * m_total < COMPACT_MIN_ELEMENTS
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
         return COMPACT_CONFIG
-    if not use_dot and n * m_total >= COMPACT_MIN_ELEMENTS:
+    if one_token and n * m_total >= COMPACT_MIN_ELEMENTS:
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
@@ -581,6 +643,8 @@ def choose_config(
     # multiprocessor (168 registers: 3 fit): batch 4 at 50 % 1.00-1.25x cuBLAS against 0.82-1.08x.
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
+        if packed:
+            return PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             return DOT_DENSE_CONFIG
         return DOT_CONFIG
@@ -660,10 +724,15 @@ def sparse_linear_multi(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
+    lowrank_quant: list[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Triton implementation of ``rsparse::sparse_linear_multi`` (at most `MAX_PROJ` projections
     per launch; longer lists are served in groups).  ``out`` (optional) receives the results,
     e.g. NaN-filled buffers in tests proving that every element is written.
+
+    ``lowrank_quant`` (one entry per projection, ``None`` for factors in the activation dtype): the
+    ranges of packed 4-bit factors, which the split-K launch unpacks in registers.  A launch reads
+    either kind, so a call that mixes projections with packed and unpacked ranks takes two.
 
     ``norm_weight``/``norm_eps``: the input is the RMSNorm of ``x`` (a decoder layer's residual
     stream), formed inside the launch for one token where the path allows it (the compact path;
@@ -671,16 +740,28 @@ def sparse_linear_multi(
     the output is ``residual + y``, added where each output tile is written."""
     if residual is not None and len(weight_t) != 1:
         raise ValueError(f"residual serves one projection, got {len(weight_t)}")
+    quant = [None] * len(weight_t) if lowrank_quant is None else list(lowrank_quant)
+    packed = [q is not None and li.shape[1] > 0 for q, li in zip(quant, lowrank_in)]
+    plain_rank = [q is None and li.shape[1] > 0 for q, li in zip(quant, lowrank_in)]
+    if any(packed):
+        _check_packed(x.shape[1], weight_t, lowrank_in, lowrank_out, quant, packed)
+    groups = None
     if len(weight_t) > MAX_PROJ:
+        groups = [list(range(s, min(s + MAX_PROJ, len(weight_t)))) for s in range(0, len(weight_t), MAX_PROJ)]
+    elif any(packed) and any(plain_rank):
+        groups = [[j for j in range(len(weight_t)) if packed[j]], [j for j in range(len(weight_t)) if not packed[j]]]
+    if groups is not None:
         if norm_weight is not None:
             x, norm_weight = _compact.rms_norm(x, norm_weight, norm_eps), None
-        outs = []
-        for s in range(0, len(weight_t), MAX_PROJ):
-            e = s + MAX_PROJ
-            outs += sparse_linear_multi(
-                x, weight_t[s:e], c[s:e], tau[s:e], lowrank_in[s:e], lowrank_out[s:e], bias[s:e],
-                None if out is None else out[s:e], active_fraction,
+        outs = [None] * len(weight_t)
+        for g in groups:
+            ys = sparse_linear_multi(
+                x, *([a[j] for j in g] for a in (weight_t, c, tau, lowrank_in, lowrank_out, bias)),
+                out=None if out is None else [out[j] for j in g], active_fraction=active_fraction,
+                lowrank_quant=[quant[j] for j in g],
             )
+            for j, y in zip(g, ys):
+                outs[j] = y
         return outs
     T, n = x.shape
     if x.stride(1) != 1:
@@ -695,7 +776,7 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs))
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), any(packed))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
@@ -772,6 +853,7 @@ def sparse_linear_multi(
             w_[j], w_[j].stride(0), c[j], tau[j], li_[j], max(li_[j].stride(0), 1), lo_[j], max(lo_[j].stride(0), 1),
             z[j], max(z[j].stride(0), 1), zcnt[j], ws[j], cnt[j], b if b is not None else w_[j], outs[j],
             outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
+            quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
@@ -782,10 +864,25 @@ def sparse_linear_multi(
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
-        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, num_warps=cfg.num_warps,
+        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
+        num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
+
+
+def _check_packed(n, weight_t, lowrank_in, lowrank_out, quant, packed) -> None:
+    """ValueErrors for packed factors whose shapes or ranges do not fit `rsparse.factor_quant`'s format."""
+    for j in (j for j, p in enumerate(packed) if p):
+        r, m = lowrank_in[j].shape[1], weight_t[j].shape[1]
+        want = ((n + 1) // 2, r), ((r + 1) // 2, m), (4, r)
+        got = tuple(lowrank_in[j].shape), tuple(lowrank_out[j].shape), tuple(quant[j].shape)
+        if got != want or lowrank_in[j].dtype != torch.uint8 or lowrank_out[j].dtype != torch.uint8 \
+                or quant[j].dtype != torch.float32:
+            raise ValueError(
+                f"packed factors of projection {j} must be uint8 {want[0]}, uint8 {want[1]} and fp32 ranges {want[2]}; "
+                f"got {lowrank_in[j].dtype} {got[0]}, {lowrank_out[j].dtype} {got[1]} and {quant[j].dtype} {got[2]}"
+            )
 
 
 def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bias, outs, up=None,
@@ -800,17 +897,21 @@ def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bia
 
 
 def sparse_linear(
-    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
+    x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None,
+    lowrank_quant=None,
 ) -> torch.Tensor:
-    """Triton implementation of ``rsparse::sparse_linear`` (``residual``: see `sparse_linear_multi`)."""
+    """Triton implementation of ``rsparse::sparse_linear`` (``residual``, ``lowrank_quant``: see
+    `sparse_linear_multi`)."""
     outs = None if out is None else [out]
     return sparse_linear_multi(
-        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction, residual=residual
+        x, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, active_fraction, residual=residual,
+        lowrank_quant=None if lowrank_quant is None else [lowrank_quant],
     )[0]
 
 
 def sparse_linear_silu_mul(
-    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None
+    gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, out=None, active_fraction: float = 1.0, residual=None,
+    lowrank_quant=None,
 ) -> torch.Tensor:
     """Triton implementation of ``rsparse::sparse_linear_silu_mul``: `sparse_linear` on
     ``F.silu(gate) * up`` (the input of a gated MLP's down projection).
@@ -825,10 +926,12 @@ def sparse_linear_silu_mul(
         gate = gate.contiguous()
     if up.stride(1) != 1:
         up = up.contiguous()
-    cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, lowrank_in.shape[1] > 0)
+    has_rank = lowrank_in.shape[1] > 0
+    cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, has_rank,
+                        has_rank and lowrank_quant is not None)
     if T == 1 and cfg.path == "inline" and gate.dtype != torch.float32 and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
                              residual=residual)[0]
     x = torch.nn.functional.silu(gate) * up
-    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction, residual)
+    return sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, out, active_fraction, residual, lowrank_quant)

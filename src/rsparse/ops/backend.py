@@ -87,41 +87,47 @@ def _use_triton(x: torch.Tensor) -> bool:
     return False
 
 
-def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
+def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None,
+                   lowrank_quant=None):
     check_fold_args(x, None, residual, weight_t.shape[1])
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear(
-            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction, residual=residual
+            x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction, residual=residual,
+            lowrank_quant=lowrank_quant,
         )
-    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
+    return sparse_linear_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual, lowrank_quant)
 
 
 def _sparse_linear_multi(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,
-                         norm_weight=None, norm_eps=0.0):
+                         norm_weight=None, norm_eps=0.0, lowrank_quant=None):
     check_fold_args(x, norm_weight, None, None)
     if _use_triton(x):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_multi(
             x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction,
-            norm_weight=norm_weight, norm_eps=norm_eps,
+            norm_weight=norm_weight, norm_eps=norm_eps, lowrank_quant=lowrank_quant,
         )
-    return fused.sparse_linear_multi_reference(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps)
+    return fused.sparse_linear_multi_reference(
+        x, weight_t, c, tau, lowrank_in, lowrank_out, bias, norm_weight, norm_eps, lowrank_quant
+    )
 
 
 def _sparse_linear_silu_mul(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0,
-                            residual=None):
+                            residual=None, lowrank_quant=None):
     check_fold_args(gate, None, residual, weight_t.shape[1])
     if _use_triton(gate):
         from rsparse.kernels import sparse_linear as kernels
 
         return kernels.sparse_linear_silu_mul(
             gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=active_fraction,
-            residual=residual,
+            residual=residual, lowrank_quant=lowrank_quant,
         )
-    return silu_mul.sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
+    return silu_mul.sparse_linear_silu_mul_reference(
+        gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual, lowrank_quant
+    )
 
 
 # The implementations the ops dispatch to on CPU and CUDA, for callers that skip the dispatcher

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from rsparse.factor_quant import dequantize_factors
+
 
 def active_mask(x: torch.Tensor, c: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """``|x| * c > tau`` computed in fp32.
@@ -66,13 +68,21 @@ def sparse_linear_reference(
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
+    lowrank_quant: torch.Tensor | None = None,
     *,
     fp64: bool | None = None,
 ) -> torch.Tensor:
     """See `rsparse.ops.sparse_linear`.  ``fp64``: sum fp32 inputs in fp64 (default: `sums_in_fp64`;
     tests set it to compare the Triton interpreter's fp32 results with this rule on the CPU)."""
     active = active_mask(x, c, tau)
-    if x.dtype == torch.float32 and (sums_in_fp64(x) if fp64 is None else fp64):
+    wide = x.dtype == torch.float32 and (sums_in_fp64(x) if fp64 is None else fp64)
+    if lowrank_quant is not None:
+        # Packed 4-bit factors (`rsparse.factor_quant`): values formed in fp32 (fp64 for fp64 sums),
+        # never rounded to the activation dtype, as the kernels form them in registers.
+        lowrank_in, lowrank_out = dequantize_factors(
+            lowrank_in, lowrank_out, lowrank_quant, x.shape[1], torch.float64 if wide else torch.float32
+        )
+    if wide:
         y = torch.where(active, x, 0.0).double() @ weight_t.double()
         if lowrank_in.shape[1] > 0:
             # z rounded to fp32, as the kernels keep it between their two phases.

@@ -29,9 +29,12 @@ def sparse_linear_silu_mul_reference(
     lowrank_out: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
+    lowrank_quant: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See `sparse_linear_silu_mul`."""
-    return sparse_linear_reference(F.silu(gate) * up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
+    return sparse_linear_reference(
+        F.silu(gate) * up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual, lowrank_quant
+    )
 
 
 @torch.library.custom_op("rsparse::sparse_linear_silu_mul", mutates_args=())
@@ -46,15 +49,19 @@ def sparse_linear_silu_mul(
     bias: torch.Tensor | None,
     active_fraction: float = 1.0,
     residual: torch.Tensor | None = None,
+    lowrank_quant: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ..., residual)`` for ``gate`` and ``up`` of
-    shape ``[T, n]``; returns ``[T, m]`` in their dtype (``active_fraction``: a launch hint, as there)."""
+    """``rsparse::sparse_linear(F.silu(gate) * up, weight_t, ..., residual, lowrank_quant)`` for ``gate`` and
+    ``up`` of shape ``[T, n]``; returns ``[T, m]`` in their dtype (``active_fraction``: a launch hint, as there)."""
     check_fold_args(gate, None, residual, weight_t.shape[1])
-    return sparse_linear_silu_mul_reference(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual)
+    return sparse_linear_silu_mul_reference(
+        gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, residual, lowrank_quant
+    )
 
 
 @sparse_linear_silu_mul.register_fake
-def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None):
+def _(gate, up, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None,
+      lowrank_quant=None):
     torch._check(gate.dim() == 2, lambda: f"gate must be [T, n], got {tuple(gate.shape)}")
     torch._check(gate.shape == up.shape, lambda: f"gate and up must have one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
     torch._check(gate.shape[1] == weight_t.shape[0], lambda: "gate and weight_t disagree on n")

@@ -1,0 +1,157 @@
+"""The Triton split-K launch reading 4-bit packed low-rank factors (`rsparse.factor_quant`).
+
+Under the interpreter (CI) at small odd shapes, against the fp64 rule on the factors the packed
+bytes hold; ``gpu`` tests run the compiled kernels at Llama-3-8B shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rsparse
+from rsparse.budget import layer_budget
+from rsparse.factor_quant import dequantize_factors, quantize_factors
+from rsparse.nn import RSparseLinear, forward_shared_input
+from rsparse.ops import sparse_linear_reference
+from tests.test_kernels import (
+    HAS_CUDA, HAS_TRITON, TOL, DTYPES, _workspace_is_zero, exact, make_args, needs_triton, rel_err,
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    yield
+    rsparse.set_backend("auto")
+
+
+def packed(args):
+    """``make_args``'s layer with its factors packed: the op's arguments (``lowrank_quant`` last) and the
+    fp64 factors those bytes hold (what `exact` must multiply with)."""
+    x, w, c, tau, li, lo, b = args
+    pin, pout, quant = quantize_factors(li, lo)
+    li64, lo64 = dequantize_factors(pin, pout, quant, x.shape[1], torch.float64)
+    return (x, w, c, tau, pin, pout, b, quant), (x, w, c, tau, li64, lo64, b)
+
+
+def check_packed(op_args, fp64_args, dtype, active_fraction=1.0):
+    from rsparse.kernels import sparse_linear as kernels
+
+    x, w = op_args[0], op_args[1]
+    out = torch.full((x.shape[0], w.shape[1]), float("nan"), dtype=dtype, device=x.device)
+    y = kernels.sparse_linear(*op_args[:7], out=out, active_fraction=active_fraction, lowrank_quant=op_args[7])
+    assert not torch.isnan(y).any(), "an output element was not written"
+    err = rel_err(y, exact(*fp64_args))
+    assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
+    return y
+
+
+# Odd n (a half-filled last byte of V), odd and even ranks, one token and batches over the 16-token dot block.
+PACKED_SHAPES = [  # T, n, m, r, bias, active
+    (1, 71, 45, 5, False, 0.5),
+    (1, 130, 300, 17, True, 0.3),
+    (3, 133, 77, 6, True, 0.3),
+    (8, 64, 300, 17, True, 0.5),
+    (19, 33, 20, 3, False, 0.6),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=str)
+def test_packed_kernel_matches_the_fp64_rule(shape, dtype):
+    T, n, m, r, bias, active = shape
+    for seed in range(2):
+        op_args, fp64_args = packed(make_args(T, n, m, r, dtype, "cpu", active, bias, seed=seed))
+        check_packed(op_args, fp64_args, dtype, [1.0, active][seed])
+    assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("T", [1, 4])
+def test_packed_kernel_is_the_reference_op(T):
+    # The op's two implementations agree: the reference forms the same values offset + step * q.
+    for dtype in DTYPES:
+        op_args, _ = packed(make_args(T, 90, 50, 7, dtype, "cpu", 0.4, True, seed=3))
+        rsparse.set_backend("torch")
+        y_ref = torch.ops.rsparse.sparse_linear(*op_args[:7], 0.4, None, op_args[7])
+        rsparse.set_backend("triton")
+        y = torch.ops.rsparse.sparse_linear(*op_args[:7], 0.4, None, op_args[7])
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=tol, atol=tol)
+        if dtype == torch.float32:  # fp64 sums in both, rounded once
+            assert torch.equal(
+                y, sparse_linear_reference(*op_args[:7], None, op_args[7], fp64=True)
+            )
+
+
+@needs_triton
+@pytest.mark.parametrize("T", [1, 3])
+def test_fused_launch_mixes_packed_plain_and_rank_zero(T):
+    # q/k/v-like groups: a packed projection, a plain one with a rank, one without: every output
+    # within tolerance of its own rule, every element written (two launches: packed, then the rest).
+    from rsparse.kernels import sparse_linear as kernels
+
+    dtype, n = torch.bfloat16, 97
+    raw = [make_args(T, n, m, r, dtype, "cpu", 0.4, bias=b, seed=s)
+           for s, (m, r, b) in enumerate([(80, 5, True), (24, 3, False), (40, 0, False), (33, 8, True)])]
+    x = raw[0][0]
+    p0, e0 = packed(raw[0])
+    p3, e3 = packed(raw[3])
+    op = [p0[:7], raw[1], raw[2], p3[:7]]
+    quant = [p0[7], None, None, p3[7]]
+    rules = [e0, raw[1], raw[2], e3]
+    lists = [list(a) for a in zip(*[p[1:] for p in op])]
+    outs = [torch.full((T, p[1].shape[1]), float("nan"), dtype=dtype) for p in op]
+    ys = kernels.sparse_linear_multi(x, *lists, out=outs, active_fraction=0.4, lowrank_quant=quant)
+    for y, rule in zip(ys, rules):
+        assert not torch.isnan(y).any()
+        assert rel_err(y, exact(x, *rule[1:])) <= TOL[dtype]
+    # Without the plain rank the group is one launch with packed factors and a rank-0 projection.
+    ys = kernels.sparse_linear_multi(x, *[a[:1] + a[2:] for a in lists], lowrank_quant=[quant[0], None, quant[3]])
+    for y, rule in zip(ys, [rules[0], rules[2], rules[3]]):
+        assert rel_err(y, exact(x, *rule[1:])) <= TOL[dtype]
+    assert _workspace_is_zero()
+
+
+@needs_triton
+def test_packed_modules_agree_across_backends():
+    # A 4-bit RSparseLinear and a fused group of them: Triton (interpreter) against the PyTorch path.
+    torch.manual_seed(0)
+    mods = []
+    for m in (72, 40):
+        budget = layer_budget(96, m, s=0.5, rho=0.8, factor_bits=4)
+        li, lo = torch.randn(96, budget.r) / 10, torch.randn(budget.r, m) / 10
+        mods.append(RSparseLinear.from_linear(torch.nn.Linear(96, m), tau=0.5, lowrank_in=li, lowrank_out=lo,
+                                              budget=budget, mode="sparse", factor_bits=4))
+    x = torch.randn(3, 96)
+    rsparse.set_backend("torch")
+    ref = [mod(x) for mod in mods]
+    rsparse.set_backend("triton")
+    for y, y_ref in zip([mod(x) for mod in mods] + forward_shared_input(x, mods), ref + ref):
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_packed_factors_of_the_wrong_shape_are_an_error():
+    from rsparse.kernels import sparse_linear as kernels
+
+    op_args, _ = packed(make_args(1, 40, 24, 4, torch.float16, "cpu", 0.5))
+    x, w, c, tau, pin, pout, b, quant = op_args
+    with pytest.raises(ValueError, match=r"packed factors of projection 0 must be uint8 \(20, 4\)"):
+        kernels.sparse_linear(x, w, c, tau, pin[:-1], pout, b, lowrank_quant=quant)
+    with pytest.raises(ValueError, match="fp32 ranges"):
+        kernels.sparse_linear(x, w, c, tau, pin, pout, b, lowrank_quant=quant.double())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 4096, 14336, 1100, False, 0.5), (1, 14336, 4096, 1100, False, 0.5),
+                                   (4, 4096, 6144, 700, False, 0.5), (8, 4096, 1024, 301, True, 0.3)], ids=str)
+def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
+    T, n, m, r, bias, active = shape
+    rsparse.set_backend("triton")
+    for seed in range(2):
+        op_args, fp64_args = packed(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed))
+        check_packed(op_args, fp64_args, dtype, [1.0, active][seed])
