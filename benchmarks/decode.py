@@ -128,7 +128,8 @@ def parse_calibration(text: str) -> tuple[int, int]:
 DEFAULT_CALIBRATION = "4x384"  # sequences x tokens: the positions of a 128-token prompt's 256 decode steps
 
 
-def sparsify_copy(dense, target: float, device, fuse: bool = True, calibration: str = DEFAULT_CALIBRATION) -> tuple[torch.nn.Module, float]:
+def sparsify_copy(dense, target: float, device, fuse: bool = True, calibration: str = DEFAULT_CALIBRATION,
+                  rho: float = 1.0, factor_bits: int = 4) -> tuple[torch.nn.Module, float]:
     import rsparse
     from rsparse.fuse import set_fusion
 
@@ -137,7 +138,9 @@ def sparsify_copy(dense, target: float, device, fuse: bool = True, calibration: 
     calib = torch.randint(0, vocab, parse_calibration(calibration), generator=torch.Generator().manual_seed(SEED + 1)).to(device)
     _sync(device)
     t0 = time.perf_counter()
-    rsparse.sparsify(model, target, calibration=calib, search="none", show_progress=False)  # uniform: every layer at the target
+    # Uniform: every layer at the target, ``rho`` of its bytes on channels (1: no low-rank path).
+    rsparse.sparsify(model, target, calibration=calib, search="none", rho=rho, show_progress=False,
+                     config=rsparse.RSparseConfig(factor_bits=factor_bits))
     set_fusion(model, fuse)
     _sync(device)
     return model, time.perf_counter() - t0
@@ -222,7 +225,8 @@ def run(args) -> None:
         "model": args.model or (f"{SHAPES[args.shape][1]} shape" + (" at tiny widths" if args.tiny else "") + ", random weights"
                                 + (f", {args.layers} layers" if args.layers else "")),
         "dtype": str(args.dtype).replace("torch.", ""), "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "seed": SEED, "calibration": f"{args.calibration} random tokens",
+        "seed": SEED, "calibration": f"{args.calibration} random tokens", "rho": args.rho,
+        "factor_bits": args.factor_bits if args.rho < 1 else None,
         "kept_fraction_steps": f"{args.kept_steps} eager decode steps after a {min(args.prompts)}-token random prompt", "backend_sparse": "triton",
         "fused_shared_input": args.fuse, "eager_graphs": args.eager_graphs, "attention": args.attn,
         "skip_module_guards": args.skip_module_guards, "pdl": args.pdl,
@@ -246,7 +250,7 @@ def run(args) -> None:
     variants = {"dense": (dense, None)}
     info = {}
     for target in args.targets:
-        model, secs = sparsify_copy(dense, target, args.device, args.fuse, args.calibration)
+        model, secs = sparsify_copy(dense, target, args.device, args.fuse, args.calibration, args.rho, args.factor_bits)
         variants[f"{target:g}"] = (model, target)
         kept = kept_fraction(model, args.device, min(args.prompts), args.kept_steps + 1)
         info[f"{target:g}"] = {"sparsify_s": secs, "kept_fraction_decode": kept}
@@ -445,6 +449,10 @@ def main() -> None:
                         ">= 40 %% of their channels without a rank, else 16,512,3,4,3; NOTES, twenty-seventh session)")
     p.add_argument("--time-limit", type=float, default=1e9, help="start no row that would end after this many s")
     p.add_argument("--first-row-s", type=float, default=90.0, help="guess for a compiled row's time before one ran")
+    p.add_argument("--rho", type=float, default=1.0,
+                   help="every layer's share of bytes on channels (default 1: no low-rank path; 0.8: a fifth on it)")
+    p.add_argument("--factor-bits", type=int, default=4, choices=[4, 16],
+                   help="bits per stored low-rank factor value with --rho below 1 (default 4, the library's default)")
     p.add_argument("--calibration", default=DEFAULT_CALIBRATION,
                    help="calibration sequences x tokens (random token ids); the default spans a 128-token prompt's decode")
     p.add_argument("--kept-steps", type=int,

@@ -239,9 +239,11 @@ def test_compiled_decode_of_every_family_adds_no_graph_over_dense(family):
     assert graphs == dense_graphs and graphs_after == graphs
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     torch.testing.assert_close(again, eager, rtol=0, atol=0)
-    with OpCalls() as calls:  # the decode steps really take the sparse op: 7 steps x every linear
+    with OpCalls() as calls:  # the decode steps really take the sparse op: 7 steps x every linear the search kept sparse
         decode_tokens(model, prompt, 8)
-    assert calls.tokens == [2] * (7 * len(rsparse_modules(model)))
+    sparse = [m for m in rsparse_modules(model).values() if not m.keeps_every_channel()]
+    assert len(sparse) >= len(rsparse_modules(model)) - 2
+    assert calls.tokens == [2] * (7 * len(sparse))
 
 
 def test_generate_static_cache_compiled_equals_eager():

@@ -46,7 +46,8 @@ def test_protocols_differ_once_sparse_and_modes_are_restored(calib):
     modes = {m.mode for m in model.modules() if isinstance(m, rsparse.RSparseLinear)}
     assert modes == {"dense"}  # perplexity restores the modes it changed
     assert deployment != pytest.approx(dense_tail, rel=1e-4)  # the continuation really ran sparse
-    assert strict > _manual_ppl(model, windows, 1)  # and so did every token under strict
+    # ... and so did every token under strict (on random weights sparse is not always worse, only different)
+    assert strict != pytest.approx(_manual_ppl(model, windows, 1), rel=1e-4)
 
 
 def test_bad_protocol_and_context():

@@ -120,7 +120,7 @@ class RSparseConfig:
         metadata={"help": f"per-layer budget search, one of {SEARCHES}; 'none' gives every layer the target"},
     )
     factor_bits: int = field(
-        default=16,
+        default=4,
         metadata={
             "help": "bits per stored low-rank factor value: 16 (the weight's dtype) or 4 (packed, one range "
             "per rank component; the same bytes buy four times the rank, rsparse.factor_quant)"
@@ -263,4 +263,7 @@ class RSparseConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RSparseConfig":
         """Build a config from `to_dict` output; unknown keys raise `ValueError` listing the valid ones."""
+        if isinstance(data, dict) and "factor_bits" not in data and data.get("format_version", FORMAT_VERSION) < 3:
+            # Written before 4-bit factors existed: its factors are 16-bit whatever today's default is.
+            data = {**data, "factor_bits": 16}
         return _from_dict(cls, data)
