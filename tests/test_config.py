@@ -56,3 +56,12 @@ def test_configs_without_groups_still_load():
     # Written before shared-input groups were recorded: they load, their layers run unfused.
     old = {k: v for k, v in rsparse.RSparseConfig().to_dict().items() if k != "groups"}
     assert rsparse.RSparseConfig.from_dict(old).groups == []
+
+
+def test_configs_before_4bit_factors_load_as_16_bit():
+    # Format 2 knew only factors in the weight's dtype; today's default packs them in 4 bits.
+    old = {k: v for k, v in rsparse.RSparseConfig().to_dict().items() if k != "factor_bits"}
+    assert rsparse.RSparseConfig.from_dict({**old, "format_version": 2}).factor_bits == 16
+    assert rsparse.RSparseConfig.from_dict({**old, "format_version": 1}).factor_bits == 16
+    assert rsparse.RSparseConfig.from_dict(old).factor_bits == 4  # a current config without the key: the default
+    assert rsparse.RSparseConfig().factor_bits == 4
