@@ -71,9 +71,11 @@ METHODS = {
     "magnitude": {"score": "magnitude", "search": "none"},
     "rsparse-uniform": {"score": "rsparse", "search": "none"},
     "rsparse-searched": {"score": "rsparse", "search": "auto"},
-    "rsparse-auto": {"score": "auto", "search": "auto"},  # the default since 2026-12-01 (eighth session)
-    # the default with 4-bit low-rank factors (twenty-ninth session; rsparse.factor_quant)
+    # The library's default: score and search since 2026-12-01 (eighth session), 4-bit low-rank factors since
+    # 2026-12-05 (thirtieth session; before, factors in the weight's dtype, now "rsparse-auto-bf16").
+    "rsparse-auto": {"score": "auto", "search": "auto"},
     "rsparse-auto-4bit": {"score": "auto", "search": "auto", "config": rsparse.RSparseConfig(factor_bits=4)},
+    "rsparse-auto-bf16": {"score": "auto", "search": "auto", "config": rsparse.RSparseConfig(factor_bits=16)},
 }
 GRID_METHODS = ["dense", "magnitude", "rsparse-uniform", "rsparse-searched"]  # the committed grid's rows
 CALIB_SEQ_LEN = 256

@@ -28,6 +28,12 @@ so they are scheduled first and the wait cannot dead-lock; the interpreter runs 
 in order, so there it never waits.  For one token a low-rank item takes about as many rows
 as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
+Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``): the z and low-rank
+items load byte row ``k // 2`` of ``lowrank_in`` / ``lowrank_out`` and take nibble ``k % 2`` (`_nibbles`); a
+value is ``offset + step * q``, formed in registers in the sums' precision for one token, and for batches
+applied around the tensor-core dot, which takes the levels ``q`` (exact in bf16/fp16) as they are.  Only this
+launch reads packed factors (`choose_config` keeps them off the compact and inline paths).
+
 One token can instead take a path of `rsparse.kernels.compact_gemv`: the two-launch
 ``"compact"`` (compaction, then a gathered split-K GEMV over only the active rows) or its
 one-launch form ``"inline"``.  `choose_config` picks them for big layers by shape and the
