@@ -9,6 +9,7 @@ search cost does not depend on weight values. Each configuration is timed in thr
 * install: the final calibrate + install pass with the chosen budgets.
 
     python benchmarks/search_cost.py --device cuda --configs 4x16 8x16 4x32 16x16 32x16 --out DIR
+    python benchmarks/search_cost.py --device cuda --configs 32x16 --factor-bits 16   # bf16 factors, as before 2026-12-05
 
 ``LxS`` means L decoder layers and S calibration sequences of --seq-len tokens. Writes
 search_cost.jsonl (a line per configuration, as soon as it is done) under --out.
@@ -59,7 +60,7 @@ def measure(layers: int, samples: int, args) -> dict:
     vocab = model.config.vocab_size
     tokens = torch.randint(3, vocab, (samples, args.seq_len), generator=torch.Generator().manual_seed(1))
     batches = list(tokens.to(args.device).split(8))
-    cfg = RSparseConfig(target=args.target, search_evaluations=args.evaluations)
+    cfg = RSparseConfig(target=args.target, search_evaluations=args.evaluations, factor_bits=args.factor_bits)
     targets = _target_linears(model, cfg)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -73,6 +74,7 @@ def measure(layers: int, samples: int, args) -> dict:
     t2 = time.perf_counter()
     row = {
         "layers": layers, "samples": samples, "seq_len": args.seq_len, "linears": len(targets),
+        "factor_bits": args.factor_bits,
         "evaluations": result.evaluations, "seconds_tables": round(result.seconds_tables, 2),
         "seconds_evaluations": round(result.seconds_evaluations, 2), "seconds_search": round(t1 - t0, 2),
         "seconds_install": round(t2 - t1, 2), "seconds_total": round(t2 - t0, 2),
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--factor-bits", type=int, default=RSparseConfig().factor_bits, choices=[16, 4],
+                        help="bits per stored low-rank factor value (default: the library's)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
