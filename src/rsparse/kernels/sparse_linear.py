@@ -220,7 +220,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
         if PACKED:
             # z @ (offset + step * q) = (z * step) @ q + z @ offset: the levels are exact in the
             # activation dtype, so the tensor cores see no rounded factor.
-            if FP32:
+            if FP32:  # fp32 dots (fp32 inputs; bf16 under the interpreter, which has no bf16 levels to cast to)
                 acc = _dot_acc(z * step[None, :], q.to(tl.float32), acc, FP32)
             else:
                 acc = _dot_acc(z * step[None, :], q.to(DT), acc, FP32)
@@ -254,7 +254,8 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
         if PACKED:
             off = tl.load(lq_ptr + offs_r, mask=r_ok, other=0.0)
             step = tl.load(lq_ptr + r + offs_r, mask=r_ok, other=0.0)
-            csum = tl.zeros([BLOCK_T], dtype=tl.float32)  # dot path: each token's sum of inactive inputs
+            if USE_DOT:
+                csum = tl.zeros([BLOCK_T], dtype=tl.float32)  # each token's sum of inactive inputs
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         else:
