@@ -68,3 +68,24 @@ def calib() -> torch.Tensor:
 @pytest.fixture
 def heldout() -> torch.Tensor:
     return random_tokens(32, 64, seed=2)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="I/N",
+                     help="run only every N-th collected test, starting at I (0-based): N processes share one GPU "
+                          "and its host's cores, which the GPU suite's Triton compiles are bound by")
+
+
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if shard is None:
+        return
+    try:
+        index, count = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard expects I/N with integers, got {shard!r}") from None
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"--shard expects 0 <= I < N, got {shard!r}")
+    keep = items[index::count]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
