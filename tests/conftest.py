@@ -72,8 +72,8 @@ def heldout() -> torch.Tensor:
 
 def pytest_addoption(parser):
     parser.addoption("--shard", default=None, metavar="I/N",
-                     help="run only every N-th collected test, starting at I (0-based): N processes share one GPU "
-                          "and its host's cores, which the GPU suite's Triton compiles are bound by")
+                     help="run only every N-th collected test, starting at I (0-based), so that N processes can share "
+                          "one GPU machine's cores (the GPU suite compiles many Triton kernels on the host)")
 
 
 def pytest_collection_modifyitems(config, items):
