@@ -86,6 +86,5 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"--shard expects I/N with integers, got {shard!r}") from None
     if not 0 <= index < count:
         raise pytest.UsageError(f"--shard expects 0 <= I < N, got {shard!r}")
-    keep = items[index::count]
-    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
-    items[:] = keep
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % count != index])
+    items[:] = items[index::count]
