@@ -109,6 +109,18 @@ def main():
                 out.write(json.dumps(row) + "\n")
                 del mods
     out.close()
+    # Which CUDA kernels one packed call launches, and their times (is it all the split-K kernel?)
+    n, m = SHAPES["gate/up"]
+    x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+    mod = build(n, m, s, rho, layer_budget(n, m, s, rho, 4).r, 4, x, gen)
+    for _ in range(3):
+        mod(x)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            mod(x)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
 
 
 if __name__ == "__main__":
