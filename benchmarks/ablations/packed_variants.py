@@ -1,0 +1,120 @@
+"""Where the one-token split-K launch loses its time with packed 4-bit factors (kernel run 50: 163 us
+against 29 us with bf16 factors at the same rank on an H100, so the unpacking, not the rank).
+
+Times source variants of `rsparse.kernels.sparse_linear`, each a patched copy of the module loaded
+under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit budget's rank):
+
+* ``original``; ``acc2d`` (the existing ``Config.acc2d``: 2-D partial sums, reduced once);
+* ``no_lr`` / ``no_z``: the low-rank items' row loop or the z items' unpacking removed (wrong
+  results; they bound what each part costs);
+* ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level.
+
+    python benchmarks/ablations/packed_variants.py --out $OUT
+"""
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_speed import L2_BYTES, alternating_us  # noqa: E402
+from packed_one_token import SHAPES, build  # noqa: E402
+
+import rsparse.kernels.sparse_linear as K  # noqa: E402
+
+LR_LOOP = "    for k0 in range(k_start, k_end, BLOCK_K):\n        acc = _lr_rows("
+Z_UNPACK = ("                if PACKED:  # formed in the sums' precision, as the reference forms it\n"
+            "                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)\n")
+LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the reference forms it\n"
+             "            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)\n"
+             "        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.\n"
+             "        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)\n"
+             "        if ACC2D:\n")
+PATCHES = {
+    "original": [],
+    "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
+    "no_z": [(Z_UNPACK, Z_UNPACK.replace("_nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)",
+                                         "tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)"))],
+    "lr_prescaled": [(LR_PACKED,
+                      "        if PACKED:\n"
+                      "            zf = z.to(tl.float32)\n"
+                      "            acc += (tl.sum((zf * step).to(ACC)[:, None] * q.to(ACC), axis=0)\n"
+                      "                    + tl.sum(zf * off).to(ACC))[None, :]\n"
+                      "            return acc\n"
+                      "        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)\n"
+                      "        if ACC2D:\n")],
+}
+
+
+def variant(name: str, tmp: Path):
+    src = Path(K.__file__).read_text()
+    for old, new in PATCHES[name]:
+        if src.count(old) != 1:
+            raise ValueError(f"patch of {name} must match once, matched {src.count(old)}")
+        src = src.replace(old, new)
+    path = tmp / f"sl_variant_{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"sl_variant_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args()
+    from rsparse.budget import layer_budget
+    from rsparse.ops import sparse_linear_reference
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    s, rho = 0.5, 0.8
+    tmp = Path(tempfile.mkdtemp())
+    mods = {name: variant(name, tmp) for name in PATCHES}
+    out = open(Path(args.out) / "packed_variants.jsonl", "w")
+    for shape, (n, m) in SHAPES.items():
+        r4 = layer_budget(n, m, s, rho, 4).r
+        x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+        copies = max(2, math.ceil(3 * L2_BYTES / (n * m * 2)))
+        layers = [build(n, m, s, rho, r4, 4, x, gen) for _ in range(copies)]
+        ref = sparse_linear_reference(x, *(getattr(layers[0], a) for a in ("weight_t", "c", "tau", "lowrank_in",
+                                                                            "lowrank_out", "bias")),
+                                      None, layers[0].factor_ranges()).double()
+        runs = [(name, mod, None) for name, mod in mods.items()]
+        base = mods["original"].choose_config(n, m, False, 2, rho * (1 - s), True, True)
+        runs.append(("acc2d", mods["original"], dataclasses.replace(base, acc2d=True)))
+        for name, mod, cfg in runs:
+            mod.set_config(cfg, "gemv1")
+
+            def call(L, mod=mod):
+                return mod.sparse_linear_multi(x, [L.weight_t], [L.c], [L.tau], [L.lowrank_in], [L.lowrank_out],
+                                               [None], active_fraction=rho * (1 - s),
+                                               lowrank_quant=[L.factor_ranges()])[0]
+            try:
+                y = call(layers[0]).double()
+                err = ((y - ref).norm() / ref.norm()).item()
+                us = alternating_us({"v": [lambda L=L: call(L) for L in layers]}, copies, args.reps, 2)["v"]
+                row = {"shape": shape, "rank": r4, "variant": name, "us": round(statistics.median(us), 2),
+                       "us_rounds": [round(u, 2) for u in us], "rel_err": err}
+            except Exception as e:
+                row = {"shape": shape, "variant": name, "error": repr(e)[:400]}
+            finally:
+                mod.set_config(None, "gemv1")
+            print(json.dumps(row), flush=True)
+            out.write(json.dumps(row) + "\n")
+        del layers
+    out.close()
+
+
+if __name__ == "__main__":
+    main()
