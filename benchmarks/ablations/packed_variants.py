@@ -5,8 +5,8 @@ Times source variants of `rsparse.kernels.sparse_linear`, each a patched copy of
 under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit budget's rank):
 
 * ``original``; ``acc2d`` (the existing ``Config.acc2d``: 2-D partial sums, reduced once);
-* ``no_lr`` / ``no_z``: the low-rank items' row loop or the z items' unpacking removed (wrong
-  results; they bound what each part costs);
+* ``no_lr`` / ``no_z`` / ``no_z_loop``: the low-rank items' row loop, the z items' unpacking or their
+  whole loop removed (wrong results; they bound what each part costs);
 * ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level.
 
     python benchmarks/ablations/packed_variants.py --out $OUT
@@ -33,6 +33,7 @@ import rsparse.kernels.sparse_linear as K  # noqa: E402
 LR_LOOP = "    for k0 in range(k_start, k_end, BLOCK_K):\n        acc = _lr_rows("
 Z_UNPACK = ("                if PACKED:  # formed in the sums' precision, as the reference forms it\n"
             "                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)\n")
+Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
 LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the reference forms it\n"
              "            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)\n"
              "        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.\n"
@@ -43,6 +44,7 @@ PATCHES = {
     "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
     "no_z": [(Z_UNPACK, Z_UNPACK.replace("_nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)",
                                          "tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)"))],
+    "no_z_loop": [(Z_LOOP, Z_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
     "lr_prescaled": [(LR_PACKED,
                       "        if PACKED:\n"
                       "            zf = z.to(tl.float32)\n"
