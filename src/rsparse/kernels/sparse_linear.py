@@ -194,10 +194,18 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
 
 
 @triton.jit
-def _nibbles(ptr, rows, cols, stride, mask):
+def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
     # Levels 0..15 of 4-bit factors packed along their rows (`rsparse.factor_quant`): element
     # (k, j) sits in byte row k // 2, the low nibble for even k.  Two lanes load the same byte;
     # the cache serves the second, so memory still moves each byte once.
+    # RUNS8 (one token's low-rank rows): the columns are declared contiguous in runs of 8 only (the
+    # same values, written so that the compiler's contiguity analysis sees 8): it then loads 8 bytes
+    # per lane, the layout of the 16-bit tiles, with every warp along the columns. With runs of 16
+    # each warp covered 512 columns, two warps split the rows, and the rows' sum crossed warps
+    # through shared memory at every step: 163 against 29 us (kernel run 50, benchmarks/NOTES.md).
+    # The tensor-core path keeps 16-byte runs (runs of 8 cost it 29 more registers on sm_90).
+    if RUNS8:
+        cols = (cols // 8) * 8 + cols % 8
     b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
     return (b.to(tl.int32) >> ((rows % 2) * 4)[:, None]) & 15
 
@@ -210,7 +218,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
     k_ok = offs_k < k_end
     w_ok = k_ok[:, None] & m_ok[None, :]
     if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
-        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok)
+        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, not USE_DOT)
         off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
         step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
     else:
@@ -271,7 +279,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 if PACKED:
                     # coef @ (offset + step * q) = offset * sum(coef) + step * (coef @ q), with q
                     # exact in the activation dtype: the tensor cores see no rounded factor.
-                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)
+                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
                     csum += tl.sum(coef, axis=1)
                     if FP32:
                         acc = tl.dot(coef, q.to(tl.float32), acc, input_precision="ieee")
@@ -292,7 +300,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                     row_on = row_on & (active == 0)
                 v_ok = row_on[:, None] & r_ok[None, :]
                 if PACKED:  # formed in the sums' precision, as the reference forms it
-                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)
+                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
                     v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * q.to(ACC)
                 else:
                     v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
