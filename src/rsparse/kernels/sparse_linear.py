@@ -80,6 +80,9 @@ ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False:
 # producers read a row of V_r only where the channel is inactive (at batch 4 nearly every row is
 # inactive for some token, and the extra mask made the launch slower, so batches read every row).
 LOWRANK_ROWS = "density"
+# One token, packed 4-bit factors: low-rank items take this many times the rows "density" gives them. A packed
+# row moves a quarter of a 16-bit row's bytes, and 4-bit budgets buy four times the rank (more, shorter items).
+PACKED_LOWRANK_ROWS_SCALE = 1
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -809,6 +812,8 @@ def sparse_linear_multi(
     density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
+    if any(packed) and not use_dot:
+        rows_lr *= PACKED_LOWRANK_ROWS_SCALE
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows_lr) for r in rs]
     # The split-K launch folds the norm for one token without rank (z items read x on their own)
