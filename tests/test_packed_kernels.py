@@ -68,6 +68,24 @@ def test_packed_kernel_matches_the_fp64_rule(shape, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("scale", [2, 5])
+def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
+    # PACKED_LOWRANK_ROWS_SCALE only regroups one token's low-rank rows into fewer items; a scale
+    # that leaves a partial last item (rank 17) must still write and sum every row once.
+    from rsparse.kernels import sparse_linear as kernels
+
+    for dtype in DTYPES:
+        op_args, fp64_args = packed(make_args(1, 130, 300, 17, dtype, "cpu", 0.3, True, seed=5))
+        y1 = check_packed(op_args, fp64_args, dtype, 0.3)
+        monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
+        y2 = check_packed(op_args, fp64_args, dtype, 0.3)
+        monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", 1)
+        if dtype == torch.float32:  # fp64 sums, rounded once: the grouping cannot show
+            assert torch.equal(y1, y2)
+    assert _workspace_is_zero()
+
+
+@needs_triton
 @pytest.mark.parametrize("T", [1, 4])
 def test_packed_kernel_is_the_reference_op(T):
     # The op's two implementations agree: the reference forms the same values offset + step * q.
