@@ -7,9 +7,15 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
 * ``original``; ``acc2d`` (the existing ``Config.acc2d``: 2-D partial sums, reduced once);
 * ``no_lr`` / ``no_z`` / ``no_z_loop``: the low-rank items' row loop, the z items' unpacking or their
   whole loop removed (wrong results; they bound what each part costs);
-* ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level.
+* ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level
+  (does not compile: a ``return`` inside an ``if``);
+* ``no_z_dot`` / ``no_lr_offset_dot`` (``--batch`` 2-16, the tensor-core path): the z part's unpacking and row
+  sums, or the low-rank rows' offset term, removed (wrong results).
+
+Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum.
 
     python benchmarks/ablations/packed_variants.py --out $OUT
+    python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot
 """
 import argparse
 import dataclasses
@@ -32,7 +38,11 @@ import rsparse.kernels.sparse_linear as K  # noqa: E402
 
 LR_LOOP = "    for k0 in range(k_start, k_end, BLOCK_K):\n        acc = _lr_rows("
 Z_UNPACK = ("                if PACKED:  # formed in the sums' precision, as the reference forms it\n"
-            "                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)\n")
+            "                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)\n")
+# Batches (tensor-core path): the z part's unpacking and per-step row sums, the low-rank rows' offset term.
+Z_DOT = ("                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)\n"
+         "                    csum += tl.sum(coef, axis=1)\n")
+LR_OFFSET_DOT = "            acc += tl.sum(z * off[None, :], axis=1)[:, None]\n"
 Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
 LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the reference forms it\n"
              "            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)\n"
@@ -42,9 +52,11 @@ LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the refere
 PATCHES = {
     "original": [],
     "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
-    "no_z": [(Z_UNPACK, Z_UNPACK.replace("_nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok)",
+    "no_z": [(Z_UNPACK, Z_UNPACK.replace("_nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)",
                                          "tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)"))],
     "no_z_loop": [(Z_LOOP, Z_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
+    "no_z_dot": [(Z_DOT, "                    q = tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)\n")],
+    "no_lr_offset_dot": [(LR_OFFSET_DOT, "")],
     "lr_prescaled": [(LR_PACKED,
                       "        if PACKED:\n"
                       "            zf = z.to(tl.float32)\n"
@@ -75,6 +87,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=".")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1, help="tokens per call (2-16: the tensor-core path)")
+    p.add_argument("--variants", nargs="*", default=None, help="only these variants (default: all)")
     args = p.parse_args()
     from rsparse.budget import layer_budget
     from rsparse.ops import sparse_linear_reference
@@ -82,19 +96,20 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     s, rho = 0.5, 0.8
     tmp = Path(tempfile.mkdtemp())
-    mods = {name: variant(name, tmp) for name in PATCHES}
+    mods = {name: variant(name, tmp) for name in (args.variants or PATCHES)}
     out = open(Path(args.out) / "packed_variants.jsonl", "w")
     for shape, (n, m) in SHAPES.items():
         r4 = layer_budget(n, m, s, rho, 4).r
-        x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+        x = torch.randn(args.batch, n, device="cuda", dtype=torch.bfloat16, generator=gen)
         copies = max(2, math.ceil(3 * L2_BYTES / (n * m * 2)))
         layers = [build(n, m, s, rho, r4, 4, x, gen) for _ in range(copies)]
         ref = sparse_linear_reference(x, *(getattr(layers[0], a) for a in ("weight_t", "c", "tau", "lowrank_in",
                                                                             "lowrank_out", "bias")),
                                       None, layers[0].factor_ranges()).double()
         runs = [(name, mod, None) for name, mod in mods.items()]
-        base = mods["original"].choose_config(n, m, False, 2, rho * (1 - s), True, True)
-        runs.append(("acc2d", mods["original"], dataclasses.replace(base, acc2d=True)))
+        if args.batch == 1 and "original" in mods:
+            base = mods["original"].choose_config(n, m, False, 2, rho * (1 - s), True, True)
+            runs.append(("acc2d", mods["original"], dataclasses.replace(base, acc2d=True)))
         for name, mod, cfg in runs:
             mod.set_config(cfg, "gemv1")
 
@@ -106,7 +121,7 @@ def main():
                 y = call(layers[0]).double()
                 err = ((y - ref).norm() / ref.norm()).item()
                 us = alternating_us({"v": [lambda L=L: call(L) for L in layers]}, copies, args.reps, 2)["v"]
-                row = {"shape": shape, "rank": r4, "variant": name, "us": round(statistics.median(us), 2),
+                row = {"shape": shape, "batch": args.batch, "rank": r4, "variant": name, "us": round(statistics.median(us), 2),
                        "us_rounds": [round(u, 2) for u in us], "rel_err": err}
             except Exception as e:
                 row = {"shape": shape, "variant": name, "error": repr(e)[:400]}
