@@ -35,8 +35,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 F32_PTRS = ("c", "tau", "z", "ws", "lq")
 INT_PTRS = ("zc", "cnt", "gcnt_ptr")
 FLOATS = ("eps",)
-# Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides).
-DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r")
+# Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides;
+# "slo", lowrank_out's row stride, is the width: without it the packed rows' layout differs from the GPU's).
+DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r", "slo")
 
 
 def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):

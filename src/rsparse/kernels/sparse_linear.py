@@ -205,7 +205,7 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
     # same values, written so that the compiler's contiguity analysis sees 8): it then loads 8 bytes
     # per lane, the layout of the 16-bit tiles, with every warp along the columns. With runs of 16
     # each warp covered 512 columns, two warps split the rows, and the rows' sum crossed warps
-    # through shared memory at every step: 163 against 29 us (kernel run 50, benchmarks/NOTES.md).
+    # through shared memory at every step: 163 against 29 us on an H100 (NOTES, thirty-second session).
     # The tensor-core path keeps 16-byte runs (runs of 8 cost it 29 more registers on sm_90).
     if RUNS8:
         cols = (cols // 8) * 8 + cols % 8
