@@ -10,12 +10,15 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
 * ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level
   (does not compile: a ``return`` inside an ``if``);
 * ``no_z_dot`` / ``no_lr_offset_dot`` (``--batch`` 2-16, the tensor-core path): the z part's unpacking and row
-  sums, or the low-rank rows' offset term, removed (wrong results).
+  sums, or the low-rank rows' offset term, removed (wrong results);
+* ``lr_offset_once_dot``: that offset term summed once per low-rank item instead of at every step (correct results;
+  a candidate fix).
 
 Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum.
 
     python benchmarks/ablations/packed_variants.py --out $OUT
-    python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot
+    python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot \\
+        lr_offset_once_dot
 """
 import argparse
 import dataclasses
@@ -43,6 +46,21 @@ Z_UNPACK = ("                if PACKED:  # formed in the sums' precision, as the
 Z_DOT = ("                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)\n"
          "                    csum += tl.sum(coef, axis=1)\n")
 LR_OFFSET_DOT = "            acc += tl.sum(z * off[None, :], axis=1)[:, None]\n"
+LR_LOOP_END = ("                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)\n"
+               "    _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,\n")
+# The offset term z @ offset summed once per low-rank item (elementwise partials, one row sum and one layout change
+# at the end) instead of a row sum broadcast into the tensor-core accumulator at every step.
+OFFSET_ONCE = """
+    if PACKED and USE_DOT:
+        zoff = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < k_end
+            zz = tl.load(z_row + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :],
+                         other=0.0, volatile=True)
+            zoff += zz * tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)[None, :]
+        acc += tl.sum(zoff, axis=1)[:, None]
+"""
 Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
 LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the reference forms it\n"
              "            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)\n"
@@ -57,6 +75,8 @@ PATCHES = {
     "no_z_loop": [(Z_LOOP, Z_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
     "no_z_dot": [(Z_DOT, "                    q = tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)\n")],
     "no_lr_offset_dot": [(LR_OFFSET_DOT, "")],
+    "lr_offset_once_dot": [(LR_OFFSET_DOT, ""),
+                           (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE[1:], 1))],
     "lr_prescaled": [(LR_PACKED,
                       "        if PACKED:\n"
                       "            zf = z.to(tl.float32)\n"
