@@ -7,14 +7,13 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
 * ``original``; ``acc2d`` (the existing ``Config.acc2d``: 2-D partial sums, reduced once);
 * ``no_lr`` / ``no_z`` / ``no_z_loop``: the low-rank items' row loop, the z items' unpacking or their
   whole loop removed (wrong results; they bound what each part costs);
-* ``lr_prescaled``: the low-rank rows as ``(z * step) @ q + z @ offset``, one multiply-add per level
-  (does not compile: a ``return`` inside an ``if``);
 * ``no_z_dot`` / ``no_lr_offset_dot`` (``--batch`` 2-16, the tensor-core path): the z part's unpacking and row
   sums, or the low-rank rows' offset term, removed (wrong results);
 * ``lr_offset_once_dot``: that offset term summed once per low-rank item instead of at every step (correct results;
   a candidate fix).
 
-Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum.
+Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum (a variant
+that formed those rows as ``(z * step) @ q + z @ offset`` did not compile and was dropped).
 
     python benchmarks/ablations/packed_variants.py --out $OUT
     python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot \\
@@ -62,11 +61,6 @@ OFFSET_ONCE = """
         acc += tl.sum(zoff, axis=1)[:, None]
 """
 Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
-LR_PACKED = ("        if PACKED:  # formed in the sums' precision, as the reference forms it\n"
-             "            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)\n"
-             "        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.\n"
-             "        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)\n"
-             "        if ACC2D:\n")
 PATCHES = {
     "original": [],
     "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
@@ -77,14 +71,6 @@ PATCHES = {
     "no_lr_offset_dot": [(LR_OFFSET_DOT, "")],
     "lr_offset_once_dot": [(LR_OFFSET_DOT, ""),
                            (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE[1:], 1))],
-    "lr_prescaled": [(LR_PACKED,
-                      "        if PACKED:\n"
-                      "            zf = z.to(tl.float32)\n"
-                      "            acc += (tl.sum((zf * step).to(ACC)[:, None] * q.to(ACC), axis=0)\n"
-                      "                    + tl.sum(zf * off).to(ACC))[None, :]\n"
-                      "            return acc\n"
-                      "        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)\n"
-                      "        if ACC2D:\n")],
 }
 
 
