@@ -49,13 +49,16 @@ CASES = {
 }
 
 
-def build_layer(n, m, s, rho, x, dtype, device, gen, factor_bits=16):
-    """One RSparseLinear with random weights and tau calibrated on ``x`` to the budget."""
+def build_layer(n, m, s, rho, x, dtype, device, gen, factor_bits=16, rank=None):
+    """One RSparseLinear with random weights and tau calibrated on ``x`` to the budget (``rank``: the
+    budget's channels with this rank instead of its own)."""
     from rsparse.budget import layer_budget
     from rsparse.factor_quant import quantize_factors
     from rsparse.nn import RSparseLinear, column_norms
 
     budget = layer_budget(n, m, s, rho, factor_bits=factor_bits)
+    if rank is not None:
+        budget = dataclasses.replace(budget, r=rank)
     mod = RSparseLinear(n, m, budget.r, dtype=dtype, device=device, mode="sparse", factor_bits=factor_bits)
     w = torch.randn(m, n, device=device, dtype=dtype, generator=gen) * n**-0.5
     mod.weight_t.data = w.t().contiguous()

@@ -22,33 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import L2_BYTES, alternating_us  # noqa: E402
+from kernel_speed import L2_BYTES, alternating_us, build_layer  # noqa: E402
 
 SHAPES = {"gate/up": (4096, 14336), "down": (14336, 4096)}
 
 
 def build(n, m, s, rho, rank, bits, x, gen):
-    from rsparse.budget import layer_budget
-    from rsparse.factor_quant import quantize_factors
-    from rsparse.nn import RSparseLinear, column_norms
-
-    budget = dataclasses.replace(layer_budget(n, m, s, rho, factor_bits=bits), r=rank)
-    mod = RSparseLinear(n, m, rank, dtype=x.dtype, device=x.device, mode="sparse", factor_bits=bits)
-    w = torch.randn(m, n, device=x.device, dtype=x.dtype, generator=gen) * n**-0.5
-    mod.weight_t.data = w.t().contiguous()
-    mod.c.copy_(column_norms(w))
-    li = torch.randn(n, rank, device=x.device, dtype=x.dtype, generator=gen) * n**-0.5
-    lo = torch.randn(rank, m, device=x.device, dtype=x.dtype, generator=gen)
-    if bits == 16:
-        mod.lowrank_in.copy_(li)
-        mod.lowrank_out.copy_(lo)
-    else:
-        for name, t in zip(("lowrank_in", "lowrank_out", "lowrank_quant"), quantize_factors(li, lo)):
-            getattr(mod, name).copy_(t)
-    score = (x.abs().float() * mod.c).flatten()
-    mod.tau.copy_(torch.quantile(score, 1 - budget.k / n))
-    mod.budget = budget
-    return mod
+    """`kernel_speed.build_layer` at ``rank`` (the budget's channels) with ``bits``-bit factors."""
+    return build_layer(n, m, s, rho, x, x.dtype, x.device, gen, bits, rank=rank)[0]
 
 
 def rel_err(mod, x):
