@@ -10,7 +10,9 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
 * ``no_z_dot`` / ``no_lr_offset_dot`` (``--batch`` 2-16, the tensor-core path): the z part's unpacking and row
   sums, or the low-rank rows' offset term, removed (wrong results);
 * ``lr_offset_once_dot``: that offset term summed once per low-rank item instead of at every step (correct results;
-  a candidate fix).
+  a candidate fix);
+* ``lr_levels_sub_dot`` / ``lr_levels_bias_dot`` / ``levels_bias_dot`` / ``levels_bias_once_dot`` (batches): the levels turned into floats by
+  writing their bits into a float's mantissa instead of converting them (correct results; candidates, see LEVELS).
 
 Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum (a variant
 that formed those rows as ``(z * step) @ q + z @ offset`` did not compile and was dropped).
@@ -61,6 +63,51 @@ OFFSET_ONCE = """
         acc += tl.sum(zoff, axis=1)[:, None]
 """
 Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
+# Batches: the levels reach the tensor cores through an integer-to-float conversion per element (I2F.BF16.U32 in
+# the sm_90 SASS of the tensor-core launch). The candidates write the level into a float's low mantissa bits
+# instead: bits 0x4300 | q are bf16 128 + q, 0x6400 | q fp16 1024 + q (exact). "sub": the bias subtracted in the
+# activation dtype (exact); "bias": kept in the tensor-core operand and taken out through the offset term, which
+# becomes offset - bias * step (no per-element float op; sums 17x (bf16) / 136x (fp16) larger before they cancel).
+LEVEL_HELPERS = """@triton.jit
+def _biased(q, DT: tl.constexpr):
+    if DT == tl.bfloat16:
+        v = (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        v = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    return v
+
+
+@triton.jit
+def _bias(DT: tl.constexpr):
+    if DT == tl.bfloat16:
+        b = 128.0
+    else:
+        b = 1024.0
+    return b
+
+
+@triton.jit
+def _nibbles("""
+NIBBLES_DEF = "@triton.jit\ndef _nibbles("
+LR_CVT = "                acc = _dot_acc(z * step[None, :], q.to(DT), acc, FP32)\n"
+LR_SUB = "                acc = _dot_acc(z * step[None, :], _biased(q, DT) - _bias(DT), acc, FP32)\n"
+LR_BIAS = ("                acc = _dot_acc(z * step[None, :], _biased(q, DT), acc, FP32)\n"
+           "                off = off - _bias(DT) * step\n")
+Z_CVT = "                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), q.to(x_ptr.dtype.element_ty), acc)\n"
+Z_BIAS = "                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), _biased(q, x_ptr.dtype.element_ty), acc)\n"
+Z_PART = "                part = off[None, :] * csum[:, None] + step[None, :] * acc\n"
+Z_PART_BIAS = ("                if FP32:\n"
+               "                    part = off[None, :] * csum[:, None] + step[None, :] * acc\n"
+               "                else:\n"
+               "                    part = (off - _bias(x_ptr.dtype.element_ty) * step)[None, :] * csum[:, None] + step[None, :] * acc\n")
+LEVELS = [(NIBBLES_DEF, LEVEL_HELPERS)]
+# Both: the biased levels and the offset term (offset - bias * step) summed once per item.
+OFFSET_ONCE_BIAS = OFFSET_ONCE.replace(
+    "            zoff += zz * tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)[None, :]\n",
+    "            o = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)\n"
+    "            if not FP32:\n"
+    "                o = o - _bias(out_ptr.dtype.element_ty) * tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)\n"
+    "            zoff += zz * o[None, :]\n")
 PATCHES = {
     "original": [],
     "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
@@ -71,6 +118,12 @@ PATCHES = {
     "no_lr_offset_dot": [(LR_OFFSET_DOT, "")],
     "lr_offset_once_dot": [(LR_OFFSET_DOT, ""),
                            (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE[1:], 1))],
+    "lr_levels_sub_dot": LEVELS + [(LR_CVT, LR_SUB)],
+    "lr_levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS)],
+    "levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
+    "levels_bias_once_dot": LEVELS + [
+        (LR_OFFSET_DOT, ""), (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE_BIAS[1:], 1)),
+        (LR_CVT, LR_BIAS.split("\n")[0] + "\n"), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
 }
 
 
