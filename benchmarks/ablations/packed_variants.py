@@ -12,7 +12,8 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
 * ``lr_offset_once_dot``: that offset term summed once per low-rank item instead of at every step (correct results;
   a candidate fix);
 * ``lr_levels_sub_dot`` / ``lr_levels_bias_dot`` / ``levels_bias_dot`` / ``levels_bias_once_dot`` (batches): the levels turned into floats by
-  writing their bits into a float's mantissa instead of converting them (correct results; candidates, see LEVELS).
+  writing their bits into a float's mantissa instead of converting them (correct results; candidates, see LEVELS);
+* ``token_mantissa`` (one token): the same for the low-rank rows' FMA path (TOKEN_HELPER).
 
 Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum (a variant
 that formed those rows as ``(z * step) @ q + z @ offset`` did not compile and was dropped).
@@ -101,6 +102,36 @@ Z_PART_BIAS = ("                if FP32:\n"
                "                else:\n"
                "                    part = (off - _bias(x_ptr.dtype.element_ty) * step)[None, :] * csum[:, None] + step[None, :] * acc\n")
 LEVELS = [(NIBBLES_DEF, LEVEL_HELPERS)]
+# One token (FMA path): the level written into mantissa bits 19-22 of 1.0 (bits 0x3F800000 | q << 19 are 1 + q / 16,
+# exact), so a row costs a shift, a mask-and-or and one FMA per element: off + step * q = (off - 16 step) + 16 step * v,
+# whose first term is the same for every column and is summed once per step (sums about 3x larger before they cancel).
+TOKEN_HELPER = """@triton.jit
+def _mantissa16(ptr, rows, cols, stride, mask):
+    cols = (cols // 8) * 8 + cols % 8
+    b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
+    bits = ((b.to(tl.int32) << (19 - (rows % 2) * 4)[:, None]) & 0x780000) | 0x3F800000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _nibbles("""
+TOKEN_Q = "        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, not USE_DOT)\n"
+TOKEN_Q_NEW = ("        if USE_DOT:\n"
+               "            q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, False)\n"
+               "        else:\n"
+               "            q = _mantissa16(lo_ptr, offs_k, offs_m, stride_lo, w_ok)\n")
+TOKEN_ROWS = """        if PACKED:  # formed in the sums' precision, as the reference forms it
+            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)
+        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
+        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
+"""
+TOKEN_ROWS_NEW = """        if PACKED:
+            zf = z.to(tl.float32)
+            prod = (zf * step * 16.0)[:, None] * q
+            acc += tl.sum(zf * (off - 16.0 * step), axis=0)
+        else:
+            prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
+"""
 # Both: the biased levels and the offset term (offset - bias * step) summed once per item.
 OFFSET_ONCE_BIAS = OFFSET_ONCE.replace(
     "            zoff += zz * tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)[None, :]\n",
@@ -121,6 +152,7 @@ PATCHES = {
     "lr_levels_sub_dot": LEVELS + [(LR_CVT, LR_SUB)],
     "lr_levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS)],
     "levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
+    "token_mantissa": [(NIBBLES_DEF, TOKEN_HELPER), (TOKEN_Q, TOKEN_Q_NEW), (TOKEN_ROWS, TOKEN_ROWS_NEW)],
     "levels_bias_once_dot": LEVELS + [
         (LR_OFFSET_DOT, ""), (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE_BIAS[1:], 1)),
         (LR_CVT, LR_BIAS.split("\n")[0] + "\n"), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
