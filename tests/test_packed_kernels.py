@@ -15,7 +15,7 @@ from rsparse.factor_quant import dequantize_factors, quantize_factors
 from rsparse.nn import RSparseLinear, forward_shared_input
 from rsparse.ops import sparse_linear_reference
 from tests.test_kernels import (
-    HAS_CUDA, HAS_TRITON, TOL, DTYPES, _workspace_is_zero, exact, make_args, needs_triton, rel_err,
+    HAS_CUDA, HAS_TRITON, TOL, DTYPES, _workspace_is_zero, check, exact, make_args, needs_triton, rel_err,
 )
 
 
@@ -82,6 +82,22 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
         monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", 1)
         if dtype == torch.float32:  # fp64 sums, rounded once: the grouping cannot show
             assert torch.equal(y1, y2)
+    assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("div", [2, 4])
+def test_shorter_batched_lowrank_items_change_no_result(div, monkeypatch):
+    # DOT_LOWRANK_ROWS_DIV only splits the batched (tensor-core) launch's low-rank rows into more
+    # items; rank 37 leaves a partial last item, which must still sum every row once, with packed
+    # and with plain factors.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "DOT_LOWRANK_ROWS_DIV", div)
+    for dtype in (torch.float16, torch.bfloat16):
+        args = make_args(4, 130, 300, 37, dtype, "cpu", 0.3, True, seed=6)
+        check_packed(*packed(args), dtype, 0.3)
+        check(args, dtype, "cpu", 0.3)
     assert _workspace_is_zero()
 
 

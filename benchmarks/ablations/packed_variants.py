@@ -9,18 +9,19 @@ under its own name, on one layer per shape (one token, 50 %, rho 0.8, the 4-bit 
   whole loop removed (wrong results; they bound what each part costs);
 * ``no_z_dot`` / ``no_lr_offset_dot`` (``--batch`` 2-16, the tensor-core path): the z part's unpacking and row
   sums, or the low-rank rows' offset term, removed (wrong results);
-* ``lr_offset_once_dot``: that offset term summed once per low-rank item instead of at every step (correct results;
-  a candidate fix);
-* ``lr_levels_sub_dot`` / ``lr_levels_bias_dot`` / ``levels_bias_dot`` / ``levels_bias_once_dot`` (batches): the levels turned into floats by
-  writing their bits into a float's mantissa instead of converting them (correct results; candidates, see LEVELS);
-* ``token_mantissa`` (one token): the same for the low-rank rows' FMA path (TOKEN_HELPER).
+* ``token_mantissa`` (one token): the low-rank rows' levels written into mantissa bits 19-22 of 1.0 instead of
+  converted (correct results; a candidate, TOKEN_HELPER).
+
+Measured and removed from this script (their patches were written against commit dbfe39e's kernel; run 52,
+``results/run52_h100/``): ``lr_offset_once_dot`` (the offset term summed once per low-rank item: no gain) and
+``lr_levels_sub_dot`` / ``lr_levels_bias_dot`` / ``levels_bias_dot`` / ``levels_bias_once_dot`` (batches: levels
+written into a float's mantissa instead of converted; ``levels_bias_dot`` is now the kernel's `_biased_levels`).
 
 Kernel run 50's third call (one token, H100): only the low-rank items cost, through their per-step sum (a variant
 that formed those rows as ``(z * step) @ q + z @ offset`` did not compile and was dropped).
 
     python benchmarks/ablations/packed_variants.py --out $OUT
-    python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot \\
-        lr_offset_once_dot
+    python benchmarks/ablations/packed_variants.py --batch 4 --variants original no_lr no_z_dot no_lr_offset_dot
 """
 import argparse
 import dataclasses
@@ -48,60 +49,7 @@ Z_UNPACK = ("                if PACKED:  # formed in the sums' precision, as the
 Z_DOT = ("                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)\n"
          "                    csum += tl.sum(coef, axis=1)\n")
 LR_OFFSET_DOT = "            acc += tl.sum(z * off[None, :], axis=1)[:, None]\n"
-LR_LOOP_END = ("                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)\n"
-               "    _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,\n")
-# The offset term z @ offset summed once per low-rank item (elementwise partials, one row sum and one layout change
-# at the end) instead of a row sum broadcast into the tensor-core accumulator at every step.
-OFFSET_ONCE = """
-    if PACKED and USE_DOT:
-        zoff = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
-        for k0 in range(k_start, k_end, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < k_end
-            zz = tl.load(z_row + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :],
-                         other=0.0, volatile=True)
-            zoff += zz * tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)[None, :]
-        acc += tl.sum(zoff, axis=1)[:, None]
-"""
 Z_LOOP = "        for k0 in range(k_start, k_end, BLOCK_KZ):\n"
-# Batches: the levels reach the tensor cores through an integer-to-float conversion per element (I2F.BF16.U32 in
-# the sm_90 SASS of the tensor-core launch). The candidates write the level into a float's low mantissa bits
-# instead: bits 0x4300 | q are bf16 128 + q, 0x6400 | q fp16 1024 + q (exact). "sub": the bias subtracted in the
-# activation dtype (exact); "bias": kept in the tensor-core operand and taken out through the offset term, which
-# becomes offset - bias * step (no per-element float op; sums 17x (bf16) / 136x (fp16) larger before they cancel).
-LEVEL_HELPERS = """@triton.jit
-def _biased(q, DT: tl.constexpr):
-    if DT == tl.bfloat16:
-        v = (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    else:
-        v = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-    return v
-
-
-@triton.jit
-def _bias(DT: tl.constexpr):
-    if DT == tl.bfloat16:
-        b = 128.0
-    else:
-        b = 1024.0
-    return b
-
-
-@triton.jit
-def _nibbles("""
-NIBBLES_DEF = "@triton.jit\ndef _nibbles("
-LR_CVT = "                acc = _dot_acc(z * step[None, :], q.to(DT), acc, FP32)\n"
-LR_SUB = "                acc = _dot_acc(z * step[None, :], _biased(q, DT) - _bias(DT), acc, FP32)\n"
-LR_BIAS = ("                acc = _dot_acc(z * step[None, :], _biased(q, DT), acc, FP32)\n"
-           "                off = off - _bias(DT) * step\n")
-Z_CVT = "                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), q.to(x_ptr.dtype.element_ty), acc)\n"
-Z_BIAS = "                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), _biased(q, x_ptr.dtype.element_ty), acc)\n"
-Z_PART = "                part = off[None, :] * csum[:, None] + step[None, :] * acc\n"
-Z_PART_BIAS = ("                if FP32:\n"
-               "                    part = off[None, :] * csum[:, None] + step[None, :] * acc\n"
-               "                else:\n"
-               "                    part = (off - _bias(x_ptr.dtype.element_ty) * step)[None, :] * csum[:, None] + step[None, :] * acc\n")
-LEVELS = [(NIBBLES_DEF, LEVEL_HELPERS)]
 # One token (FMA path): the level written into mantissa bits 19-22 of 1.0 (bits 0x3F800000 | q << 19 are 1 + q / 16,
 # exact), so a row costs a shift, a mask-and-or and one FMA per element: off + step * q = (off - 16 step) + 16 step * v,
 # whose first term is the same for every column and is summed once per step (sums about 3x larger before they cancel).
@@ -115,6 +63,7 @@ def _mantissa16(ptr, rows, cols, stride, mask):
 
 @triton.jit
 def _nibbles("""
+NIBBLES_DEF = "@triton.jit\ndef _nibbles("
 TOKEN_Q = "        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, not USE_DOT)\n"
 TOKEN_Q_NEW = ("        if USE_DOT:\n"
                "            q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, False)\n"
@@ -132,13 +81,6 @@ TOKEN_ROWS_NEW = """        if PACKED:
         else:
             prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
 """
-# Both: the biased levels and the offset term (offset - bias * step) summed once per item.
-OFFSET_ONCE_BIAS = OFFSET_ONCE.replace(
-    "            zoff += zz * tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)[None, :]\n",
-    "            o = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)\n"
-    "            if not FP32:\n"
-    "                o = o - _bias(out_ptr.dtype.element_ty) * tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)\n"
-    "            zoff += zz * o[None, :]\n")
 PATCHES = {
     "original": [],
     "no_lr": [(LR_LOOP, LR_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
@@ -147,15 +89,7 @@ PATCHES = {
     "no_z_loop": [(Z_LOOP, Z_LOOP.replace("range(k_start, k_end", "range(k_start, k_start"))],
     "no_z_dot": [(Z_DOT, "                    q = tl.full([BLOCK_KZ, BLOCK_R], 3, tl.int32)\n")],
     "no_lr_offset_dot": [(LR_OFFSET_DOT, "")],
-    "lr_offset_once_dot": [(LR_OFFSET_DOT, ""),
-                           (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE[1:], 1))],
-    "lr_levels_sub_dot": LEVELS + [(LR_CVT, LR_SUB)],
-    "lr_levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS)],
-    "levels_bias_dot": LEVELS + [(LR_CVT, LR_BIAS), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
     "token_mantissa": [(NIBBLES_DEF, TOKEN_HELPER), (TOKEN_Q, TOKEN_Q_NEW), (TOKEN_ROWS, TOKEN_ROWS_NEW)],
-    "levels_bias_once_dot": LEVELS + [
-        (LR_OFFSET_DOT, ""), (LR_LOOP_END, LR_LOOP_END.replace("element_ty)\n", "element_ty)\n" + OFFSET_ONCE_BIAS[1:], 1)),
-        (LR_CVT, LR_BIAS.split("\n")[0] + "\n"), (Z_CVT, Z_BIAS), (Z_PART, Z_PART_BIAS)],
 }
 
 

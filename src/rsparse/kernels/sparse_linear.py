@@ -82,7 +82,12 @@ ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False:
 LOWRANK_ROWS = "density"
 # One token, packed 4-bit factors: low-rank items take this many times the rows "density" gives them. A packed
 # row moves a quarter of a 16-bit row's bytes, and 4-bit budgets buy four times the rank (more, shorter items).
+# Measured (H100, benchmarks/ablations/packed_lr_rows.py): 2, 4 and 8 were slower on all four cases (gate/up
+# 36.6 us at 1, 43.9 at 2), so 1 stays.
 PACKED_LOWRANK_ROWS_SCALE = 1
+# 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
+# producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
+DOT_LOWRANK_ROWS_DIV = 1
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -197,6 +202,30 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
 
 
 @triton.jit
+def _biased_levels(q, DT: tl.constexpr):
+    # Levels q (0..15) as DT values BIAS + q, written into the mantissa instead of converted: bits
+    # 0x4300 | q are bf16 128 + q (7 mantissa bits), 0x6400 | q fp16 1024 + q (10 bits), exactly.
+    # An integer-to-float conversion per element (I2F, a quarter-rate unit on sm_90) becomes one
+    # OR; the bias leaves through the offset term (`_level_bias`). Batch 4 at rho 0.8 on an H100:
+    # gate/up 82.7 -> 78.8 us, down 96.9 -> 92.0 (NOTES, thirty-third session).
+    if DT == tl.bfloat16:
+        v = (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        v = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    return v
+
+
+@triton.jit
+def _level_bias(DT: tl.constexpr):
+    # The BIAS of `_biased_levels` in DT: offset + step * q = (offset - BIAS * step) + step * (BIAS + q).
+    if DT == tl.bfloat16:
+        b = 128.0
+    else:
+        b = 1024.0
+    return b
+
+
+@triton.jit
 def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
     # Levels 0..15 of 4-bit factors packed along their rows (`rsparse.factor_quant`): element
     # (k, j) sits in byte row k // 2, the low nibble for even k.  Two lanes load the same byte;
@@ -233,8 +262,9 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
             # activation dtype, so the tensor cores see no rounded factor.
             if FP32:  # fp32 dots (fp32 inputs; bf16 under the interpreter, which has no bf16 levels to cast to)
                 acc = _dot_acc(z * step[None, :], q.to(tl.float32), acc, FP32)
-            else:
-                acc = _dot_acc(z * step[None, :], q.to(DT), acc, FP32)
+            else:  # the levels biased (no conversion per element), the bias taken out of the offset
+                acc = _dot_acc(z * step[None, :], _biased_levels(q, DT), acc, FP32)
+                off = off - _level_bias(DT) * step
             acc += tl.sum(z * off[None, :], axis=1)[:, None]
         else:
             acc = _dot_acc(z, w, acc, FP32)
@@ -286,8 +316,8 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                     csum += tl.sum(coef, axis=1)
                     if FP32:
                         acc = tl.dot(coef, q.to(tl.float32), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), q.to(x_ptr.dtype.element_ty), acc)
+                    else:  # biased levels (`_biased_levels`); the bias leaves with the offset below
+                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), _biased_levels(q, x_ptr.dtype.element_ty), acc)
                 else:
                     v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
                     if FP32:
@@ -311,6 +341,8 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
         if USE_DOT:
             part = acc
             if PACKED:
+                if not FP32:
+                    off = off - _level_bias(x_ptr.dtype.element_ty) * step
                 part = off[None, :] * csum[:, None] + step[None, :] * acc
         else:
             part = tl.sum(acc, axis=0)[None, :]
@@ -814,6 +846,8 @@ def sparse_linear_multi(
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     if any(packed) and not use_dot:
         rows_lr *= PACKED_LOWRANK_ROWS_SCALE
+    if use_dot and DOT_LOWRANK_ROWS_DIV > 1:
+        rows_lr = max(cfg.block_k, rows_lr // DOT_LOWRANK_ROWS_DIV // cfg.block_k * cfg.block_k)
     chunks_w = _compact.cdiv(n, rows)
     lrc = [_compact.cdiv(r, rows_lr) for r in rs]
     # The split-K launch folds the norm for one token without rank (z items read x on their own)
