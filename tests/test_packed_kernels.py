@@ -86,7 +86,7 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("div", [2, 4])
+@pytest.mark.parametrize("div", [1, 2])
 def test_shorter_batched_lowrank_items_change_no_result(div, monkeypatch):
     # DOT_LOWRANK_ROWS_DIV only splits the batched (tensor-core) launch's low-rank rows into more
     # items; rank 37 leaves a partial last item, which must still sum every row once, with packed

@@ -4,7 +4,9 @@ equal bytes) from the unpacking, and times z-item tile variants, on one layer pe
 
 * bf16 factors at the bf16 budget's rank and at the 4-bit budget's rank;
 * packed factors at both ranks;
-* packed factors at the 4-bit rank under forced one-token configs (block_r, z_steps, block_kz).
+* packed factors at the 4-bit rank under forced one-token configs (block_r, z_steps, block_kz);
+* ``--aligned``: packed factors at the 4-bit rank, that rank rounded down to multiples of 16 and 64, and one more
+  (V_r's row stride is the rank: the JIT vectorises its byte loads only when it is a multiple of 16).
 
 Every row is checked against the PyTorch reference once.  GPU only; prints JSON lines and writes them to
 ``--out``/packed_one_token.jsonl.
@@ -47,6 +49,9 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batches", type=int, nargs="*", default=[1, 4])
+    p.add_argument("--aligned", action="store_true",
+                   help="only packed factors at the 4-bit rank and at that rank rounded to multiples of 16 and 64 "
+                        "(is V_r's row stride, the rank, worth aligning for 16-byte loads?)")
     args = p.parse_args()
     import rsparse
     from rsparse.budget import layer_budget
@@ -70,7 +75,9 @@ def main():
         for T in args.batches:
             x = torch.randn(T, n, device="cuda", dtype=torch.bfloat16, generator=gen)
             variants = [("bf16", r16, 16, None), ("bf16", r4, 16, None), ("packed", r16, 4, None), ("packed", r4, 4, None)]
-            if T == 1:
+            if args.aligned:
+                variants = [("packed", r, 4, None) for r in (r4, r4 // 16 * 16, r4 // 64 * 64, r4 + 1)]
+            elif T == 1:
                 variants += [("packed", r4, 4, k) for k in forced]
             for label, rank, bits, cfg_name in variants:
                 copies = max(2, math.ceil(3 * L2_BYTES / (n * m * 2)))
@@ -90,6 +97,8 @@ def main():
                 out.write(json.dumps(row) + "\n")
                 del mods
     out.close()
+    if args.aligned:
+        return
     # Which CUDA kernels one packed call launches, and their times (is it all the split-K kernel?)
     n, m = SHAPES["gate/up"]
     x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16, generator=gen)
