@@ -102,6 +102,30 @@ def test_shorter_batched_lowrank_items_change_no_result(div, monkeypatch):
 
 
 @needs_triton
+def test_rank0_packed_factors_stand_in_as_weights_in_plain_launches():
+    # A layer the search kept without rank still holds packed (uint8, no column) factors; a launch
+    # that is not PACKED compiles its batched dots for the pointer's dtype, and Triton refuses uint8
+    # dots on the GPU (the interpreter never reaches them: the rank loop is empty). So those factors
+    # must reach such a launch in the activation dtype; a packed launch keeps them as they are.
+    from rsparse.kernels.sparse_linear import _factor_args
+
+    x, w, c, tau, li, lo, b = make_args(4, 64, 40, 0, torch.bfloat16, "cpu", 0.5)
+    pin, pout, _ = quantize_factors(li, lo)
+    assert pin.dtype == torch.uint8 and pin.shape[1] == 0
+    (li_,), (lo_,) = _factor_args([w], [pin], [pout], packed_launch=False)
+    assert li_ is w and lo_ is w
+    (li_,), (lo_,) = _factor_args([w], [pin], [pout], packed_launch=True)
+    assert li_ is pin and lo_ is pout
+    ranked = make_args(4, 64, 40, 5, torch.bfloat16, "cpu", 0.5)
+    (li_,), (lo_,) = _factor_args([w], [ranked[4]], [ranked[5]], packed_launch=False)
+    assert li_ is ranked[4] and lo_ is ranked[5]
+    # and the op still gives the reference on such a layer at batch 4
+    for dtype in (torch.float16, torch.bfloat16):
+        args = make_args(4, 64, 40, 0, dtype, "cpu", 0.5, True, seed=8)
+        check_packed(*packed(args), dtype, 0.5)
+
+
+@needs_triton
 @pytest.mark.parametrize("T", [1, 4])
 def test_packed_kernel_is_the_reference_op(T):
     # The op's two implementations agree: the reference forms the same values offset + step * q.

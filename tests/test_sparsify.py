@@ -214,15 +214,27 @@ def test_bad_config_type(calib):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sparsify_on_gpu_matches_cpu_reference(dtype, calib, heldout):
-    cpu = tiny_model(dtype=dtype)
-    gpu = tiny_model(dtype=dtype).cuda()
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
     # Uniform budgets: the search may break a near-tie differently on the two devices.
-    rsparse.sparsify(cpu, 0.5, calibration=calib, rho=0.8, search="none", show_progress=False)
-    rsparse.sparsify(gpu, 0.5, calibration=calib, rho=0.8, search="none", show_progress=False)
+    # bf16 factors: the whole pipeline (calibration, factors, kernels) agrees across devices.
+    plain = rsparse.RSparseConfig(factor_bits=16)
+    cpu, gpu = tiny_model(dtype=dtype), tiny_model(dtype=dtype).cuda()
+    for model in (cpu, gpu):
+        rsparse.sparsify(model, 0.5, calibration=calib, rho=0.8, search="none", show_progress=False, config=plain)
+        rsparse.set_mode(model, "sparse")
+    assert _rel(_logits(gpu, heldout.cuda()).cpu().float(), _logits(cpu, heldout).float()) < tol
+    # 4-bit factors (the default): rounding to 16 levels turns the devices' last-bit differences in the
+    # factors into whole steps (4.3 % apart in fp32 on an H100, thirty-third session), so the CPU model
+    # takes the GPU's packed factors and the forward passes are compared.
+    cpu, gpu = tiny_model(dtype=dtype), tiny_model(dtype=dtype).cuda()
+    for model in (cpu, gpu):
+        rsparse.sparsify(model, 0.5, calibration=calib, rho=0.8, search="none", show_progress=False)
+    assert any(m.lowrank_in.dtype == torch.uint8 for m in rsparse_modules(gpu).values())
+    cpu.load_state_dict({k: v.cpu() for k, v in gpu.state_dict().items()})
     for model in (cpu, gpu):
         rsparse.set_mode(model, "sparse")
     a, b = _logits(cpu, heldout), _logits(gpu, heldout.cuda()).cpu()
-    assert _rel(b.float(), a.float()) < (1e-3 if dtype == torch.float32 else 5e-2)
+    assert _rel(b.float(), a.float()) < tol
     report = rsparse.summary(gpu, tokens=heldout)
     assert all(abs(layer.kept - layer.expected_kept) <= 0.05 for layer in report.layers)
     searched = tiny_model(dtype=dtype).cuda()

@@ -892,8 +892,7 @@ def sparse_linear_multi(
     reset = PERSISTENT_WORKSPACE
 
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
-    li_ = [a if a.shape[1] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_in]
-    lo_ = [a if a.shape[0] == 0 or a.stride(1) == 1 else a.contiguous() for a in lowrank_out]
+    li_, lo_ = _factor_args(w_, lowrank_in, lowrank_out, any(packed))
 
     z_items = Z_ITEMS and not use_dot and any(rs)
     rows_z = z_item_rows(cfg, rows)
@@ -926,6 +925,21 @@ def sparse_linear_multi(
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
+
+
+def _factor_args(weight_t, lowrank_in, lowrank_out, packed_launch: bool):
+    """The low-rank factors as the launch reads them: contiguous rows; a rank-0 projection's (never read)
+    stand in as its weight, in the activation dtype, unless the launch reads packed factors. Packed
+    rank-0 factors are uint8 tensors of no columns, and a batched launch that is not ``PACKED``
+    compiles its tensor-core dots for the pointer's dtype: Triton refuses a uint8 ``tl.dot`` (the
+    thirty-third session's GPU suite: sparsified models whose search kept a layer without rank)."""
+    li_, lo_ = [], []
+    for w, li, lo in zip(weight_t, lowrank_in, lowrank_out):
+        if li.shape[1] == 0 and li.dtype != w.dtype and not packed_launch:
+            li = lo = w
+        li_.append(li if li.shape[1] == 0 or li.stride(1) == 1 else li.contiguous())
+        lo_.append(lo if lo.shape[0] == 0 or lo.stride(1) == 1 else lo.contiguous())
+    return li_, lo_
 
 
 def _check_packed(n, weight_t, lowrank_in, lowrank_out, quant, packed) -> None:
