@@ -89,7 +89,7 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
 # gate/up 77.6 -> 65.9 us, down 91.4 -> 77.8, gate+up 151.7 -> 120.9, q/k/v + o 74.3 -> 69.8; bf16 factors
-# within 1 % either way (their rank is a quarter).
+# within 1.4 % either way (their rank is a quarter).
 DOT_LOWRANK_ROWS_DIV = 4
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
