@@ -196,6 +196,29 @@ def test_activation_aware_factors_with_identity_are_the_plain_svd():
     assert torch.allclose(a @ b, pa @ pb, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_activation_aware_factors_stay_bounded_on_a_singular_second_moment(threads):
+    # Fewer calibration tokens than inputs make the second moment singular. At full rank the
+    # directions it leaves without energy must get no factor: dividing their rounding noise by a
+    # near-zero singular value gave SmolLM2 a gate_proj factor of 1e26 at one CPU thread, and
+    # ||A B|| was up to 2.5 ||W|| here. The projection A B = Wᵀ U Uᵀ can never exceed W.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed in range(20):
+            g = torch.Generator().manual_seed(seed)
+            w = torch.randn(96, 40, generator=g)
+            x = torch.randn(12, 40, generator=g)
+            x[:, ::3] = 0  # channels the mask keeps active: never in the low-rank path
+            a, b, _ = activation_aware_factors(w, 40, x.t() @ x / len(x))
+            assert torch.isfinite(a).all() and torch.isfinite(b).all()
+            assert torch.linalg.matrix_norm(a @ b, 2) <= 1.001 * torch.linalg.matrix_norm(w, 2)
+            # and the inputs it saw are still reproduced
+            assert (x @ w.t() - x @ a @ b).norm() <= 1e-4 * (x @ w.t()).norm()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_activation_aware_factors_bad_shapes():
     with pytest.raises(ValueError, match=r"second_moment must be \[6, 6\]"):
         activation_aware_factors(torch.randn(4, 6), 2, torch.eye(5))

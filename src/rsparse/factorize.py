@@ -43,6 +43,8 @@ def lowrank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
 #: Damping of the second moment before its Cholesky factor is taken (relative to its mean
 #: diagonal): channels that are almost never inactive have almost no variance.
 CHOLESKY_DAMP = 1e-5
+# Eigenvalues below this share of the largest are fp32 rounding, not energy (`activation_aware_factors`).
+EIGEN_FLOOR = 1e-5
 
 
 def activation_aware_factors(
@@ -97,7 +99,12 @@ def activation_aware_factors(
         m = w @ chol  # m mᵀ is the output covariance; its left singular vectors are U
         cov = m.t() @ m  # same non-zero spectrum, on the smaller side
         energy, v = _top_eigenpairs(cov, rank)
-        u = (m @ v) / energy.sqrt().clamp_min(1e-30)
+        # Directions the calibration inputs leave without output energy (fewer tokens than inputs make
+        # the second moment singular): their m v is rounding noise, and dividing it by a near-zero
+        # singular value gave factors of 1e26 (SmolLM2's layer-1 gate_proj at full rank, 256 tokens for
+        # 576 inputs, one CPU thread; NOTES, thirty-third session). They carry no energy, so no factor.
+        alive = energy > float(energy[:1].sum()) * EIGEN_FLOOR
+        u = (m @ v) / energy.sqrt().clamp_min(1e-30) * alive
     total = float(cov.diagonal().double().sum())
     residual = (total - torch.cat([energy.new_zeros(1), energy.double().cumsum(0)])).clamp_min(0.0)
     u_r = u[:, :rank]
