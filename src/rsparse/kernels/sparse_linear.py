@@ -661,7 +661,8 @@ DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=
 DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
 # 2-16 tokens with packed 4-bit factors: DOT_CONFIG's tiles in one stage. Unpacking takes registers: compiled for
 # sm_90 with Triton 3.6 (tools/aot_check_splitk.py) the launch needs 218 with 3 stages, so only 2 programs
-# would fit a multiprocessor against the grid's 3; with 1 stage it needs 168, DOT_CONFIG's count. Not yet timed.
+# would fit a multiprocessor against the grid's 3; with 1 stage it needs 168, DOT_CONFIG's count. Timed on an H100
+# (NOTES, thirty-second session): 2 programs over 3 stages, 3 over 2 and 16x256 tiles were no faster.
 PACKED_DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=1)
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
