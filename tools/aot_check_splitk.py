@@ -77,25 +77,26 @@ def resource_report(k) -> str:
 
 
 for dtype in ("bf16", "fp16"):
-    for ranks, packed in ((False, False), (True, False), (True, True)):
+    for ranks, packed, lr_ahead in ((False, False, False), (True, False, False), (True, False, True), (True, True, False),
+                                    (True, True, True)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=lr_ahead,
         )
         try:
             report = resource_report(compile_splitk(dtype, const))
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} one token, ranks={ranks} packed={packed}: {report}", flush=True)
+        print(f"{dtype} one token, ranks={ranks} packed={packed} lr_ahead={lr_ahead}: {report}", flush=True)
     for packed in (False, True):  # 2-16 tokens with ranks: DOT_CONFIG's tiles (16 x 512, 3 stages)
         const = dict(
             BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
             BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False,
             RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=False,
         )
         try:
             report = resource_report(compile_splitk(dtype, const, stages=3))

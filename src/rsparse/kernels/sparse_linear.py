@@ -91,6 +91,11 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # gate/up 77.6 -> 65.9 us, down 91.4 -> 77.8, gate+up 151.7 -> 120.9, q/k/v + o 74.3 -> 69.8; bf16 factors
 # within 1.4 % either way (their rank is a quarter).
 DOT_LOWRANK_ROWS_DIV = 4
+# One token: a low-rank item loads the rows (and z) of its next step before it multiplies the rows of the
+# current one, so its steps are not one memory round trip each. These items run last (they wait for z),
+# as a tail after the weight items: packed items 1, 2, 4, 8 times as long took gate/up 36.6, 43.9, 52.3, 77.5 us
+# (H100, NOTES, thirty-third session), about one round trip per step.
+LR_AHEAD = True
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -239,9 +244,21 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
     # each warp covered 512 columns, two warps split the rows, and the rows' sum crossed warps
     # through shared memory at every step: 163 against 29 us on an H100 (NOTES, thirty-second session).
     # The tensor-core path keeps 16-byte runs (runs of 8 cost it 29 more registers on sm_90).
+    return _levels(_nibble_bytes(ptr, rows, cols, stride, mask, RUNS8), rows)
+
+
+@triton.jit
+def _nibble_bytes(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
+    # The bytes of `_nibbles` (one per element), loaded apart from their unpacking so that a loop
+    # can load one step's bytes while it unpacks the step before (`_lr_token_loads`).
     if RUNS8:
         cols = (cols // 8) * 8 + cols % 8
-    b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
+    return tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
+
+
+@triton.jit
+def _levels(b, rows):
+    # The nibble of `_nibble_bytes`' bytes that row k owns: the low one for even k.
     return (b.to(tl.int32) >> ((rows % 2) * 4)[:, None]) & 15
 
 
@@ -249,16 +266,19 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
 def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
              USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
              PACKED: tl.constexpr, DT: tl.constexpr):
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < k_end
-    w_ok = k_ok[:, None] & m_ok[None, :]
-    if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
-        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, not USE_DOT)
-        off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
-        step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
-    else:
-        w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
-    if USE_DOT:
+    if not USE_DOT:  # one token: CUDA-core FMAs (an else, not an early return: Triton compiles what follows it)
+        z, w, off, step = _lr_token_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r, BLOCK_K, PACKED)
+        acc = _lr_token_rows(acc, z, w, off, step, k0 + tl.arange(0, BLOCK_K), ACC2D, ACC, PACKED)
+    else:  # tensor cores
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < k_end
+        w_ok = k_ok[:, None] & m_ok[None, :]
+        if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
+            q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, False)
+            off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
+            step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
+        else:
+            w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
         z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0, volatile=True)
         if PACKED:
             # z @ (offset + step * q) = (z * step) @ q + z @ offset: the levels are exact in the
@@ -271,16 +291,40 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
             acc += tl.sum(z * off[None, :], axis=1)[:, None]
         else:
             acc = _dot_acc(z, w, acc, FP32)
+    return acc
+
+
+@triton.jit
+def _lr_token_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r, BLOCK_K: tl.constexpr,
+                    PACKED: tl.constexpr):
+    # One token, the loads of one step of low-rank rows k0..k0+BLOCK_K: z, the rows (packed: their
+    # bytes, and each row's offset and step, rows 2 and 3 of the ranges). Past k_end nothing is read.
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < k_end
+    w_ok = k_ok[:, None] & m_ok[None, :]
+    z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
+    if PACKED:
+        w = _nibble_bytes(lo_ptr, offs_k, offs_m, stride_lo, w_ok, True)
+        off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
+        step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
     else:
-        z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-        if PACKED:  # formed in the sums' precision, as the reference forms it
-            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)
-        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
-        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
-        if ACC2D:
-            acc += prod
-        else:
-            acc += tl.sum(prod, axis=0)[None, :]
+        w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
+        off = z  # unread
+        step = z
+    return z, w, off, step
+
+
+@triton.jit
+def _lr_token_rows(acc, z, w, off, step, offs_k, ACC2D: tl.constexpr, ACC: tl.constexpr, PACKED: tl.constexpr):
+    # One token: acc += z @ rows, from the loads of `_lr_token_loads`.
+    if PACKED:  # formed in the sums' precision, as the reference forms it
+        w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * _levels(w, offs_k).to(ACC)
+    # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
+    prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
+    if ACC2D:
+        acc += prod
+    else:
+        acc += tl.sum(prod, axis=0)[None, :]
     return acc
 
 
@@ -458,7 +502,7 @@ def _lowrank_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
-    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr,
+    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr, LR_AHEAD: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -478,9 +522,18 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
-                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
+    if LR_AHEAD:  # one token: the next step's rows are loaded before this step's are multiplied
+        z, w, off, step = _lr_token_loads(z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, lq_ptr, r,
+                                          BLOCK_K, PACKED)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            z1, w1, off1, step1 = _lr_token_loads(z_row, lo_ptr, stride_lo, k0 + BLOCK_K, k_end, offs_m, m_ok,
+                                                  lq_ptr, r, BLOCK_K, PACKED)
+            acc = _lr_token_rows(acc, z, w, off, step, k0 + tl.arange(0, BLOCK_K), ACC2D, ACC, PACKED)
+            z, w, off, step = z1, w1, off1, step1
+    else:
+        for k0 in range(k_start, k_end, BLOCK_K):
+            acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr,
+                           r, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -519,7 +572,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr,
+    PACKED: tl.constexpr, LR_AHEAD: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -571,21 +624,21 @@ def _splitk_kernel(
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, ACC, PER_TOKEN, PACKED)
+                          RES0, ACC, PER_TOKEN, PACKED, LR_AHEAD)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED)
+                          False, ACC, PER_TOKEN, PACKED, LR_AHEAD)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED)
+                          False, ACC, PER_TOKEN, PACKED, LR_AHEAD)
 
 
 @dataclass(frozen=True)
@@ -849,7 +902,7 @@ def sparse_linear_multi(
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
     if any(packed) and not use_dot:
-        rows_lr *= PACKED_LOWRANK_ROWS_SCALE
+        rows_lr = max(cfg.block_k, round(rows_lr * PACKED_LOWRANK_ROWS_SCALE / cfg.block_k) * cfg.block_k)
     if use_dot and DOT_LOWRANK_ROWS_DIV > 1:
         rows_lr = max(cfg.block_k, rows_lr // DOT_LOWRANK_ROWS_DIV // cfg.block_k * cfg.block_k)
     chunks_w = _compact.cdiv(n, rows)
@@ -922,6 +975,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
+        LR_AHEAD=LR_AHEAD and not use_dot and not cfg.acc2d and any(rs),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
