@@ -7,7 +7,7 @@ Register allocation is static: registers an epilogue needs are paid by every wei
 thread (4 warps) a multiprocessor holds fewer than the 4 programs the one-wave grid plans. Use a Triton wheel
 that matches the GPU image (3.6.0) in its own environment; torch comes from another one appended to sys.path:
 
-    /tmp/t36/bin/python tools/aot_check_splitk.py --torch-site /work/venv/lib/python3.11/site-packages
+    /tmp/t36/bin/python tools/aot_check_splitk.py --torch-site /work/venv/lib/python3.11/site-packages [--loops]
 """
 import argparse
 import re
@@ -18,6 +18,9 @@ from pathlib import Path
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--torch-site", default="", help="site-packages with torch, when this Python has none")
+ap.add_argument("--loops", action="store_true",
+                help="also print the shape of each one-token launch's loops that load weights or factors: one letter per "
+                     "SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
 args = ap.parse_args()
 if args.torch_site:
     sys.path.append(args.torch_site)
@@ -76,6 +79,29 @@ def resource_report(k) -> str:
     return "registers {} stack {} shared {} local {}".format(*usage[0]) if usage else f"no usage line: {out[-200:]!r}"
 
 
+def loop_shapes(k) -> list[str]:
+    """Each distinct loop of the cubin (a backward branch) that loads globally and multiplies, as one letter per
+    instruction: where ptxas placed the loads against the products (a step's next loads issued after its products
+    leave each step one memory round trip; the thirty-fourth session found ptxas sinking them so for packed rows)."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
+    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,6})\*/\s*(.*?);", sass)]
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    shapes = []
+    for i, (a, t) in enumerate(ins):
+        target = re.search(r"BRA (0x[0-9a-f]+)", t)
+        if not target or int(target.group(1), 16) >= a or int(target.group(1), 16) not in index:
+            continue
+        body = [x for _, x in ins[index[int(target.group(1), 16)]: i + 1]]
+        shape = "".join("L" if "LDG" in x else "F" if re.match(r"(@\S+ )?F(FMA|ADD|MUL)", x) else
+                        "I" if "I2F" in x else "." for x in body)
+        if "L" in shape and "F" in shape and shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
 for dtype in ("bf16", "fp16"):
     for ranks, packed, lr_ahead in ((False, False, False), (True, False, False), (True, False, True), (True, True, False),
                                     (True, True, True)):
@@ -86,11 +112,18 @@ for dtype in ("bf16", "fp16"):
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
             NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=lr_ahead,
         )
+        kernel = None
         try:
-            report = resource_report(compile_splitk(dtype, const))
+            kernel = compile_splitk(dtype, const)
+            report = resource_report(kernel)
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
         print(f"{dtype} one token, ranks={ranks} packed={packed} lr_ahead={lr_ahead}: {report}", flush=True)
+        if args.loops and kernel is not None:
+            for shape in loop_shapes(kernel):
+                print(f"  loop of {len(shape)} instructions:")
+                for j in range(0, len(shape), 120):
+                    print(f"    {j:4d} {shape[j:j + 120]}")
     for packed in (False, True):  # 2-16 tokens with ranks: DOT_CONFIG's tiles (16 x 512, 3 stages)
         const = dict(
             BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,

@@ -91,11 +91,14 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # gate/up 77.6 -> 65.9 us, down 91.4 -> 77.8, gate+up 151.7 -> 120.9, q/k/v + o 74.3 -> 69.8; bf16 factors
 # within 1.4 % either way (their rank is a quarter).
 DOT_LOWRANK_ROWS_DIV = 4
-# One token: a low-rank item loads the rows (and z) of its next step before it multiplies the rows of the
-# current one, so its steps are not one memory round trip each. These items run last (they wait for z),
-# as a tail after the weight items: packed items 1, 2, 4, 8 times as long took gate/up 36.6, 43.9, 52.3, 77.5 us
-# (H100, NOTES, thirty-third session), about one round trip per step.
-LR_AHEAD = True
+# One token, 16-bit activations: a low-rank item loads the rows (and z) of its next step before it multiplies
+# the rows of the current one, so that its steps are not one memory round trip each. These items run last (they
+# wait for z), as a tail after the weight items, and their time grows with their steps: packed items 1, 2, 4, 8
+# times as long took gate/up 36.6, 43.9, 52.3, 77.5 us (H100, NOTES, thirty-third session). Compiled for sm_90
+# (tools/aot_check_splitk.py) the launch takes 127-128 registers with it (109-118 without), so 4 programs
+# still fit a multiprocessor. Off until timed on a GPU (benchmarks/ablations/lr_ahead.py); fp32 inputs never
+# take it (their sums follow the reference's order).
+LR_AHEAD = False
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -244,21 +247,9 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
     # each warp covered 512 columns, two warps split the rows, and the rows' sum crossed warps
     # through shared memory at every step: 163 against 29 us on an H100 (NOTES, thirty-second session).
     # The tensor-core path keeps 16-byte runs (runs of 8 cost it 29 more registers on sm_90).
-    return _levels(_nibble_bytes(ptr, rows, cols, stride, mask, RUNS8), rows)
-
-
-@triton.jit
-def _nibble_bytes(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
-    # The bytes of `_nibbles` (one per element), loaded apart from their unpacking so that a loop
-    # can load one step's bytes while it unpacks the step before (`_lr_token_loads`).
     if RUNS8:
         cols = (cols // 8) * 8 + cols % 8
-    return tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
-
-
-@triton.jit
-def _levels(b, rows):
-    # The nibble of `_nibble_bytes`' bytes that row k owns: the low one for even k.
+    b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
     return (b.to(tl.int32) >> ((rows % 2) * 4)[:, None]) & 15
 
 
@@ -266,19 +257,16 @@ def _levels(b, rows):
 def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
              USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
              PACKED: tl.constexpr, DT: tl.constexpr):
-    if not USE_DOT:  # one token: CUDA-core FMAs (an else, not an early return: Triton compiles what follows it)
-        z, w, off, step = _lr_token_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r, BLOCK_K, PACKED)
-        acc = _lr_token_rows(acc, z, w, off, step, k0 + tl.arange(0, BLOCK_K), ACC2D, ACC, PACKED)
-    else:  # tensor cores
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < k_end
-        w_ok = k_ok[:, None] & m_ok[None, :]
-        if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
-            q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, False)
-            off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
-            step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
-        else:
-            w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < k_end
+    w_ok = k_ok[:, None] & m_ok[None, :]
+    if PACKED:  # row k of (U_r S_r)ᵀ is offset[k] + step[k] * q (rows 2 and 3 of the ranges)
+        q = _nibbles(lo_ptr, offs_k, offs_m, stride_lo, w_ok, not USE_DOT)
+        off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
+        step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
+    else:
+        w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
+    if USE_DOT:
         z = tl.load(z_ptr + offs_t[:, None] * stride_z + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0, volatile=True)
         if PACKED:
             # z @ (offset + step * q) = (z * step) @ q + z @ offset: the levels are exact in the
@@ -291,40 +279,78 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
             acc += tl.sum(z * off[None, :], axis=1)[:, None]
         else:
             acc = _dot_acc(z, w, acc, FP32)
+    else:
+        z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
+        if PACKED:  # formed in the sums' precision, as the reference forms it
+            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)
+        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
+        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
+        if ACC2D:
+            acc += prod
+        else:
+            acc += tl.sum(prod, axis=0)[None, :]
     return acc
 
 
 @triton.jit
-def _lr_token_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r, BLOCK_K: tl.constexpr,
-                    PACKED: tl.constexpr):
-    # One token, the loads of one step of low-rank rows k0..k0+BLOCK_K: z, the rows (packed: their
-    # bytes, and each row's offset and step, rows 2 and 3 of the ranges). Past k_end nothing is read.
+def _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
+    # One token, 16-bit factors: z and the rows k0..k0+BLOCK_K of (U_r S_r)ᵀ (nothing past k_end).
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
-    w_ok = k_ok[:, None] & m_ok[None, :]
     z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-    if PACKED:
-        w = _nibble_bytes(lo_ptr, offs_k, offs_m, stride_lo, w_ok, True)
-        off = tl.load(lq_ptr + 2 * r + offs_k, mask=k_ok, other=0.0)
-        step = tl.load(lq_ptr + 3 * r + offs_k, mask=k_ok, other=0.0)
-    else:
-        w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=w_ok, other=0.0)
-        off = z  # unread
-        step = z
-    return z, w, off, step
+    w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    return z, w
 
 
 @triton.jit
-def _lr_token_rows(acc, z, w, off, step, offs_k, ACC2D: tl.constexpr, ACC: tl.constexpr, PACKED: tl.constexpr):
-    # One token: acc += z @ rows, from the loads of `_lr_token_loads`.
-    if PACKED:  # formed in the sums' precision, as the reference forms it
-        w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * _levels(w, offs_k).to(ACC)
-    # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
-    prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
-    if ACC2D:
-        acc += prod
-    else:
+def _lr_plain_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr,
+                         ACC: tl.constexpr):
+    # `_lr_rows` of one token over k_start..k_end with the next step's loads issued before this step's
+    # products (LR_AHEAD): the same products, summed in the same order.
+    z, w = _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        z1, w1 = _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
+        acc += tl.sum(z.to(tl.float32).to(ACC)[:, None] * w.to(ACC), axis=0)[None, :]
+        z, w = z1, w1
+    return acc
+
+
+@triton.jit
+def _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
+    # One token, packed factors: the BLOCK_K // 2 byte rows that hold rows k0..k0+BLOCK_K (k0 is even),
+    # each byte loaded once, and z, offset and step of the even and the odd rows apart.
+    even = k0 + 2 * tl.arange(0, BLOCK_K // 2)
+    e_ok = even < k_end
+    o_ok = even + 1 < k_end
+    cols = (offs_m // 8) * 8 + offs_m % 8  # runs of 8 bytes per lane (see `_nibbles`' RUNS8)
+    b = tl.load(lo_ptr + (even // 2)[:, None] * stride_lo + cols[None, :], mask=e_ok[:, None] & m_ok[None, :], other=0)
+    z_e = tl.load(z_ptr + even, mask=e_ok, other=0.0, volatile=True)
+    z_o = tl.load(z_ptr + even + 1, mask=o_ok, other=0.0, volatile=True)
+    off_e = tl.load(lq_ptr + 2 * r + even, mask=e_ok, other=0.0)
+    off_o = tl.load(lq_ptr + 2 * r + even + 1, mask=o_ok, other=0.0)
+    step_e = tl.load(lq_ptr + 3 * r + even, mask=e_ok, other=0.0)
+    step_o = tl.load(lq_ptr + 3 * r + even + 1, mask=o_ok, other=0.0)
+    return b, z_e, z_o, off_e, off_o, step_e, step_o
+
+
+@triton.jit
+def _lr_packed_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
+                          BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    # `_lr_rows` of one token over packed rows, the next step's loads issued before this step's products
+    # (LR_AHEAD). Each byte is loaded once and gives the even row its low nibble, the odd row its high one
+    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. The
+    # values are the reference's, offset + step * q in the sums' precision; the rows are summed in pairs.
+    b, z_e, z_o, off_e, off_o, step_e, step_o = _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end,
+                                                                 offs_m, m_ok, BLOCK_K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1 = _lr_packed_loads(
+            z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
+        q = b.to(tl.int32)
+        w_e = off_e.to(ACC)[:, None] + step_e.to(ACC)[:, None] * (q & 15).to(ACC)
+        w_o = off_o.to(ACC)[:, None] + step_o.to(ACC)[:, None] * (q >> 4).to(ACC)
+        prod = z_e.to(tl.float32).to(ACC)[:, None] * w_e + z_o.to(tl.float32).to(ACC)[:, None] * w_o
         acc += tl.sum(prod, axis=0)[None, :]
+        b, z_e, z_o, off_e, off_o, step_e, step_o = b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1
     return acc
 
 
@@ -522,14 +548,12 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    if LR_AHEAD:  # one token: the next step's rows are loaded before this step's are multiplied
-        z, w, off, step = _lr_token_loads(z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, lq_ptr, r,
-                                          BLOCK_K, PACKED)
-        for k0 in range(k_start, k_end, BLOCK_K):
-            z1, w1, off1, step1 = _lr_token_loads(z_row, lo_ptr, stride_lo, k0 + BLOCK_K, k_end, offs_m, m_ok,
-                                                  lq_ptr, r, BLOCK_K, PACKED)
-            acc = _lr_token_rows(acc, z, w, off, step, k0 + tl.arange(0, BLOCK_K), ACC2D, ACC, PACKED)
-            z, w, off, step = z1, w1, off1, step1
+    if LR_AHEAD:  # one token (not ACC2D): the next step's rows are loaded before this step's are multiplied
+        if PACKED:
+            acc = _lr_packed_rows_ahead(acc, z_row, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
+                                        BLOCK_K, ACC)
+        else:
+            acc = _lr_plain_rows_ahead(acc, z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K, ACC)
     else:
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr,
@@ -975,7 +999,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        LR_AHEAD=LR_AHEAD and not use_dot and not cfg.acc2d and any(rs),
+        LR_AHEAD=LR_AHEAD and not use_dot and not cfg.acc2d and not f64 and any(rs),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
