@@ -90,8 +90,8 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
 def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
     # LR_AHEAD (one token, 16-bit inputs) loads the next step's low-rank rows before the current step's
     # products. Plain factors: the same products summed in the same order, so the same bits. Packed:
-    # each byte loaded once for an even and an odd row, summed in pairs, so within tolerance of the
-    # fp64 rule. Ranks 17 and 45 leave partial last steps and a half-used last byte row; a scale of
+    # each byte loaded once for an even and an odd row, summed in pairs (2: levels as mantissa bits, the
+    # offsets summed once per step), so within tolerance of the fp64 rule. Ranks 17 and 45 leave partial last steps and a half-used last byte row; a scale of
     # 0.5 gives shorter packed items. Two items per (interpreted) multiprocessor: 136-channel chunks,
     # 40-row low-rank items of 5 steps.
     from rsparse.kernels import sparse_linear as kernels
@@ -103,12 +103,13 @@ def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
             op_args, fp64_args = packed(args)
             monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
             ys = {}
-            for ahead in (False, True):
+            for ahead in (0, 1, 2):
                 monkeypatch.setattr(kernels, "LR_AHEAD", ahead)
                 ys[ahead] = (check_packed(op_args, fp64_args, dtype, 0.3), check(args, dtype, "cpu", 0.3))
                 assert _workspace_is_zero()
-            assert torch.equal(ys[False][1], ys[True][1])
-            torch.testing.assert_close(ys[True][0].float(), ys[False][0].float(), rtol=TOL[dtype], atol=TOL[dtype])
+            for ahead in (1, 2):
+                assert torch.equal(ys[0][1], ys[ahead][1])
+                torch.testing.assert_close(ys[ahead][0].float(), ys[0][0].float(), rtol=TOL[dtype], atol=TOL[dtype])
     finally:
         kernels.set_config(None, "gemv1")
 

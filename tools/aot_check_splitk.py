@@ -103,8 +103,8 @@ def loop_shapes(k) -> list[str]:
 
 
 for dtype in ("bf16", "fp16"):
-    for ranks, packed, lr_ahead in ((False, False, False), (True, False, False), (True, False, True), (True, True, False),
-                                    (True, True, True)):
+    for ranks, packed, lr_ahead in ((False, False, 0), (True, False, 0), (True, False, 1), (True, True, 0), (True, True, 1),
+                                    (True, True, 2)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
@@ -129,7 +129,7 @@ for dtype in ("bf16", "fp16"):
             BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
             BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False,
             RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=False,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=0,
         )
         try:
             report = resource_report(compile_splitk(dtype, const, stages=3))

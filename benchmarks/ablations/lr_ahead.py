@@ -8,8 +8,10 @@ activations), each in its own CUDA graph, timed in turn round after round (`kern
 
 * ``rho1``: the layer at rho 1 (no low-rank path; what acceptance 3 compares with);
 * ``bf16`` / ``bf16_ahead``: rho 0.8 with bf16 factors, `LR_AHEAD` off / on;
-* ``4bit`` / ``4bit_ahead``: rho 0.8 with packed 4-bit factors (the default), off / on;
-* ``4bit_ahead_x0.5`` / ``4bit_ahead_x2``: on, with packed items half / twice as long (`PACKED_LOWRANK_ROWS_SCALE`);
+* ``4bit`` / ``4bit_ahead`` / ``4bit_mantissa``: rho 0.8 with packed 4-bit factors (the default), `LR_AHEAD` 0 / 1 / 2
+  (2: the levels read as mantissa bits, the offsets summed once per step);
+* ``4bit_mantissa_x0.5`` / ``4bit_mantissa_x2``: 2, with packed items half / twice as long
+  (`PACKED_LOWRANK_ROWS_SCALE`);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/lr_ahead.jsonl.
@@ -31,13 +33,14 @@ from kernel_speed import CASES, L2_BYTES, alternating_us, build_layer  # noqa: E
 
 # name: (rho, factor bits, LR_AHEAD, PACKED_LOWRANK_ROWS_SCALE)
 VARIANTS = {
-    "rho1": (1.0, 16, True, 1),
-    "bf16": (0.8, 16, False, 1),
-    "bf16_ahead": (0.8, 16, True, 1),
-    "4bit": (0.8, 4, False, 1),
-    "4bit_ahead": (0.8, 4, True, 1),
-    "4bit_ahead_x0.5": (0.8, 4, True, 0.5),
-    "4bit_ahead_x2": (0.8, 4, True, 2),
+    "rho1": (1.0, 16, 0, 1),
+    "bf16": (0.8, 16, 0, 1),
+    "bf16_ahead": (0.8, 16, 1, 1),
+    "4bit": (0.8, 4, 0, 1),
+    "4bit_ahead": (0.8, 4, 1, 1),
+    "4bit_mantissa": (0.8, 4, 2, 1),
+    "4bit_mantissa_x0.5": (0.8, 4, 2, 0.5),
+    "4bit_mantissa_x2": (0.8, 4, 2, 2),
 }
 
 

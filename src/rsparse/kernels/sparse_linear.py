@@ -96,9 +96,11 @@ DOT_LOWRANK_ROWS_DIV = 4
 # wait for z), as a tail after the weight items, and their time grows with their steps: packed items 1, 2, 4, 8
 # times as long took gate/up 36.6, 43.9, 52.3, 77.5 us (H100, NOTES, thirty-third session). Compiled for sm_90
 # (tools/aot_check_splitk.py) the launch takes 127-128 registers with it (109-118 without), so 4 programs
-# still fit a multiprocessor. Off until timed on a GPU (benchmarks/ablations/lr_ahead.py); fp32 inputs never
-# take it (their sums follow the reference's order).
-LR_AHEAD = False
+# still fit a multiprocessor. 0: off; 1: on; 2: on, and packed levels read as mantissa bits (1 + q / 16, a
+# shift and a mask instead of an integer-to-float conversion, a quarter-rate unit on sm_90), the offsets summed
+# once per step (one FMA per element instead of three operations). Off until timed on a GPU
+# (benchmarks/ablations/lr_ahead.py); fp32 inputs never take it (their sums follow the reference's order).
+LR_AHEAD = 0
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -335,21 +337,32 @@ def _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0, k_end, offs_m, m_o
 
 @triton.jit
 def _lr_packed_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                          BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+                          BLOCK_K: tl.constexpr, ACC: tl.constexpr, MANTISSA: tl.constexpr):
     # `_lr_rows` of one token over packed rows, the next step's loads issued before this step's products
     # (LR_AHEAD). Each byte is loaded once and gives the even row its low nibble, the odd row its high one
-    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. The
-    # values are the reference's, offset + step * q in the sums' precision; the rows are summed in pairs.
+    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. Without
+    # MANTISSA the values are the reference's, offset + step * q in the sums' precision; the rows are summed
+    # in pairs.
     b, z_e, z_o, off_e, off_o, step_e, step_o = _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end,
                                                                  offs_m, m_ok, BLOCK_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1 = _lr_packed_loads(
             z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
         q = b.to(tl.int32)
-        w_e = off_e.to(ACC)[:, None] + step_e.to(ACC)[:, None] * (q & 15).to(ACC)
-        w_o = off_o.to(ACC)[:, None] + step_o.to(ACC)[:, None] * (q >> 4).to(ACC)
-        prod = z_e.to(tl.float32).to(ACC)[:, None] * w_e + z_o.to(tl.float32).to(ACC)[:, None] * w_o
-        acc += tl.sum(prod, axis=0)[None, :]
+        if MANTISSA:
+            # Bits 0x3F800000 | q << 19 are the fp32 value 1 + q / 16 (exact), so offset + step * q is
+            # (offset - 16 step) + 16 step * v: the first term is one sum per step, the second one FMA per
+            # element. Sums about 3x the result's size cancel, in fp32 (the 16-bit inputs' sums).
+            v_e = (((q << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+            v_o = (((q << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+            base = tl.sum(z_e * (off_e - 16.0 * step_e) + z_o * (off_o - 16.0 * step_o), axis=0)
+            prod = (16.0 * z_e * step_e)[:, None] * v_e + (16.0 * z_o * step_o)[:, None] * v_o
+            acc += tl.sum(prod, axis=0)[None, :] + base
+        else:
+            w_e = off_e.to(ACC)[:, None] + step_e.to(ACC)[:, None] * (q & 15).to(ACC)
+            w_o = off_o.to(ACC)[:, None] + step_o.to(ACC)[:, None] * (q >> 4).to(ACC)
+            prod = z_e.to(tl.float32).to(ACC)[:, None] * w_e + z_o.to(tl.float32).to(ACC)[:, None] * w_o
+            acc += tl.sum(prod, axis=0)[None, :]
         b, z_e, z_o, off_e, off_o, step_e, step_o = b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1
     return acc
 
@@ -548,10 +561,10 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    if LR_AHEAD:  # one token (not ACC2D): the next step's rows are loaded before this step's are multiplied
+    if LR_AHEAD > 0:  # one token (not ACC2D): the next step's rows are loaded before this step's are multiplied
         if PACKED:
             acc = _lr_packed_rows_ahead(acc, z_row, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                                        BLOCK_K, ACC)
+                                        BLOCK_K, ACC, LR_AHEAD == 2)
         else:
             acc = _lr_plain_rows_ahead(acc, z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K, ACC)
     else:
@@ -999,7 +1012,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        LR_AHEAD=LR_AHEAD and not use_dot and not cfg.acc2d and not f64 and any(rs),
+        LR_AHEAD=LR_AHEAD if not use_dot and not cfg.acc2d and not f64 and any(rs) else 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
