@@ -115,6 +115,29 @@ def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("z_steps", [None, 1])
+@pytest.mark.parametrize("T", [4, 18])
+def test_batched_z_items_of_their_own_match_the_reference(T, z_steps, monkeypatch):
+    # DOT_Z_ITEMS: batches get z items of their own, first in the grid, instead of z in the weight items of
+    # the first tiles. Packed and plain factors, odd ranks (several r-blocks of 32), two token blocks at
+    # T = 18 (each with its own z counter); every call leaves z and the counters zero.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", True)
+    kernels.set_config(kernels.Config(block_k=16, block_m=64, programs_per_sm=3, block_kz=16, block_r=32,
+                                      z_steps=z_steps), "dot")
+    try:
+        for dtype in (torch.float16, torch.bfloat16):
+            for r in (37, 70):
+                args = make_args(T, 130, 150, r, dtype, "cpu", 0.3, True, seed=r)
+                check_packed(*packed(args), dtype, 0.3)
+                check(args, dtype, "cpu", 0.3)
+                assert _workspace_is_zero()
+    finally:
+        kernels.set_config(None, "dot")
+
+
+@needs_triton
 @pytest.mark.parametrize("div", [1, 2])
 def test_shorter_batched_lowrank_items_change_no_result(div, monkeypatch):
     # DOT_LOWRANK_ROWS_DIV only splits the batched (tensor-core) launch's low-rank rows into more

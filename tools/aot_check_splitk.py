@@ -124,17 +124,18 @@ for dtype in ("bf16", "fp16"):
                 print(f"  loop of {len(shape)} instructions:")
                 for j in range(0, len(shape), 120):
                     print(f"    {j:4d} {shape[j:j + 120]}")
-    for packed in (False, True):  # 2-16 tokens with ranks: DOT_CONFIG's tiles (16 x 512, 3 stages)
-        const = dict(
-            BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
-            BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False,
-            RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=0,
-        )
-        try:
-            report = resource_report(compile_splitk(dtype, const, stages=3))
-        except Exception as e:
-            report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} batch (dot, 3 stages), ranks=True packed={packed}: {report}", flush=True)
-    const["PACKED"] = True  # PACKED_DOT_CONFIG: the same tiles in one stage
-    print(f"{dtype} batch (dot, 1 stage), ranks=True packed=True: {resource_report(compile_splitk(dtype, const))}")
+    for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
+        for packed in (False, True):  # DOT_CONFIG's tiles (16 x 512, 3 stages), packed also PACKED_DOT_CONFIG's 1
+            const = dict(
+                BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
+                BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=z_items,
+                RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
+                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=0,
+            )
+            for stages in (3, 1) if packed else (3,):
+                try:
+                    report = resource_report(compile_splitk(dtype, const, stages=stages))
+                except Exception as e:
+                    report = f"FAILED {e!r}"[:300]
+                print(f"{dtype} batch (dot, {stages} stages), ranks=True packed={packed} z_items={z_items}: {report}",
+                      flush=True)

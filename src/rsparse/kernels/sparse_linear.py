@@ -106,6 +106,11 @@ Z_SKIP_ACTIVE = True
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
 Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
+# The same for 2-16 tokens (the tensor-core code). There the z producers are the weight items of the first
+# ceil(r / block_r) tiles, before their rows: with packed factors' four-fold rank (gate/up at rho 0.8: 20 r-blocks of
+# 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Off until timed on a
+# GPU (benchmarks/ablations/dot_z_items.py).
+DOT_Z_ITEMS = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
@@ -985,7 +990,7 @@ def sparse_linear_multi(
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_, lo_ = _factor_args(w_, lowrank_in, lowrank_out, any(packed))
 
-    z_items = Z_ITEMS and not use_dot and any(rs)
+    z_items = (DOT_Z_ITEMS if use_dot else Z_ITEMS) and any(rs)
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
