@@ -12,9 +12,10 @@ round (`kernel_speed.alternating_us`):
 
 * ``rho1``: the layer at rho 1 (no low-rank path);
 * ``shipped``: rho 0.8, as `choose_config` sets it;
-* ``z_items``: `DOT_Z_ITEMS` on, the shipped tiles (z items of `Z_STEPS` steps of block_kz channels);
-* ``z_items_steps8``: on, z items of 8 steps;
-* ``z_items_3stages``: on, 3 pipeline stages (packed factors only: bf16 factors have 3 already);
+* ``z_items``: `DOT_Z_ITEMS` on, the shipped tiles (z items of `Z_STEPS` = 4 steps of block_kz = 32 channels: with
+  packed factors 640 z items on gate/up, 2 240 on down, ahead of 396 weight items);
+* ``z_items_steps8`` / ``16`` / ``32``: on, z items of 8, 16, 32 steps (fewer, longer);
+* ``z_items_steps16_3stages``: on, 16 steps, 3 pipeline stages (packed factors only: bf16 factors have 3 already);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/dot_z_items.jsonl.
@@ -41,7 +42,9 @@ VARIANTS = {
     "shipped": (0.8, False, None),
     "z_items": (0.8, True, None),
     "z_items_steps8": (0.8, True, {"z_steps": 8}),
-    "z_items_3stages": (0.8, True, {"num_stages": 3}),
+    "z_items_steps16": (0.8, True, {"z_steps": 16}),
+    "z_items_steps32": (0.8, True, {"z_steps": 32}),
+    "z_items_steps16_3stages": (0.8, True, {"z_steps": 16, "num_stages": 3}),
 }
 
 
@@ -88,7 +91,7 @@ def main():
                 built = {rho: [list(zip(*[build_layer(a, b, args.sparsity, rho, x, dtype, args.device, gen, bits)
                                           for a, b in shapes])) for _ in range(copies)]
                          for rho in sorted({v[0] for v in VARIANTS.values()})}
-                variants = [v for v in VARIANTS if not (v == "z_items_3stages" and bits != 4)]
+                variants = [v for v in VARIANTS if not (v.endswith("3stages") and bits != 4)]
 
                 def sparse_call(mods, z_items, changes):
                     def call():
