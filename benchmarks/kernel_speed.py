@@ -244,6 +244,56 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
     }
 
 
+def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants):
+    """One case (a `CASES` name) under several settings of the kernels' module switches, on the same layers: each
+    variant in its own CUDA graph, timed in turn round after round beside cuBLAS dense (`alternating_us`).
+
+    ``variants``: ``{label: (rho, factor_bits, apply)}``, ``apply()`` setting the switches; it runs before every
+    call, so each graph captures its own launches.  Layers are built once per ``(rho, factor_bits)``.  Returns
+    ``{label: {"us", "us_rounds", "rel_err"}}`` (the error of one call against the reference) and ``"dense"``."""
+    from rsparse.nn import forward_shared_input
+    from rsparse.ops import sparse_linear_reference
+
+    n, ms = CASES[name]
+    with_o = name == "qkv fused + o"
+    item = torch.tensor([], dtype=dtype).element_size()
+    copies = max(2, math.ceil(3 * L2_BYTES / (n * sum(ms) * item + (4096 * 4096 * item if with_o else 0))))
+    x = torch.randn(T, n, device=device, dtype=dtype, generator=gen)
+    shapes = [(n, m) for m in ms] + ([(4096, 4096)] if with_o else [])
+    built = {}  # (rho, bits) -> copies of ((modules), (dense weights))
+    for rho, bits, _ in variants.values():
+        if (rho, bits) not in built:
+            built[(rho, bits)] = [tuple(zip(*[build_layer(a, b, s, rho, x, dtype, device, gen, bits) for a, b in shapes]))
+                                  for _ in range(copies)]
+
+    def sparse_call(mods, apply):
+        def call():
+            apply()
+            if with_o:
+                return forward_shared_input(x, list(mods[:3])), mods[3](x)
+            return forward_shared_input(x, list(mods)) if len(mods) > 1 else mods[0](x)
+        return call
+
+    calls, errs = {}, {}
+    for label, (rho, bits, apply) in variants.items():
+        calls[label] = [sparse_call(mods, apply) for mods, _ in built[(rho, bits)]]
+        apply()
+        err = 0.0
+        for mod in built[(rho, bits)][0][0]:
+            ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias,
+                                          None, mod.factor_ranges()).double()
+            err = max(err, ((mod(x).double() - ref).norm() / ref.norm()).item())
+        errs[label] = err
+    calls["dense"] = [lambda ws=ws: [F.linear(x, w) for w in ws] for _, ws in next(iter(built.values()))]
+    times = alternating_us(calls, copies, reps, rounds)
+    out = {label: {"us": round(statistics.median(t), 2), "us_rounds": [round(u, 2) for u in t],
+                   "rel_err": errs.get(label)} for label, t in times.items()}
+    del built, calls
+    if device == "cuda" or getattr(device, "type", None) == "cuda":
+        torch.cuda.empty_cache()
+    return out, copies
+
+
 def build_rank(n, m, s, rho, factor_bits=16):
     from rsparse.budget import layer_budget
 

@@ -25,16 +25,13 @@ Each variant is checked against the PyTorch reference once.  Prints JSON lines; 
 import argparse
 import dataclasses
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, L2_BYTES, alternating_us, build_layer  # noqa: E402
+from kernel_speed import CASES, time_switch_variants  # noqa: E402
 
 # name: (rho, DOT_Z_ITEMS, Config changes over the shipped one, or None for the shipped Config)
 VARIANTS = {
@@ -61,74 +58,41 @@ def main():
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script under TRITON_INTERPRET=1")
     args = p.parse_args()
     import rsparse
-    from rsparse.nn import forward_shared_input
-    from rsparse.ops import sparse_linear_reference
     from rsparse.kernels import sparse_linear as K
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device=args.device).manual_seed(0)
-    dtype = torch.bfloat16
     shipped_z_items = K.DOT_Z_ITEMS
 
-    def settings(z_items, changes, bits, n, m_total):
-        """Set the module's switches for one variant. The tiles go straight into the override table that
-        `set_config` fills: set_config would also drop the eager graphs at every call, inside a capture."""
-        K.DOT_Z_ITEMS = z_items
-        K._OVERRIDE.pop("dot", None)
-        if changes:
-            cfg = K.choose_config(n, m_total, True, 2, args.sparsity, True, bits == 4)
-            K._OVERRIDE["dot"] = dataclasses.replace(cfg, **changes)
+    def switches(z_items, changes, bits, n, m_total):
+        # The tiles go straight into the table `set_config` fills: set_config also drops the eager graphs, and
+        # this runs before every call, inside the captures.
+        def apply():
+            K.DOT_Z_ITEMS = z_items
+            K._OVERRIDE.pop("dot", None)
+            if changes:
+                cfg = K.choose_config(n, m_total, True, 2, args.sparsity, True, bits == 4)
+                K._OVERRIDE["dot"] = dataclasses.replace(cfg, **changes)
+        return apply
 
     with open(Path(args.out) / "dot_z_items.jsonl", "w") as out:
         for bits in args.factor_bits:
             for name in args.cases:
                 n, ms = CASES[name]
-                with_o = name == "qkv fused + o"
-                layer_bytes = n * sum(ms) * 2 + (4096 * 4096 * 2 if with_o else 0)
-                copies = max(2, math.ceil(3 * L2_BYTES / layer_bytes))
-                x = torch.randn(args.batch, n, device=args.device, dtype=dtype, generator=gen)
-                shapes = [(n, m) for m in ms] + ([(4096, 4096)] if with_o else [])
-                built = {rho: [list(zip(*[build_layer(a, b, args.sparsity, rho, x, dtype, args.device, gen, bits)
-                                          for a, b in shapes])) for _ in range(copies)]
-                         for rho in sorted({v[0] for v in VARIANTS.values()})}
-                variants = [v for v in VARIANTS if not (v.endswith("3stages") and bits != 4)]
-
-                def sparse_call(mods, z_items, changes):
-                    def call():
-                        settings(z_items, changes, bits, n, sum(ms))
-                        if with_o:
-                            return forward_shared_input(x, list(mods[:3])), mods[3](x)
-                        return forward_shared_input(x, list(mods)) if len(mods) > 1 else mods[0](x)
-                    return call
-
-                calls, errs = {}, {}
+                variants = {v: (rho, bits, switches(z_items, changes, bits, n, sum(ms)))
+                            for v, (rho, z_items, changes) in VARIANTS.items()
+                            if not (v.endswith("3stages") and bits != 4)}
+                res, copies = time_switch_variants(name, args.batch, args.sparsity, torch.bfloat16, args.device, gen,
+                                                   args.reps, args.rounds, variants)
+                switches(shipped_z_items, None, bits, n, sum(ms))()
+                dense = res["dense"]["us"]
                 for v in variants:
-                    rho, z_items, changes = VARIANTS[v]
-                    layers = built[rho]
-                    calls[v] = [sparse_call(mods, z_items, changes) for mods, _ in layers]
-                    settings(z_items, changes, bits, n, sum(ms))
-                    e = 0.0
-                    for mod in layers[0][0]:
-                        ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out,
-                                                      mod.bias, None, mod.factor_ranges()).double()
-                        e = max(e, ((mod(x).double() - ref).norm() / ref.norm()).item())
-                    errs[v] = e
-                calls["dense"] = [lambda ws=ws: [F.linear(x, w) for w in ws] for _, ws in built[1.0]]
-                times = alternating_us(calls, copies, args.reps, args.rounds)
-                settings(shipped_z_items, None, bits, n, sum(ms))
-                dense = statistics.median(times["dense"])
-                for v in variants:
-                    us = statistics.median(times[v])
                     row = {"case": name, "batch": args.batch, "sparsity": args.sparsity, "factor_bits": bits,
-                           "variant": v, "rho": VARIANTS[v][0], "us": round(us, 2),
-                           "us_rounds": [round(t, 2) for t in times[v]], "us_dense": round(dense, 2),
-                           "speedup": round(dense / us, 3), "rel_err": errs[v], "copies": copies}
+                           "variant": v, "rho": VARIANTS[v][0], **res[v], "us_dense": dense,
+                           "speedup": round(dense / res[v]["us"], 3), "copies": copies}
                     print(json.dumps({k: row[k] for k in ("case", "factor_bits", "variant", "us", "us_rounds",
                                                           "us_dense", "speedup", "rel_err")}), flush=True)
                     out.write(json.dumps(row) + "\n")
-                del built, calls
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -20,16 +20,13 @@ Each variant is checked against the PyTorch reference once.  Prints JSON lines; 
 """
 import argparse
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, L2_BYTES, alternating_us, build_layer  # noqa: E402
+from kernel_speed import time_switch_variants  # noqa: E402
 
 # name: (rho, factor bits, LR_AHEAD, PACKED_LOWRANK_ROWS_SCALE)
 VARIANTS = {
@@ -56,68 +53,34 @@ def main():
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script under TRITON_INTERPRET=1")
     args = p.parse_args()
     import rsparse
-    from rsparse.nn import forward_shared_input
-    from rsparse.ops import sparse_linear_reference
     from rsparse.kernels import sparse_linear as K
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device=args.device).manual_seed(0)
-    defaults = (K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE)
-    dtype = torch.bfloat16
+    shipped = (K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE)
+
+    def switches(ahead, scale):
+        def apply():
+            K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = ahead, scale
+        return apply
+
     with open(Path(args.out) / "lr_ahead.jsonl", "w") as out:
         for name in args.cases:
-            n, ms = CASES[name]
-            with_o = name == "qkv fused + o"
-            layer_bytes = n * sum(ms) * 2 + (4096 * 4096 * 2 if with_o else 0)
-            copies = max(2, math.ceil(3 * L2_BYTES / layer_bytes))
-            x = torch.randn(1, n, device=args.device, dtype=dtype, generator=gen)
-            shapes = [(n, m) for m in ms] + ([(4096, 4096)] if with_o else [])
-            built = {}  # (rho, bits) -> copies of [modules], [dense weights]
-            for rho, bits, _, _ in {VARIANTS[v] for v in args.variants}:
-                if (rho, bits) not in built:
-                    built[(rho, bits)] = [list(zip(*[build_layer(a, b, args.sparsity, rho, x, dtype, args.device, gen, bits)
-                                                     for a, b in shapes])) for _ in range(copies)]
-
-            def sparse_call(mods, ahead, scale):
-                def call():
-                    K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = ahead, scale
-                    if with_o:
-                        return forward_shared_input(x, list(mods[:3])), mods[3](x)
-                    return forward_shared_input(x, list(mods)) if len(mods) > 1 else mods[0](x)
-                return call
-
-            calls, errs = {}, {}
+            variants = {v: (VARIANTS[v][0], VARIANTS[v][1], switches(*VARIANTS[v][2:])) for v in args.variants}
+            res, copies = time_switch_variants(name, 1, args.sparsity, torch.bfloat16, args.device, gen, args.reps,
+                                               args.rounds, variants)
+            K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = shipped
+            dense = res["dense"]["us"]
+            base = res["rho1"]["us"] if "rho1" in res else None
             for v in args.variants:
-                rho, bits, ahead, scale = VARIANTS[v]
-                layers = built[(rho, bits)]
-                calls[v] = [sparse_call(mods, ahead, scale) for mods, _ in layers]
-                K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = ahead, scale
-                e = 0.0
-                for mod in layers[0][0]:
-                    ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out,
-                                                  mod.bias, None, mod.factor_ranges()).double()
-                    e = max(e, ((mod(x).double() - ref).norm() / ref.norm()).item())
-                errs[v] = e
-            dense_layers = built[(1.0, 16)] if (1.0, 16) in built else next(iter(built.values()))
-            calls["dense"] = [lambda ws=ws: [F.linear(x, w) for w in ws] for _, ws in dense_layers]
-            times = alternating_us(calls, copies, args.reps, args.rounds)
-            K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = defaults
-            dense = statistics.median(times["dense"])
-            base = statistics.median(times["rho1"]) if "rho1" in times else None
-            for v in args.variants:
-                us = statistics.median(times[v])
                 rho, bits, ahead, scale = VARIANTS[v]
                 row = {"case": name, "sparsity": args.sparsity, "variant": v, "rho": rho, "factor_bits": bits,
-                       "lr_ahead": ahead, "packed_lowrank_rows_scale": scale, "us": round(us, 2),
-                       "us_rounds": [round(t, 2) for t in times[v]], "us_dense": round(dense, 2),
-                       "speedup": round(dense / us, 3),
-                       "over_rho1": None if base is None else round(us / base - 1, 4),
-                       "rel_err": errs[v], "copies": copies}
+                       "lr_ahead": ahead, "packed_lowrank_rows_scale": scale, **res[v], "us_dense": dense,
+                       "speedup": round(dense / res[v]["us"], 3),
+                       "over_rho1": None if base is None else round(res[v]["us"] / base - 1, 4), "copies": copies}
                 print(json.dumps({k: row[k] for k in ("case", "variant", "us", "us_rounds", "us_dense", "speedup",
                                                       "over_rho1", "rel_err")}), flush=True)
                 out.write(json.dumps(row) + "\n")
-            del built, calls
-            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
