@@ -50,13 +50,12 @@ def main():
     p.add_argument("--cases", nargs="*", default=["gate/up 4096->14336", "down 14336->4096",
                                                    "gate+up fused 4096->2x14336", "qkv fused + o"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
-    p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script under TRITON_INTERPRET=1")
     args = p.parse_args()
     import rsparse
     from rsparse.kernels import sparse_linear as K
 
     rsparse.set_backend("triton")
-    gen = torch.Generator(device=args.device).manual_seed(0)
+    gen = torch.Generator(device="cuda").manual_seed(0)
     shipped = (K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE)
 
     def switches(ahead, scale):
@@ -67,7 +66,7 @@ def main():
     with open(Path(args.out) / "lr_ahead.jsonl", "w") as out:
         for name in args.cases:
             variants = {v: (VARIANTS[v][0], VARIANTS[v][1], switches(*VARIANTS[v][2:])) for v in args.variants}
-            res, copies = time_switch_variants(name, 1, args.sparsity, torch.bfloat16, args.device, gen, args.reps,
+            res, copies = time_switch_variants(name, 1, args.sparsity, torch.bfloat16, "cuda", gen, args.reps,
                                                args.rounds, variants)
             K.LR_AHEAD, K.PACKED_LOWRANK_ROWS_SCALE = shipped
             dense = res["dense"]["us"]
