@@ -263,8 +263,8 @@ def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants)
     built = {}  # (rho, bits) -> copies of ((modules), (dense weights))
     for rho, bits, _ in variants.values():
         if (rho, bits) not in built:
-            built[(rho, bits)] = [tuple(zip(*[build_layer(a, b, s, rho, x, dtype, device, gen, bits) for a, b in shapes]))
-                                  for _ in range(copies)]
+            built[(rho, bits)] = [tuple(zip(*[build_layer(a, b, s, rho, x, dtype, device, gen, bits)
+                                              for a, b in shapes])) for _ in range(copies)]
 
     def sparse_call(mods, apply):
         def call():

@@ -91,9 +91,9 @@ def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
     # LR_AHEAD (one token, 16-bit inputs) loads the next step's low-rank rows before the current step's
     # products. Plain factors: the same products summed in the same order, so the same bits. Packed:
     # each byte loaded once for an even and an odd row, summed in pairs (2: levels as mantissa bits, the
-    # offsets summed once per step), so within tolerance of the fp64 rule. Ranks 17 and 45 leave partial last steps and a half-used last byte row; a scale of
-    # 0.5 gives shorter packed items. Two items per (interpreted) multiprocessor: 136-channel chunks,
-    # 40-row low-rank items of 5 steps.
+    # offsets summed once per step), so within tolerance of the fp64 rule. Ranks 17 and 45 leave partial
+    # last steps and a half-used last byte row; a scale of 0.5 gives shorter packed items. Two items per
+    # (interpreted) multiprocessor: 136-channel chunks, 40-row low-rank items of 5 steps.
     from rsparse.kernels import sparse_linear as kernels
 
     kernels.set_config(kernels.Config(block_k=8, block_m=128, programs_per_sm=2, block_kz=16, block_r=32), "gemv1")

@@ -19,8 +19,8 @@ from pathlib import Path
 ap = argparse.ArgumentParser()
 ap.add_argument("--torch-site", default="", help="site-packages with torch, when this Python has none")
 ap.add_argument("--loops", action="store_true",
-                help="also print the shape of each one-token launch's loops that load weights or factors: one letter per "
-                     "SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
+                help="also print the shape of each one-token launch's loops that load weights or factors: one letter "
+                     "per SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
 args = ap.parse_args()
 if args.torch_site:
     sys.path.append(args.torch_site)
@@ -103,8 +103,8 @@ def loop_shapes(k) -> list[str]:
 
 
 for dtype in ("bf16", "fp16"):
-    for ranks, packed, lr_ahead in ((False, False, 0), (True, False, 0), (True, False, 1), (True, True, 0), (True, True, 1),
-                                    (True, True, 2)):
+    for ranks, packed, lr_ahead in ((False, False, 0), (True, False, 0), (True, False, 1), (True, True, 0),
+                                    (True, True, 1), (True, True, 2)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
