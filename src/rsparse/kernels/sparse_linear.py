@@ -1007,6 +1007,11 @@ def sparse_linear_multi(
             outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
+    # One token's low-rank rows loaded a step ahead (16-bit inputs, 1-D sums). Packed rows go in byte pairs from
+    # even rows on, so they need even steps; other tiles keep the plain loop, which gives the same values.
+    lr_ahead = LR_AHEAD if not use_dot and not cfg.acc2d and not f64 and any(rs) else 0
+    if any(packed) and cfg.block_k % 2:
+        lr_ahead = 0
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
@@ -1017,7 +1022,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        LR_AHEAD=LR_AHEAD if not use_dot and not cfg.acc2d and not f64 and any(rs) else 0,
+        LR_AHEAD=lr_ahead,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
