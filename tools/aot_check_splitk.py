@@ -104,7 +104,7 @@ def loop_shapes(k) -> list[str]:
 
 for dtype in ("bf16", "fp16"):
     for ranks, packed, lr_ahead in ((False, False, 0), (True, False, 0), (True, False, 1), (True, True, 0),
-                                    (True, True, 1), (True, True, 2)):
+                                    (True, True, 1), (True, True, 2), (True, True, 3)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,

@@ -98,7 +98,9 @@ DOT_LOWRANK_ROWS_DIV = 4
 # (tools/aot_check_splitk.py) the launch takes 127-128 registers with it (109-118 without), so 4 programs
 # still fit a multiprocessor. 0: off; 1: on; 2: on, and packed levels read as mantissa bits (1 + q / 16, a
 # shift and a mask instead of an integer-to-float conversion, a quarter-rate unit on sm_90), the offsets summed
-# once per step (one FMA per element instead of three operations). Off until timed on a GPU
+# once per step (one FMA per element instead of three operations); 3: as 2, the levels (1 + q / 128) made by
+# byte permutes in inline PTX, about one instruction per level against three (GPU only: the interpreter runs
+# mode 2 in its place, so only the gpu tests check it). Off until timed on a GPU
 # (benchmarks/ablations/lr_ahead.py); fp32 inputs never take it (their sums follow the reference's order).
 LR_AHEAD = 0
 Z_SKIP_ACTIVE = True
@@ -323,6 +325,33 @@ def _lr_plain_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, k_start, k_end, offs_m, 
 
 
 @triton.jit
+def _levels_prmt(b):
+    # fp32 1 + q / 128 for the low and for the high nibble q of each byte of b (uint8), in a byte permute per
+    # value: the nibbles of four bytes are masked at once and OR-ed with 0x80 (the mantissa's top byte of 1.0),
+    # and PRMT places one of them in byte 2 of 0x3F000000. GPU only (the interpreter runs no PTX).
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 lo, hi, one;
+        mov.b32 one, 0x3F000000;
+        lop3.b32 lo, $8, 0x0F0F0F0F, 0x80808080, 0xEA;
+        shr.u32 hi, $8, 4;
+        lop3.b32 hi, hi, 0x0F0F0F0F, 0x80808080, 0xEA;
+        prmt.b32 $0, lo, one, 0x7054;
+        prmt.b32 $1, lo, one, 0x7154;
+        prmt.b32 $2, lo, one, 0x7254;
+        prmt.b32 $3, lo, one, 0x7354;
+        prmt.b32 $4, hi, one, 0x7054;
+        prmt.b32 $5, hi, one, 0x7154;
+        prmt.b32 $6, hi, one, 0x7254;
+        prmt.b32 $7, hi, one, 0x7354;
+        }
+        """,
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r",
+        args=[b], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+
+
+@triton.jit
 def _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
     # One token, packed factors: the BLOCK_K // 2 byte rows that hold rows k0..k0+BLOCK_K (k0 is even),
     # each byte loaded once, and z, offset and step of the even and the odd rows apart.
@@ -342,26 +371,32 @@ def _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0, k_end, offs_m, m_o
 
 @triton.jit
 def _lr_packed_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                          BLOCK_K: tl.constexpr, ACC: tl.constexpr, MANTISSA: tl.constexpr):
+                          BLOCK_K: tl.constexpr, ACC: tl.constexpr, LEVELS: tl.constexpr):
     # `_lr_rows` of one token over packed rows, the next step's loads issued before this step's products
     # (LR_AHEAD). Each byte is loaded once and gives the even row its low nibble, the odd row its high one
-    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. Without
-    # MANTISSA the values are the reference's, offset + step * q in the sums' precision; the rows are summed
-    # in pairs.
+    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. LEVELS 0:
+    # the values are the reference's, offset + step * q in the sums' precision, the rows summed in pairs;
+    # 1: levels as mantissa bits by shifts and masks; 2: the same by byte permutes (`_levels_prmt`).
     b, z_e, z_o, off_e, off_o, step_e, step_o = _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end,
                                                                  offs_m, m_ok, BLOCK_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1 = _lr_packed_loads(
             z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
         q = b.to(tl.int32)
-        if MANTISSA:
-            # Bits 0x3F800000 | q << 19 are the fp32 value 1 + q / 16 (exact), so offset + step * q is
-            # (offset - 16 step) + 16 step * v: the first term is one sum per step, the second one FMA per
-            # element. Sums about 3x the result's size cancel, in fp32 (the 16-bit inputs' sums).
-            v_e = (((q << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-            v_o = (((q << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-            base = tl.sum(z_e * (off_e - 16.0 * step_e) + z_o * (off_o - 16.0 * step_o), axis=0)
-            prod = (16.0 * z_e * step_e)[:, None] * v_e + (16.0 * z_o * step_o)[:, None] * v_o
+        if LEVELS > 0:
+            # Levels as fp32 v = 1 + q / D, exact (D = 16: bits 0x3F800000 | q << 19; D = 128: q in byte 2), so
+            # offset + step * q is (offset - D step) + D step * v: the first term is one sum per step, the second
+            # one FMA per element. Each term is about D / 15 times the factor's range, and they cancel, in fp32
+            # sums (16-bit inputs only): well within the bf16 and fp16 tolerances (the tests' fp64 rule).
+            if LEVELS == 1:
+                D = 16.0
+                v_e = (((q << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                v_o = (((q << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+            else:
+                D = 128.0
+                v_e, v_o = _levels_prmt(b)
+            base = tl.sum(z_e * (off_e - D * step_e) + z_o * (off_o - D * step_o), axis=0)
+            prod = (D * z_e * step_e)[:, None] * v_e + (D * z_o * step_o)[:, None] * v_o
             acc += tl.sum(prod, axis=0)[None, :] + base
         else:
             w_e = off_e.to(ACC)[:, None] + step_e.to(ACC)[:, None] * (q & 15).to(ACC)
@@ -569,7 +604,7 @@ def _lowrank_item(
     if LR_AHEAD > 0:  # one token (not ACC2D): the next step's rows are loaded before this step's are multiplied
         if PACKED:
             acc = _lr_packed_rows_ahead(acc, z_row, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                                        BLOCK_K, ACC, LR_AHEAD == 2)
+                                        BLOCK_K, ACC, LR_AHEAD - 1)
         else:
             acc = _lr_plain_rows_ahead(acc, z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K, ACC)
     else:
@@ -1012,6 +1047,8 @@ def sparse_linear_multi(
     lr_ahead = LR_AHEAD if not use_dot and not cfg.acc2d and not f64 and any(rs) else 0
     if any(packed) and cfg.block_k % 2:
         lr_ahead = 0
+    if lr_ahead == 3 and os.environ.get("TRITON_INTERPRET") == "1":
+        lr_ahead = 2  # the interpreter runs no PTX: mantissa levels by shifts instead of byte permutes
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
