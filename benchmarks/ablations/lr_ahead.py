@@ -8,8 +8,9 @@ activations), each in its own CUDA graph, timed in turn round after round (`kern
 
 * ``rho1``: the layer at rho 1 (no low-rank path; what acceptance 3 compares with);
 * ``bf16`` / ``bf16_ahead``: rho 0.8 with bf16 factors, `LR_AHEAD` off / on;
-* ``4bit`` / ``4bit_ahead`` / ``4bit_mantissa``: rho 0.8 with packed 4-bit factors (the default), `LR_AHEAD` 0 / 1 / 2
-  (2: the levels read as mantissa bits, the offsets summed once per step);
+* ``4bit`` / ``4bit_ahead`` / ``4bit_mantissa`` / ``4bit_prmt``: rho 0.8 with packed 4-bit factors (the default),
+  `LR_AHEAD` 0 / 1 / 2 / 3 (2: the levels read as mantissa bits, the offsets summed once per step; 3: those bits
+  made by byte permutes in inline PTX);
 * ``4bit_mantissa_x0.5`` / ``4bit_mantissa_x2``: 2, with packed items half / twice as long
   (`PACKED_LOWRANK_ROWS_SCALE`);
 * ``4bit_r256`` / ``4bit_mantissa_r256``: `LR_AHEAD` 0 / 2 with z items of 256 ranks over steps of 8 channels and
@@ -41,6 +42,7 @@ VARIANTS = {
     "4bit": (0.8, 4, 0, 1, False),
     "4bit_ahead": (0.8, 4, 1, 1, False),
     "4bit_mantissa": (0.8, 4, 2, 1, False),
+    "4bit_prmt": (0.8, 4, 3, 1, False),
     "4bit_mantissa_x0.5": (0.8, 4, 2, 0.5, False),
     "4bit_mantissa_x2": (0.8, 4, 2, 2, False),
     "4bit_r256": (0.8, 4, 0, 1, True),
