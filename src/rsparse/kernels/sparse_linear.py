@@ -95,7 +95,7 @@ DOT_LOWRANK_ROWS_DIV = 4
 # the rows of the current one, so that its steps are not one memory round trip each. These items run last (they
 # wait for z), as a tail after the weight items, and their time grows with their steps: packed items 1, 2, 4, 8
 # times as long took gate/up 36.6, 43.9, 52.3, 77.5 us (H100, NOTES, thirty-third session). Compiled for sm_90
-# (tools/aot_check_splitk.py) the launch takes 127-128 registers with it (109-118 without), so 4 programs
+# (tools/aot_check_splitk.py) the launch takes 124-128 registers with it (109-118 without), so 4 programs
 # still fit a multiprocessor. 0: off; 1: on; 2: on, and packed levels read as mantissa bits (1 + q / 16, a
 # shift and a mask instead of an integer-to-float conversion, a quarter-rate unit on sm_90), the offsets summed
 # once per step (one FMA per element instead of three operations); 3: as 2, the levels (1 + q / 128) made by
