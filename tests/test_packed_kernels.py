@@ -90,7 +90,7 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
 def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
     # LR_AHEAD (one token, 16-bit inputs) loads the next step's low-rank rows before the current step's
     # products. Plain factors: the same products summed in the same order, so the same bits. Packed:
-    # each byte loaded once for an even and an odd row, summed in pairs (2: levels as mantissa bits, the
+    # each byte loaded once for an even and an odd row, summed in pairs (2 and 3: levels as mantissa bits, the
     # offsets summed once per step), so within tolerance of the fp64 rule. Ranks 17 and 45 leave partial
     # last steps and a half-used last byte row; a scale of 0.5 gives shorter packed items. Two items per
     # (interpreted) multiprocessor: 136-channel chunks, 40-row low-rank items of 5 steps.
@@ -284,4 +284,3 @@ def test_gpu_low_rank_rows_loaded_ahead_match_the_fp64_rule(ahead, dtype, monkey
         check_packed(*packed(args), dtype, 0.4)
         check(args, dtype, "cuda", 0.4)
         assert _workspace_is_zero()
-
