@@ -81,8 +81,9 @@ def resource_report(k) -> str:
 
 def loop_shapes(k) -> list[str]:
     """Each distinct loop of the cubin (a backward branch) that loads globally and multiplies, as one letter per
-    instruction: where ptxas placed the loads against the products (a step's next loads issued after its products
-    leave each step one memory round trip; the thirty-fourth session found ptxas sinking them so for packed rows)."""
+    instruction: where ptxas placed the loads against the products. A loop whose next-step loads come after its
+    products still waits one memory round trip per step (in the thirty-fourth session ptxas had placed the loads
+    of a packed low-rank loop so, though the source issued them first)."""
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
