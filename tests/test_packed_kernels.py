@@ -87,32 +87,22 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_low_rank_rows_loaded_ahead_match_the_reference(dtype, monkeypatch):
-    # LR_AHEAD (one token, 16-bit inputs) loads the next step's low-rank rows before the current step's
-    # products. Plain factors: the same products summed in the same order, so the same bits. Packed:
-    # each byte loaded once for an even and an odd row, summed in pairs (2 and 3: levels as mantissa bits, the
-    # offsets summed once per step), so within tolerance of the fp64 rule. Ranks 17 and 45 leave partial
-    # last steps and a half-used last byte row; a scale of 0.5 gives shorter packed items. Two items per
-    # (interpreted) multiprocessor: 136-channel chunks, 40-row low-rank items of 5 steps.
+def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype, monkeypatch):
+    # PACKED_LONG_INPUT_WIDE_Z: one token, packed factors, an input at least twice the outputs takes z items of
+    # 256 ranks over 8-channel steps; other shapes keep 128 ranks. Rank 300 leaves a partial second r-block
+    # and n = 517 a partial last z item.
     from rsparse.kernels import sparse_linear as kernels
 
-    kernels.set_config(kernels.Config(block_k=8, block_m=128, programs_per_sm=2, block_kz=16, block_r=32), "gemv1")
-    try:
-        for r, scale in ((17, 1), (45, 1), (45, 0.5)):
-            args = make_args(1, 130, 300, r, dtype, "cpu", 0.3, True, seed=r)
-            op_args, fp64_args = packed(args)
-            monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
-            ys = {}
-            for ahead in (0, 1, 2, 3):  # 3 runs as 2 under the interpreter (no PTX there)
-                monkeypatch.setattr(kernels, "LR_AHEAD", ahead)
-                ys[ahead] = (check_packed(op_args, fp64_args, dtype, 0.3), check(args, dtype, "cpu", 0.3))
-                assert _workspace_is_zero()
-            assert torch.equal(ys[3][0], ys[2][0])
-            for ahead in (1, 2):
-                assert torch.equal(ys[0][1], ys[ahead][1])
-                torch.testing.assert_close(ys[ahead][0].float(), ys[0][0].float(), rtol=TOL[dtype], atol=TOL[dtype])
-    finally:
-        kernels.set_config(None, "gemv1")
+    monkeypatch.setattr(kernels, "PACKED_LONG_INPUT_WIDE_Z", True)
+    wide = kernels.choose_config(14336, 4096, False, 2, 0.4, True, True)
+    assert (wide.block_r, wide.block_kz, wide.z_steps) == (256, 8, 2 * kernels.Z_STEPS)
+    assert kernels.choose_config(4096, 14336, False, 2, 0.4, True, True).block_r == 128
+    assert kernels.choose_config(14336, 4096, False, 2, 0.4, True, False).block_r == 128
+    small = kernels.choose_config(517, 200, False, 2, 0.4, True, True)
+    assert (small.block_r, small.block_kz, small.z_steps) == (256, 8, 2 * kernels.Z_STEPS)
+    for seed in range(2):
+        check_packed(*packed(make_args(1, 517, 200, 300, dtype, "cpu", 0.4, True, seed=seed)), dtype, 0.4)
+    assert _workspace_is_zero()
 
 
 @needs_triton
@@ -266,21 +256,3 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
     for seed in range(2):
         op_args, fp64_args = packed(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed))
         check_packed(op_args, fp64_args, dtype, [1.0, active][seed])
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("ahead", [1, 2, 3])
-def test_gpu_low_rank_rows_loaded_ahead_match_the_fp64_rule(ahead, dtype, monkeypatch):
-    # LR_AHEAD's modes on the compiled kernel (3, the byte permutes in inline PTX, runs nowhere else), at
-    # Llama-3-8B shapes with the 4-bit budget's rank and an odd one, packed and plain factors.
-    from rsparse.kernels import sparse_linear as kernels
-
-    rsparse.set_backend("triton")
-    monkeypatch.setattr(kernels, "LR_AHEAD", ahead)
-    for n, m, r in ((4096, 14336, 1274), (14336, 4096, 1273), (4096, 6144, 301)):
-        args = make_args(1, n, m, r, dtype, "cuda", 0.4, True, seed=r)
-        check_packed(*packed(args), dtype, 0.4)
-        check(args, dtype, "cuda", 0.4)
-        assert _workspace_is_zero()

@@ -104,14 +104,13 @@ def loop_shapes(k) -> list[str]:
 
 
 for dtype in ("bf16", "fp16"):
-    for ranks, packed, lr_ahead in ((False, False, 0), (True, False, 0), (True, False, 1), (True, True, 0),
-                                    (True, True, 1), (True, True, 2), (True, True, 3)):
+    for ranks, packed in ((False, False), (True, False), (True, True)):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=16, BLOCK_R=128, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=lr_ahead,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
         )
         kernel = None
         try:
@@ -119,7 +118,7 @@ for dtype in ("bf16", "fp16"):
             report = resource_report(kernel)
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} one token, ranks={ranks} packed={packed} lr_ahead={lr_ahead}: {report}", flush=True)
+        print(f"{dtype} one token, ranks={ranks} packed={packed}: {report}", flush=True)
         if args.loops and kernel is not None:
             for shape in loop_shapes(kernel):
                 print(f"  loop of {len(shape)} instructions:")
@@ -131,7 +130,7 @@ for dtype in ("bf16", "fp16"):
                 BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
                 BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=z_items,
                 RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_AHEAD=0,
+                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
             )
             for stages in (3, 1) if packed else (3,):
                 try:

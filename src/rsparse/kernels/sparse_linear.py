@@ -91,18 +91,6 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # gate/up 77.6 -> 65.9 us, down 91.4 -> 77.8, gate+up 151.7 -> 120.9, q/k/v + o 74.3 -> 69.8; bf16 factors
 # within 1.4 % either way (their rank is a quarter).
 DOT_LOWRANK_ROWS_DIV = 4
-# One token, 16-bit activations: a low-rank item loads the rows (and z) of its next step before it multiplies
-# the rows of the current one, so that its steps are not one memory round trip each. These items run last (they
-# wait for z), as a tail after the weight items, and their time grows with their steps: packed items 1, 2, 4, 8
-# times as long took gate/up 36.6, 43.9, 52.3, 77.5 us (H100, NOTES, thirty-third session). Compiled for sm_90
-# (tools/aot_check_splitk.py) the launch takes 124-128 registers with it (109-118 without), so 4 programs
-# still fit a multiprocessor. 0: off; 1: on; 2: on, and packed levels read as mantissa bits (1 + q / 16, a
-# shift and a mask instead of an integer-to-float conversion, a quarter-rate unit on sm_90), the offsets summed
-# once per step (one FMA per element instead of three operations); 3: as 2, the levels (1 + q / 128) made by
-# byte permutes in inline PTX, about one instruction per level against three (GPU only: the interpreter runs
-# mode 2 in its place, so only the gpu tests check it). Off until timed on a GPU
-# (benchmarks/ablations/lr_ahead.py); fp32 inputs never take it (their sums follow the reference's order).
-LR_AHEAD = 0
 Z_SKIP_ACTIVE = True
 # Z_ITEMS: z gets items of its own, first in the grid (one per channel chunk and r-block), instead of
 # a prologue of the weight items of the first ceil(r / block_r) tiles, which delays their rows.
@@ -302,112 +290,6 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 
 
 @triton.jit
-def _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
-    # One token, 16-bit factors: z and the rows k0..k0+BLOCK_K of (U_r S_r)ᵀ (nothing past k_end).
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    k_ok = offs_k < k_end
-    z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-    w = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-    return z, w
-
-
-@triton.jit
-def _lr_plain_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr,
-                         ACC: tl.constexpr):
-    # `_lr_rows` of one token over k_start..k_end with the next step's loads issued before this step's
-    # products (LR_AHEAD): the same products, summed in the same order.
-    z, w = _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        z1, w1 = _lr_plain_loads(z_ptr, lo_ptr, stride_lo, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
-        acc += tl.sum(z.to(tl.float32).to(ACC)[:, None] * w.to(ACC), axis=0)[None, :]
-        z, w = z1, w1
-    return acc
-
-
-@triton.jit
-def _levels_prmt(b):
-    # fp32 1 + q / 128 for the low and for the high nibble q of each byte of b (uint8), in a byte permute per
-    # value: the nibbles of four bytes are masked at once and OR-ed with 0x80 (the mantissa's top byte of 1.0),
-    # and PRMT places one of them in byte 2 of 0x3F000000. GPU only (the interpreter runs no PTX).
-    return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 lo, hi, one;
-        mov.b32 one, 0x3F000000;
-        lop3.b32 lo, $8, 0x0F0F0F0F, 0x80808080, 0xEA;
-        shr.u32 hi, $8, 4;
-        lop3.b32 hi, hi, 0x0F0F0F0F, 0x80808080, 0xEA;
-        prmt.b32 $0, lo, one, 0x7054;
-        prmt.b32 $1, lo, one, 0x7154;
-        prmt.b32 $2, lo, one, 0x7254;
-        prmt.b32 $3, lo, one, 0x7354;
-        prmt.b32 $4, hi, one, 0x7054;
-        prmt.b32 $5, hi, one, 0x7154;
-        prmt.b32 $6, hi, one, 0x7254;
-        prmt.b32 $7, hi, one, 0x7354;
-        }
-        """,
-        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r",
-        args=[b], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
-
-
-@triton.jit
-def _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0, k_end, offs_m, m_ok, BLOCK_K: tl.constexpr):
-    # One token, packed factors: the BLOCK_K // 2 byte rows that hold rows k0..k0+BLOCK_K (k0 is even),
-    # each byte loaded once, and z, offset and step of the even and the odd rows apart.
-    even = k0 + 2 * tl.arange(0, BLOCK_K // 2)
-    e_ok = even < k_end
-    o_ok = even + 1 < k_end
-    cols = (offs_m // 8) * 8 + offs_m % 8  # runs of 8 bytes per lane (see `_nibbles`' RUNS8)
-    b = tl.load(lo_ptr + (even // 2)[:, None] * stride_lo + cols[None, :], mask=e_ok[:, None] & m_ok[None, :], other=0)
-    z_e = tl.load(z_ptr + even, mask=e_ok, other=0.0, volatile=True)
-    z_o = tl.load(z_ptr + even + 1, mask=o_ok, other=0.0, volatile=True)
-    off_e = tl.load(lq_ptr + 2 * r + even, mask=e_ok, other=0.0)
-    off_o = tl.load(lq_ptr + 2 * r + even + 1, mask=o_ok, other=0.0)
-    step_e = tl.load(lq_ptr + 3 * r + even, mask=e_ok, other=0.0)
-    step_o = tl.load(lq_ptr + 3 * r + even + 1, mask=o_ok, other=0.0)
-    return b, z_e, z_o, off_e, off_o, step_e, step_o
-
-
-@triton.jit
-def _lr_packed_rows_ahead(acc, z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                          BLOCK_K: tl.constexpr, ACC: tl.constexpr, LEVELS: tl.constexpr):
-    # `_lr_rows` of one token over packed rows, the next step's loads issued before this step's products
-    # (LR_AHEAD). Each byte is loaded once and gives the even row its low nibble, the odd row its high one
-    # (`_nibbles` loads every byte twice, once per row), so a step holds half the loaded registers. LEVELS 0:
-    # the values are the reference's, offset + step * q in the sums' precision, the rows summed in pairs;
-    # 1: levels as mantissa bits by shifts and masks; 2: the same by byte permutes (`_levels_prmt`).
-    b, z_e, z_o, off_e, off_o, step_e, step_o = _lr_packed_loads(z_ptr, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end,
-                                                                 offs_m, m_ok, BLOCK_K)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1 = _lr_packed_loads(
-            z_ptr, lo_ptr, stride_lo, lq_ptr, r, k0 + BLOCK_K, k_end, offs_m, m_ok, BLOCK_K)
-        q = b.to(tl.int32)
-        if LEVELS > 0:
-            # Levels as fp32 v = 1 + q / D, exact (D = 16: bits 0x3F800000 | q << 19; D = 128: q in byte 2), so
-            # offset + step * q is (offset - D step) + D step * v: the first term is one sum per step, the second
-            # one FMA per element. Each term is about D / 15 times the factor's range, and they cancel, in fp32
-            # sums (16-bit inputs only): well within the bf16 and fp16 tolerances (the tests' fp64 rule).
-            if LEVELS == 1:
-                D = 16.0
-                v_e = (((q << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-                v_o = (((q << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-            else:
-                D = 128.0
-                v_e, v_o = _levels_prmt(b)
-            base = tl.sum(z_e * (off_e - D * step_e) + z_o * (off_o - D * step_o), axis=0)
-            prod = (D * z_e * step_e)[:, None] * v_e + (D * z_o * step_o)[:, None] * v_o
-            acc += tl.sum(prod, axis=0)[None, :] + base
-        else:
-            w_e = off_e.to(ACC)[:, None] + step_e.to(ACC)[:, None] * (q & 15).to(ACC)
-            w_o = off_o.to(ACC)[:, None] + step_o.to(ACC)[:, None] * (q >> 4).to(ACC)
-            prod = z_e.to(tl.float32).to(ACC)[:, None] * w_e + z_o.to(tl.float32).to(ACC)[:, None] * w_o
-            acc += tl.sum(prod, axis=0)[None, :]
-        b, z_e, z_o, off_e, off_o, step_e, step_o = b1, z_e1, z_o1, off_e1, off_o1, step_e1, step_o1
-    return acc
-
-
-@triton.jit
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step, lq_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
@@ -581,7 +463,7 @@ def _lowrank_item(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
-    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr, LR_AHEAD: tl.constexpr,
+    ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr,
 ):
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
@@ -601,16 +483,9 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    if LR_AHEAD > 0:  # one token (not ACC2D): the next step's rows are loaded before this step's are multiplied
-        if PACKED:
-            acc = _lr_packed_rows_ahead(acc, z_row, lo_ptr, stride_lo, lq_ptr, r, k_start, k_end, offs_m, m_ok,
-                                        BLOCK_K, ACC, LR_AHEAD - 1)
-        else:
-            acc = _lr_plain_rows_ahead(acc, z_row, lo_ptr, stride_lo, k_start, k_end, offs_m, m_ok, BLOCK_K, ACC)
-    else:
-        for k0 in range(k_start, k_end, BLOCK_K):
-            acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr,
-                           r, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
+                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -649,7 +524,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, LR_AHEAD: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -701,21 +576,21 @@ def _splitk_kernel(
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, ACC, PER_TOKEN, PACKED, LR_AHEAD)
+                          RES0, ACC, PER_TOKEN, PACKED)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED, LR_AHEAD)
+                          False, ACC, PER_TOKEN, PACKED)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED, LR_AHEAD)
+                          False, ACC, PER_TOKEN, PACKED)
 
 
 @dataclass(frozen=True)
@@ -778,6 +653,12 @@ SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 # path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
 # of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
 WIDE_Z_STEPS = 8
+# One token, packed factors, inputs at least twice the outputs (down_proj): z items of 256 ranks over 8-channel
+# steps, twice Z_STEPS of them, which halves the z items (14336 x 4096 at 1 274 ranks: 2 240 -> 1 120). They come
+# first in the grid and hold the weight items back. Kernel run 53 (H100, NOTES): down at 50 % 42.88 -> 39.09 us,
+# but gate/up (4096 x 14336) 35.82 -> 42.22, hence long inputs only. 96 registers on sm_90 (Triton 3.6), as the
+# 128-rank tiles. Off until a second run confirms it (benchmarks/ablations/long_input_z.py).
+PACKED_LONG_INPUT_WIDE_Z = False
 
 
 # 2-16 tokens without a low-rank path on dense-ish layers: 32-row steps over 256 columns (152 registers, no
@@ -839,6 +720,9 @@ def choose_config(
         per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
         wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
         z_steps = WIDE_Z_STEPS if wide_single and active_fraction > COMPACT_MAX_ACTIVE else None
+        if packed and PACKED_LONG_INPUT_WIDE_Z and n >= 2 * m_total:
+            return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=8,
+                          block_r=256, z_steps=2 * Z_STEPS)
         return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16,
                       block_r=128, z_steps=z_steps)
     return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
@@ -1042,13 +926,6 @@ def sparse_linear_multi(
             outs[j].stride(0), ms[j], rs[j], tiles[j] if real else 0, lrc[j] if real else 0,
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
-    # One token's low-rank rows loaded a step ahead (16-bit inputs, 1-D sums). Packed rows go in byte pairs from
-    # even rows on, so they need even steps; other tiles keep the plain loop, which gives the same values.
-    lr_ahead = LR_AHEAD if not use_dot and not cfg.acc2d and not f64 and any(rs) else 0
-    if any(packed) and cfg.block_k % 2:
-        lr_ahead = 0
-    if lr_ahead == 3 and os.environ.get("TRITON_INTERPRET") == "1":
-        lr_ahead = 2  # the interpreter runs no PTX: mantissa levels by shifts instead of byte permutes
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
@@ -1059,7 +936,6 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        LR_AHEAD=lr_ahead,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )

@@ -1,0 +1,94 @@
+"""One token on long inputs (down_proj) with z items of 256 ranks over 8-channel steps (`PACKED_LONG_INPUT_WIDE_Z`),
+against the shipped tiles, rho 1 and cuBLAS dense in the same run.  GPU only.
+
+The one-token launch puts its z items first in the grid; with packed 4-bit factors' rank (1 273 on 14336 -> 4096 at
+rho 0.8) they are 2 240 items of 4 steps of 16 channels x 128 ranks, and the weight items wait for slots behind them.
+256 ranks over twice the steps of 8 channels cover the same channels with half the items (96 registers on sm_90,
+as the shipped tiles).  Kernel run 53 (H100) timed it once, as ``lr_ahead.py``'s ``4bit_r256``: down 42.88 -> 39.09 us,
+gate/up 35.82 -> 42.22 us (so only inputs at least twice the outputs take it).  This is the confirming run, at 50 and
+70 %, and with bf16 factors too (rank 318: 672 z items -> 448).
+
+Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
+after round (`kernel_speed.alternating_us`):
+
+* ``rho1``: the layer at rho 1 (no low-rank path);
+* ``bf16`` / ``bf16_wide``: rho 0.8, bf16 factors, shipped tiles / the wide z tiles;
+* ``4bit`` / ``4bit_wide``: rho 0.8, packed 4-bit factors (the default), `PACKED_LONG_INPUT_WIDE_Z` off / on;
+* ``dense``: cuBLAS ``F.linear`` on the same weights.
+
+Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/long_input_z.jsonl.
+
+    python benchmarks/ablations/long_input_z.py --out $OUT
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernel_speed import CASES, time_switch_variants  # noqa: E402
+
+# name: (rho, factor bits, wide z tiles)
+VARIANTS = {
+    "rho1": (1.0, 16, False),
+    "bf16": (0.8, 16, False),
+    "bf16_wide": (0.8, 16, True),
+    "4bit": (0.8, 4, False),
+    "4bit_wide": (0.8, 4, True),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sparsities", nargs="*", type=float, default=[0.5, 0.7])
+    p.add_argument("--cases", nargs="*", default=["down 14336->4096"])
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = p.parse_args()
+    import rsparse
+    from rsparse.kernels import sparse_linear as K
+
+    rsparse.set_backend("triton")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shipped = K.PACKED_LONG_INPUT_WIDE_Z
+
+    def switches(wide, bits, n, m_total, s):
+        def apply():
+            K._OVERRIDE.pop("gemv1", None)
+            K.PACKED_LONG_INPUT_WIDE_Z = wide and bits == 4
+            if wide and bits != 4:  # bf16 factors: the same tiles through the override table
+                K.PACKED_LONG_INPUT_WIDE_Z = True
+                cfg = K.choose_config(n, m_total, False, 2, (1 - s) * 0.8, True, True)
+                K.PACKED_LONG_INPUT_WIDE_Z = False
+                K._OVERRIDE["gemv1"] = dataclasses.replace(cfg)
+        return apply
+
+    with open(Path(args.out) / "long_input_z.jsonl", "w") as out:
+        for s in args.sparsities:
+            for name in args.cases:
+                n, ms = CASES[name]
+                variants = {v: (VARIANTS[v][0], VARIANTS[v][1], switches(VARIANTS[v][2], VARIANTS[v][1], n, sum(ms), s))
+                            for v in args.variants}
+                res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
+                                                   variants)
+                K.PACKED_LONG_INPUT_WIDE_Z = shipped
+                K._OVERRIDE.pop("gemv1", None)
+                dense = res["dense"]["us"]
+                base = res["rho1"]["us"] if "rho1" in res else None
+                for v in args.variants:
+                    rho, bits, wide = VARIANTS[v]
+                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits, "wide_z": wide,
+                           **res[v], "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
+                           "over_rho1": None if base is None else round(res[v]["us"] / base - 1, 4), "copies": copies}
+                    print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
+                                                          "speedup", "over_rho1", "rel_err")}), flush=True)
+                    out.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
