@@ -14,6 +14,8 @@ after round (`kernel_speed.alternating_us`):
 * ``rho1``: the layer at rho 1 (no low-rank path);
 * ``bf16`` / ``bf16_wide``: rho 0.8, bf16 factors, shipped tiles / the wide z tiles;
 * ``4bit`` / ``4bit_wide``: rho 0.8, packed 4-bit factors (the default), `PACKED_LONG_INPUT_WIDE_Z` off / on;
+* ``4bit_steps8``: 128 ranks over 8 steps of 16 channels (half the items by length, not width);
+* ``4bit_wide_steps16``: 256 ranks over 16 steps of 8 channels (a quarter of the items);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/long_input_z.jsonl.
@@ -31,13 +33,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_speed import CASES, time_switch_variants  # noqa: E402
 
-# name: (rho, factor bits, wide z tiles)
+# name: (rho, factor bits, PACKED_LONG_INPUT_WIDE_Z, Config changes over the shipped one through the override table)
+WIDE = {"block_r": 256, "block_kz": 8, "z_steps": 8}
 VARIANTS = {
-    "rho1": (1.0, 16, False),
-    "bf16": (0.8, 16, False),
-    "bf16_wide": (0.8, 16, True),
-    "4bit": (0.8, 4, False),
-    "4bit_wide": (0.8, 4, True),
+    "rho1": (1.0, 16, False, None),
+    "bf16": (0.8, 16, False, None),
+    "bf16_wide": (0.8, 16, False, WIDE),
+    "4bit": (0.8, 4, False, None),
+    "4bit_wide": (0.8, 4, True, None),
+    "4bit_steps8": (0.8, 4, False, {"z_steps": 8}),
+    "4bit_wide_steps16": (0.8, 4, False, {**WIDE, "z_steps": 16}),
 }
 
 
@@ -57,23 +62,23 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     shipped = K.PACKED_LONG_INPUT_WIDE_Z
 
-    def switches(wide, bits, n, m_total, s):
+    def switches(wide, changes, bits, n, m_total, s):
+        # The tiles go straight into the table `set_config` fills: set_config also drops the eager graphs, and
+        # this runs before every call, inside the captures.
         def apply():
             K._OVERRIDE.pop("gemv1", None)
-            K.PACKED_LONG_INPUT_WIDE_Z = wide and bits == 4
-            if wide and bits != 4:  # bf16 factors: the same tiles through the override table
-                K.PACKED_LONG_INPUT_WIDE_Z = True
-                cfg = K.choose_config(n, m_total, False, 2, (1 - s) * 0.8, True, True)
-                K.PACKED_LONG_INPUT_WIDE_Z = False
-                K._OVERRIDE["gemv1"] = dataclasses.replace(cfg)
+            K.PACKED_LONG_INPUT_WIDE_Z = wide
+            if changes:
+                cfg = K.choose_config(n, m_total, False, 2, (1 - s) * 0.8, True, bits == 4)
+                K._OVERRIDE["gemv1"] = dataclasses.replace(cfg, **changes)
         return apply
 
     with open(Path(args.out) / "long_input_z.jsonl", "w") as out:
         for s in args.sparsities:
             for name in args.cases:
                 n, ms = CASES[name]
-                variants = {v: (VARIANTS[v][0], VARIANTS[v][1], switches(VARIANTS[v][2], VARIANTS[v][1], n, sum(ms), s))
-                            for v in args.variants}
+                variants = {v: (rho, bits, switches(wide, changes, bits, n, sum(ms), s))
+                            for v, (rho, bits, wide, changes) in VARIANTS.items() if v in args.variants}
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                    variants)
                 K.PACKED_LONG_INPUT_WIDE_Z = shipped
@@ -81,8 +86,9 @@ def main():
                 dense = res["dense"]["us"]
                 base = res["rho1"]["us"] if "rho1" in res else None
                 for v in args.variants:
-                    rho, bits, wide = VARIANTS[v]
+                    rho, bits, wide, changes = VARIANTS[v]
                     row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits, "wide_z": wide,
+                           "tiles": changes,
                            **res[v], "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
                            "over_rho1": None if base is None else round(res[v]["us"] / base - 1, 4), "copies": copies}
                     print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
