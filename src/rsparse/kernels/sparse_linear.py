@@ -656,8 +656,9 @@ WIDE_Z_STEPS = 8
 # One token, packed factors, inputs at least twice the outputs (down_proj): z items of 256 ranks over 8-channel
 # steps, twice Z_STEPS of them, which halves the z items (14336 x 4096 at 1 274 ranks: 2 240 -> 1 120). They come
 # first in the grid and hold the weight items back. Kernel run 57 (H100, NOTES): down at 50 % 42.88 -> 39.09 us,
-# but gate/up (4096 x 14336) 35.82 -> 42.22, hence long inputs only. 96 registers on sm_90 (Triton 3.6), as the
-# 128-rank tiles. Off until a second run confirms it (benchmarks/ablations/long_input_z.py).
+# but gate/up (4096 x 14336) 35.82 -> 42.22, hence long inputs only. The launch takes 96 registers on sm_90
+# (Triton 3.6, tools/aot_check_splitk.py) against 118 with the 128-rank tiles. Off until a second run confirms it
+# (benchmarks/ablations/long_input_z.py).
 PACKED_LONG_INPUT_WIDE_Z = False
 
 
