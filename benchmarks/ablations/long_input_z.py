@@ -4,9 +4,9 @@ against the shipped tiles, rho 1 and cuBLAS dense in the same run.  GPU only.
 The one-token launch puts its z items first in the grid; with packed 4-bit factors' rank (1 273 on 14336 -> 4096 at
 rho 0.8) they are 2 240 items of 4 steps of 16 channels x 128 ranks, and the weight items wait for slots behind them.
 256 ranks over twice the steps of 8 channels cover the same channels with half the items (96 registers on sm_90
-against the shipped tiles' 118).  Kernel run 57 (H100) timed it once, as ``lr_ahead.py``'s ``4bit_r256``: down 42.88 -> 39.09 us,
-gate/up 35.82 -> 42.22 us (so only inputs at least twice the outputs take it).  This is the confirming run, at 50 and
-70 %, and with bf16 factors too (rank 318: 672 z items -> 448).
+against the shipped tiles' 118).  Kernel run 57 (H100) timed it once, as ``lr_ahead.py``'s ``4bit_r256``: down
+42.88 -> 39.09 us, gate/up 35.82 -> 42.22 us (so only inputs at least twice the outputs take it).  This is the
+confirming run, at 50 and 70 %, and with bf16 factors too (rank 318: 672 z items -> 448).
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
 after round (`kernel_speed.alternating_us`):
