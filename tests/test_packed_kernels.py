@@ -106,6 +106,22 @@ def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("T", [1, 4])
+def test_z_items_after_the_weight_items_match_the_reference(T, monkeypatch):
+    # Z_AFTER_WEIGHTS: the grid runs the weight items first, then the z items, then the low-rank items (batches
+    # with z items of their own, DOT_Z_ITEMS). Packed and plain factors, every dtype, rank 150 over two r-blocks.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "Z_AFTER_WEIGHTS", True)
+    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", True)
+    for dtype in DTYPES:
+        args = make_args(T, 300, 130, 150, dtype, "cpu", 0.4, True, seed=T)
+        check_packed(*packed(args), dtype, 0.4)
+        check(args, dtype, "cpu", 0.4)
+        assert _workspace_is_zero()
+
+
+@needs_triton
 @pytest.mark.parametrize("z_steps", [None, 1])
 @pytest.mark.parametrize("T", [4, 18])
 def test_batched_z_items_of_their_own_match_the_reference(T, z_steps, monkeypatch):

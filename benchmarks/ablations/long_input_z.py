@@ -1,5 +1,6 @@
-"""One token on long inputs (down_proj) with z items of 256 ranks over 8-channel steps (`PACKED_LONG_INPUT_WIDE_Z`),
-against the shipped tiles, rho 1 and cuBLAS dense in the same run.  GPU only.
+"""One token on long inputs (down_proj): z items of 256 ranks over 8-channel steps (`PACKED_LONG_INPUT_WIDE_Z`) and
+z items after the weight items (`Z_AFTER_WEIGHTS`), against the shipped launch, rho 1 and cuBLAS dense in the same
+run.  GPU only.
 
 The one-token launch puts its z items first in the grid; with packed 4-bit factors' rank (1 273 on 14336 -> 4096 at
 rho 0.8) they are 2 240 items of 4 steps of 16 channels x 128 ranks, and the weight items wait for slots behind them.
@@ -16,6 +17,8 @@ after round (`kernel_speed.alternating_us`):
 * ``4bit`` / ``4bit_wide``: rho 0.8, packed 4-bit factors (the default), `PACKED_LONG_INPUT_WIDE_Z` off / on;
 * ``4bit_steps8``: 128 ranks over 8 steps of 16 channels (half the items by length, not width);
 * ``4bit_wide_steps16``: 256 ranks over 16 steps of 8 channels (a quarter of the items);
+* ``bf16_z_late`` / ``4bit_z_late`` / ``4bit_wide_z_late``: `Z_AFTER_WEIGHTS` on: the weight items first in the grid,
+  then the z items (shipped z comes first: on down with packed factors about four waves of the 528 slots);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/long_input_z.jsonl.
@@ -33,17 +36,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_speed import CASES, time_switch_variants  # noqa: E402
 
-# name: (rho, factor bits, PACKED_LONG_INPUT_WIDE_Z, Config changes over the shipped one through the override table)
+# name: (rho, factor bits, module switches, Config changes over the shipped one through the override table)
 WIDE = {"block_r": 256, "block_kz": 8, "z_steps": 8}
 VARIANTS = {
-    "rho1": (1.0, 16, False, None),
-    "bf16": (0.8, 16, False, None),
-    "bf16_wide": (0.8, 16, False, WIDE),
-    "4bit": (0.8, 4, False, None),
-    "4bit_wide": (0.8, 4, True, None),
-    "4bit_steps8": (0.8, 4, False, {"z_steps": 8}),
-    "4bit_wide_steps16": (0.8, 4, False, {**WIDE, "z_steps": 16}),
+    "rho1": (1.0, 16, {}, None),
+    "bf16": (0.8, 16, {}, None),
+    "bf16_wide": (0.8, 16, {}, WIDE),
+    "bf16_z_late": (0.8, 16, {"Z_AFTER_WEIGHTS": True}, None),
+    "4bit": (0.8, 4, {}, None),
+    "4bit_wide": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": True}, None),
+    "4bit_steps8": (0.8, 4, {}, {"z_steps": 8}),
+    "4bit_wide_steps16": (0.8, 4, {}, {**WIDE, "z_steps": 16}),
+    "4bit_z_late": (0.8, 4, {"Z_AFTER_WEIGHTS": True}, None),
+    "4bit_wide_z_late": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": True, "Z_AFTER_WEIGHTS": True}, None),
 }
+SWITCHES = ("PACKED_LONG_INPUT_WIDE_Z", "Z_AFTER_WEIGHTS")
 
 
 def main():
@@ -60,14 +67,15 @@ def main():
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shipped = K.PACKED_LONG_INPUT_WIDE_Z
+    shipped = {flag: getattr(K, flag) for flag in SWITCHES}
 
-    def switches(wide, changes, bits, n, m_total, s):
+    def switches(flags, changes, bits, n, m_total, s):
         # The tiles go straight into the table `set_config` fills: set_config also drops the eager graphs, and
         # this runs before every call, inside the captures.
         def apply():
             K._OVERRIDE.pop("gemv1", None)
-            K.PACKED_LONG_INPUT_WIDE_Z = wide
+            for flag in SWITCHES:
+                setattr(K, flag, flags.get(flag, shipped[flag]))
             if changes:
                 cfg = K.choose_config(n, m_total, False, 2, (1 - s) * 0.8, True, bits == 4)
                 K._OVERRIDE["gemv1"] = dataclasses.replace(cfg, **changes)
@@ -77,17 +85,18 @@ def main():
         for s in args.sparsities:
             for name in args.cases:
                 n, ms = CASES[name]
-                variants = {v: (rho, bits, switches(wide, changes, bits, n, sum(ms), s))
-                            for v, (rho, bits, wide, changes) in VARIANTS.items() if v in args.variants}
+                variants = {v: (rho, bits, switches(flags, changes, bits, n, sum(ms), s))
+                            for v, (rho, bits, flags, changes) in VARIANTS.items() if v in args.variants}
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                    variants)
-                K.PACKED_LONG_INPUT_WIDE_Z = shipped
+                for flag in SWITCHES:
+                    setattr(K, flag, shipped[flag])
                 K._OVERRIDE.pop("gemv1", None)
                 dense = res["dense"]["us"]
                 base = res["rho1"]["us"] if "rho1" in res else None
                 for v in args.variants:
-                    rho, bits, wide, changes = VARIANTS[v]
-                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits, "wide_z": wide,
+                    rho, bits, flags, changes = VARIANTS[v]
+                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits, **flags,
                            "tiles": changes,
                            **res[v], "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
                            "over_rho1": None if base is None else round(res[v]["us"] / base - 1, 4), "copies": copies}

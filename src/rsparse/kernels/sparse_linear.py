@@ -524,7 +524,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr,
+    PACKED: tl.constexpr, Z_LATE: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -536,6 +536,8 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
+    if Z_LATE:  # Z_AFTER_WEIGHTS: programs 0.. run the weight items, then the z items, then the low-rank items
+        pid = tl.where(pid < n_weight, pid + n_z, tl.where(pid < n_weight + n_z, pid - n_weight, pid))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -660,6 +662,11 @@ WIDE_Z_STEPS = 8
 # (Triton 3.6, tools/aot_check_splitk.py) against 118 with the 128-rank tiles. Off until a second run confirms it
 # (benchmarks/ablations/long_input_z.py).
 PACKED_LONG_INPUT_WIDE_Z = False
+# With z items: the weight items first in the grid, then the z items, then the low-rank items (which wait on z, so
+# they stay last). Shipped, z comes first, and on down_proj with packed factors its 2 240 items are about four waves
+# of the 528 slots before any weight row is read (NOTES, thirty-fifth session). Off until timed
+# (benchmarks/ablations/long_input_z.py).
+Z_AFTER_WEIGHTS = False
 
 
 # 2-16 tokens without a low-rank path on dense-ish layers: 32-row steps over 256 columns (152 registers, no
@@ -937,6 +944,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
+        Z_LATE=Z_AFTER_WEIGHTS and z_items,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
