@@ -343,6 +343,10 @@ def overheads(device, reps):
     return {"us_zeros_16k_fp32": round(graph_time_us([z] * 20, reps), 2)}
 
 
+# The kernel module's on/off switches, recorded with every run (their values say which launches were timed).
+SWITCHES = ("Z_AFTER_WEIGHTS", "DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z")
+
+
 def markdown(rows, meta):
     bound = any("us_dense_same_bytes" in r for r in rows)
     lines = [
@@ -351,7 +355,9 @@ def markdown(rows, meta):
         "over copies beyond L2. `module` is what RSparseLinear / forward_shared_input runs (dense when the "
         "budget keeps every channel), `kernel` the Triton kernel itself; speedup = cuBLAS dense / module."
         + (" `cuBLAS, same bytes`: F.linear on a slice of each weight as large as the rows the sparse call "
-           "reads, and its speed-up over the whole weight (rho 1 rows only)." if bound else ""),
+           "reads, and its speed-up over the whole weight (rho 1 rows only)." if bound else "")
+        + ("" if "switches" not in meta else " Kernel switches: "
+           + ", ".join(f"`{k} = {v!r}`" for k, v in meta["switches"].items()) + "."),
         "",
         "| case | s | rho | batch | rows read | dense µs | module µs | kernel µs | speedup | GB/s kernel |"
         + (" cuBLAS, same bytes |" if bound else ""),
@@ -464,6 +470,7 @@ def main():
         "triton": triton.__version__, "seed": SEED, "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
         "gemv1": args.gemv1 or "default", "dot": args.dot or "default", "rounds": args.rounds,
+        "switches": {name: getattr(K, name) for name in SWITCHES},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

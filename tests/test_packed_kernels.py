@@ -272,3 +272,13 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
     for seed in range(2):
         op_args, fp64_args = packed(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed))
         check_packed(op_args, fp64_args, dtype, [1.0, active][seed])
+
+
+def test_switches_hold_for_the_factor_kind_they_name():
+    # Z_AFTER_WEIGHTS and DOT_Z_ITEMS take True, False, or "packed" / "plain" (one factor kind only).
+    from rsparse.kernels.sparse_linear import _switch_on
+
+    assert [_switch_on(v, True) for v in (True, False, "packed", "plain")] == [True, False, True, False]
+    assert [_switch_on(v, False) for v in (True, False, "packed", "plain")] == [True, False, False, True]
+    with pytest.raises(ValueError, match="'packd'"):
+        _switch_on("packd", True)

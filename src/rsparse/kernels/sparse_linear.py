@@ -99,7 +99,8 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # The same for 2-16 tokens (the tensor-core code). There the z producers are the weight items of the first
 # ceil(r / block_r) tiles, before their rows: with packed factors' four-fold rank (gate/up at rho 0.8: 20 r-blocks of
 # 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Off until timed on a
-# GPU (benchmarks/ablations/dot_z_items.py).
+# GPU (benchmarks/ablations/dot_z_items.py). Like Z_AFTER_WEIGHTS below, it takes True, False, or "packed" / "plain"
+# for launches with packed 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind.
 DOT_Z_ITEMS = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
@@ -665,8 +666,17 @@ PACKED_LONG_INPUT_WIDE_Z = False
 # With z items: the weight items first in the grid, then the z items, then the low-rank items (which wait on z, so
 # they stay last). Shipped, z comes first, and on down_proj with packed factors its 2 240 items are about four waves
 # of the 528 slots before any weight row is read (NOTES, thirty-fifth session). Off until timed
-# (benchmarks/ablations/long_input_z.py).
+# (benchmarks/ablations/long_input_z.py). One-token launches only (batches' z items come with DOT_Z_ITEMS and were
+# timed in the shipped order).
 Z_AFTER_WEIGHTS = False
+
+
+def _switch_on(switch, packed: bool) -> bool:
+    """Whether a switch of True / False / "packed" / "plain" holds for a launch with (``packed``) or without packed
+    4-bit factors."""
+    if switch not in (True, False, "packed", "plain"):
+        raise ValueError(f"expected a switch of True, False, 'packed' or 'plain', got {switch!r}")
+    return switch is True or switch == ("packed" if packed else "plain")
 
 
 # 2-16 tokens without a low-rank path on dense-ish layers: 32-row steps over 256 columns (152 registers, no
@@ -917,7 +927,7 @@ def sparse_linear_multi(
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_, lo_ = _factor_args(w_, lowrank_in, lowrank_out, any(packed))
 
-    z_items = (DOT_Z_ITEMS if use_dot else Z_ITEMS) and any(rs)
+    z_items = (_switch_on(DOT_Z_ITEMS, any(packed)) if use_dot else Z_ITEMS) and any(rs)
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
@@ -944,7 +954,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        Z_LATE=Z_AFTER_WEIGHTS and z_items,
+        Z_LATE=_switch_on(Z_AFTER_WEIGHTS, any(packed)) and z_items and not use_dot,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
