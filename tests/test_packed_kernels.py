@@ -87,13 +87,13 @@ def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype, monkeypatch):
+def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype):
     # PACKED_LONG_INPUT_WIDE_Z: one token, packed factors, an input at least twice the outputs takes z items of
     # 256 ranks over 8-channel steps; other shapes keep 128 ranks. Rank 300 leaves a partial second r-block
-    # and n = 517 a partial last z item.
+    # and n = 517 a partial last z item. On since kernel run 58.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "PACKED_LONG_INPUT_WIDE_Z", True)
+    assert kernels.PACKED_LONG_INPUT_WIDE_Z
     wide = kernels.choose_config(14336, 4096, False, 2, 0.4, True, True)
     assert (wide.block_r, wide.block_kz, wide.z_steps) == (256, 8, 2 * kernels.Z_STEPS)
     assert kernels.choose_config(4096, 14336, False, 2, 0.4, True, True).block_r == 128
@@ -103,22 +103,6 @@ def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype, monkeypatch):
     for seed in range(2):
         check_packed(*packed(make_args(1, 517, 200, 300, dtype, "cpu", 0.4, True, seed=seed)), dtype, 0.4)
     assert _workspace_is_zero()
-
-
-@needs_triton
-@pytest.mark.parametrize("T", [1, 4])
-def test_z_items_after_the_weight_items_match_the_reference(T, monkeypatch):
-    # Z_AFTER_WEIGHTS: the grid runs the weight items first, then the z items, then the low-rank items (batches
-    # with z items of their own, DOT_Z_ITEMS). Packed and plain factors, every dtype, rank 150 over two r-blocks.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "Z_AFTER_WEIGHTS", True)
-    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", True)
-    for dtype in DTYPES:
-        args = make_args(T, 300, 130, 150, dtype, "cpu", 0.4, True, seed=T)
-        check_packed(*packed(args), dtype, 0.4)
-        check(args, dtype, "cpu", 0.4)
-        assert _workspace_is_zero()
 
 
 @needs_triton
@@ -275,7 +259,7 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 
 
 def test_switches_hold_for_the_factor_kind_they_name():
-    # Z_AFTER_WEIGHTS and DOT_Z_ITEMS take True, False, or "packed" / "plain" (one factor kind only).
+    # DOT_Z_ITEMS takes True, False, or "packed" / "plain" (one factor kind only).
     from rsparse.kernels.sparse_linear import _switch_on
 
     assert [_switch_on(v, True) for v in (True, False, "packed", "plain")] == [True, False, True, False]

@@ -1,24 +1,23 @@
-"""One token on long inputs (down_proj): z items of 256 ranks over 8-channel steps (`PACKED_LONG_INPUT_WIDE_Z`) and
-z items after the weight items (`Z_AFTER_WEIGHTS`), against the shipped launch, rho 1 and cuBLAS dense in the same
-run.  GPU only.
+"""One token on long inputs (down_proj): z items of 256 ranks over 8-channel steps (`PACKED_LONG_INPUT_WIDE_Z`)
+against 128 ranks over 16-channel steps, rho 1 and cuBLAS dense in the same run.  GPU only.
 
 The one-token launch puts its z items first in the grid; with packed 4-bit factors' rank (1 273 on 14336 -> 4096 at
 rho 0.8) they are 2 240 items of 4 steps of 16 channels x 128 ranks, and the weight items wait for slots behind them.
 256 ranks over twice the steps of 8 channels cover the same channels with half the items (96 registers on sm_90
 against the shipped tiles' 118).  Kernel run 57 (H100) timed it once, as ``lr_ahead.py``'s ``4bit_r256``: down
 42.88 -> 39.09 us, gate/up 35.82 -> 42.22 us (so only inputs at least twice the outputs take it).  This is the
-confirming run, at 50 and 70 %, and with bf16 factors too (rank 318: 672 z items -> 448).
+confirming run, at 50 and 70 %, and with bf16 factors too (rank 318: 672 z items -> 448).  Kernel run 58 (H100)
+confirmed it for packed factors (on since), and found bf16 factors slower with these tiles.
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
 after round (`kernel_speed.alternating_us`):
 
 * ``rho1``: the layer at rho 1 (no low-rank path);
 * ``bf16`` / ``bf16_wide``: rho 0.8, bf16 factors, shipped tiles / the wide z tiles;
-* ``4bit`` / ``4bit_wide``: rho 0.8, packed 4-bit factors (the default), `PACKED_LONG_INPUT_WIDE_Z` off / on;
+* ``4bit`` / ``4bit_wide``: rho 0.8, packed 4-bit factors (the default), `PACKED_LONG_INPUT_WIDE_Z` off / on (on is
+  shipped);
 * ``4bit_steps8``: 128 ranks over 8 steps of 16 channels (half the items by length, not width);
 * ``4bit_wide_steps16``: 256 ranks over 16 steps of 8 channels (a quarter of the items);
-* ``bf16_z_late`` / ``4bit_z_late`` / ``4bit_wide_z_late``: `Z_AFTER_WEIGHTS` on: the weight items first in the grid,
-  then the z items (shipped z comes first: on down with packed factors about four waves of the 528 slots);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/long_input_z.jsonl.
@@ -42,15 +41,12 @@ VARIANTS = {
     "rho1": (1.0, 16, {}, None),
     "bf16": (0.8, 16, {}, None),
     "bf16_wide": (0.8, 16, {}, WIDE),
-    "bf16_z_late": (0.8, 16, {"Z_AFTER_WEIGHTS": True}, None),
-    "4bit": (0.8, 4, {}, None),
+    "4bit": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": False}, None),
     "4bit_wide": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": True}, None),
-    "4bit_steps8": (0.8, 4, {}, {"z_steps": 8}),
+    "4bit_steps8": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": False}, {"z_steps": 8}),
     "4bit_wide_steps16": (0.8, 4, {}, {**WIDE, "z_steps": 16}),
-    "4bit_z_late": (0.8, 4, {"Z_AFTER_WEIGHTS": True}, None),
-    "4bit_wide_z_late": (0.8, 4, {"PACKED_LONG_INPUT_WIDE_Z": True, "Z_AFTER_WEIGHTS": True}, None),
 }
-SWITCHES = ("PACKED_LONG_INPUT_WIDE_Z", "Z_AFTER_WEIGHTS")
+SWITCHES = ("PACKED_LONG_INPUT_WIDE_Z",)
 
 
 def main():

@@ -99,8 +99,8 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # The same for 2-16 tokens (the tensor-core code). There the z producers are the weight items of the first
 # ceil(r / block_r) tiles, before their rows: with packed factors' four-fold rank (gate/up at rho 0.8: 20 r-blocks of
 # 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Off until timed on a
-# GPU (benchmarks/ablations/dot_z_items.py). Like Z_AFTER_WEIGHTS below, it takes True, False, or "packed" / "plain"
-# for launches with packed 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind.
+# GPU (benchmarks/ablations/dot_z_items.py). It takes True, False, or "packed" / "plain" for launches with packed
+# 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind.
 DOT_Z_ITEMS = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
@@ -525,7 +525,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, Z_LATE: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -537,8 +537,6 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if Z_LATE:  # Z_AFTER_WEIGHTS: programs 0.. run the weight items, then the z items, then the low-rank items
-        pid = tl.where(pid < n_weight, pid + n_z, tl.where(pid < n_weight + n_z, pid - n_weight, pid))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -659,16 +657,11 @@ WIDE_Z_STEPS = 8
 # One token, packed factors, inputs at least twice the outputs (down_proj): z items of 256 ranks over 8-channel
 # steps, twice Z_STEPS of them, which halves the z items (14336 x 4096 at 1 274 ranks: 2 240 -> 1 120). They come
 # first in the grid and hold the weight items back. Kernel run 57 (H100, NOTES): down at 50 % 42.88 -> 39.09 us,
-# but gate/up (4096 x 14336) 35.82 -> 42.22, hence long inputs only. The launch takes 96 registers on sm_90
-# (Triton 3.6, tools/aot_check_splitk.py) against 118 with the 128-rank tiles. Off until a second run confirms it
-# (benchmarks/ablations/long_input_z.py).
-PACKED_LONG_INPUT_WIDE_Z = False
-# With z items: the weight items first in the grid, then the z items, then the low-rank items (which wait on z, so
-# they stay last). Shipped, z comes first, and on down_proj with packed factors its 2 240 items are about four waves
-# of the 528 slots before any weight row is read (NOTES, thirty-fifth session). Off until timed
-# (benchmarks/ablations/long_input_z.py). One-token launches only (batches' z items come with DOT_Z_ITEMS and were
-# timed in the shipped order).
-Z_AFTER_WEIGHTS = False
+# but gate/up (4096 x 14336) 35.82 -> 42.22, hence long inputs only. Run 58 (H100, long_input_z.py, alternating
+# rounds) confirmed it: down 42.83 -> 38.99 us at 50 %, 32.98 -> 31.10 at 70 %; with bf16 factors (rank 318) the
+# same tiles were slower (29.78 -> 33.93), hence packed only. The launch takes 96 registers on sm_90 (Triton 3.6,
+# tools/aot_check_splitk.py) against 118 with the 128-rank tiles.
+PACKED_LONG_INPUT_WIDE_Z = True
 
 
 def _switch_on(switch, packed: bool) -> bool:
@@ -954,7 +947,6 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
-        Z_LATE=_switch_on(Z_AFTER_WEIGHTS, any(packed)) and z_items and not use_dot,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
