@@ -266,3 +266,17 @@ def test_switches_hold_for_the_factor_kind_they_name():
     assert [_switch_on(v, False) for v in (True, False, "packed", "plain")] == [True, False, False, True]
     with pytest.raises(ValueError, match="'packd'"):
         _switch_on("packd", True)
+
+
+@needs_triton
+@pytest.mark.parametrize("by_bits", [False, True])
+def test_one_token_levels_from_their_bits_match_the_reference(by_bits, monkeypatch):
+    # PACKED_LEVELS_BY_BITS: one token's levels as floats from their bits (2^23 + q, less 2^23) instead of an
+    # integer-to-float conversion; the same values, so the fp32 results still agree with the fp64 rule.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "PACKED_LEVELS_BY_BITS", by_bits)
+    for dtype in DTYPES:
+        args = make_args(1, 300, 130, 150, dtype, "cpu", 0.4, True, seed=7)
+        check_packed(*packed(args), dtype, 0.4)
+    assert _workspace_is_zero()

@@ -28,7 +28,8 @@ so they are scheduled first and the wait cannot dead-lock; the interpreter runs 
 in order, so there it never waits.  For one token a low-rank item takes about as many rows
 as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
-Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``): the z and low-rank
+Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``, 0 without, 1 or 2 with them,
+2 forming one token's level floats from their bits, `_float_levels`): the z and low-rank
 items load byte row ``k // 2`` of ``lowrank_in`` / ``lowrank_out`` and take nibble ``k % 2`` (`_nibbles`); a
 value is ``offset + step * q``, formed in registers in the sums' precision for one token, and for batches
 applied around the tensor-core dot, which takes the levels ``q`` (exact in bf16/fp16) as they are.  Only this
@@ -85,6 +86,9 @@ LOWRANK_ROWS = "density"
 # Measured (H100, benchmarks/ablations/packed_lr_rows.py): 2, 4 and 8 were slower on all four cases (gate/up
 # 36.6 us at 1, 43.9 at 2), so 1 stays.
 PACKED_LOWRANK_ROWS_SCALE = 1
+# One token, packed factors: form the levels' floats from their bits (`_float_levels`) instead of converting them.
+# The values are the same; only the instructions differ. Untimed (benchmarks/ablations/float_levels.py).
+PACKED_LEVELS_BY_BITS = False
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
@@ -225,6 +229,18 @@ def _biased_levels(q, DT: tl.constexpr):
 
 
 @triton.jit
+def _float_levels(q, ACC: tl.constexpr, PACKED: tl.constexpr):
+    # Levels q (int32, 0..15) as exact ACC values for the one-token FMA code. PACKED 2 (`PACKED_LEVELS_BY_BITS`):
+    # bits 0x4B000000 | q are the fp32 value 2^23 + q, and subtracting 2^23 leaves q exactly, so an OR and an add
+    # (full-rate units) replace the integer-to-float conversion (I2F, quarter rate on sm_90): the same values.
+    if PACKED == 2:
+        f = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    else:
+        f = q.to(tl.float32)
+    return f.to(ACC)
+
+
+@triton.jit
 def _level_bias(DT: tl.constexpr):
     # The BIAS of `_biased_levels` in DT: offset + step * q = (offset - BIAS * step) + step * (BIAS + q).
     if DT == tl.bfloat16:
@@ -280,7 +296,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
     else:
         z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
         if PACKED:  # formed in the sums' precision, as the reference forms it
-            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * q.to(ACC)
+            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * _float_levels(q, ACC, PACKED)
         # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
         prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
         if ACC2D:
@@ -343,7 +359,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 v_ok = row_on[:, None] & r_ok[None, :]
                 if PACKED:  # formed in the sums' precision, as the reference forms it
                     q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
-                    v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * q.to(ACC)
+                    v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * _float_levels(q, ACC, PACKED)
                 else:
                     v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
                 acc += coef.to(ACC)[:, None] * v.to(ACC)
@@ -946,7 +962,8 @@ def sparse_linear_multi(
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
-        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1, PACKED=any(packed),
+        ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
+        PACKED=(2 if PACKED_LEVELS_BY_BITS else 1) if any(packed) else 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
