@@ -280,3 +280,19 @@ def test_one_token_levels_from_their_bits_match_the_reference(by_bits, monkeypat
         args = make_args(1, 300, 130, 150, dtype, "cpu", 0.4, True, seed=7)
         check_packed(*packed(args), dtype, 0.4)
     assert _workspace_is_zero()
+
+
+@needs_triton
+def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(monkeypatch):
+    # DOT_Z_ITEMS = "packed": packed batches get z items of their own with PACKED_DOT_Z_CONFIG (3 stages, z items of
+    # 16 steps); plain batches keep the z producers in the weight items.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", "packed")
+    assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, True) == kernels.PACKED_DOT_Z_CONFIG
+    assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, False) == kernels.DOT_CONFIG
+    for dtype in (torch.float16, torch.bfloat16):
+        args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
+        check_packed(*packed(args), dtype, 0.4)
+        check(args, dtype, "cpu", 0.4)
+    assert _workspace_is_zero()

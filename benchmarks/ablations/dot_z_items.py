@@ -66,12 +66,15 @@ def main():
     def switches(z_items, changes, bits, n, m_total):
         # The tiles go straight into the table `set_config` fills: set_config also drops the eager graphs, and
         # this runs before every call, inside the captures.
+        # The changes apply to the tiles a launch without z items gets (choose_config gives packed launches with
+        # DOT_Z_ITEMS on PACKED_DOT_Z_CONFIG, which would make "z_items" one of the changed variants).
         def apply():
-            K.DOT_Z_ITEMS = z_items
             K._OVERRIDE.pop("dot", None)
-            if changes:
-                cfg = K.choose_config(n, m_total, True, 2, args.sparsity, True, bits == 4)
-                K._OVERRIDE["dot"] = dataclasses.replace(cfg, **changes)
+            K.DOT_Z_ITEMS = False
+            cfg = K.choose_config(n, m_total, True, 2, args.sparsity, True, bits == 4)
+            K.DOT_Z_ITEMS = z_items
+            if changes or z_items:
+                K._OVERRIDE["dot"] = dataclasses.replace(cfg, **(changes or {}))
         return apply
 
     with open(Path(args.out) / "dot_z_items.jsonl", "w") as out:

@@ -702,6 +702,11 @@ DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num
 # would fit a multiprocessor against the grid's 3; with 1 stage it needs 168, DOT_CONFIG's count. Timed on an H100
 # (NOTES, thirty-second session): 2 programs over 3 stages, 3 over 2 and 16x256 tiles were no faster.
 PACKED_DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=1)
+# The same with z in items of its own (DOT_Z_ITEMS on for packed factors): the unpacking of V_r leaves the weight
+# items, so 3 stages fit again (168 registers on sm_90), and z items of 16 steps. Kernel run 58 (H100, batch 4, 50 %,
+# dot_z_items.py's "z_items_steps16_3stages"): gate/up 66.07 -> 61.20 us, down 77.44 -> 67.50, gate+up 120.46 ->
+# 113.69; q/k/v + o untimed, so DOT_Z_ITEMS stays off.
+PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_steps=16)
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
@@ -736,7 +741,7 @@ def choose_config(
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
         if packed:
-            return PACKED_DOT_CONFIG
+            return PACKED_DOT_Z_CONFIG if _switch_on(DOT_Z_ITEMS, True) else PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             return DOT_DENSE_CONFIG
         return DOT_CONFIG
