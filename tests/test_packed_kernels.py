@@ -269,17 +269,23 @@ def test_switches_hold_for_the_factor_kind_they_name():
 
 
 @needs_triton
-@pytest.mark.parametrize("by_bits", [False, True])
-def test_one_token_levels_from_their_bits_match_the_reference(by_bits, monkeypatch):
-    # PACKED_LEVELS_BY_BITS: one token's levels as floats from their bits (2^23 + q, less 2^23) instead of an
-    # integer-to-float conversion; the same values, so the fp32 results still agree with the fp64 rule.
+@pytest.mark.parametrize("levels", ["convert", "bits", "biased"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
+    # PACKED_LEVELS: one token's levels as floats by conversion, from their bits (2^23 + q, less 2^23: the same
+    # values), or biased (128 + q from their bits, the 128 taken out once per row and step: other roundings, within
+    # the tolerances; fp64 sums keep exact levels). T = 3 in fp32 runs the one-token code once per token.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "PACKED_LEVELS_BY_BITS", by_bits)
+    monkeypatch.setattr(kernels, "PACKED_LEVELS", levels)
     for dtype in DTYPES:
-        args = make_args(1, 300, 130, 150, dtype, "cpu", 0.4, True, seed=7)
+        args = make_args(T, 300, 130, 150, dtype, "cpu", 0.4, True, seed=7)
         check_packed(*packed(args), dtype, 0.4)
     assert _workspace_is_zero()
+    monkeypatch.setattr(kernels, "PACKED_LEVELS", "bitwise")
+    op_args = packed(make_args(1, 64, 32, 8, torch.float16, "cpu", 0.4, True))[0]
+    with pytest.raises(ValueError, match="'bitwise'"):
+        kernels.sparse_linear(*op_args[:7], lowrank_quant=op_args[7])
 
 
 @needs_triton

@@ -29,7 +29,7 @@ in order, so there it never waits.  For one token a low-rank item takes about as
 as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
 Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``, 0 without, 1 or 2 with them,
-2 forming one token's level floats from their bits, `_float_levels`): the z and low-rank
+2 and 3 forming one token's level floats from their bits, `PACKED_LEVELS`): the z and low-rank
 items load byte row ``k // 2`` of ``lowrank_in`` / ``lowrank_out`` and take nibble ``k % 2`` (`_nibbles`); a
 value is ``offset + step * q``, formed in registers in the sums' precision for one token, and for batches
 applied around the tensor-core dot, which takes the levels ``q`` (exact in bf16/fp16) as they are.  Only this
@@ -86,9 +86,14 @@ LOWRANK_ROWS = "density"
 # Measured (H100, benchmarks/ablations/packed_lr_rows.py): 2, 4 and 8 were slower on all four cases (gate/up
 # 36.6 us at 1, 43.9 at 2), so 1 stays.
 PACKED_LOWRANK_ROWS_SCALE = 1
-# One token, packed factors: form the levels' floats from their bits (`_float_levels`) instead of converting them.
-# The values are the same; only the instructions differ. Untimed (benchmarks/ablations/float_levels.py).
-PACKED_LEVELS_BY_BITS = False
+# One token, packed factors: how a level q (0..15) becomes the float its FMA takes. "convert": `q.to(float32)`, an
+# integer-to-float conversion (I2F, a quarter-rate unit on sm_90) per factor element. "bits": the bits 0x4B000000 | q
+# are 2^23 + q, less 2^23 gives q (an OR and a full-rate add; the same values, so the same results). "biased": the
+# bits 0x43000000 | q << 16 are 128 + q, taken as they are; each row's coefficient multiplies them (one FMA per
+# element, against two), and the 128 comes back out once per row and step (as the batched launch's `_biased_levels`
+# do; fp32 sums only, fp64 sums keep "bits"). Untimed (benchmarks/ablations/float_levels.py), so "convert" is shipped.
+PACKED_LEVELS = "convert"
+_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3}  # the constexpr PACKED of a launch with packed factors
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
@@ -230,14 +235,20 @@ def _biased_levels(q, DT: tl.constexpr):
 
 @triton.jit
 def _float_levels(q, ACC: tl.constexpr, PACKED: tl.constexpr):
-    # Levels q (int32, 0..15) as exact ACC values for the one-token FMA code. PACKED 2 (`PACKED_LEVELS_BY_BITS`):
+    # Levels q (int32, 0..15) as exact ACC values for the one-token FMA code. PACKED 2 or 3 (`PACKED_LEVELS`):
     # bits 0x4B000000 | q are the fp32 value 2^23 + q, and subtracting 2^23 leaves q exactly, so an OR and an add
     # (full-rate units) replace the integer-to-float conversion (I2F, quarter rate on sm_90): the same values.
-    if PACKED == 2:
+    if PACKED >= 2:
         f = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
     else:
         f = q.to(tl.float32)
     return f.to(ACC)
+
+
+@triton.jit
+def _biased_f32_levels(q):
+    # Levels q (int32, 0..15) as the fp32 values 128 + q: bits 0x43000000 | q << 16, no conversion (PACKED 3).
+    return ((q << 16) | 0x43000000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -295,14 +306,20 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
             acc = _dot_acc(z, w, acc, FP32)
     else:
         z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-        if PACKED:  # formed in the sums' precision, as the reference forms it
-            w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * _float_levels(q, ACC, PACKED)
-        # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
-        prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
-        if ACC2D:
-            acc += prod
+        if PACKED == 3 and not ACC2D and ACC == tl.float32:
+            # z * (offset + step * q) = (z * step) * (128 + q) + z * (offset - 128 * step): one FMA per element;
+            # the second term is one number for the whole step (rows outside the item load z = 0)
+            acc += tl.sum((z * step)[:, None] * _biased_f32_levels(q), axis=0)[None, :]
+            acc += tl.sum(z * (off - 128.0 * step), axis=0)
         else:
-            acc += tl.sum(prod, axis=0)[None, :]
+            if PACKED:  # formed in the sums' precision, as the reference forms it
+                w = off.to(ACC)[:, None] + step.to(ACC)[:, None] * _float_levels(q, ACC, PACKED)
+            # z rounded to fp32 (a no-op unless z was summed in fp64), as the reference rounds it.
+            prod = z.to(tl.float32).to(ACC)[:, None] * w.to(ACC)
+            if ACC2D:
+                acc += prod
+            else:
+                acc += tl.sum(prod, axis=0)[None, :]
     return acc
 
 
@@ -320,7 +337,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
         if PACKED:
             off = tl.load(lq_ptr + offs_r, mask=r_ok, other=0.0)
             step = tl.load(lq_ptr + r + offs_r, mask=r_ok, other=0.0)
-            if USE_DOT:
+            if USE_DOT or (PACKED == 3 and ACC == tl.float32):
                 csum = tl.zeros([BLOCK_T], dtype=tl.float32)  # each token's sum of inactive inputs
         if USE_DOT:
             acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
@@ -357,12 +374,17 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
                     row_on = row_on & (active == 0)
                 v_ok = row_on[:, None] & r_ok[None, :]
-                if PACKED:  # formed in the sums' precision, as the reference forms it
+                if PACKED == 3 and ACC == tl.float32:  # coef @ (128 + q) here, offset and bias applied below
                     q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
-                    v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * _float_levels(q, ACC, PACKED)
+                    acc += coef[:, None] * _biased_f32_levels(q)
+                    csum += tl.sum(coef, axis=0)
                 else:
-                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
-                acc += coef.to(ACC)[:, None] * v.to(ACC)
+                    if PACKED:  # formed in the sums' precision, as the reference forms it
+                        q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
+                        v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * _float_levels(q, ACC, PACKED)
+                    else:
+                        v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
+                    acc += coef.to(ACC)[:, None] * v.to(ACC)
         if USE_DOT:
             part = acc
             if PACKED:
@@ -371,6 +393,8 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 part = off[None, :] * csum[:, None] + step[None, :] * acc
         else:
             part = tl.sum(acc, axis=0)[None, :]
+            if PACKED == 3 and ACC == tl.float32:  # coef @ (offset + step * q) = offset * S + step * (coef @ (128 + q) - 128 S)
+                part = off[None, :] * csum[:, None] + step[None, :] * (part - 128.0 * csum[:, None])
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
     tl.debug_barrier()
     tl.atomic_add(zcnt_ptr, 1, sem="release")
@@ -680,6 +704,12 @@ WIDE_Z_STEPS = 8
 PACKED_LONG_INPUT_WIDE_Z = True
 
 
+def _packed_levels_code() -> int:
+    if PACKED_LEVELS not in _PACKED_LEVELS_CODE:
+        raise ValueError(f"expected PACKED_LEVELS in {sorted(_PACKED_LEVELS_CODE)}, got {PACKED_LEVELS!r}")
+    return _PACKED_LEVELS_CODE[PACKED_LEVELS]
+
+
 def _switch_on(switch, packed: bool) -> bool:
     """Whether a switch of True / False / "packed" / "plain" holds for a launch with (``packed``) or without packed
     4-bit factors."""
@@ -968,7 +998,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
-        PACKED=(2 if PACKED_LEVELS_BY_BITS else 1) if any(packed) else 0,
+        PACKED=_packed_levels_code() if any(packed) else 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
