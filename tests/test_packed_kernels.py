@@ -258,6 +258,24 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
         check_packed(op_args, fp64_args, dtype, [1.0, active][seed])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("setting", [("PACKED_LEVELS", "bits"), ("PACKED_LEVELS", "biased"),
+                                     ("DOT_Z_ITEMS", "packed")], ids=str)
+def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
+    # The untimed settings on the GPU's compiled code: one token's level floats (down_proj and gate/up shapes), and
+    # packed batches with z items of their own over 3 stages.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, *setting)
+    rsparse.set_backend("triton")
+    T = 4 if setting[0] == "DOT_Z_ITEMS" else 1
+    for seed, (n, m) in enumerate([(4096, 14336), (14336, 4096)]):
+        op_args, fp64_args = packed(make_args(T, n, m, 1100, dtype, "cuda", 0.5, True, seed=seed))
+        check_packed(op_args, fp64_args, dtype, 0.5)
+
+
 def test_switches_hold_for_the_factor_kind_they_name():
     # DOT_Z_ITEMS takes True, False, or "packed" / "plain" (one factor kind only).
     from rsparse.kernels.sparse_linear import _switch_on
