@@ -28,8 +28,8 @@ so they are scheduled first and the wait cannot dead-lock; the interpreter runs 
 in order, so there it never waits.  For one token a low-rank item takes about as many rows
 as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
-Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``, 0 without, 1 or 2 with them,
-2 and 3 forming one token's level floats from their bits, `PACKED_LEVELS`): the z and low-rank
+Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``: 0 without them, 1-3 with
+them, 2 and 3 forming one token's level floats from their bits, `PACKED_LEVELS`): the z and low-rank
 items load byte row ``k // 2`` of ``lowrank_in`` / ``lowrank_out`` and take nibble ``k % 2`` (`_nibbles`); a
 value is ``offset + step * q``, formed in registers in the sums' precision for one token, and for batches
 applied around the tensor-core dot, which takes the levels ``q`` (exact in bf16/fp16) as they are.  Only this
@@ -393,7 +393,8 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
                 part = off[None, :] * csum[:, None] + step[None, :] * acc
         else:
             part = tl.sum(acc, axis=0)[None, :]
-            if PACKED == 3 and ACC == tl.float32:  # coef @ (offset + step * q) = offset * S + step * (coef @ (128 + q) - 128 S)
+            if PACKED == 3 and ACC == tl.float32:
+                # coef @ (offset + step * q) = offset * S + step * (coef @ (128 + q) - 128 * S), S = sum of coef
                 part = off[None, :] * csum[:, None] + step[None, :] * (part - 128.0 * csum[:, None])
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
     tl.debug_barrier()
@@ -705,6 +706,7 @@ PACKED_LONG_INPUT_WIDE_Z = True
 
 
 def _packed_levels_code() -> int:
+    """The constexpr ``PACKED`` of a launch with packed factors, from `PACKED_LEVELS`."""
     if PACKED_LEVELS not in _PACKED_LEVELS_CODE:
         raise ValueError(f"expected PACKED_LEVELS in {sorted(_PACKED_LEVELS_CODE)}, got {PACKED_LEVELS!r}")
     return _PACKED_LEVELS_CODE[PACKED_LEVELS]
