@@ -320,3 +320,20 @@ def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(m
         check_packed(*packed(args), dtype, 0.4)
         check(args, dtype, "cpu", 0.4)
     assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("T", [1, 3])
+def test_lowrank_items_among_the_weight_items_match_the_reference(T, monkeypatch):
+    # LOWRANK_AMONG_WEIGHTS: one token's low-rank items spread among the weight items (every s-th item after the z
+    # items). Packed and plain factors, every dtype (T = 3: fp32 runs the one-token code per token; 16-bit batches
+    # keep their order); every output element written, the workspace left zero. Under the interpreter this shape
+    # has 6 weight items and 2 low-rank items over two tiles, so every 4th item is a low-rank one.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "LOWRANK_AMONG_WEIGHTS", True)
+    for dtype in DTYPES:
+        args = make_args(T, 2000, 1100, 40, dtype, "cpu", 0.4, True, seed=T)
+        check_packed(*packed(args), dtype, 0.4)
+        check(args, dtype, "cpu", 0.4)
+        assert _workspace_is_zero()

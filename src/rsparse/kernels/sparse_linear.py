@@ -91,8 +91,15 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # are 2^23 + q, less 2^23 gives q (an OR and a full-rate add; the same values, so the same results). "biased": the
 # bits 0x43000000 | q << 16 are 128 + q, taken as they are; each row's coefficient multiplies them (one FMA per
 # element, against two), and the 128 comes back out once per row and step (as the batched launch's `_biased_levels`
-# do; fp32 sums only, fp64 sums keep "bits"). Untimed (benchmarks/ablations/float_levels.py), so "convert" is shipped.
+# do; fp32 sums only, fp64 sums keep "bits"). Untimed (benchmarks/ablations/one_token_lowrank.py): "convert" is shipped.
 PACKED_LEVELS = "convert"
+# One token with z items: the low-rank items spread evenly among the weight items (every s-th item after the z items)
+# instead of after all of them. They wait for every z item, and the z items come first in the grid, so a low-rank
+# item holds a slot only while the last z items finish; spread out, their arithmetic (heavy with packed factors:
+# four times the rank at equal bytes) runs beside the weight items' memory traffic instead of as a tail after it.
+# Batches keep them last (their z producers are weight items, which a waiting low-rank item could crowd out).
+# Untimed (benchmarks/ablations/one_token_lowrank.py), so off.
+LOWRANK_AMONG_WEIGHTS = False
 _PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3}  # the constexpr PACKED of a launch with packed factors
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
@@ -566,7 +573,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr,
+    PACKED: tl.constexpr, LR_SPREAD: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -578,6 +585,14 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
+    if LR_SPREAD:  # LOWRANK_AMONG_WEIGHTS: after the z items, every s-th item is a low-rank item
+        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
+        p = pid - n_z
+        s = (n_weight + n_lr) // tl.maximum(n_lr, 1)
+        spread = (p >= 0) & (p < n_lr * s)
+        is_lr = spread & (p % s == s - 1)
+        w_idx = tl.where(spread, p - p // s, p - n_lr)
+        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, n_z + w_idx))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -1001,6 +1016,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code() if any(packed) else 0,
+        LR_SPREAD=LOWRANK_AMONG_WEIGHTS and z_items and not use_dot,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )

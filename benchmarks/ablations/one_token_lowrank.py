@@ -1,0 +1,87 @@
+"""One token with a low-rank path: two untimed switches of the split-K launch against the shipped launch, with rho 1
+and cuBLAS dense in the same run.  GPU only.
+
+* `PACKED_LEVELS` (packed 4-bit factors): each level q (0..15) of a z item or a low-rank item becomes a float before
+  its FMA.  "convert" (shipped): `q.to(float32)`, an I2F (a quarter-rate unit on sm_90) once per factor element,
+  1 274 x 14336 of them in gate/up's low-rank rows at rho 0.8.  "bits": 0x4B000000 | q is 2^23 + q in fp32, less
+  2^23 (an OR and a full-rate add, the same values).  "biased": 0x43000000 | q << 16 is 128 + q, used as it is, with
+  the 128 taken out once per row and step (one FMA per element instead of two).
+* `LOWRANK_AMONG_WEIGHTS`: the low-rank items spread among the weight items instead of after them, so their
+  arithmetic runs beside the weight rows' memory traffic rather than as a tail.
+
+Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
+after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` and ``bf16_spread`` (rho 0.8, bf16 factors);
+``4bit_convert``, ``4bit_bits``, ``4bit_biased`` and ``4bit_spread`` (rho 0.8, packed 4-bit factors, the default;
+``4bit_spread`` with the shipped levels); ``dense`` (cuBLAS ``F.linear`` on the same weights).
+
+Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
+``--out``/one_token_lowrank.jsonl.
+
+    python benchmarks/ablations/one_token_lowrank.py --out $OUT
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernel_speed import CASES, time_switch_variants  # noqa: E402
+
+# name: (rho, factor bits, module switches over the shipped ones)
+VARIANTS = {
+    "rho1": (1.0, 16, {}),
+    "bf16": (0.8, 16, {}),
+    "bf16_spread": (0.8, 16, {"LOWRANK_AMONG_WEIGHTS": True}),
+    "4bit_convert": (0.8, 4, {"PACKED_LEVELS": "convert"}),
+    "4bit_bits": (0.8, 4, {"PACKED_LEVELS": "bits"}),
+    "4bit_biased": (0.8, 4, {"PACKED_LEVELS": "biased"}),
+    "4bit_spread": (0.8, 4, {"LOWRANK_AMONG_WEIGHTS": True}),
+}
+SWITCHES = ("PACKED_LEVELS", "LOWRANK_AMONG_WEIGHTS")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sparsities", nargs="*", type=float, default=[0.5])
+    p.add_argument("--cases", nargs="*", default=["gate/up 4096->14336", "down 14336->4096",
+                                                   "gate+up fused 4096->2x14336", "qkv fused + o"])
+    args = p.parse_args()
+    import rsparse
+    from rsparse.kernels import sparse_linear as K
+
+    rsparse.set_backend("triton")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shipped = {name: getattr(K, name) for name in SWITCHES}
+
+    def setting(flags):
+        def apply():
+            for name in SWITCHES:
+                setattr(K, name, flags.get(name, shipped[name]))
+        return apply
+
+    with open(Path(args.out) / "one_token_lowrank.jsonl", "w") as out:
+        for s in args.sparsities:
+            for name in args.cases:
+                variants = {v: (rho, bits, setting(flags)) for v, (rho, bits, flags) in VARIANTS.items()}
+                res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
+                                                   variants)
+                setting({})()
+                dense, base = res["dense"]["us"], res["rho1"]["us"]
+                for v, (rho, bits, flags) in VARIANTS.items():
+                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits,
+                           **flags, **res[v], "us_dense": dense,
+                           "speedup": round(dense / res[v]["us"], 3), "over_rho1": round(res[v]["us"] / base - 1, 4),
+                           "copies": copies}
+                    print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
+                                                          "speedup", "over_rho1", "rel_err")}), flush=True)
+                    out.write(json.dumps(row) + "\n")
+                out.flush()
+
+
+if __name__ == "__main__":
+    main()
