@@ -262,10 +262,10 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "bits"), ("PACKED_LEVELS", "biased"),
-                                     ("DOT_Z_ITEMS", "packed")], ids=str)
+                                     ("LOWRANK_AMONG_WEIGHTS", True), ("DOT_Z_ITEMS", "packed")], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
-    # The untimed settings on the GPU's compiled code: one token's level floats (down_proj and gate/up shapes), and
-    # packed batches with z items of their own over 3 stages.
+    # The untimed settings on the GPU's compiled code: one token's level floats and low-rank items among the weight
+    # items (down_proj and gate/up shapes), and packed batches with z items of their own over 3 stages.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, *setting)
