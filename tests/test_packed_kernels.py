@@ -276,6 +276,7 @@ def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
         check_packed(op_args, fp64_args, dtype, 0.5)
 
 
+@needs_triton
 def test_switches_hold_for_the_factor_kind_they_name():
     # DOT_Z_ITEMS takes True, False, or "packed" / "plain" (one factor kind only).
     from rsparse.kernels.sparse_linear import _switch_on
