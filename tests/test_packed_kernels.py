@@ -46,6 +46,11 @@ def check_packed(op_args, fp64_args, dtype, active_fraction=1.0):
     return y
 
 
+def check_packed_and_plain(args, dtype, active_fraction):
+    """The same layer with its factors packed to 4 bits (against the fp64 rule) and as they are (the reference)."""
+    check_packed(*packed(args), dtype, active_fraction)
+    check(args, dtype, "cpu", active_fraction)
+
 # Odd n (a half-filled last byte of V), odd and even ranks, one token and batches over the 16-token dot block.
 PACKED_SHAPES = [  # T, n, m, r, bias, active
     (1, 71, 45, 5, False, 0.5),
@@ -121,8 +126,7 @@ def test_batched_z_items_of_their_own_match_the_reference(T, z_steps, monkeypatc
         for dtype in (torch.float16, torch.bfloat16):
             for r in (37, 70):
                 args = make_args(T, 130, 150, r, dtype, "cpu", 0.3, True, seed=r)
-                check_packed(*packed(args), dtype, 0.3)
-                check(args, dtype, "cpu", 0.3)
+                check_packed_and_plain(args, dtype, 0.3)
                 assert _workspace_is_zero()
     finally:
         kernels.set_config(None, "dot")
@@ -139,8 +143,7 @@ def test_shorter_batched_lowrank_items_change_no_result(div, monkeypatch):
     monkeypatch.setattr(kernels, "DOT_LOWRANK_ROWS_DIV", div)
     for dtype in (torch.float16, torch.bfloat16):
         args = make_args(4, 130, 300, 37, dtype, "cpu", 0.3, True, seed=6)
-        check_packed(*packed(args), dtype, 0.3)
-        check(args, dtype, "cpu", 0.3)
+        check_packed_and_plain(args, dtype, 0.3)
     assert _workspace_is_zero()
 
 
@@ -318,8 +321,7 @@ def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(m
     assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, False) == kernels.DOT_CONFIG
     for dtype in (torch.float16, torch.bfloat16):
         args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
-        check_packed(*packed(args), dtype, 0.4)
-        check(args, dtype, "cpu", 0.4)
+        check_packed_and_plain(args, dtype, 0.4)
     assert _workspace_is_zero()
 
 
@@ -335,6 +337,5 @@ def test_lowrank_items_among_the_weight_items_match_the_reference(T, monkeypatch
     monkeypatch.setattr(kernels, "LOWRANK_AMONG_WEIGHTS", True)
     for dtype in DTYPES:
         args = make_args(T, 2000, 1100, 40, dtype, "cpu", 0.4, True, seed=T)
-        check_packed(*packed(args), dtype, 0.4)
-        check(args, dtype, "cpu", 0.4)
+        check_packed_and_plain(args, dtype, 0.4)
         assert _workspace_is_zero()
