@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The next device call, ready to run (each session that plans one rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 59: the untimed one-token switches (PACKED_LEVELS, LOWRANK_AMONG_WEIGHTS),
-# DOT_Z_ITEMS on q/k/v + o, the acceptance rows, and probes for gate/up at 70 % and at batch 4.  Steps run in order
-# of need, each bounded by what is left of LIMIT seconds; everything lands in one archive in $OUT, since a call
-# returns at most 8 files.
+# and how to read the results).  Kernel run 60: PACKED_LEVELS "biased_rows" against the other level settings, with
+# the adoption rule applied on the device copy before the rows that follow; packed batches' z items on the MLP's
+# shapes (shipped since run 59's rule) against z in the weight items; the rho 0.8 rows; the GPU suite in four shards.
+# Steps run in order of need, each bounded by what is left of LIMIT seconds; everything lands in one archive in
+# $OUT, since a call returns at most 8 files.
 #     LIMIT=560 bash benchmarks/next_device_call.sh      # on the device, from the repository root
 export PYTHONPATH=$PWD/src
-O=/tmp/run59; rm -rf $O; mkdir -p $O
+O=/tmp/run60; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-560} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -15,22 +16,31 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
   timeout $t "$@" > $O/$log 2>&1; echo "rc $? at $SECONDS s: $*" >> $O/steps.log
 }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
-step 150 one_token_lowrank.log python benchmarks/ablations/one_token_lowrank.py --out $O
-step 100 dotz_qkv.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases "qkv fused + o" --out $O
-step 80 k1.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --same-bytes --cases gate/up down "gate+up" \
-  "qkv fused + o" --sparsities 0.5 0.7 --rhos 1 --batches 1 4 --out $O/k1
-step 40 k8.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down "gate+up" \
-  "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 4 --batches 1 --out $O/k8
-step 30 inline70.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --sparsities 0.7 \
-  --rhos 1 --batches 1 --gemv1 path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1 \
-  --out $O/inline70
-i=0
-for cfg in block_k=32,block_m=256,programs_per_sm=3,num_warps=4,num_stages=4 \
-           block_k=64,block_m=128,programs_per_sm=3,num_warps=4,num_stages=3 \
-           block_k=32,block_m=512,programs_per_sm=2,num_warps=8,num_stages=3; do
-  step 30 dot$i.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --sparsities 0.5 \
-    --rhos 1 --batches 4 --dot $cfg --out $O/dot$i
-  i=$((i + 1))
-done
-tar czf $OUT/run59.tgz -C /tmp run59
-cat $O/steps.log
+step 130 one_token_lowrank.log python benchmarks/ablations/one_token_lowrank.py --out $O
+# Adoption rule (written before the run): "biased_rows" if it is faster than "convert" on all four cases.
+python - $O/one_token_lowrank.jsonl > $O/adopt.log 2>&1 <<'PY'
+import json, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+us = {(r["case"], r["variant"]): r["us"] for r in rows}
+cases = sorted({r["case"] for r in rows})
+win = len(cases) == 4 and all(us[(c, "4bit_biased_rows")] < us[(c, "4bit_convert")] for c in cases)
+print({c: (us[(c, "4bit_convert")], us[(c, "4bit_biased_rows")]) for c in cases}, "adopt" if win else "keep")
+if win:
+    p = "src/rsparse/kernels/sparse_linear.py"
+    s = open(p).read()
+    open(p, "w").write(re.sub(r'^PACKED_LEVELS = "convert"$', 'PACKED_LEVELS = "biased_rows"', s, flags=re.M))
+PY
+grep -n '^PACKED_LEVELS' src/rsparse/kernels/sparse_linear.py >> $O/adopt.log
+step 80 k8.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down "gate+up" \
+  "qkv fused + o" --sparsities 0.5 0.7 --rhos 0.8 --factor-bits 16 4 --batches 1 4 --out $O/k8
+step 70 dotz.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases gate/up --out $O
+left=$((END - SECONDS - 5))
+if [ $left -gt 60 ]; then
+  for i in 0 1 2 3; do timeout $left python -m pytest -q -m gpu tests/ --shard $i/4 > $O/gpu_suite_g$i.log 2>&1 & done
+  wait
+  echo "suite at $SECONDS s" >> $O/steps.log
+else
+  echo "skipped: the GPU suite" >> $O/steps.log
+fi
+tar czf $OUT/run60.tgz -C /tmp run60
+cat $O/steps.log $O/adopt.log; tail -n 1 $O/gpu_suite_g*.log

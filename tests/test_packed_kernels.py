@@ -265,18 +265,24 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "bits"), ("PACKED_LEVELS", "biased"),
-                                     ("LOWRANK_AMONG_WEIGHTS", True), ("DOT_Z_ITEMS", "packed")], ids=str)
+                                     ("PACKED_LEVELS", "biased_rows"), ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
-    # The untimed settings on the GPU's compiled code: one token's level floats and low-rank items among the weight
-    # items (down_proj and gate/up shapes), and packed batches with z items of their own over 3 stages.
+    # The settings the shipped launches do not take on the GPU's compiled code: one token's level floats (down_proj
+    # and gate/up shapes), and packed batches on those shapes with z in the weight items (they take z items of their
+    # own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, *setting)
     rsparse.set_backend("triton")
     T = 4 if setting[0] == "DOT_Z_ITEMS" else 1
-    for seed, (n, m) in enumerate([(4096, 14336), (14336, 4096)]):
-        op_args, fp64_args = packed(make_args(T, n, m, 1100, dtype, "cuda", 0.5, True, seed=seed))
-        check_packed(op_args, fp64_args, dtype, 0.5)
+    if T > 1:  # the tiles these shapes took before kernel run 59: z in the weight items
+        kernels.set_config(kernels.PACKED_DOT_CONFIG, "dot")
+    try:
+        for seed, (n, m) in enumerate([(4096, 14336), (14336, 4096)]):
+            op_args, fp64_args = packed(make_args(T, n, m, 1100, dtype, "cuda", 0.5, True, seed=seed))
+            check_packed(op_args, fp64_args, dtype, 0.5)
+    finally:
+        kernels.set_config(None, "dot")
 
 
 @needs_triton
@@ -291,12 +297,13 @@ def test_switches_hold_for_the_factor_kind_they_name():
 
 
 @needs_triton
-@pytest.mark.parametrize("levels", ["convert", "bits", "biased"])
+@pytest.mark.parametrize("levels", ["convert", "bits", "biased", "biased_rows"])
 @pytest.mark.parametrize("T", [1, 3])
 def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
     # PACKED_LEVELS: one token's levels as floats by conversion, from their bits (2^23 + q, less 2^23: the same
     # values), or biased (128 + q from their bits, the 128 taken out once per row and step: other roundings, within
-    # the tolerances; fp64 sums keep exact levels). T = 3 in fp32 runs the one-token code once per token.
+    # the tolerances; fp64 sums keep exact levels), in every item or in the low-rank rows only ("biased_rows").
+    # T = 3 in fp32 runs the one-token code once per token.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "PACKED_LEVELS", levels)
@@ -312,30 +319,19 @@ def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
 
 @needs_triton
 def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(monkeypatch):
-    # DOT_Z_ITEMS = "packed": packed batches get z items of their own with PACKED_DOT_Z_CONFIG (3 stages, z items of
-    # 16 steps); plain batches keep the z producers in the weight items.
+    # Packed batches on the MLP's shapes (at least PACKED_DOT_Z_MIN_ELEMENTS weights) get z items of their own with
+    # PACKED_DOT_Z_CONFIG (3 stages, z items of 16 steps); attention's shapes and plain factors keep the z producers
+    # in the weight items unless DOT_Z_ITEMS = "packed" forces it for every packed shape.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", "packed")
     assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, True) == kernels.PACKED_DOT_Z_CONFIG
+    assert kernels.choose_config(14336, 4096, True, 2, 0.5, True, True) == kernels.PACKED_DOT_Z_CONFIG
+    assert kernels.choose_config(4096, 6144, True, 2, 0.5, True, True) == kernels.PACKED_DOT_CONFIG
+    assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, False) == kernels.DOT_CONFIG
+    monkeypatch.setattr(kernels, "DOT_Z_ITEMS", "packed")
+    assert kernels.choose_config(4096, 6144, True, 2, 0.5, True, True) == kernels.PACKED_DOT_Z_CONFIG
     assert kernels.choose_config(4096, 14336, True, 2, 0.5, True, False) == kernels.DOT_CONFIG
     for dtype in (torch.float16, torch.bfloat16):
         args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
         check_packed_and_plain(args, dtype, 0.4)
     assert _workspace_is_zero()
-
-
-@needs_triton
-@pytest.mark.parametrize("T", [1, 3])
-def test_lowrank_items_among_the_weight_items_match_the_reference(T, monkeypatch):
-    # LOWRANK_AMONG_WEIGHTS: one token's low-rank items spread among the weight items (every s-th item after the z
-    # items). Packed and plain factors, every dtype (T = 3: fp32 runs the one-token code per token; 16-bit batches
-    # keep their order); every output element written, the workspace left zero. Under the interpreter this shape
-    # has 6 weight items and 2 low-rank items over two tiles, so every 4th item is a low-rank one.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "LOWRANK_AMONG_WEIGHTS", True)
-    for dtype in DTYPES:
-        args = make_args(T, 2000, 1100, 40, dtype, "cpu", 0.4, True, seed=T)
-        check_packed_and_plain(args, dtype, 0.4)
-        assert _workspace_is_zero()

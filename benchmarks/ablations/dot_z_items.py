@@ -1,4 +1,4 @@
-"""Batches (2-16 tokens, the tensor-core code) with z in items of its own (`DOT_Z_ITEMS`), against the shipped launch,
+"""Batches (2-16 tokens, the tensor-core code) with z in items of its own (`Config.z_items`), against the shipped launch,
 rho 1 and cuBLAS dense in the same run.  GPU only.
 
 Shipped, a batch's z producers are the weight items of the first ceil(r / block_r) tiles, before their own rows; with
@@ -11,11 +11,14 @@ Variants, every one on the same layers (50 %, bf16 activations), each in its own
 round (`kernel_speed.alternating_us`):
 
 * ``rho1``: the layer at rho 1 (no low-rank path);
-* ``shipped``: rho 0.8, as `choose_config` sets it;
-* ``z_items``: `DOT_Z_ITEMS` on, the shipped tiles (z items of `Z_STEPS` = 4 steps of block_kz = 32 channels: with
+* ``shipped``: rho 0.8, as `choose_config` sets it (since kernel run 59 packed factors on the MLP's shapes take
+  ``z_items_steps16_3stages``);
+* ``z_in_weight_items``: rho 0.8, z in the weight items, on the base tiles (`PACKED_DOT_CONFIG` for packed factors,
+  `choose_config`'s for bf16 ones);
+* ``z_items``: z items of their own, the base tiles (z items of `Z_STEPS` = 4 steps of block_kz = 32 channels: with
   packed factors 640 z items on gate/up, 2 240 on down, ahead of 396 weight items);
-* ``z_items_steps8`` / ``16`` / ``32``: on, z items of 8, 16, 32 steps (fewer, longer);
-* ``z_items_steps16_3stages``: on, 16 steps, 3 pipeline stages (packed factors only: bf16 factors have 3 already);
+* ``z_items_steps8`` / ``16`` / ``32``: the same, z items of 8, 16, 32 steps (fewer, longer);
+* ``z_items_steps16_3stages``: 16 steps, 3 pipeline stages (packed factors only: bf16 factors have 3 already);
 * ``dense``: cuBLAS ``F.linear`` on the same weights.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes ``--out``/dot_z_items.jsonl.
@@ -33,15 +36,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_speed import CASES, time_switch_variants  # noqa: E402
 
-# name: (rho, DOT_Z_ITEMS, Config changes over the shipped one, or None for the shipped Config)
+# name: (rho, Config changes over the base tiles, or None for choose_config's own)
 VARIANTS = {
-    "rho1": (1.0, False, None),
-    "shipped": (0.8, False, None),
-    "z_items": (0.8, True, None),
-    "z_items_steps8": (0.8, True, {"z_steps": 8}),
-    "z_items_steps16": (0.8, True, {"z_steps": 16}),
-    "z_items_steps32": (0.8, True, {"z_steps": 32}),
-    "z_items_steps16_3stages": (0.8, True, {"z_steps": 16, "num_stages": 3}),
+    "rho1": (1.0, None),
+    "shipped": (0.8, None),
+    "z_in_weight_items": (0.8, {"z_items": False}),
+    "z_items": (0.8, {"z_items": True}),
+    "z_items_steps8": (0.8, {"z_items": True, "z_steps": 8}),
+    "z_items_steps16": (0.8, {"z_items": True, "z_steps": 16}),
+    "z_items_steps32": (0.8, {"z_items": True, "z_steps": 32}),
+    "z_items_steps16_3stages": (0.8, {"z_items": True, "z_steps": 16, "num_stages": 3}),
 }
 
 
@@ -61,32 +65,27 @@ def main():
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shipped_z_items = K.DOT_Z_ITEMS
 
-    def switches(z_items, changes, bits, n, m_total):
+    def switches(changes, bits, n, m_total):
         # The tiles go straight into the table `set_config` fills: set_config also drops the eager graphs, and
         # this runs before every call, inside the captures.
-        # The changes apply to the tiles a launch without z items gets (choose_config gives packed launches with
-        # DOT_Z_ITEMS on PACKED_DOT_Z_CONFIG, which would make "z_items" one of the changed variants).
         def apply():
             K._OVERRIDE.pop("dot", None)
-            K.DOT_Z_ITEMS = False
-            cfg = K.choose_config(n, m_total, True, 2, args.sparsity, True, bits == 4)
-            K.DOT_Z_ITEMS = z_items
-            if changes or z_items:
-                K._OVERRIDE["dot"] = dataclasses.replace(cfg, **(changes or {}))
+            if changes:
+                base = K.PACKED_DOT_CONFIG if bits == 4 else K.choose_config(n, m_total, True, 2, args.sparsity, True)
+                K._OVERRIDE["dot"] = dataclasses.replace(base, **changes)
         return apply
 
     with open(Path(args.out) / "dot_z_items.jsonl", "w") as out:
         for bits in args.factor_bits:
             for name in args.cases:
                 n, ms = CASES[name]
-                variants = {v: (rho, bits, switches(z_items, changes, bits, n, sum(ms)))
-                            for v, (rho, z_items, changes) in VARIANTS.items()
+                variants = {v: (rho, bits, switches(changes, bits, n, sum(ms)))
+                            for v, (rho, changes) in VARIANTS.items()
                             if not (v.endswith("3stages") and bits != 4)}
                 res, copies = time_switch_variants(name, args.batch, args.sparsity, torch.bfloat16, "cuda", gen,
                                                    args.reps, args.rounds, variants)
-                switches(shipped_z_items, None, bits, n, sum(ms))()
+                switches(None, bits, n, sum(ms))()
                 dense = res["dense"]["us"]
                 for v in variants:
                     row = {"case": name, "batch": args.batch, "sparsity": args.sparsity, "factor_bits": bits,

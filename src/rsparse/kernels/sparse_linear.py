@@ -28,8 +28,8 @@ so they are scheduled first and the wait cannot dead-lock; the interpreter runs 
 in order, so there it never waits.  For one token a low-rank item takes about as many rows
 as a weight item is expected to load (its chunk times the layer's active share; kernel run 11).
 
-Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``: 0 without them, 1-3 with
-them, 2 and 3 forming one token's level floats from their bits, `PACKED_LEVELS`): the z and low-rank
+Packed 4-bit factors (``lowrank_quant``, `rsparse.factor_quant`; constexpr ``PACKED``: 0 without them, 1-4 with
+them, 2-4 forming some of one token's level floats from their bits, `PACKED_LEVELS`): the z and low-rank
 items load byte row ``k // 2`` of ``lowrank_in`` / ``lowrank_out`` and take nibble ``k % 2`` (`_nibbles`); a
 value is ``offset + step * q``, formed in registers in the sums' precision for one token, and for batches
 applied around the tensor-core dot, which takes the levels ``q`` (exact in bf16/fp16) as they are.  Only this
@@ -91,16 +91,13 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # are 2^23 + q, less 2^23 gives q (an OR and a full-rate add; the same values, so the same results). "biased": the
 # bits 0x43000000 | q << 16 are 128 + q, taken as they are; each row's coefficient multiplies them (one FMA per
 # element, against two), and the 128 comes back out once per row and step (as the batched launch's `_biased_levels`
-# do; fp32 sums only, fp64 sums keep "bits"). Untimed (benchmarks/ablations/one_token_lowrank.py): "convert" is shipped.
+# do; fp32 sums only, fp64 sums keep exact levels). "biased_rows": "biased" in the low-rank items' rows of
+# (U_r S_r)ᵀ only, "convert" in the z items. Kernel run 59 (H100, benchmarks/ablations/one_token_lowrank.py, rho 0.8,
+# 50 %, us convert / bits / biased): gate/up 35.86 / 35.76 / 34.29, down 39.02 / 38.99 / 41.22, gate+up 68.06 /
+# 70.08 / 63.69, q/k/v + o 37.72 / 37.56 / 37.66. "biased" pays in the rows (gate/up's rank spends most of its
+# elements there) and loses in down_proj's z items (most of its), hence "biased_rows", untimed: "convert" stays.
 PACKED_LEVELS = "convert"
-# One token with z items: the low-rank items spread evenly among the weight items (every s-th item after the z items)
-# instead of after all of them. They wait for every z item, and the z items come first in the grid, so a low-rank
-# item holds a slot only while the last z items finish; spread out, their arithmetic (heavy with packed factors:
-# four times the rank at equal bytes) runs beside the weight items' memory traffic instead of as a tail after it.
-# Batches keep them last (their z producers are weight items, which a waiting low-rank item could crowd out).
-# Untimed (benchmarks/ablations/one_token_lowrank.py), so off.
-LOWRANK_AMONG_WEIGHTS = False
-_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3}  # the constexpr PACKED of a launch with packed factors
+_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4}  # the constexpr PACKED of a launch with packed factors
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
@@ -116,7 +113,8 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # ceil(r / block_r) tiles, before their rows: with packed factors' four-fold rank (gate/up at rho 0.8: 20 r-blocks of
 # 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Off until timed on a
 # GPU (benchmarks/ablations/dot_z_items.py). It takes True, False, or "packed" / "plain" for launches with packed
-# 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind.
+# 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind. Packed batches on big
+# layers take z items without it (PACKED_DOT_Z_CONFIG).
 DOT_Z_ITEMS = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
@@ -245,7 +243,8 @@ def _float_levels(q, ACC: tl.constexpr, PACKED: tl.constexpr):
     # Levels q (int32, 0..15) as exact ACC values for the one-token FMA code. PACKED 2 or 3 (`PACKED_LEVELS`):
     # bits 0x4B000000 | q are the fp32 value 2^23 + q, and subtracting 2^23 leaves q exactly, so an OR and an add
     # (full-rate units) replace the integer-to-float conversion (I2F, quarter rate on sm_90): the same values.
-    if PACKED >= 2:
+    # PACKED 4 ("biased_rows") converts, as 1 does, wherever it does not take biased levels.
+    if PACKED == 2 or PACKED == 3:
         f = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
     else:
         f = q.to(tl.float32)
@@ -313,7 +312,7 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
             acc = _dot_acc(z, w, acc, FP32)
     else:
         z = tl.load(z_ptr + offs_k, mask=k_ok, other=0.0, volatile=True)
-        if PACKED == 3 and not ACC2D and ACC == tl.float32:
+        if PACKED >= 3 and not ACC2D and ACC == tl.float32:  # "biased" and "biased_rows"
             # z * (offset + step * q) = (z * step) * (128 + q) + z * (offset - 128 * step): one FMA per element;
             # the second term is one number for the whole step (rows outside the item load z = 0)
             acc += tl.sum((z * step)[:, None] * _biased_f32_levels(q), axis=0)[None, :]
@@ -573,7 +572,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, LR_SPREAD: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -585,14 +584,6 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if LR_SPREAD:  # LOWRANK_AMONG_WEIGHTS: after the z items, every s-th item is a low-rank item
-        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
-        p = pid - n_z
-        s = (n_weight + n_lr) // tl.maximum(n_lr, 1)
-        spread = (p >= 0) & (p < n_lr * s)
-        is_lr = spread & (p % s == s - 1)
-        w_idx = tl.where(spread, p - p // s, p - n_lr)
-        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, n_z + w_idx))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -670,6 +661,7 @@ class Config:
     prefetch: int = 1  # compact path: steps of rows loaded ahead (0, 1, 2)
     pdl: bool | None = None  # programmatic dependent launch of every launch (None: compact_gemv.LAUNCH_PDL)
     z_steps: int | None = None  # z items: steps of block_kz channels per item (None: Z_STEPS)
+    z_items: bool | None = None  # 2-16 tokens: z in items of its own (None: DOT_Z_ITEMS decides)
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -749,11 +741,14 @@ DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num
 # would fit a multiprocessor against the grid's 3; with 1 stage it needs 168, DOT_CONFIG's count. Timed on an H100
 # (NOTES, thirty-second session): 2 programs over 3 stages, 3 over 2 and 16x256 tiles were no faster.
 PACKED_DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=1)
-# The same with z in items of its own (DOT_Z_ITEMS on for packed factors): the unpacking of V_r leaves the weight
-# items, so 3 stages fit again (168 registers on sm_90), and z items of 16 steps. Kernel run 58 (H100, batch 4, 50 %,
-# dot_z_items.py's "z_items_steps16_3stages"): gate/up 66.07 -> 61.20 us, down 77.44 -> 67.50, gate+up 120.46 ->
-# 113.69; q/k/v + o untimed, so DOT_Z_ITEMS stays off.
-PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_steps=16)
+# The same with z in items of its own: the unpacking of V_r leaves the weight items, so 3 stages fit again (168
+# registers on sm_90), and z items of 16 steps. Batch 4, 50 %, H100 (dot_z_items.py's "z_items_steps16_3stages",
+# us against PACKED_DOT_CONFIG): kernel run 58 gate/up 66.07 -> 61.20, down 77.44 -> 67.50, gate+up 120.46 -> 113.69;
+# run 59 q/k/v + o 68.45 -> 77.70. So layers of at least PACKED_DOT_Z_MIN_ELEMENTS (n * m_total; the MLP's, not
+# attention's 4096 x 6144 or 4096 x 4096) take it; DOT_Z_ITEMS forces it for every shape. The threshold was drawn
+# after the runs, between the shapes they timed.
+PACKED_DOT_Z_MIN_ELEMENTS = 32 * 2**20
+PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_steps=16, z_items=True)
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
@@ -788,7 +783,8 @@ def choose_config(
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
     if use_dot:
         if packed:
-            return PACKED_DOT_Z_CONFIG if _switch_on(DOT_Z_ITEMS, True) else PACKED_DOT_CONFIG
+            z_items = _switch_on(DOT_Z_ITEMS, True) or n * m_total >= PACKED_DOT_Z_MIN_ELEMENTS
+            return PACKED_DOT_Z_CONFIG if z_items else PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             return DOT_DENSE_CONFIG
         return DOT_CONFIG
@@ -988,7 +984,11 @@ def sparse_linear_multi(
     w_ = [w if w.stride(1) == 1 else w.contiguous() for w in weight_t]
     li_, lo_ = _factor_args(w_, lowrank_in, lowrank_out, any(packed))
 
-    z_items = (_switch_on(DOT_Z_ITEMS, any(packed)) if use_dot else Z_ITEMS) and any(rs)
+    if use_dot:
+        z_items = cfg.z_items if cfg.z_items is not None else _switch_on(DOT_Z_ITEMS, any(packed))
+    else:
+        z_items = Z_ITEMS
+    z_items = z_items and any(rs)
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
@@ -1016,7 +1016,6 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code() if any(packed) else 0,
-        LR_SPREAD=LOWRANK_AMONG_WEIGHTS and z_items and not use_dot,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
