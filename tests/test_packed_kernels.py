@@ -264,15 +264,18 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("setting", [("PACKED_LEVELS", "bits"), ("PACKED_LEVELS", "biased"),
-                                     ("PACKED_LEVELS", "biased_rows"), ("DOT_Z_ITEMS", False)], ids=str)
+@pytest.mark.parametrize("setting", [("PACKED_LEVELS", "convert"), ("PACKED_LEVELS", "bits"),
+                                     ("PACKED_LEVELS", "biased"), ("PACKED_LEVELS", "biased_rows"),
+                                     ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
-    # The settings the shipped launches do not take on the GPU's compiled code: one token's level floats (down_proj
-    # and gate/up shapes), and packed batches on those shapes with z in the weight items (they take z items of their
+    # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
+    # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take z items of their
     # own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, *setting)
+    if setting[0] == "PACKED_LEVELS":  # for both shapes: down_proj's takes PACKED_LONG_INPUT_LEVELS
+        monkeypatch.setattr(kernels, "PACKED_LONG_INPUT_LEVELS", setting[1])
     rsparse.set_backend("triton")
     T = 4 if setting[0] == "DOT_Z_ITEMS" else 1
     if T > 1:  # the tiles these shapes took before kernel run 59: z in the weight items
@@ -307,14 +310,32 @@ def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "PACKED_LEVELS", levels)
+    monkeypatch.setattr(kernels, "PACKED_LONG_INPUT_LEVELS", levels)
     for dtype in DTYPES:
-        args = make_args(T, 300, 130, 150, dtype, "cpu", 0.4, True, seed=7)
-        check_packed(*packed(args), dtype, 0.4)
+        for n, m in ((300, 130), (130, 300)):  # a long input and a wide launch
+            args = make_args(T, n, m, 150, dtype, "cpu", 0.4, True, seed=7)
+            check_packed(*packed(args), dtype, 0.4)
     assert _workspace_is_zero()
-    monkeypatch.setattr(kernels, "PACKED_LEVELS", "bitwise")
-    op_args = packed(make_args(1, 64, 32, 8, torch.float16, "cpu", 0.4, True))[0]
-    with pytest.raises(ValueError, match="'bitwise'"):
-        kernels.sparse_linear(*op_args[:7], lowrank_quant=op_args[7])
+    for name, (n, m) in (("PACKED_LEVELS", (32, 64)), ("PACKED_LONG_INPUT_LEVELS", (64, 32))):
+        monkeypatch.setattr(kernels, name, "bitwise")
+        op_args = packed(make_args(1, n, m, 8, torch.float16, "cpu", 0.4, True))[0]
+        with pytest.raises(ValueError, match=f"{name} in .*'bitwise'"):
+            kernels.sparse_linear(*op_args[:7], lowrank_quant=op_args[7])
+        monkeypatch.setattr(kernels, name, levels)
+
+
+@needs_triton
+def test_packed_levels_follow_the_launch_shape():
+    # Kernel runs 59 and 60: biased levels in the low-rank rows pay on wide launches (gate/up, q/k/v) and lose on
+    # long inputs (down_proj), so the shape picks the setting; n >= 2 * m_total is a long input.
+    from rsparse.kernels import sparse_linear as kernels
+
+    code = kernels._PACKED_LEVELS_CODE
+    assert kernels._packed_levels_code(4096, 14336) == code[kernels.PACKED_LEVELS] == code["biased_rows"]
+    assert kernels._packed_levels_code(4096, 6144) == code["biased_rows"]
+    assert kernels._packed_levels_code(14336, 4096) == code[kernels.PACKED_LONG_INPUT_LEVELS] == code["convert"]
+    assert kernels._packed_levels_code(8192, 4096) == code["convert"]
+    assert kernels._packed_levels_code(8191, 4096) == code["biased_rows"]
 
 
 @needs_triton

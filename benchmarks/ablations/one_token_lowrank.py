@@ -12,9 +12,11 @@ against bf16 factors, rho 1 and cuBLAS dense in the same run.  GPU only.
   every case, removed (the last commit with it is cc3c417).
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
-after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 factors); ``4bit_convert``,
-``4bit_bits``, ``4bit_biased`` and ``4bit_biased_rows`` (rho 0.8, packed 4-bit factors, the default); ``dense``
-(cuBLAS ``F.linear`` on the same weights).
+after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 factors); ``4bit_shipped`` (rho 0.8,
+packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`) and
+``4bit_convert``, ``4bit_bits``, ``4bit_biased``, ``4bit_biased_rows`` (each setting for every shape); ``dense``
+(cuBLAS ``F.linear`` on the same weights).  Since kernel run 60 wide launches take "biased_rows" and long-input
+ones (down_proj) "convert".
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.
@@ -35,12 +37,11 @@ from kernel_speed import CASES, time_switch_variants  # noqa: E402
 VARIANTS = {
     "rho1": (1.0, 16, {}),
     "bf16": (0.8, 16, {}),
-    "4bit_convert": (0.8, 4, {"PACKED_LEVELS": "convert"}),
-    "4bit_bits": (0.8, 4, {"PACKED_LEVELS": "bits"}),
-    "4bit_biased": (0.8, 4, {"PACKED_LEVELS": "biased"}),
-    "4bit_biased_rows": (0.8, 4, {"PACKED_LEVELS": "biased_rows"}),
+    "4bit_shipped": (0.8, 4, {}),
+    **{f"4bit_{v}": (0.8, 4, {"PACKED_LEVELS": v, "PACKED_LONG_INPUT_LEVELS": v})
+       for v in ("convert", "bits", "biased", "biased_rows")},
 }
-SWITCHES = ("PACKED_LEVELS",)
+SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
 
 
 def main():

@@ -92,11 +92,16 @@ PACKED_LOWRANK_ROWS_SCALE = 1
 # bits 0x43000000 | q << 16 are 128 + q, taken as they are; each row's coefficient multiplies them (one FMA per
 # element, against two), and the 128 comes back out once per row and step (as the batched launch's `_biased_levels`
 # do; fp32 sums only, fp64 sums keep exact levels). "biased_rows": "biased" in the low-rank items' rows of
-# (U_r S_r)ᵀ only, "convert" in the z items. Kernel run 59 (H100, benchmarks/ablations/one_token_lowrank.py, rho 0.8,
-# 50 %, us convert / bits / biased): gate/up 35.86 / 35.76 / 34.29, down 39.02 / 38.99 / 41.22, gate+up 68.06 /
-# 70.08 / 63.69, q/k/v + o 37.72 / 37.56 / 37.66. "biased" pays in the rows (gate/up's rank spends most of its
-# elements there) and loses in down_proj's z items (most of its), hence "biased_rows", untimed: "convert" stays.
-PACKED_LEVELS = "convert"
+# (U_r S_r)ᵀ only, "convert" in the z items. One token, rho 0.8, 50 %, us (benchmarks/ablations/one_token_lowrank.py):
+#   kernel run 59, H100, convert / bits / biased:      gate/up 35.86 / 35.76 / 34.29, down 39.02 / 38.99 / 41.22,
+#                                                       gate+up 68.06 / 70.08 / 63.69, q/k/v + o 37.72 / 37.56 / 37.66;
+#   kernel run 60, H200, convert / biased / biased_rows: gate/up 34.15 / 32.50 / 32.25, down 36.68 / 38.66 / 37.90,
+#                                                       gate+up 64.75 / 63.06 / 63.01, q/k/v + o 36.89 / 36.92 / 36.85.
+# Biased levels pay where the rank spends its elements in the low-rank rows (gate/up: 18.3 M of 21 M) and lose on
+# down_proj on both cards, so launches whose input is at least twice their outputs take PACKED_LONG_INPUT_LEVELS.
+# The split by shape was drawn after the two runs (the rule written before run 60 asked for all four cases).
+PACKED_LEVELS = "biased_rows"
+PACKED_LONG_INPUT_LEVELS = "convert"
 _PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4}  # the constexpr PACKED of a launch with packed factors
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
@@ -712,11 +717,14 @@ WIDE_Z_STEPS = 8
 PACKED_LONG_INPUT_WIDE_Z = True
 
 
-def _packed_levels_code() -> int:
-    """The constexpr ``PACKED`` of a launch with packed factors, from `PACKED_LEVELS`."""
-    if PACKED_LEVELS not in _PACKED_LEVELS_CODE:
-        raise ValueError(f"expected PACKED_LEVELS in {sorted(_PACKED_LEVELS_CODE)}, got {PACKED_LEVELS!r}")
-    return _PACKED_LEVELS_CODE[PACKED_LEVELS]
+def _packed_levels_code(n: int, m_total: int) -> int:
+    """The constexpr ``PACKED`` of a launch with packed factors over ``n`` inputs and ``m_total`` outputs:
+    `PACKED_LONG_INPUT_LEVELS` where ``n >= 2 * m_total`` (down_proj), `PACKED_LEVELS` elsewhere."""
+    name, levels = ("PACKED_LONG_INPUT_LEVELS", PACKED_LONG_INPUT_LEVELS) if n >= 2 * m_total else \
+        ("PACKED_LEVELS", PACKED_LEVELS)
+    if levels not in _PACKED_LEVELS_CODE:
+        raise ValueError(f"expected {name} in {sorted(_PACKED_LEVELS_CODE)}, got {levels!r}")
+    return _PACKED_LEVELS_CODE[levels]
 
 
 def _switch_on(switch, packed: bool) -> bool:
@@ -1015,7 +1023,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
-        PACKED=_packed_levels_code() if any(packed) else 0,
+        PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
