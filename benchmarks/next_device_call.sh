@@ -4,7 +4,10 @@
 # in $OUT (a call returns at most 8 files).
 #   suite: the GPU test suite in four shards (run 60 ran out of time after 132 of 172 tests on an H200, before any
 #          of test_packed_kernels.py's GPU tests, and the packed levels by shape are not yet checked on a GPU),
-#          then one_token_lowrank.py with the shipped levels by shape (`4bit_shipped`).
+#          then packed_lr_rows.py: one token's low-rank items at 0.25, 0.5 and 1 times the "density" rows, packed
+#          and bf16 factors (shorter items were never timed; longer ones cost about a memory round trip per step).
+#          Adoption rule, written before the run: for each factor kind, the scale that is fastest on all four cases
+#          if it beats 1 on all four; else 1 stays.
 #   speed: the user's default path (cli_gpu_check.sh: sparsify, summary, bench of the reloaded folder, then the
 #          uniform-budget bench), then the same-run check of the packed batches' z-item rule on gate/up
 #          (dot_z_items.py: `shipped` against `z_in_weight_items`) and the rho 0.8 rows run 60 did not finish.
@@ -22,11 +25,11 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
 }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
 if [ "$1" = suite ]; then
-  left=$((END - SECONDS - 100))
+  left=$((END - SECONDS - 110))
   for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu tests/ --shard $i/4 > $O/gpu_suite_g$i.log 2>&1 & done
   wait
   echo "suite at $SECONDS s" >> $O/steps.log
-  step 100 one_token_lowrank.log python benchmarks/ablations/one_token_lowrank.py --out $O
+  step 100 lr_rows.log python benchmarks/ablations/packed_lr_rows.py --out $O
 else
   step 330 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
   step 70 dotz.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases gate/up --out $O

@@ -356,3 +356,20 @@ def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(m
         args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
         check_packed_and_plain(args, dtype, 0.4)
     assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("scale", [0.25, 0.5, 3])
+@pytest.mark.parametrize("T", [1, 3])
+def test_one_token_lowrank_items_of_other_lengths_match_the_reference(scale, T, monkeypatch):
+    # PACKED_LOWRANK_ROWS_SCALE / PLAIN_LOWRANK_ROWS_SCALE: one token's low-rank items of a fraction or a multiple of
+    # the "density" rule's rows, rounded to whole steps (at least one); packed and plain factors, every dtype (T = 3:
+    # fp32 runs the one-token code per token), every output element written, the workspace left zero.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
+    monkeypatch.setattr(kernels, "PLAIN_LOWRANK_ROWS_SCALE", scale)
+    for dtype in DTYPES:
+        args = make_args(T, 700, 300, 150, dtype, "cpu", 0.4, True, seed=5)
+        check_packed_and_plain(args, dtype, 0.4)
+        assert _workspace_is_zero()

@@ -81,11 +81,14 @@ ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False:
 # producers read a row of V_r only where the channel is inactive (at batch 4 nearly every row is
 # inactive for some token, and the extra mask made the launch slower, so batches read every row).
 LOWRANK_ROWS = "density"
-# One token, packed 4-bit factors: low-rank items take this many times the rows "density" gives them. A packed
-# row moves a quarter of a 16-bit row's bytes, and 4-bit budgets buy four times the rank (more, shorter items).
-# Measured (H100, benchmarks/ablations/packed_lr_rows.py): 2, 4 and 8 were slower on all four cases (gate/up
-# 36.6 us at 1, 43.9 at 2), so 1 stays.
+# One token: low-rank items take this many times the rows "density" gives them (fractions round to whole steps of
+# block_k rows), with packed 4-bit factors and with 16-bit ones. A packed row moves a quarter of a 16-bit row's
+# bytes, and 4-bit budgets buy four times the rank (more, shorter items). Kernel run 52 (H100,
+# benchmarks/ablations/packed_lr_rows.py): packed 2, 4 and 8 were slower on all four cases (gate/up 36.6 us at 1,
+# 43.9 at 2, about one memory round trip per extra step: the items run as a tail after the weight items, waiting
+# for z). Shorter items (0.5, 0.25), for both kinds, are untimed (the same script; kernel run 61).
 PACKED_LOWRANK_ROWS_SCALE = 1
+PLAIN_LOWRANK_ROWS_SCALE = 1
 # One token, packed factors: how a level q (0..15) becomes the float its FMA takes. "convert": `q.to(float32)`, an
 # integer-to-float conversion (I2F, a quarter-rate unit on sm_90) per factor element. "bits": the bits 0x4B000000 | q
 # are 2^23 + q, less 2^23 gives q (an OR and a full-rate add; the same values, so the same results). "biased": the
@@ -945,8 +948,9 @@ def sparse_linear_multi(
     density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
-    if any(packed) and not use_dot:
-        rows_lr = max(cfg.block_k, round(rows_lr * PACKED_LOWRANK_ROWS_SCALE / cfg.block_k) * cfg.block_k)
+    if not use_dot:
+        scale = PACKED_LOWRANK_ROWS_SCALE if any(packed) else PLAIN_LOWRANK_ROWS_SCALE
+        rows_lr = max(cfg.block_k, round(rows_lr * scale / cfg.block_k) * cfg.block_k)
     if use_dot and DOT_LOWRANK_ROWS_DIV > 1:
         rows_lr = max(cfg.block_k, rows_lr // DOT_LOWRANK_ROWS_DIV // cfg.block_k * cfg.block_k)
     chunks_w = _compact.cdiv(n, rows)
