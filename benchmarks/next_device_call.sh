@@ -10,7 +10,11 @@
 #          if it beats 1 on all four; else 1 stays.
 #   speed: the user's default path (cli_gpu_check.sh: sparsify, summary, bench of the reloaded folder, then the
 #          uniform-budget bench), then the same-run check of the packed batches' z-item rule on gate/up
-#          (dot_z_items.py: `shipped` against `z_in_weight_items`) and the rho 0.8 rows run 60 did not finish.
+#          (dot_z_items.py: `shipped` against `z_in_weight_items`), then one_token_lowrank.py: `Z_LAUNCH` (z in a
+#          launch of its own, the low-rank items among the weight items) against the shipped levels by shape.
+#          Adoption rule, written before the run: Z_LAUNCH on if `4bit_zlaunch` beats `4bit_shipped` on all four
+#          cases and `bf16_zlaunch` beats `bf16` on the three where it applies (gate+up with bf16 factors takes the
+#          compact path).
 #     LIMIT=570 bash benchmarks/next_device_call.sh suite      # on the device, from the repository root
 #     LIMIT=570 bash benchmarks/next_device_call.sh speed
 case "$1" in suite|speed) ;; *) echo "expected 'suite' or 'speed', got '$1'"; exit 2 ;; esac
@@ -31,10 +35,9 @@ if [ "$1" = suite ]; then
   echo "suite at $SECONDS s" >> $O/steps.log
   step 100 lr_rows.log python benchmarks/ablations/packed_lr_rows.py --out $O
 else
-  step 330 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
-  step 70 dotz.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases gate/up --out $O
-  step 90 k8.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down "gate+up" \
-    "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 4 --batches 1 4 --out $O/k8
+  step 300 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
+  step 60 dotz.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases gate/up --out $O
+  step 120 one_token_lowrank.log python benchmarks/ablations/one_token_lowrank.py --out $O
 fi
 tar czf $OUT/run61_$1.tgz -C /tmp run61_$1
 cat $O/steps.log; tail -n 2 $O/gpu_suite_g*.log 2>/dev/null

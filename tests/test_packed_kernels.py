@@ -266,10 +266,10 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "convert"), ("PACKED_LEVELS", "bits"),
                                      ("PACKED_LEVELS", "biased"), ("PACKED_LEVELS", "biased_rows"),
-                                     ("DOT_Z_ITEMS", False)], ids=str)
+                                     ("Z_LAUNCH", True), ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
     # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
-    # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take z items of their
+    # "convert"): one token's level floats, z in a launch of its own, and packed batches on those shapes with z in the weight items (they take z items of their
     # own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
 
@@ -371,5 +371,22 @@ def test_one_token_lowrank_items_of_other_lengths_match_the_reference(scale, T, 
     monkeypatch.setattr(kernels, "PLAIN_LOWRANK_ROWS_SCALE", scale)
     for dtype in DTYPES:
         args = make_args(T, 700, 300, 150, dtype, "cpu", 0.4, True, seed=5)
+        check_packed_and_plain(args, dtype, 0.4)
+        assert _workspace_is_zero()
+
+
+@needs_triton
+@pytest.mark.parametrize("T", [1, 3])
+def test_z_in_a_launch_of_its_own_matches_the_reference(T, monkeypatch):
+    # Z_LAUNCH: one token's z items in a launch of their own, then the weight items with the low-rank items spread
+    # among them (every s-th item) in a second launch that has no z items. Packed and plain factors, every dtype
+    # (T = 3: fp32 runs the one-token code per token; 16-bit batches keep one launch); every output element
+    # written, the workspace left zero for the next call. Under the interpreter this shape has 6 weight items and
+    # 2 low-rank items over two tiles, so every 4th item of the second launch is a low-rank one.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "Z_LAUNCH", True)
+    for dtype in DTYPES:
+        args = make_args(T, 2000, 1100, 40, dtype, "cpu", 0.4, True, seed=T)
         check_packed_and_plain(args, dtype, 0.4)
         assert _workspace_is_zero()

@@ -124,6 +124,14 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind. Packed batches on big
 # layers take z items without it (PACKED_DOT_Z_CONFIG).
 DOT_Z_ITEMS = False
+# One token with z items and a rank: z in a launch of its own (the z items alone), then the weight and low-rank items
+# in a second launch, the low-rank items spread among the weight items (every s-th item, constexpr LR_SPREAD). In one
+# launch the low-rank items must wait for every z item: placed last they run as an arithmetic tail with no memory
+# traffic beside them (4-bit budgets give them four times the rows), and placed among the weight items they spin in
+# slots the weight rows need (LOWRANK_AMONG_WEIGHTS, kernel run 59: +4 to +8 %, removed). With z done before the
+# second launch starts they wait for nothing. The price is one more launch (benchmarks/NOTES.md, thirty-seventh
+# session). Untimed (benchmarks/ablations/one_token_lowrank.py), so off.
+Z_LAUNCH = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
@@ -580,7 +588,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr,
+    PACKED: tl.constexpr, LR_SPREAD: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -592,6 +600,14 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
+    if LR_SPREAD:  # Z_LAUNCH's second launch: after the z items (none there), every s-th item is a low-rank item
+        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
+        p = pid - n_z
+        s = (n_weight + n_lr) // tl.maximum(n_lr, 1)
+        spread = (p >= 0) & (p < n_lr * s)
+        is_lr = spread & (p % s == s - 1)
+        w_idx = tl.where(spread, p - p // s, p - n_lr)
+        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, n_z + w_idx))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -1018,9 +1034,7 @@ def sparse_linear_multi(
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
-    grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
-    _splitk_kernel[grid](
-        *args,
+    consts = dict(
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
@@ -1031,6 +1045,14 @@ def sparse_linear_multi(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
+    items = chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles))
+    if Z_LAUNCH and z_items and not use_dot:
+        # z first, in a grid of the z items alone (they count themselves; nothing resets there), then the rest with
+        # no z items of its own: its low-rank items find every producer counted, and its last tile resets the state.
+        _splitk_kernel[(sum(zi), t_blocks)](*args, LR_SPREAD=False, **consts)
+        _splitk_kernel[(items, t_blocks)](*args[:9], 0, 0, 0, *args[12:], LR_SPREAD=True, **consts)
+    else:
+        _splitk_kernel[(sum(zi) + items, t_blocks)](*args, LR_SPREAD=False, **consts)
     return outs
 
 
