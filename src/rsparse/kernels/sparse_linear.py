@@ -105,7 +105,8 @@ PLAIN_LOWRANK_ROWS_SCALE = 1
 # The split by shape was drawn after the two runs (the rule written before run 60 asked for all four cases).
 PACKED_LEVELS = "biased_rows"
 PACKED_LONG_INPUT_LEVELS = "convert"
-_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4}  # the constexpr PACKED of a launch with packed factors
+# The constexpr PACKED of a launch with packed factors, by setting.
+_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4}
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
