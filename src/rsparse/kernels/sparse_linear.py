@@ -120,10 +120,10 @@ Z_ITEMS = True
 Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item's chunk)
 # The same for 2-16 tokens (the tensor-core code). There the z producers are the weight items of the first
 # ceil(r / block_r) tiles, before their rows: with packed factors' four-fold rank (gate/up at rho 0.8: 20 r-blocks of
-# 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Off until timed on a
-# GPU (benchmarks/ablations/dot_z_items.py). It takes True, False, or "packed" / "plain" for launches with packed
-# 4-bit / 16-bit factors only (`_switch_on`), since a run may find it pays for one kind. Packed batches on big
-# layers take z items without it (PACKED_DOT_Z_CONFIG).
+# 64 over 28 tiles) most weight items start late, and the low-rank items wait for all of them. Timed in kernel runs
+# 58-59 (benchmarks/ablations/dot_z_items.py): packed batches on big layers now take z items through their config
+# (PACKED_DOT_Z_CONFIG), so this switch only forces them for every shape. It takes True, False, or "packed" /
+# "plain" for launches with packed 4-bit / 16-bit factors only (`_switch_on`).
 DOT_Z_ITEMS = False
 # One token with z items and a rank: z in a launch of its own (the z items alone), then the weight and low-rank items
 # in a second launch, the low-rank items spread among the weight items (every s-th item, constexpr LR_SPREAD). In one
@@ -270,7 +270,8 @@ def _float_levels(q, ACC: tl.constexpr, PACKED: tl.constexpr):
 
 @triton.jit
 def _biased_f32_levels(q):
-    # Levels q (int32, 0..15) as the fp32 values 128 + q: bits 0x43000000 | q << 16, no conversion (PACKED 3).
+    # Levels q (int32, 0..15) as the fp32 values 128 + q: bits 0x43000000 | q << 16, no conversion (PACKED 3; 4 in
+    # the low-rank rows).
     return ((q << 16) | 0x43000000).to(tl.float32, bitcast=True)
 
 
@@ -1021,9 +1022,9 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
-            norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
-            residual.stride(0) if residual is not None else 0]
+    head = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z]  # the z item counts go between
+    args = [gcnt, state_len, norm_weight if prenorm else x, float(norm_eps),
+            residual if residual is not None else outs[0], residual.stride(0) if residual is not None else 0]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -1050,10 +1051,10 @@ def sparse_linear_multi(
     if Z_LAUNCH and z_items and not use_dot:
         # z first, in a grid of the z items alone (they count themselves; nothing resets there), then the rest with
         # no z items of its own: its low-rank items find every producer counted, and its last tile resets the state.
-        _splitk_kernel[(sum(zi), t_blocks)](*args, LR_SPREAD=False, **consts)
-        _splitk_kernel[(items, t_blocks)](*args[:9], 0, 0, 0, *args[12:], LR_SPREAD=True, **consts)
+        _splitk_kernel[(sum(zi), t_blocks)](*head, *zi, *args, LR_SPREAD=False, **consts)
+        _splitk_kernel[(items, t_blocks)](*head, 0, 0, 0, *args, LR_SPREAD=True, **consts)
     else:
-        _splitk_kernel[(sum(zi) + items, t_blocks)](*args, LR_SPREAD=False, **consts)
+        _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, *args, LR_SPREAD=False, **consts)
     return outs
 
 
