@@ -344,8 +344,7 @@ def overheads(device, reps):
 
 
 # The kernel module's on/off switches, recorded with every run (their values say which launches were timed).
-SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS",
-            "PACKED_LOWRANK_ROWS_SCALE", "PLAIN_LOWRANK_ROWS_SCALE", "Z_LAUNCH")
+SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
 
 
 def markdown(rows, meta):

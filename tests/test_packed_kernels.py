@@ -73,24 +73,6 @@ def test_packed_kernel_matches_the_fp64_rule(shape, dtype):
 
 
 @needs_triton
-@pytest.mark.parametrize("scale", [2, 5])
-def test_longer_packed_lowrank_items_change_no_result(scale, monkeypatch):
-    # PACKED_LOWRANK_ROWS_SCALE only regroups one token's low-rank rows into fewer items; a scale
-    # that leaves a partial last item (rank 17) must still write and sum every row once.
-    from rsparse.kernels import sparse_linear as kernels
-
-    for dtype in DTYPES:
-        op_args, fp64_args = packed(make_args(1, 130, 300, 17, dtype, "cpu", 0.3, True, seed=5))
-        y1 = check_packed(op_args, fp64_args, dtype, 0.3)
-        monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
-        y2 = check_packed(op_args, fp64_args, dtype, 0.3)
-        monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", 1)
-        if dtype == torch.float32:  # fp64 sums, rounded once: the grouping cannot show
-            assert torch.equal(y1, y2)
-    assert _workspace_is_zero()
-
-
-@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_long_input_wide_z_tiles_match_the_fp64_rule(dtype):
     # PACKED_LONG_INPUT_WIDE_Z: one token, packed factors, an input at least twice the outputs takes z items of
@@ -266,11 +248,11 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "convert"), ("PACKED_LEVELS", "bits"),
                                      ("PACKED_LEVELS", "biased"), ("PACKED_LEVELS", "biased_rows"),
-                                     ("Z_LAUNCH", True), ("DOT_Z_ITEMS", False)], ids=str)
+                                     ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
     # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
-    # "convert"): one token's level floats, z in a launch of its own, and packed batches on those shapes with z in
-    # the weight items (they take z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
+    # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take
+    # z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, *setting)
@@ -356,37 +338,3 @@ def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(m
         args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
         check_packed_and_plain(args, dtype, 0.4)
     assert _workspace_is_zero()
-
-
-@needs_triton
-@pytest.mark.parametrize("scale", [0.25, 0.5, 3])
-@pytest.mark.parametrize("T", [1, 3])
-def test_one_token_lowrank_items_of_other_lengths_match_the_reference(scale, T, monkeypatch):
-    # PACKED_LOWRANK_ROWS_SCALE / PLAIN_LOWRANK_ROWS_SCALE: one token's low-rank items of a fraction or a multiple of
-    # the "density" rule's rows, rounded to whole steps (at least one); packed and plain factors, every dtype (T = 3:
-    # fp32 runs the one-token code per token), every output element written, the workspace left zero.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "PACKED_LOWRANK_ROWS_SCALE", scale)
-    monkeypatch.setattr(kernels, "PLAIN_LOWRANK_ROWS_SCALE", scale)
-    for dtype in DTYPES:
-        args = make_args(T, 700, 300, 150, dtype, "cpu", 0.4, True, seed=5)
-        check_packed_and_plain(args, dtype, 0.4)
-        assert _workspace_is_zero()
-
-
-@needs_triton
-@pytest.mark.parametrize("T", [1, 3])
-def test_z_in_a_launch_of_its_own_matches_the_reference(T, monkeypatch):
-    # Z_LAUNCH: one token's z items in a launch of their own, then the weight items with the low-rank items spread
-    # among them (every s-th item) in a second launch that has no z items. Packed and plain factors, every dtype
-    # (T = 3: fp32 runs the one-token code per token; 16-bit batches keep one launch); every output element
-    # written, the workspace left zero for the next call. Under the interpreter this shape has 6 weight items and
-    # 2 low-rank items over two tiles, so every 4th item of the second launch is a low-rank one.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "Z_LAUNCH", True)
-    for dtype in DTYPES:
-        args = make_args(T, 2000, 1100, 40, dtype, "cpu", 0.4, True, seed=T)
-        check_packed_and_plain(args, dtype, 0.4)
-        assert _workspace_is_zero()

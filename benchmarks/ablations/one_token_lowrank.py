@@ -1,5 +1,5 @@
-"""One token with a low-rank path: how packed 4-bit levels become floats (`PACKED_LEVELS`) and where z is formed
-(`Z_LAUNCH`) in the split-K launch, against bf16 factors, rho 1 and cuBLAS dense in the same run.  GPU only.
+"""One token with a low-rank path: how packed 4-bit levels become floats (`PACKED_LEVELS`) in the split-K launch,
+against bf16 factors, rho 1 and cuBLAS dense in the same run.  GPU only.
 
 * `PACKED_LEVELS` (packed 4-bit factors): each level q (0..15) of a z item or a low-rank item becomes a float before
   its FMA.  "convert" (shipped): `q.to(float32)`, an I2F (a quarter-rate unit on sm_90) once per factor element,
@@ -10,14 +10,15 @@
   whose rank spends most of its elements in z).
 * Kernel run 59 also timed `LOWRANK_AMONG_WEIGHTS` here (low-rank items spread among the weight items): slower on
   every case, removed (the last commit with it is cc3c417).
+* Kernel run 61 (H100) timed `Z_LAUNCH` here (z in a launch of its own, then the low-rank items among the weight
+  items): 16-26 % slower with packed factors, 14-34 % with bf16 ones; removed (the last commit with it is 2934b5b).
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
 after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 factors); ``4bit_shipped`` (rho 0.8,
 packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`) and
 ``4bit_convert``, ``4bit_bits``, ``4bit_biased``, ``4bit_biased_rows`` (each setting for every shape); ``dense``
-(cuBLAS ``F.linear`` on the same weights); ``bf16_zlaunch`` and ``4bit_zlaunch``: `Z_LAUNCH` (z in a launch of its
-own, then the low-rank items among the weight items, with nothing to wait for).  Since kernel run 60 wide launches
-take "biased_rows" and long-input ones (down_proj) "convert".
+(cuBLAS ``F.linear`` on the same weights).  Since kernel run 60 wide launches take "biased_rows" and long-input ones
+(down_proj) "convert".
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.
@@ -41,10 +42,8 @@ VARIANTS = {
     "4bit_shipped": (0.8, 4, {}),
     **{f"4bit_{v}": (0.8, 4, {"PACKED_LEVELS": v, "PACKED_LONG_INPUT_LEVELS": v})
        for v in ("convert", "bits", "biased", "biased_rows")},
-    "bf16_zlaunch": (0.8, 16, {"Z_LAUNCH": True}),
-    "4bit_zlaunch": (0.8, 4, {"Z_LAUNCH": True}),
 }
-SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS", "Z_LAUNCH")
+SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
 
 
 def main():

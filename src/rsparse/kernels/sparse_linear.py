@@ -81,14 +81,10 @@ ONE_WAVE_GRID = True  # at most programs_per_sm items per multiprocessor (False:
 # producers read a row of V_r only where the channel is inactive (at batch 4 nearly every row is
 # inactive for some token, and the extra mask made the launch slower, so batches read every row).
 LOWRANK_ROWS = "density"
-# One token: low-rank items take this many times the rows "density" gives them (fractions round to whole steps of
-# block_k rows), with packed 4-bit factors and with 16-bit ones. A packed row moves a quarter of a 16-bit row's
-# bytes, and 4-bit budgets buy four times the rank (more, shorter items). Kernel run 52 (H100,
-# benchmarks/ablations/packed_lr_rows.py): packed 2, 4 and 8 were slower on all four cases (gate/up 36.6 us at 1,
-# 43.9 at 2, about one memory round trip per extra step: the items run as a tail after the weight items, waiting
-# for z). Shorter items (0.5, 0.25), for both kinds, are untimed (the same script; kernel run 61).
-PACKED_LOWRANK_ROWS_SCALE = 1
-PLAIN_LOWRANK_ROWS_SCALE = 1
+# Other lengths for one token's low-rank items lost (benchmarks/ablations/packed_lr_rows.py, H100): 2, 4 and 8 times
+# these rows with packed factors in kernel run 52 (about one memory round trip per extra step: the items run as a
+# tail, waiting for z); 0.25 and 0.5 times, for both factor kinds, in kernel run 61 (0.5 won on packed gate+up by
+# 3.7 % and lost on packed gate/up and down; with bf16 factors all within 1.1 %). The switches went after run 61.
 # One token, packed factors: how a level q (0..15) becomes the float its FMA takes. "convert": `q.to(float32)`, an
 # integer-to-float conversion (I2F, a quarter-rate unit on sm_90) per factor element. "bits": the bits 0x4B000000 | q
 # are 2^23 + q, less 2^23 gives q (an OR and a full-rate add; the same values, so the same results). "biased": the
@@ -125,14 +121,6 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # (PACKED_DOT_Z_CONFIG), so this switch only forces them for every shape. It takes True, False, or "packed" /
 # "plain" for launches with packed 4-bit / 16-bit factors only (`_switch_on`).
 DOT_Z_ITEMS = False
-# One token with z items and a rank: z in a launch of its own (the z items alone), then the weight and low-rank items
-# in a second launch, the low-rank items spread among the weight items (every s-th item, constexpr LR_SPREAD). In one
-# launch the low-rank items must wait for every z item: placed last they run as an arithmetic tail with no memory
-# traffic beside them (4-bit budgets give them four times the rows), and placed among the weight items they spin in
-# slots the weight rows need (LOWRANK_AMONG_WEIGHTS, kernel run 59: +4 to +8 %, removed). With z done before the
-# second launch starts they wait for nothing. The price is one more launch (benchmarks/NOTES.md, thirty-seventh
-# session). Untimed (benchmarks/ablations/one_token_lowrank.py), so off.
-Z_LAUNCH = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
@@ -590,7 +578,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, LR_SPREAD: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -602,14 +590,6 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if LR_SPREAD:  # Z_LAUNCH's second launch: after the z items (none there), every s-th item is a low-rank item
-        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
-        p = pid - n_z
-        s = (n_weight + n_lr) // tl.maximum(n_lr, 1)
-        spread = (p >= 0) & (p < n_lr * s)
-        is_lr = spread & (p % s == s - 1)
-        w_idx = tl.where(spread, p - p // s, p - n_lr)
-        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, n_z + w_idx))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -966,9 +946,6 @@ def sparse_linear_multi(
     density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
     rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
                                max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
-    if not use_dot:
-        scale = PACKED_LOWRANK_ROWS_SCALE if any(packed) else PLAIN_LOWRANK_ROWS_SCALE
-        rows_lr = max(cfg.block_k, round(rows_lr * scale / cfg.block_k) * cfg.block_k)
     if use_dot and DOT_LOWRANK_ROWS_DIV > 1:
         rows_lr = max(cfg.block_k, rows_lr // DOT_LOWRANK_ROWS_DIV // cfg.block_k * cfg.block_k)
     chunks_w = _compact.cdiv(n, rows)
@@ -1048,13 +1025,7 @@ def sparse_linear_multi(
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     items = chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles))
-    if Z_LAUNCH and z_items and not use_dot:
-        # z first, in a grid of the z items alone (they count themselves; nothing resets there), then the rest with
-        # no z items of its own: its low-rank items find every producer counted, and its last tile resets the state.
-        _splitk_kernel[(sum(zi), t_blocks)](*head, *zi, *args, LR_SPREAD=False, **consts)
-        _splitk_kernel[(items, t_blocks)](*head, 0, 0, 0, *args, LR_SPREAD=True, **consts)
-    else:
-        _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, *args, LR_SPREAD=False, **consts)
+    _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, *args, **consts)
     return outs
 
 
