@@ -198,6 +198,31 @@ def test_a_member_on_the_dense_gemm_stays_out_of_the_launch():
     _assert_empty(group)
 
 
+
+def test_a_member_that_keeps_every_channel_joins_the_launch_for_one_token_on_triton():
+    # On the Triton kernels one token takes the kernel even where the budget keeps every channel (as fast as the
+    # dense GEMM or faster, and one launch with its siblings); two tokens, or the torch backend, keep the GEMM.
+    q, k, v = layers = _members(outs=(24, 8, 8))
+    k.budget = LayerBudget(N, 8, s=0.0, rho=1.0, k=N, r=0)
+    k.tau.fill_(-1.0)  # what calibration gives such a budget
+    k.lowrank_in, k.lowrank_out = k.lowrank_in[:, :0], k.lowrank_out[:0]
+    group = SharedInputGroup(layers)
+    for backend, T, launch in (("triton", 1, [("multi", 3)]), ("triton", 2, [("multi", 2)]), ("torch", 1, [("multi", 2)])):
+        x = torch.randn(T, N)
+        rsparse.set_backend(backend)
+        try:
+            assert k.takes_kernel(x) == (backend == "triton" and T == 1)
+            want = [q.forward_alone(x), k.forward_dense(x), v.forward_alone(x)]
+            with OpCalls() as ops:
+                got = [q(x), k(x), v(x)]
+        finally:
+            rsparse.set_backend("auto")
+        assert ops.calls == launch, (backend, T)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        _assert_empty(group)
+
+
 def test_group_validation_and_link_errors():
     a, b, c = _members()
     with pytest.raises(ValueError, match="at least 2 RSparseLinear"):

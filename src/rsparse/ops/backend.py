@@ -87,6 +87,15 @@ def _use_triton(x: torch.Tensor) -> bool:
     return False
 
 
+def triton_runs(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` would run the Triton kernels (decided from shapes and settings only); False, not an
+    error, where forcing ``"triton"`` cannot serve ``x``."""
+    try:
+        return _use_triton(x)
+    except ValueError:
+        return False
+
+
 def _sparse_linear(x, weight_t, c, tau, lowrank_in, lowrank_out, bias, active_fraction=1.0, residual=None,
                    lowrank_quant=None):
     check_fold_args(x, None, residual, weight_t.shape[1])
