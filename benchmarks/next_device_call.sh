@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The next device call, ready to run (each session that plans one rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 62, on an H200 (the card acceptance names): the acceptance rows with
-# today's code (0 / 50 / 70 %, rho 1, batch 1 and 4, bf16, with cuBLAS on same-size slices), the rho 0.8 rows at 50 %
-# (bf16 factors), the same-run check of the packed batches' z-item rule on gate/up (run 61 passed a wrong case name),
-# then the rest of the issue's grid (40 % and 90 %, rho 1 and 0.8) in what is left.  One archive in $OUT.
-#     LIMIT=520 bash benchmarks/next_device_call.sh      # on the device, from the repository root
+# The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
+# and how to read the results).  Kernel run 63, two calls of about 8 minutes each, either card; everything lands in
+# one archive in $OUT (a call returns at most 8 files).
+#   accept: wide_lowrank_path.py first (COMPACT_WITH_RANK: the compact path against the split-K launch with z items
+#           for wide layers with a rank; rule in the script: off if split-K wins all three rows), then the acceptance
+#           rows with today's code (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices; at 0 % the
+#           module now takes the kernel for one token), the rho 0.8 rows at 50 %, and the GPU tests of the kernels.
+#   decode: the whole compiled decode at targets 0 and 0.5, batch 1 (target 0 now runs one token on the kernel: its
+#           row should match "0 (kernel)"), then the user's default path (cli_gpu_check.sh) in what is left.
+#     LIMIT=480 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
+#     LIMIT=540 bash benchmarks/next_device_call.sh decode
+case "$1" in accept|decode) ;; *) echo "expected 'accept' or 'decode', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-O=/tmp/run62; rm -rf $O; mkdir -p $O
-END=$((SECONDS + ${LIMIT:-520} - 10))
+O=/tmp/run63_$1; rm -rf $O; mkdir -p $O
+END=$((SECONDS + ${LIMIT:-480} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
   if [ $left -lt 20 ]; then echo "skipped: $*" >> $O/steps.log; return; fi
@@ -16,9 +22,15 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
 }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
 K="python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up"
-step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
-step 60 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 4 --out $O/rho08
-step 60 dotz.log python benchmarks/ablations/dot_z_items.py --factor-bits 4 --cases "gate/up 4096->14336" --out $O
-step 300 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
-tar czf $OUT/run62.tgz -C /tmp run62
+if [ "$1" = accept ]; then
+  step 90 wide.log python benchmarks/ablations/wide_lowrank_path.py --out $O
+  step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
+  step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
+  step 180 gpu_kernels.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py tests/test_fuse.py tests/test_packed_kernels.py
+else
+  step 330 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled \
+    --new-tokens 128 --repeats 2 --time-limit 320 --out $O
+  step 300 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
+fi
+tar czf $OUT/run63_$1.tgz -C /tmp run63_$1
 cat $O/steps.log

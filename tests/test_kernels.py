@@ -622,7 +622,7 @@ def test_gpu_capture_without_workspace_uses_a_zeroed_buffer_of_its_own(monkeypat
     assert not compact_gemv._WORKSPACE  # nothing persistent was allocated inside the capture
 
 
-def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_token_layers():
+def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_token_layers(monkeypatch):
     from rsparse.kernels import sparse_linear as kernels
 
     big = (4096, 14336)
@@ -647,6 +647,15 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     gate_up = (4096, 2 * 14336)
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
+    # COMPACT_WITH_RANK: wide layers with a rank take the compact path where their share allows (shipped), or the
+    # split-K launch with z items when it is off; layers without rank are not affected.
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.4, has_rank=True).path == "compact"
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.24, has_rank=True).path == "compact"
+    monkeypatch.setattr(kernels, "COMPACT_WITH_RANK", False)
+    for shape, active in ((gate_up, 0.4), (big, 0.24)):
+        cfg = kernels.choose_config(*shape, False, 2, active_fraction=active, has_rank=True)
+        assert cfg.path == "splitk" and cfg.block_r == 128 and cfg.programs_per_sm == 4
+        assert kernels.choose_config(*shape, False, 2, active_fraction=active).path == "compact"
     kernels.set_config(kernels.Config(path="splitk"), "gemv1")  # an override wins
     try:
         assert kernels.choose_config(*big, False, 2, active_fraction=0.1).path == "splitk"

@@ -704,6 +704,14 @@ INLINE_MAX_ACTIVE = 0.55
 # 0.7 decode step moved by under 0.3 %. Kept at 0, as a knob for `benchmarks/ablations/fold_ab.py`.
 SMALL_COMPACT_MAX_ACTIVE = 0.0
 SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
+# Wide one-token layers with a low-rank path take the compact path where their active share allows (the fused gate+up
+# pair up to WIDE_COMPACT_MAX_ACTIVE, gate/up or up alone up to COMPACT_MAX_ACTIVE); False sends them to the split-K
+# launch with z items, as tall layers with a rank already go (run 11). The choice for the pair rests on kernel run 11
+# (H200): 43.74 us compact against 47.90 split-K at 50 %, rho 0.8, before the split-K launch's later changes (z items
+# by density, XC_AHEAD, PDL). Kernel run 62 (H100) had the compact pair 16.4 % above its rho-1 time there (54.86
+# against 47.14 us), while gate/up alone on the split-K launch was 6.3 % above (28.54 against 26.86). Untimed since run
+# 11: benchmarks/ablations/wide_lowrank_path.py times both in the same rounds.
+COMPACT_WITH_RANK = True
 # z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
 # path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
 # of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
@@ -783,7 +791,7 @@ def choose_config(
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
-        if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide):
+        if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide) and (COMPACT_WITH_RANK or not has_rank):
             return COMPACT_CONFIG
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
