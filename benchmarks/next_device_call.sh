@@ -26,6 +26,9 @@ if [ "$1" = accept ]; then
   step 90 wide.log python benchmarks/ablations/wide_lowrank_path.py --out $O
   step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
   step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
+  # probe: gate/up alone at 70 %, rho 1, on the split-K launch instead of the compact path (2.03x in run 62)
+  step 30 splitk70.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --sparsities 0.7 \
+    --rhos 1 --batches 1 --gemv1 path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4 --out $O/splitk70
   step 180 gpu_kernels.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py tests/test_fuse.py tests/test_packed_kernels.py
 else
   step 330 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled \
