@@ -8,7 +8,6 @@ kernels module is imported on first use only, so ``import rsparse`` needs no Tri
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -28,10 +27,13 @@ MAX_TRITON_TOKENS = 32
 _backend = "auto"
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once: the default "auto" backend asks on every decode call, a module search takes microseconds, and
+# `RSparseLinear.takes_kernel` asks inside torch.compile's tracing, which warns on functools caches.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def _triton_installed() -> bool:
-    # Cached: the default "auto" backend asks on every decode call, and a module search takes microseconds.
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def _interpreting() -> bool:
