@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 63, two calls of about 8 minutes each, either card; everything lands in
-# one archive in $OUT (a call returns at most 8 files).
+# and how to read the results).  Kernel run 63, three calls of about 8-9 minutes each, either card, in order of need;
+# everything lands in one archive in $OUT (a call returns at most 8 files).
 #   accept: wide_lowrank_path.py first (COMPACT_WITH_RANK: the compact path against the split-K launch with z items
 #           for wide layers with a rank; rule in the script: off if split-K wins all three rows), then the acceptance
 #           rows with today's code (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices; at 0 % the
 #           module now takes the kernel for one token), the rho 0.8 rows at 50 %, and the GPU tests of the kernels.
 #   decode: the whole compiled decode at targets 0 and 0.5, batch 1 (target 0 now runs one token on the kernel: its
-#           row should match "0 (kernel)"), then the user's default path (cli_gpu_check.sh) in what is left.
+#           row should match "0 (kernel)").
+#   cli:    the user's default path (cli_gpu_check.sh: sparsify with searched budgets and 4-bit factors, save,
+#           summary, bench of the reloaded folder); runs 60 and 61 gave it 230-300 s and its bench never finished.
 #     LIMIT=480 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
 #     LIMIT=540 bash benchmarks/next_device_call.sh decode
-case "$1" in accept|decode) ;; *) echo "expected 'accept' or 'decode', got '$1'"; exit 2 ;; esac
+#     LIMIT=570 bash benchmarks/next_device_call.sh cli
+case "$1" in accept|decode|cli) ;; *) echo "expected 'accept', 'decode' or 'cli', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run63_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-480} - 10))
@@ -30,10 +33,11 @@ if [ "$1" = accept ]; then
   step 30 splitk70.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --sparsities 0.7 \
     --rhos 1 --batches 1 --gemv1 path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4 --out $O/splitk70
   step 180 gpu_kernels.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py tests/test_fuse.py tests/test_packed_kernels.py
+elif [ "$1" = decode ]; then
+  step 530 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled \
+    --new-tokens 128 --repeats 2 --time-limit 500 --out $O
 else
-  step 330 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled \
-    --new-tokens 128 --repeats 2 --time-limit 320 --out $O
-  step 300 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
+  step 560 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
 fi
 tar czf $OUT/run63_$1.tgz -C /tmp run63_$1
 cat $O/steps.log
