@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import rsparse
 from rsparse.config import LayerBudget
 from rsparse.fuse import SharedInputGroup, link_groups, linked_groups, set_fusion
-from rsparse.nn import RSparseLinear, rsparse_modules
+from rsparse.nn import RSparseLinear, fused_forward, rsparse_modules
 
 from .conftest import random_tokens, tiny_model
 
@@ -305,3 +305,32 @@ def test_fused_triton_matches_separate_triton():
         rsparse.set_backend("auto")
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_full_member_joins_the_launch_and_compiles(monkeypatch):
+    # On CUDA with the default backend one token of a layer that keeps every channel takes the fused launch, and the
+    # choice traces into one inductor graph (fullgraph) with the same outputs as the dense GEMM, to bf16 rounding.
+    import rsparse.fuse
+
+    launches = []
+
+    def counting(x, modules, norm=None):  # eager CUDA calls skip the dispatcher, so count the group's launches here
+        launches.append(len(modules))
+        return fused_forward(x, modules, norm)
+
+    monkeypatch.setattr(rsparse.fuse, "fused_forward", counting)
+    q, k, v = layers = [m.to("cuda", torch.bfloat16) for m in _members(outs=(1024, 256, 256))]
+    k.budget = LayerBudget(N, 256, s=0.0, rho=1.0, k=N, r=0)
+    k.tau.fill_(-1.0)
+    k.lowrank_in, k.lowrank_out = k.lowrank_in[:, :0], k.lowrank_out[:0]
+    SharedInputGroup(layers)
+    x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16)
+    want = [q.forward_alone(x), k.forward_dense(x), v.forward_alone(x)]
+    got = [q(x), k(x), v(x)]
+    assert launches == [3]
+    traced = torch.compile(lambda x: [q(x), k(x), v(x)], fullgraph=True)(x)
+    for g, t, w in zip(got, traced, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(t.float(), w.float(), rtol=2e-2, atol=2e-2)
