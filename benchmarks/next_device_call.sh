@@ -6,8 +6,8 @@
 #           for wide layers with a rank; rule in the script: off if split-K wins all three rows), then the acceptance
 #           rows with today's code (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices; at 0 % the
 #           module now takes the kernel for one token), the rho 0.8 rows at 50 %, and the GPU tests of the kernels.
-#   decode: the whole compiled decode at targets 0 and 0.5, batch 1 (target 0 now runs one token on the kernel: its
-#           row should match "0 (kernel)").
+#   decode: the whole decode at targets 0 and 0.5, batch 1, compiled, then eager in what is left (target 0 now runs
+#           one token on the kernel: its rows should match "0 (kernel)").
 #   cli:    the user's default path (cli_gpu_check.sh: sparsify with searched budgets and 4-bit factors, save,
 #           summary, bench of the reloaded folder); runs 60 and 61 gave it 230-300 s and its bench never finished.
 #     LIMIT=480 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
@@ -34,7 +34,7 @@ if [ "$1" = accept ]; then
     --rhos 1 --batches 1 --gemv1 path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4 --out $O/splitk70
   step 180 gpu_kernels.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py tests/test_fuse.py tests/test_packed_kernels.py
 elif [ "$1" = decode ]; then
-  step 530 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled \
+  step 530 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled eager \
     --new-tokens 128 --repeats 2 --time-limit 500 --out $O
 else
   step 560 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
