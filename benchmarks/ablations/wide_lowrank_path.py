@@ -13,8 +13,9 @@ turn round after round (`kernel_speed.time_switch_variants`): ``rho1`` (shipped)
 at 70 % (at 50 % its 40 % active share is above `COMPACT_MAX_ACTIVE`, so both settings launch the same).
 
 Adoption rule, written before the run: `COMPACT_WITH_RANK = False` if ``splitk`` is faster than ``compact`` on all
-three rows; otherwise it stays True.  Each variant is checked against the PyTorch reference once.  Prints JSON
-lines; writes ``--out``/wide_lowrank_path.jsonl.
+three rows; otherwise it stays True.  Each variant's projections are checked against the PyTorch reference once,
+each alone (so the pair's check does not run its fused launch; the tests cover both paths).  Prints JSON lines;
+writes ``--out``/wide_lowrank_path.jsonl.
 
     python benchmarks/ablations/wide_lowrank_path.py --out $OUT
 """
