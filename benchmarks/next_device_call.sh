@@ -5,7 +5,8 @@
 #   accept: wide_lowrank_path.py first (COMPACT_WITH_RANK: the compact path against the split-K launch with z items
 #           for wide layers with a rank; rule in the script: off if split-K wins all three rows), then the acceptance
 #           rows with today's code (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices; at 0 % the
-#           module now takes the kernel for one token), the rho 0.8 rows at 50 %, and the GPU tests of the kernels.
+#           module now takes the kernel for one token), the rho 0.8 rows at 50 %, a split-K probe for gate/up at 70 %,
+#           and the GPU tests of test_fuse.py (new: a full member in its group on CUDA) and test_packed_kernels.py.
 #   decode: the whole decode at targets 0 and 0.5, batch 1, compiled, then eager in what is left (target 0 now runs
 #           one token on the kernel: its rows should match "0 (kernel)").
 #   cli:    the user's default path (cli_gpu_check.sh: sparsify with searched budgets and 4-bit factors, save,
@@ -32,7 +33,7 @@ if [ "$1" = accept ]; then
   # probe: gate/up alone at 70 %, rho 1, on the split-K launch instead of the compact path (2.03x in run 62)
   step 30 splitk70.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --sparsities 0.7 \
     --rhos 1 --batches 1 --gemv1 path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4 --out $O/splitk70
-  step 180 gpu_kernels.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py tests/test_fuse.py tests/test_packed_kernels.py
+  step 180 gpu_tests.log python -m pytest -v -rfEs -m gpu tests/test_fuse.py tests/test_packed_kernels.py
 elif [ "$1" = decode ]; then
   step 530 decode.log python benchmarks/decode.py --targets 0 0.5 --batches 1 --prompts 128 --modes compiled eager \
     --new-tokens 128 --repeats 2 --time-limit 500 --out $O
