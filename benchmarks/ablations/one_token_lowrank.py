@@ -15,10 +15,15 @@ against bf16 factors, rho 1 and cuBLAS dense in the same run.  GPU only.
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
 after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 factors); ``4bit_shipped`` (rho 0.8,
-packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`) and
-``4bit_convert``, ``4bit_bits``, ``4bit_biased``, ``4bit_biased_rows`` (each setting for every shape); ``dense``
-(cuBLAS ``F.linear`` on the same weights).  Since kernel run 60 wide launches take "biased_rows" and long-input ones
-(down_proj) "convert".
+packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`); ``dense`` (cuBLAS
+``F.linear`` on the same weights); ``bf16_late`` and ``4bit_late``: `LR_AFTER_WAVE` (the low-rank items spread among
+the weight items after the first wave instead of last).  Since kernel run 60 wide launches take "biased_rows" and
+long-input ones (down_proj) "convert"; ``--levels`` adds ``4bit_convert``, ``4bit_bits``, ``4bit_biased`` and
+``4bit_biased_rows`` (each setting for every shape; timed in kernel runs 59-61).
+
+Adoption rule for `LR_AFTER_WAVE`, written before its run (kernel run 63): on if ``4bit_late`` beats ``4bit_shipped``
+on all four cases and ``bf16_late`` beats ``bf16`` on the three where it applies (gate+up with bf16 factors takes the
+compact path, which it does not touch); otherwise it stays off.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.
@@ -40,10 +45,10 @@ VARIANTS = {
     "rho1": (1.0, 16, {}),
     "bf16": (0.8, 16, {}),
     "4bit_shipped": (0.8, 4, {}),
-    **{f"4bit_{v}": (0.8, 4, {"PACKED_LEVELS": v, "PACKED_LONG_INPUT_LEVELS": v})
-       for v in ("convert", "bits", "biased", "biased_rows")},
+    "bf16_late": (0.8, 16, {"LR_AFTER_WAVE": True}),
+    "4bit_late": (0.8, 4, {"LR_AFTER_WAVE": True}),
 }
-SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
+SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS", "LR_AFTER_WAVE")
 
 
 def main():
@@ -52,6 +57,7 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sparsities", nargs="*", type=float, default=[0.5])
+    p.add_argument("--levels", action="store_true", help="also every PACKED_LEVELS setting for every shape")
     p.add_argument("--cases", nargs="*", default=["gate/up 4096->14336", "down 14336->4096",
                                                    "gate+up fused 4096->2x14336", "qkv fused + o"])
     args = p.parse_args()
@@ -68,15 +74,19 @@ def main():
                 setattr(K, name, flags.get(name, shipped[name]))
         return apply
 
+    chosen = dict(VARIANTS)
+    if args.levels:
+        chosen.update({f"4bit_{v}": (0.8, 4, {"PACKED_LEVELS": v, "PACKED_LONG_INPUT_LEVELS": v})
+                       for v in ("convert", "bits", "biased", "biased_rows")})
     with open(Path(args.out) / "one_token_lowrank.jsonl", "w") as out:
         for s in args.sparsities:
             for name in args.cases:
-                variants = {v: (rho, bits, setting(flags)) for v, (rho, bits, flags) in VARIANTS.items()}
+                variants = {v: (rho, bits, setting(flags)) for v, (rho, bits, flags) in chosen.items()}
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                    variants)
                 setting({})()
                 dense, base = res["dense"]["us"], res["rho1"]["us"]
-                for v, (rho, bits, flags) in VARIANTS.items():
+                for v, (rho, bits, flags) in chosen.items():
                     row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits,
                            **flags, **res[v], "us_dense": dense,
                            "speedup": round(dense / res[v]["us"], 3), "over_rho1": round(res[v]["us"] / base - 1, 4),

@@ -121,6 +121,16 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # (PACKED_DOT_Z_CONFIG), so this switch only forces them for every shape. It takes True, False, or "packed" /
 # "plain" for launches with packed 4-bit / 16-bit factors only (`_switch_on`).
 DOT_Z_ITEMS = False
+# One token with z items: the low-rank items spread among the weight items that come after the first wave's worth of
+# items (the z items and the first weight items), instead of last in the grid. Last, they wait for nothing but run as
+# a tail with no weight rows beside them (kernel runs 52, 60, 61: 4-bit factors add 7-10 us over bf16 ones on the
+# MLP's shapes, bf16 factors 1.4-3.4 us over rho 1). Spread from the start (LOWRANK_AMONG_WEIGHTS, run 59: +4 to
+# +8 %) they held first-wave slots spinning until every z item was done; a z launch of its own (Z_LAUNCH, run 61:
+# +14 to +34 %) cost more than the wait. Here no low-rank item is in the first wave: the z items all start there and
+# are short, so by the time a slot frees the z sums are nearly complete, and the low-rank arithmetic overlaps the
+# remaining weight rows. The z items keep lower program ids than every low-rank item, so the wait cannot dead-lock.
+# Untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 63), so off.
+LR_AFTER_WAVE = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
@@ -567,7 +577,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 
 @triton.jit
 def _splitk_kernel(
-    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
+    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2, lr_at,
     gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0, lq0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1, lq1,
@@ -578,7 +588,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr,
+    PACKED: tl.constexpr, LR_LATE: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -590,6 +600,14 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
+    if LR_LATE:  # LR_AFTER_WAVE: from grid position lr_at on, every s-th item is a low-rank item (a bijection)
+        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
+        p = pid - lr_at
+        s = tl.maximum((n_z + n_weight - lr_at + n_lr) // tl.maximum(n_lr, 1), 1)
+        spread = (p >= 0) & (p < n_lr * s)
+        is_lr = spread & (p % s == s - 1)
+        rest = tl.where(spread, p - p // s, p - n_lr)  # weight items from lr_at on, in order
+        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, lr_at + rest))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -864,6 +882,12 @@ def _item_rows(n: int, tiles: tuple[int, ...], ranks: tuple[int, ...], block_k: 
     return rows, lowrank_rows(rows)
 
 
+def lowrank_position(n_z: int, n_weight: int, slots: int) -> int:
+    """Grid position from which `LR_AFTER_WAVE` spreads the low-rank items: after the first wave's worth of items
+    (``slots``), and never before the last z item or after the last weight item."""
+    return min(max(slots, n_z), n_z + n_weight)
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -1033,7 +1057,9 @@ def sparse_linear_multi(
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     items = chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles))
-    _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, *args, **consts)
+    lr_late = LR_AFTER_WAVE and z_items and not use_dot
+    lr_at = lowrank_position(sum(zi), chunks_w * sum(tiles), max(1, _sm_count(x.device) * cfg.programs_per_sm))
+    _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, lr_at if lr_late else 0, *args, LR_LATE=lr_late, **consts)
     return outs
 
 
