@@ -356,8 +356,8 @@ def test_lowrank_items_after_the_first_wave_match_the_reference(r, T, monkeypatc
     # LR_AFTER_WAVE: one token's low-rank items spread among the weight items after the first wave. With 4
     # multiprocessors (3 items each) this shape's launch has 10 weight items over one tile and 5 z items per 128-rank
     # block, so the low-rank items start at grid position 12: rank 40 gives 3 of them, every 2nd item from there;
-    # rank 150 gives 10 z items and 10 low-rank items, one block before the last 8 weight items. Packed and plain
-    # factors, every dtype (T = 3: fp32 runs the one-token code per token), the workspace left zero for the next call.
+    # rank 150 gives 10 z items (5 packed) and 10 low-rank items, one block before the last weight items. Packed and
+    # plain factors, every dtype (T = 3: fp32 runs the one-token code per token), the workspace left zero after.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "LR_AFTER_WAVE", True)

@@ -124,7 +124,7 @@ DOT_Z_ITEMS = False
 # One token with z items: the low-rank items spread among the weight items that come after the first wave's worth of
 # items (the z items and the first weight items), instead of last in the grid. Last, they wait for nothing but run as
 # a tail with no weight rows beside them (kernel runs 52, 60, 61: 4-bit factors add 7-10 us over bf16 ones on the
-# MLP's shapes, bf16 factors 1.4-3.4 us over rho 1). Spread from the start (LOWRANK_AMONG_WEIGHTS, run 59: +4 to
+# MLP's shapes, bf16 factors 1.4-3.6 us over rho 1). Spread from the start (LOWRANK_AMONG_WEIGHTS, run 59: +4 to
 # +8 %) they held first-wave slots spinning until every z item was done; a z launch of its own (Z_LAUNCH, run 61:
 # +14 to +34 %) cost more than the wait. Here no low-rank item is in the first wave: the z items all start there and
 # are short, so by the time a slot frees the z sums are nearly complete, and the low-rank arithmetic overlaps the
@@ -976,8 +976,8 @@ def sparse_linear_multi(
     tiles = [_compact.cdiv(m, cfg.block_m) for m in ms]
     # Share of weight rows a one-token launch is expected to read (batches: run 10's items, all rows).
     density = 1.0 if use_dot else min(max(active_fraction, 0.0), 1.0)
-    rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k,
-                               max(1, _sm_count(x.device) * cfg.programs_per_sm), density)
+    slots = max(1, _sm_count(x.device) * cfg.programs_per_sm)  # one wave of items
+    rows, rows_lr = _item_rows(n, tuple(tiles), tuple(rs), cfg.block_k, slots, density)
     if use_dot and DOT_LOWRANK_ROWS_DIV > 1:
         rows_lr = max(cfg.block_k, rows_lr // DOT_LOWRANK_ROWS_DIV // cfg.block_k * cfg.block_k)
     chunks_w = _compact.cdiv(n, rows)
@@ -1031,9 +1031,11 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    head = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z]  # the z item counts go between
-    args = [gcnt, state_len, norm_weight if prenorm else x, float(norm_eps),
-            residual if residual is not None else outs[0], residual.stride(0) if residual is not None else 0]
+    lr_late = LR_AFTER_WAVE and z_items and not use_dot
+    lr_at = lowrank_position(sum(zi), chunks_w * sum(tiles), slots) if lr_late else 0
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, lr_at, gcnt, state_len,
+            norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
+            residual.stride(0) if residual is not None else 0]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -1045,21 +1047,19 @@ def sparse_linear_multi(
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
-    consts = dict(
+    grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
+    _splitk_kernel[grid](
+        *args,
         BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], USE_DOT=use_dot, FP32=fp32, ACC2D=cfg.acc2d,
         BLOCK_T=block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_KZ=cfg.block_kz, BLOCK_R=cfg.block_r,
         RESET=reset, Z_SKIP_ACTIVE=Z_SKIP_ACTIVE and not use_dot, Z_ITEMS=z_items, RESET_STATE=reset and any(rs),
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
-        PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0,
+        PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, LR_LATE=lr_late,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
-    items = chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles))
-    lr_late = LR_AFTER_WAVE and z_items and not use_dot
-    lr_at = lowrank_position(sum(zi), chunks_w * sum(tiles), max(1, _sm_count(x.device) * cfg.programs_per_sm))
-    _splitk_kernel[(sum(zi) + items, t_blocks)](*head, *zi, lr_at if lr_late else 0, *args, LR_LATE=lr_late, **consts)
     return outs
 
 
