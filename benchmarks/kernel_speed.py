@@ -346,8 +346,8 @@ def overheads(device, reps):
 
 
 # The kernel module's on/off switches, recorded with every run (their values say which launches were timed).
-SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS", "COMPACT_WITH_RANK",
-            "LR_AFTER_WAVE")
+SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS",
+            "RANKED_COMPACT_MAX_ACTIVE")
 
 
 def markdown(rows, meta):

@@ -483,6 +483,28 @@ def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms):
             assert err <= TOL[torch.bfloat16], f"call {call}, projection {j}: relative error {err:.2e}"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+def test_gpu_fused_gate_up_with_a_rank_is_right_on_both_paths():
+    # One token of the fused gate+up pair with a low-rank path: the split-K launch with z items at 40 % active, the
+    # compact path at 24 % (RANKED_COMPACT_MAX_ACTIVE, kernel run 64), each on fresh inputs against the fp64 rule.
+    from rsparse.kernels import sparse_linear as kernels
+
+    projs = [make_args(1, 4096, 14336, 1024, torch.bfloat16, "cuda", 0.4, seed=j) for j in range(2)]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for active, path in ((0.4, "splitk"), (0.24, "compact")):
+        assert kernels.choose_config(4096, 2 * 14336, False, 2, active, has_rank=True).path == path
+        for call in range(2):
+            x = torch.randn(1, 4096, generator=g, device="cuda").to(torch.bfloat16)
+            args = [(x, w, c, (x.abs().float() * c).flatten().quantile(1 - active).reshape(()), li, lo, b)
+                    for _, w, c, _, li, lo, b in projs]
+            lists = [list(a) for a in zip(*[a[1:] for a in args])]
+            ys = kernels.sparse_linear_multi(x, *lists, active_fraction=active)
+            for j, (y, a) in enumerate(zip(ys, args)):
+                err = rel_err(y, exact(*a))
+                assert err <= TOL[torch.bfloat16], f"{path}, call {call}, projection {j}: relative error {err:.2e}"
+
+
 def _gpu_module(rank=32):
     torch.manual_seed(0)
     lin = torch.nn.Linear(1024, 3000, bias=True, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
@@ -647,15 +669,21 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     gate_up = (4096, 2 * 14336)
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
-    # COMPACT_WITH_RANK: wide layers with a rank take the compact path where their share allows (shipped), or the
-    # split-K launch with z items when it is off; layers without rank are not affected.
-    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.4, has_rank=True).path == "compact"
-    assert kernels.choose_config(*big, False, 2, active_fraction=0.24, has_rank=True).path == "compact"
-    monkeypatch.setattr(kernels, "COMPACT_WITH_RANK", False)
+    # RANKED_COMPACT_MAX_ACTIVE: wide layers with a rank take the compact path up to their shape's limit, the split-K
+    # launch with z items above it; layers without rank are not affected. Shipped: the pair compact at 24 % active
+    # but not at 40 %, gate/up alone never.
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.24, has_rank=True).path == "compact"
     for shape, active in ((gate_up, 0.4), (big, 0.24)):
         cfg = kernels.choose_config(*shape, False, 2, active_fraction=active, has_rank=True)
         assert cfg.path == "splitk" and cfg.block_r == 128 and cfg.programs_per_sm == 4
         assert kernels.choose_config(*shape, False, 2, active_fraction=active).path == "compact"
+    # The limits of before kernel run 64: compact wherever the shape allows.
+    monkeypatch.setattr(kernels, "RANKED_COMPACT_MAX_ACTIVE", {"pair": 1.0, "single": 1.0})
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.4, has_rank=True).path == "compact"
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.24, has_rank=True).path == "compact"
+    # They never widen the compact path beyond the shape's limit without rank.
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.4, has_rank=True).path == "splitk"
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6, has_rank=True).path == "splitk"
     kernels.set_config(kernels.Config(path="splitk"), "gemv1")  # an override wins
     try:
         assert kernels.choose_config(*big, False, 2, active_fraction=0.1).path == "splitk"

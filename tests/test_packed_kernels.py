@@ -248,10 +248,10 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "convert"), ("PACKED_LEVELS", "bits"),
                                      ("PACKED_LEVELS", "biased"), ("PACKED_LEVELS", "biased_rows"),
-                                     ("LR_AFTER_WAVE", True), ("DOT_Z_ITEMS", False)], ids=str)
+                                     ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
     # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
-    # "convert"): one token's level floats, its low-rank items after the first wave, and packed batches on those shapes
+    # "convert"): one token's level floats and packed batches on those shapes
     # with z in the weight items (they take z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says
     # otherwise).
     from rsparse.kernels import sparse_linear as kernels
@@ -339,30 +339,3 @@ def test_packed_batches_with_z_items_take_three_stages_and_match_the_reference(m
         args = make_args(4, 300, 130, 150, dtype, "cpu", 0.4, True, seed=11)
         check_packed_and_plain(args, dtype, 0.4)
     assert _workspace_is_zero()
-
-
-def test_lowrank_position_is_after_the_first_wave():
-    from rsparse.kernels.sparse_linear import lowrank_position
-
-    assert lowrank_position(5, 40, 12) == 12  # after the first wave: the z items and 7 weight items
-    assert lowrank_position(20, 40, 12) == 20  # the z items fill the wave: right after them
-    assert lowrank_position(5, 4, 12) == 9  # fewer items than a wave: last, as without the switch
-
-
-@needs_triton
-@pytest.mark.parametrize("r", [40, 150])
-@pytest.mark.parametrize("T", [1, 3])
-def test_lowrank_items_after_the_first_wave_match_the_reference(r, T, monkeypatch):
-    # LR_AFTER_WAVE: one token's low-rank items spread among the weight items after the first wave. With 4
-    # multiprocessors (3 items each) this shape's launch has 10 weight items over one tile and 5 z items per 128-rank
-    # block, so the low-rank items start at grid position 12: rank 40 gives 3 of them, every 2nd item from there;
-    # rank 150 gives 10 z items (5 packed) and 10 low-rank items, one block before the last weight items. Packed and
-    # plain factors, every dtype (T = 3: fp32 runs the one-token code per token), the workspace left zero after.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "LR_AFTER_WAVE", True)
-    monkeypatch.setattr(kernels, "_sm_count", lambda device: 4)
-    for dtype in DTYPES:
-        args = make_args(T, 300, 130, r, dtype, "cpu", 0.4, True, seed=r + T)
-        check_packed_and_plain(args, dtype, 0.4)
-        assert _workspace_is_zero()

@@ -104,21 +104,19 @@ def loop_shapes(k) -> list[str]:
 
 
 for dtype in ("bf16", "fp16"):
-    # (ranks, packed, (block_kz, block_r), late): the z tiles of most launches, and PACKED_LONG_INPUT_WIDE_Z's for
-    # long inputs; packed 2-4 form some of the levels' floats from their bits (PACKED_LEVELS "bits", "biased",
-    # "biased_rows"); late: LR_AFTER_WAVE's remap of the program id
-    for ranks, packed, (kz, br), late in (
-            (False, False, (16, 128), False), (True, False, (16, 128), False), (True, True, (16, 128), False),
-            (True, False, (8, 256), False), (True, True, (8, 256), False), (True, 2, (16, 128), False),
-            (True, 2, (8, 256), False), (True, 3, (16, 128), False), (True, 3, (8, 256), False),
-            (True, 4, (16, 128), False), (True, 4, (8, 256), False), (True, False, (16, 128), True),
-            (True, 4, (16, 128), True), (True, 1, (8, 256), True)):
+    # (ranks, packed, (block_kz, block_r)): the z tiles of most launches, and PACKED_LONG_INPUT_WIDE_Z's for long
+    # inputs; packed 2-4 form some of the levels' floats from their bits (PACKED_LEVELS "bits", "biased",
+    # "biased_rows")
+    for ranks, packed, (kz, br) in (
+            (False, False, (16, 128)), (True, False, (16, 128)), (True, True, (16, 128)), (True, False, (8, 256)),
+            (True, True, (8, 256)), (True, 2, (16, 128)), (True, 2, (8, 256)), (True, 3, (16, 128)),
+            (True, 3, (8, 256)), (True, 4, (16, 128)), (True, 4, (8, 256))):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_LATE=late,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
         )
         kernel = None
         try:
@@ -126,7 +124,7 @@ for dtype in ("bf16", "fp16"):
             report = resource_report(kernel)
         except Exception as e:  # a variant that does not build is the finding
             report = f"FAILED {e!r}"[:300]
-        print(f"{dtype} one token, ranks={ranks} packed={packed} z tiles {kz}x{br} late={late}: {report}",
+        print(f"{dtype} one token, ranks={ranks} packed={packed} z tiles {kz}x{br}: {report}",
               flush=True)
         if args.loops and kernel is not None:
             for shape in loop_shapes(kernel):
@@ -139,7 +137,7 @@ for dtype in ("bf16", "fp16"):
                 BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
                 BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=z_items,
                 RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, LR_LATE=False,
+                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
             )
             for stages in (3, 1) if packed else (3,):
                 try:

@@ -12,18 +12,17 @@ against bf16 factors, rho 1 and cuBLAS dense in the same run.  GPU only.
   every case, removed (the last commit with it is cc3c417).
 * Kernel run 61 (H100) timed `Z_LAUNCH` here (z in a launch of its own, then the low-rank items among the weight
   items): 16-26 % slower with packed factors, 14-34 % with bf16 ones; removed (the last commit with it is 2934b5b).
+* Kernel run 63 (H100) timed `LR_AFTER_WAVE` here (one token's low-rank items spread among the weight items after
+  the first wave instead of last): slower on all four packed cases (gate/up 34.11 -> 40.06 us, down 38.54 -> 41.77,
+  gate+up 63.06 -> 72.98, q/k/v + o 38.13 -> 41.59) and on the bf16 ones it touches; removed (the last commit with
+  it is 960e80b).
 
 Variants, every one on the same layers (batch 1, bf16 activations), each in its own CUDA graph, timed in turn round
 after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 factors); ``4bit_shipped`` (rho 0.8,
 packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`); ``dense`` (cuBLAS
-``F.linear`` on the same weights); ``bf16_late`` and ``4bit_late``: `LR_AFTER_WAVE` (the low-rank items spread among
-the weight items after the first wave instead of last).  Since kernel run 60 wide launches take "biased_rows" and
+``F.linear`` on the same weights).  Since kernel run 60 wide launches take "biased_rows" and
 long-input ones (down_proj) "convert"; ``--levels`` adds ``4bit_convert``, ``4bit_bits``, ``4bit_biased`` and
 ``4bit_biased_rows`` (each setting for every shape; timed in kernel runs 59-61).
-
-Adoption rule for `LR_AFTER_WAVE`, written before its run (kernel run 63): on if ``4bit_late`` beats ``4bit_shipped``
-on all four cases and ``bf16_late`` beats ``bf16`` on the three where it applies (gate+up with bf16 factors takes the
-compact path, which it does not touch); otherwise it stays off.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.
@@ -45,10 +44,8 @@ VARIANTS = {
     "rho1": (1.0, 16, {}),
     "bf16": (0.8, 16, {}),
     "4bit_shipped": (0.8, 4, {}),
-    "bf16_late": (0.8, 16, {"LR_AFTER_WAVE": True}),
-    "4bit_late": (0.8, 4, {"LR_AFTER_WAVE": True}),
 }
-SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS", "LR_AFTER_WAVE")
+SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
 
 
 def main():

@@ -1,21 +1,29 @@
 """One token, wide layers with a low-rank path: the compact path against the split-K launch with z items
-(`rsparse.kernels.sparse_linear.COMPACT_WITH_RANK`), beside rho 1 and cuBLAS dense in the same rounds.  GPU only.
+(`rsparse.kernels.sparse_linear.RANKED_COMPACT_MAX_ACTIVE`), beside rho 1 and cuBLAS dense in the same rounds.  GPU only.
 
 `choose_config` sends the fused gate+up pair (up to `WIDE_COMPACT_MAX_ACTIVE`) and a single gate/up (up to
-`COMPACT_MAX_ACTIVE`) to the two-launch compact path whether or not they have a rank; tall layers with a rank take
-the split-K launch since kernel run 11, where the pair's compact path still won (H200: 43.74 against 47.90 us at
-50 %, rho 0.8).  The split-K launch has changed much since, and in kernel run 62 (H100) the compact pair took 16.4 %
-over its rho-1 time at 50 % against 6.3 % for gate/up alone on the split-K launch.
+`COMPACT_MAX_ACTIVE`) to the two-launch compact path; with a rank, only up to the shape's entry of
+`RANKED_COMPACT_MAX_ACTIVE` ("pair" / "single"; shipped: the same limits), the split-K launch with z items above it.
+
+Kernel run 63 (H100, the first run of this script, rows at 50 / 70 / 70 %): split-K won the pair at 50 % (50.06
+against 54.90 us) and gate/up at 70 % (20.90 against 23.70), the compact path the pair at 70 % (36.80 against 43.01),
+so the switch of then (split-K for every wide layer with a rank if it won all three) stayed as it was.  That points
+at a limit by shape (the pair compact only when sparse, gate/up alone never), drawn from those three rows; this run
+checks it against more.
 
 Variants, every one on the same layers (batch 1, bf16 activations and factors), each in its own CUDA graph, timed in
-turn round after round (`kernel_speed.time_switch_variants`): ``rho1`` (shipped), ``compact`` (rho 0.8,
-`COMPACT_WITH_RANK = True`, shipped) and ``splitk`` (rho 0.8, False).  Cases: the pair at 50 and 70 %, gate/up alone
-at 70 % (at 50 % its 40 % active share is above `COMPACT_MAX_ACTIVE`, so both settings launch the same).
+turn round after round (`kernel_speed.time_switch_variants`): ``rho1`` (shipped), ``rho1_splitk`` (rho 1 on the
+split-K launch, forced with `set_config`: whether the compact path still pays without rank on this card), ``compact``
+(rho 0.8, limits of 1: the compact path wherever the shape allows, as shipped) and ``splitk`` (rho 0.8, limits of 0).
+Rows: the pair at 50, 60 and 70 % (active shares at rho 0.8 of 0.40, 0.32, 0.24), gate/up alone at 60 and 70 % (at
+50 % its share is above `COMPACT_MAX_ACTIVE`, so every setting launches the same).
 
-Adoption rule, written before the run: `COMPACT_WITH_RANK = False` if ``splitk`` is faster than ``compact`` on all
-three rows; otherwise it stays True.  Each variant's projections are checked against the PyTorch reference once,
-each alone (so the pair's check does not run its fused launch; the tests cover both paths).  Prints JSON lines;
-writes ``--out``/wide_lowrank_path.jsonl.
+Adoption rule, written before kernel run 64: "pair" becomes 0.35 if ``splitk`` beats ``compact`` at 50 % and
+``compact`` beats ``splitk`` at 60 and 70 %; 0 if ``splitk`` wins all three; otherwise it stays.  "single" becomes 0
+if ``splitk`` wins both of its rows; otherwise it stays.  ``rho1_splitk`` only informs (the compact path's limits
+without rank came from the H200, runs 6 and 8).  Each variant's projections are checked against the PyTorch
+reference once, each alone (so the pair's check does not run its fused launch; the tests cover both paths).  Prints
+JSON lines; writes ``--out``/wide_lowrank_path.jsonl.
 
     python benchmarks/ablations/wide_lowrank_path.py --out $OUT
 """
@@ -29,9 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_speed import time_switch_variants  # noqa: E402
 
-# name: (rho, COMPACT_WITH_RANK)
-VARIANTS = {"rho1": (1.0, True), "compact": (0.8, True), "splitk": (0.8, False)}
-ROWS = [("gate+up fused 4096->2x14336", 0.5), ("gate+up fused 4096->2x14336", 0.7), ("gate/up 4096->14336", 0.7)]
+# name: (rho, RANKED_COMPACT_MAX_ACTIVE for both shapes or None for the shipped value, split-K forced)
+VARIANTS = {"rho1": (1.0, None, False), "rho1_splitk": (1.0, None, True), "compact": (0.8, 1.0, False),
+            "splitk": (0.8, 0.0, False)}
+PAIR, SINGLE = "gate+up fused 4096->2x14336", "gate/up 4096->14336"
+ROWS = [(PAIR, 0.5), (PAIR, 0.6), (PAIR, 0.7), (SINGLE, 0.6), (SINGLE, 0.7)]
+# The one-token split-K launch without rank, as choose_config builds it.
+SPLITK = dict(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 
 
 def main():
@@ -45,22 +57,24 @@ def main():
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shipped = K.COMPACT_WITH_RANK
+    shipped = K.RANKED_COMPACT_MAX_ACTIVE
 
-    def setting(on):
+    def setting(limit, force_splitk):
         def apply():
-            K.COMPACT_WITH_RANK = on
+            K.RANKED_COMPACT_MAX_ACTIVE = shipped if limit is None else {"pair": limit, "single": limit}
+            K.set_config(K.Config(**SPLITK) if force_splitk else None, "gemv1")
         return apply
 
     with open(Path(args.out) / "wide_lowrank_path.jsonl", "w") as out:
         for name, s in ROWS:
-            variants = {v: (rho, 16, setting(on)) for v, (rho, on) in VARIANTS.items()}
+            variants = {v: (rho, 16, setting(limit, force)) for v, (rho, limit, force) in VARIANTS.items()}
             res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                variants)
-            K.COMPACT_WITH_RANK = shipped
+            setting(None, False)()
             dense, base = res["dense"]["us"], res["rho1"]["us"]
-            for v, (rho, on) in VARIANTS.items():
-                row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "compact_with_rank": on, **res[v],
+            for v, (rho, limit, force) in VARIANTS.items():
+                row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "ranked_compact_max_active": limit,
+                       "splitk_forced": force, **res[v],
                        "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
                        "over_rho1": round(res[v]["us"] / base - 1, 4), "copies": copies}
                 print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",

@@ -121,16 +121,6 @@ Z_STEPS = 4  # z items: channels per item = Z_STEPS * block_kz (0: a weight item
 # (PACKED_DOT_Z_CONFIG), so this switch only forces them for every shape. It takes True, False, or "packed" /
 # "plain" for launches with packed 4-bit / 16-bit factors only (`_switch_on`).
 DOT_Z_ITEMS = False
-# One token with z items: the low-rank items spread among the weight items that come after the first wave's worth of
-# items (the z items and the first weight items), instead of last in the grid. Last, they wait for nothing but run as
-# a tail with no weight rows beside them (kernel runs 52, 60, 61: 4-bit factors add 7-10 us over bf16 ones on the
-# MLP's shapes, bf16 factors 1.4-3.6 us over rho 1). Spread from the start (LOWRANK_AMONG_WEIGHTS, run 59: +4 to
-# +8 %) they held first-wave slots spinning until every z item was done; a z launch of its own (Z_LAUNCH, run 61:
-# +14 to +34 %) cost more than the wait. Here no low-rank item is in the first wave: the z items all start there and
-# are short, so by the time a slot frees the z sums are nearly complete, and the low-rank arithmetic overlaps the
-# remaining weight rows. The z items keep lower program ids than every low-rank item, so the wait cannot dead-lock.
-# Untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 63), so off.
-LR_AFTER_WAVE = False
 # Kernel run 13, one token: a weight item loads the x and c of its next step while the rows of the
 # current step are in flight, so a step's chain is the row loads alone, not x and c, then the mask,
 # then the rows (XC_AHEAD; the same for z items was slower and was removed again).
@@ -577,7 +567,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 
 @triton.jit
 def _splitk_kernel(
-    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2, lr_at,
+    x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
     gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0, lq0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1, lq1,
@@ -588,7 +578,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, LR_LATE: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
@@ -600,14 +590,6 @@ def _splitk_kernel(
     all_tiles = tiles * tl.num_programs(1)
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
-    if LR_LATE:  # LR_AFTER_WAVE: from grid position lr_at on, every s-th item is a low-rank item (a bijection)
-        n_lr = lrc0 * tiles0 + lrc1 * tiles1 + lrc2 * tiles2
-        p = pid - lr_at
-        s = tl.maximum((n_z + n_weight - lr_at + n_lr) // tl.maximum(n_lr, 1), 1)
-        spread = (p >= 0) & (p < n_lr * s)
-        is_lr = spread & (p % s == s - 1)
-        rest = tl.where(spread, p - p // s, p - n_lr)  # weight items from lr_at on, in order
-        pid = tl.where(p < 0, pid, tl.where(is_lr, n_z + n_weight + p // s, lr_at + rest))
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
@@ -722,14 +704,17 @@ INLINE_MAX_ACTIVE = 0.55
 # 0.7 decode step moved by under 0.3 %. Kept at 0, as a knob for `benchmarks/ablations/fold_ab.py`.
 SMALL_COMPACT_MAX_ACTIVE = 0.0
 SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
-# Wide one-token layers with a low-rank path take the compact path where their active share allows (the fused gate+up
-# pair up to WIDE_COMPACT_MAX_ACTIVE, gate/up or up alone up to COMPACT_MAX_ACTIVE); False sends them to the split-K
-# launch with z items, as tall layers with a rank already go (run 11). The choice for the pair rests on kernel run 11
-# (H200): 43.74 us compact against 47.90 split-K at 50 %, rho 0.8, before the split-K launch's later changes (z items
-# by density, XC_AHEAD, PDL). Kernel run 62 (H100) had the compact pair 16.4 % above its rho-1 time there (54.86
-# against 47.14 us), while gate/up alone on the split-K launch was 6.3 % above (28.54 against 26.86). Untimed since run
-# 11: benchmarks/ablations/wide_lowrank_path.py times both in the same rounds.
-COMPACT_WITH_RANK = True
+# Wide one-token layers with a low-rank path take the compact path up to these active fractions (within the limits
+# above), and the split-K launch with z items beyond them, as tall layers with a rank do since run 11: "pair" for the
+# widest groups (n * m_total >= WIDE_COMPACT_MIN_ELEMENTS: gate+up fused), "single" for the rest (gate/up alone).
+# Until kernel run 64 they were the limits above, on the strength of run 11 (H200: the pair at 50 %, rho 0.8, 43.74
+# us compact against 47.90 split-K), before the split-K launch's later changes. benchmarks/ablations/
+# wide_lowrank_path.py, rho 0.8, same rounds, on an H100 (us, compact against split-K):
+#   the pair at 50 % (40 % active): run 63 54.90 / 50.06, run 64 53.85 / 49.21;
+#   the pair at 60 % and 70 % (32 %, 24 %): run 64 44.65 / 45.56, runs 63-64 36.80-36.96 / 43.01-43.87;
+#   gate/up alone at 60 % and 70 %: run 64 27.55 / 23.10, runs 63-64 23.54-23.70 / 20.86-20.90.
+# The rule for these values was written before run 64. Not timed on an H200.
+RANKED_COMPACT_MAX_ACTIVE = {"pair": 0.35, "single": 0.0}
 # z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
 # path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
 # of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
@@ -809,7 +794,9 @@ def choose_config(
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
-        if n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide) and (COMPACT_WITH_RANK or not has_rank):
+        ranked_max = RANKED_COMPACT_MAX_ACTIVE["pair" if n * m_total >= WIDE_COMPACT_MIN_ELEMENTS else "single"]
+        if (n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide)
+                and (not has_rank or active_fraction <= ranked_max)):
             return COMPACT_CONFIG
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
@@ -880,12 +867,6 @@ def _item_rows(n: int, tiles: tuple[int, ...], ranks: tuple[int, ...], block_k: 
             if items <= target:
                 break
     return rows, lowrank_rows(rows)
-
-
-def lowrank_position(n_z: int, n_weight: int, slots: int) -> int:
-    """Grid position from which `LR_AFTER_WAVE` spreads the low-rank items: after the first wave's worth of items
-    (``slots``), and never before the last z item or after the last weight item."""
-    return min(max(slots, n_z), n_z + n_weight)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1031,9 +1012,7 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    lr_late = LR_AFTER_WAVE and z_items and not use_dot
-    lr_at = lowrank_position(sum(zi), chunks_w * sum(tiles), slots) if lr_late else 0
-    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, lr_at, gcnt, state_len,
+    args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
             residual.stride(0) if residual is not None else 0]
     has_bias = []
@@ -1056,7 +1035,7 @@ def sparse_linear_multi(
         XC_AHEAD=xc_ahead, PRENORM=prenorm, NORM_BLOCK=_compact.next_power_of_2(n) if prenorm else 1,
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
-        PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, LR_LATE=lr_late,
+        PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
