@@ -296,6 +296,22 @@ def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants)
     return out, copies
 
 
+SHOWN = ("case", "sparsity", "variant", "us", "us_rounds", "us_dense", "speedup", "over_rho1", "rel_err")
+
+
+def variant_timing(res, label):
+    """The timing fields of variant ``label`` in a `time_switch_variants` result: its own, cuBLAS's, the speed-up
+    over cuBLAS, and the change over variant ``rho1`` (None where the run has no such variant)."""
+    us, dense = res[label]["us"], res["dense"]["us"]
+    over = round(us / res["rho1"]["us"] - 1, 4) if "rho1" in res else None
+    return {**res[label], "us_dense": dense, "speedup": round(dense / us, 3), "over_rho1": over}
+
+
+def write_row(out, row, shown=SHOWN):
+    """Print the fields ``shown`` of an ablation's row as one JSON line, and write the whole row to ``out``."""
+    print(json.dumps({k: row[k] for k in shown if k in row}), flush=True)
+    out.write(json.dumps(row) + "\n")
+
 def build_rank(n, m, s, rho, factor_bits=16):
     from rsparse.budget import layer_budget
 

@@ -27,14 +27,13 @@ Each variant is checked against the PyTorch reference once.  Prints JSON lines; 
 """
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, time_switch_variants  # noqa: E402
+from kernel_speed import CASES, time_switch_variants, variant_timing, write_row  # noqa: E402
 
 # name: (rho, Config changes over the base tiles, or None for choose_config's own)
 VARIANTS = {
@@ -86,15 +85,11 @@ def main():
                 res, copies = time_switch_variants(name, args.batch, args.sparsity, torch.bfloat16, "cuda", gen,
                                                    args.reps, args.rounds, variants)
                 switches(None, bits, n, sum(ms))()
-                dense = res["dense"]["us"]
                 for v in variants:
-                    row = {"case": name, "batch": args.batch, "sparsity": args.sparsity, "factor_bits": bits,
-                           "variant": v, "rho": VARIANTS[v][0], **res[v], "us_dense": dense,
-                           "speedup": round(dense / res[v]["us"], 3), "copies": copies}
-                    print(json.dumps({k: row[k] for k in ("case", "factor_bits", "variant", "us", "us_rounds",
-                                                          "us_dense", "speedup", "rel_err")}), flush=True)
-                    out.write(json.dumps(row) + "\n")
-
+                    write_row(out, {"case": name, "batch": args.batch, "sparsity": args.sparsity, "factor_bits": bits,
+                                    "variant": v, "rho": VARIANTS[v][0], **variant_timing(res, v), "copies": copies},
+                              shown=("case", "factor_bits", "variant", "us", "us_rounds", "us_dense", "speedup",
+                                     "rel_err"))
 
 if __name__ == "__main__":
     main()

@@ -26,14 +26,13 @@ Each variant is checked against the PyTorch reference once.  Prints JSON lines; 
 """
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, time_switch_variants  # noqa: E402
+from kernel_speed import CASES, time_switch_variants, variant_timing, write_row  # noqa: E402
 
 # name: (rho, factor bits, module switches, Config changes over the shipped one through the override table)
 WIDE = {"block_r": 256, "block_kz": 8, "z_steps": 8}
@@ -88,18 +87,10 @@ def main():
                 for flag in SWITCHES:
                     setattr(K, flag, shipped[flag])
                 K._OVERRIDE.pop("gemv1", None)
-                dense = res["dense"]["us"]
-                base = res["rho1"]["us"] if "rho1" in res else None
                 for v in args.variants:
                     rho, bits, flags, changes = VARIANTS[v]
-                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits, **flags,
-                           "tiles": changes,
-                           **res[v], "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
-                           "over_rho1": None if base is None else round(res[v]["us"] / base - 1, 4), "copies": copies}
-                    print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
-                                                          "speedup", "over_rho1", "rel_err")}), flush=True)
-                    out.write(json.dumps(row) + "\n")
-
+                    write_row(out, {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits,
+                                    **flags, "tiles": changes, **variant_timing(res, v), "copies": copies})
 
 if __name__ == "__main__":
     main()

@@ -30,14 +30,13 @@ Each variant is checked against the PyTorch reference once.  Prints JSON lines; 
     python benchmarks/ablations/one_token_lowrank.py --out $OUT
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, time_switch_variants  # noqa: E402
+from kernel_speed import time_switch_variants, variant_timing, write_row  # noqa: E402
 
 # name: (rho, factor bits, module switches over the shipped ones)
 VARIANTS = {
@@ -82,15 +81,9 @@ def main():
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                    variants)
                 setting({})()
-                dense, base = res["dense"]["us"], res["rho1"]["us"]
                 for v, (rho, bits, flags) in chosen.items():
-                    row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits,
-                           **flags, **res[v], "us_dense": dense,
-                           "speedup": round(dense / res[v]["us"], 3), "over_rho1": round(res[v]["us"] / base - 1, 4),
-                           "copies": copies}
-                    print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
-                                                          "speedup", "over_rho1", "rel_err")}), flush=True)
-                    out.write(json.dumps(row) + "\n")
+                    write_row(out, {"case": name, "sparsity": s, "variant": v, "rho": rho, "factor_bits": bits,
+                                    **flags, **variant_timing(res, v), "copies": copies})
                 out.flush()
 
 

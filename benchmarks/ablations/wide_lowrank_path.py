@@ -28,14 +28,13 @@ JSON lines; writes ``--out``/wide_lowrank_path.jsonl.
     python benchmarks/ablations/wide_lowrank_path.py --out $OUT
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import time_switch_variants  # noqa: E402
+from kernel_speed import time_switch_variants, variant_timing, write_row  # noqa: E402
 
 # name: (rho, RANKED_COMPACT_MAX_ACTIVE for both shapes or None for the shipped value, split-K forced)
 VARIANTS = {"rho1": (1.0, None, False), "rho1_splitk": (1.0, None, True), "compact": (0.8, 1.0, False),
@@ -71,15 +70,10 @@ def main():
             res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                variants)
             setting(None, False)()
-            dense, base = res["dense"]["us"], res["rho1"]["us"]
             for v, (rho, limit, force) in VARIANTS.items():
-                row = {"case": name, "sparsity": s, "variant": v, "rho": rho, "ranked_compact_max_active": limit,
-                       "splitk_forced": force, **res[v],
-                       "us_dense": dense, "speedup": round(dense / res[v]["us"], 3),
-                       "over_rho1": round(res[v]["us"] / base - 1, 4), "copies": copies}
-                print(json.dumps({k: row[k] for k in ("case", "sparsity", "variant", "us", "us_rounds", "us_dense",
-                                                      "speedup", "over_rho1", "rel_err")}), flush=True)
-                out.write(json.dumps(row) + "\n")
+                write_row(out, {"case": name, "sparsity": s, "variant": v, "rho": rho,
+                                "ranked_compact_max_active": limit, "splitk_forced": force, **variant_timing(res, v),
+                                "copies": copies})
             out.flush()
 
 
