@@ -312,6 +312,7 @@ def write_row(out, row, shown=SHOWN):
     print(json.dumps({k: row[k] for k in shown if k in row}), flush=True)
     out.write(json.dumps(row) + "\n")
 
+
 def build_rank(n, m, s, rho, factor_bits=16):
     from rsparse.budget import layer_budget
 

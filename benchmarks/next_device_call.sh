@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The next device call, ready to run (each session that plans it rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 64, one call of about 9 minutes, either card; everything lands in one
-# archive in $OUT (a call returns at most 8 files).
-#   accept: wide_lowrank_path.py (RANKED_COMPACT_MAX_ACTIVE: the compact path against the split-K launch with z
-#           items for wide layers with a rank, the pair at 50 / 60 / 70 %, gate/up alone at 60 / 70 %, and rho 1 on
-#           the split-K launch; adoption rule in the script), the rho 0.8 acceptance rows at 50 %, then the GPU
-#           tests of test_packed_kernels.py (LR_AFTER_WAVE removed from the launch) and test_kernels.py.
-#   rule:   kernel run 65, after adopting run 64's limits: the GPU test of the fused pair with a rank on both
-#           paths, and the rho 1 / 0.8 rows at 50 % of gate+up and q/k/v + o (acceptance 3).
+# The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
+# and how to read the results).  Kernel run 66, two calls of about 9 minutes each, either card (the acceptance names
+# the H200; runs 61-65 all got an H100), in order of need; everything lands in one archive in $OUT.
+#   accept: one_token_configs.py on gate/up alone at 70, 80 and 90 %, rho 1 (acceptance 2's 70 % row: the compact
+#           path read 2.02-2.06x on the H100, the split-K launch forced 2.14x in run 64), then the acceptance rows
+#           (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices) and the rho 0.8 rows at 50 %.
+#           Adoption rule, written before the run: gate/up-shaped single layers without rank (COMPACT_MIN_ELEMENTS <=
+#           n * m_total < WIDE_COMPACT_MIN_ELEMENTS, n < 2 * m_total) leave the compact path for the split-K launch
+#           if `splitk` beats `shipped` on all three rows; if one of the other split-K configs beats both `shipped`
+#           and `splitk` on all three rows, it becomes that launch's config.  Otherwise nothing changes.  The
+#           compact variants only inform.
+#   grid:   the issue's other rows (40 and 90 %, rho 1 and 0.8, batch 1 and 4, all seven shapes), then the decode at
+#           targets 0, 0.5 and 0.7, batch 1, compiled.
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
-#     LIMIT=200 bash benchmarks/next_device_call.sh rule
-case "$1" in accept|rule) ;; *) echo "expected 'accept' or 'rule', got '$1'"; exit 2 ;; esac
+#     LIMIT=570 bash benchmarks/next_device_call.sh grid
+case "$1" in accept|grid) ;; *) echo "expected 'accept' or 'grid', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-RUN=$([ "$1" = accept ] && echo 64 || echo 65)
-O=/tmp/run${RUN}_$1; rm -rf $O; mkdir -p $O
+O=/tmp/run66_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -24,14 +27,18 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
 K="python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up"
 if [ "$1" = accept ]; then
-  step 150 wide.log python benchmarks/ablations/wide_lowrank_path.py --out $O
-  step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
-  step 200 gpu_packed.log python -m pytest -v -rfEs -m gpu tests/test_packed_kernels.py
-  step 300 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
+  SK=path=splitk,block_k=8,block_m=1024,num_warps=4
+  step 120 configs.log python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.7 0.8 0.9 \
+    --config splitk=$SK,programs_per_sm=4 --config splitk_6=$SK,programs_per_sm=6 \
+    --config splitk_k16=path=splitk,block_k=16,block_m=1024,programs_per_sm=4,num_warps=4 \
+    --config compact_prefetch2=path=compact,block_k=8,block_m=512,programs_per_sm=8,num_warps=2,prefetch=2 \
+    --config compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1 --out $O
+  step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
+  step 60 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
 else
-  step 90 gpu_pair.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py -k fused_gate_up_with_a_rank
-  step 80 rho.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate+up "qkv fused + o" \
-    --sparsities 0.5 --rhos 1 0.8 --factor-bits 16 --batches 1 --out $O/rho
+  step 300 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
+  step 250 decode.log python benchmarks/decode.py --targets 0 0.5 0.7 --batches 1 --prompts 128 --modes compiled \
+    --new-tokens 128 --repeats 2 --time-limit 230 --out $O
 fi
-tar czf $OUT/run${RUN}_$1.tgz -C /tmp run${RUN}_$1
+tar czf $OUT/run66_$1.tgz -C /tmp run66_$1
 cat $O/steps.log

@@ -1,0 +1,80 @@
+"""One token: the launch `choose_config` picks against forced configurations (`sparse_linear.set_config`), on the
+same layers in the same rounds, beside cuBLAS dense.  GPU only.
+
+Written for acceptance 2's 70 % row (gate/up 4096->14336 at 2.2x over cuBLAS): on the H100 of kernel runs 62-64 the
+compact path read 2.02-2.06x there and the split-K launch forced 2.14x (run 64, same rounds), while cuBLAS on a slice
+as large as the rows read gets 2.22x (run 63).  Any case of `kernel_speed.CASES` and any `Config` fields can be given,
+so the same script serves other rows.
+
+Variants: ``shipped`` (no override), then one per ``--config LABEL=key=value,...`` (the fields of
+`sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  Each is checked against the PyTorch reference once, each
+projection alone.  Prints JSON lines; writes ``--out``/one_token_configs.jsonl.  An adoption rule belongs in the
+call that runs it, written before the run (see benchmarks/next_device_call.sh).
+
+    python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.7 \\
+        --config splitk=path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4 --out $OUT
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernel_speed import CASES, parse_config, time_switch_variants, variant_timing, write_row  # noqa: E402
+
+
+def labelled_config(text: str):
+    """``"LABEL=key=value,..."`` -> ``(label, Config)``."""
+    label, sep, fields = text.partition("=")
+    if not sep or not label or not fields:
+        raise ValueError(f"--config expects LABEL=key=value,..., got {text!r}")
+    return label, parse_config(fields, "config")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cases", nargs="+", required=True, help="the cases whose name contains one of these strings")
+    p.add_argument("--sparsities", nargs="+", type=float, required=True)
+    p.add_argument("--rho", type=float, default=1.0)
+    p.add_argument("--factor-bits", type=int, default=16, choices=[16, 4])
+    p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
+    args = p.parse_args()
+    configs = dict(labelled_config(text) for text in args.config)
+    if "shipped" in configs:
+        raise ValueError("--config labels must differ from 'shipped', got 'shipped'")
+    cases = [name for name in CASES if any(c in name for c in args.cases)]
+    if not cases:
+        raise ValueError(f"--cases must match one of {sorted(CASES)}, got {args.cases}")
+    import rsparse
+    from rsparse.kernels import sparse_linear as K
+
+    rsparse.set_backend("triton")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def forcing(cfg):
+        def apply():
+            K.set_config(cfg, "gemv1")
+        return apply
+
+    variants = {"shipped": (args.rho, args.factor_bits, forcing(None)),
+                **{label: (args.rho, args.factor_bits, forcing(cfg)) for label, cfg in configs.items()}}
+    with open(Path(args.out) / "one_token_configs.jsonl", "w") as out:
+        for s in args.sparsities:
+            for name in cases:
+                res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
+                                                   variants)
+                K.set_config(None, "gemv1")
+                for label in variants:
+                    cfg = configs.get(label)
+                    write_row(out, {"case": name, "sparsity": s, "variant": label, "rho": args.rho,
+                                    "factor_bits": args.factor_bits, "config": None if cfg is None else repr(cfg),
+                                    **variant_timing(res, label), "copies": copies})
+                out.flush()
+
+
+if __name__ == "__main__":
+    main()
