@@ -9,7 +9,11 @@
 #           n * m_total < WIDE_COMPACT_MIN_ELEMENTS, n < 2 * m_total) leave the compact path for the split-K launch
 #           if `splitk` beats `shipped` on all three rows; if one of the other split-K configs beats both `shipped`
 #           and `splitk` on all three rows, it becomes that launch's config.  Otherwise nothing changes.  The
-#           compact variants only inform.
+#           compact variants only inform.  Last, fold_ab.py at target 0.5, rho 0.8, bf16 factors: kernel run 64's
+#           limits in a whole compiled decode step, where the compact path folds the norm and the split-K launch
+#           with a rank takes a small norm launch first.  Rule, written before the run: RANKED_COMPACT_MAX_ACTIVE
+#           goes back to the earlier limits ({"pair": 0.55, "single": 0.35}) if `ranked compact` is faster than
+#           both `shipped` rows; otherwise it stays.
 #   grid:   the issue's other rows (40 and 90 %, rho 1 and 0.8, batch 1 and 4, all seven shapes), then the decode at
 #           targets 0, 0.5 and 0.7, batch 1, compiled.
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
@@ -35,6 +39,8 @@ if [ "$1" = accept ]; then
     --config compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1 --out $O
   step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
   step 60 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
+  step 220 ranked.log python benchmarks/ablations/fold_ab.py --targets 0.5 --rho 0.8 --factor-bits 16 \
+    --variants shipped "ranked compact" shipped --out $O/ranked.json
 else
   step 300 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
   step 250 decode.log python benchmarks/decode.py --targets 0 0.5 0.7 --batches 1 --prompts 128 --modes compiled \
