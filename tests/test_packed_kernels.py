@@ -251,9 +251,8 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
                                      ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
     # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
-    # "convert"): one token's level floats and packed batches on those shapes
-    # with z in the weight items (they take z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says
-    # otherwise).
+    # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take
+    # z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, *setting)
