@@ -99,10 +99,19 @@ LOWRANK_ROWS = "density"
 # Biased levels pay where the rank spends its elements in the low-rank rows (gate/up: 18.3 M of 21 M) and lose on
 # down_proj on both cards, so launches whose input is at least twice their outputs take PACKED_LONG_INPUT_LEVELS.
 # The split by shape was drawn after the two runs (the rule written before run 60 asked for all four cases).
+# "byte_rows" (not shipped): "biased_rows", with one token's low-rank rows read a byte row at a time. Rows 2i and
+# 2i+1 of the packed (U_r S_r)ᵀ share byte row i; "biased_rows" loads that byte once per row (`_nibbles`), then
+# shifts and masks it per element. Compiled for sm_90 (Triton 3.6, tools/aot_check_splitk.py --loops), its loop
+# issues 574 instructions per 8-row step (64 elements a thread), about 9 per element; at 4 programs of 4 warps per
+# multiprocessor a step then takes about 1.2 us of issue per scheduler, longer than its loads' round trip, so the
+# packed low-rank tail is bound by issue (gate/up at 50 %, rho 0.8: 34.1 us with 4-bit factors against 27.2 with
+# bf16 ones at the same bytes, kernel run 63). "byte_rows" loads each byte row once, forms both levels with one mask
+# each (`_lr_byte_rows`) and keeps a sum per byte row until the item ends: 357 instructions per step, the same 96
+# registers. Untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 66).
 PACKED_LEVELS = "biased_rows"
 PACKED_LONG_INPUT_LEVELS = "convert"
 # The constexpr PACKED of a launch with packed factors, by setting.
-_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4}
+_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4, "byte_rows": 5}
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
@@ -288,6 +297,38 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
         cols = (cols // 8) * 8 + cols % 8
     b = tl.load(ptr + (rows // 2)[:, None] * stride + cols[None, :], mask=mask, other=0)
     return (b.to(tl.int32) >> ((rows % 2) * 4)[:, None]) & 15
+
+
+@triton.jit
+def _lr_byte_rows(acc_rows, acc_bias, z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
+                  BLOCK_K: tl.constexpr):
+    # One token's packed low-rank rows k0 .. k0 + BLOCK_K (k0 even), PACKED_LEVELS "byte_rows": byte row i holds row
+    # 2i in its low nibble and row 2i + 1 in its high one, and each byte is loaded once. acc_rows keeps one sum per
+    # byte row and column (reduced once per item), acc_bias the per-step terms.
+    offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    k_even = 2 * offs_b
+    e_ok = k_even < k_end
+    o_ok = k_even + 1 < k_end
+    cols = (offs_m // 8) * 8 + offs_m % 8  # runs of 8 bytes per lane, every warp along the columns (`_nibbles`)
+    b = tl.load(lo_ptr + offs_b[:, None] * stride_lo + cols[None, :], mask=e_ok[:, None] & m_ok[None, :],
+                other=0).to(tl.int32)
+    z_e = tl.load(z_ptr + k_even, mask=e_ok, other=0.0, volatile=True)
+    z_o = tl.load(z_ptr + k_even + 1, mask=o_ok, other=0.0, volatile=True)
+    off_e = tl.load(lq_ptr + 2 * r + k_even, mask=e_ok, other=0.0)
+    off_o = tl.load(lq_ptr + 2 * r + k_even + 1, mask=o_ok, other=0.0)
+    step_e = tl.load(lq_ptr + 3 * r + k_even, mask=e_ok, other=0.0)
+    step_o = tl.load(lq_ptr + 3 * r + k_even + 1, mask=o_ok, other=0.0)
+    # Byte b placed at bits 15-22, the top of the mantissa under the exponent bits 0x43000000 (fp32 128): masking its
+    # high nibble off leaves 0x43000000 | q << 15, the value 128 + q / 2; masking the low one off leaves
+    # 0x43000000 | q << 19, which is 128 + 8 q. So each level takes one AND; the even rows' coefficients carry a
+    # factor 2 and the odd rows' 1/8 (both exact), and the biases 256 and 16 leave in the per-step sum.
+    t = b * 32768 + 0x43000000
+    low = (t & 0x43078000).to(tl.float32, bitcast=True)
+    high = (t & 0x43780000).to(tl.float32, bitcast=True)
+    acc_rows += (z_e * step_e * 2.0)[:, None] * low
+    acc_rows += (z_o * step_o * 0.125)[:, None] * high
+    acc_bias += tl.sum(z_e * (off_e - 256.0 * step_e) + z_o * (off_o - 16.0 * step_o), axis=0)
+    return acc_rows, acc_bias
 
 
 @triton.jit
@@ -537,9 +578,17 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
-                       USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
+    if PACKED == 5 and not USE_DOT and not ACC2D and ACC == tl.float32:  # "byte_rows"
+        acc_rows = tl.zeros([BLOCK_K // 2, BLOCK_M], dtype=tl.float32)
+        acc_bias = tl.zeros([], dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            acc_rows, acc_bias = _lr_byte_rows(acc_rows, acc_bias, z_row, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok,
+                                               lq_ptr, r, BLOCK_K)
+        acc += tl.sum(acc_rows, axis=0)[None, :] + acc_bias
+    else:
+        for k0 in range(k_start, k_end, BLOCK_K):
+            acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr,
+                           r, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
