@@ -2,8 +2,8 @@
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
 # and how to read the results).  Kernel run 66, three calls of about 8-9 minutes each, either card (the acceptance
 # names the H200; runs 61-65 all got an H100), in order of need; everything lands in one archive in $OUT.
-#   accept: one_token_lowrank.py with "byte_rows" (the packed low-rank rows a byte row at a time; rule in the script)
-#           and its GPU switch test; then one_token_configs.py on gate/up alone at 70, 80 and 90 %, rho 1
+#   accept: one_token_lowrank.py with "byte_rows" and "byte_rows_z" (the packed low-rank rows, and the z items, a
+#           byte row at a time; rule in the script) and their GPU switch tests; then one_token_configs.py on gate/up alone at 70, 80 and 90 %, rho 1
 #           (acceptance 2's 70 % row: the compact path read 2.02-2.06x on the H100, the split-K launch forced 2.14x
 #           in run 64), then the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices)
 #           and the rho 0.8 rows at 50 %.
@@ -34,8 +34,8 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
 K="python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up"
 if [ "$1" = accept ]; then
-  step 100 byte_rows.log python benchmarks/ablations/one_token_lowrank.py --out $O
-  step 60 gpu_byte_rows.log python -m pytest -v -rfEs -m gpu tests/test_packed_kernels.py -k "switches and byte_rows"
+  step 120 byte_rows.log python benchmarks/ablations/one_token_lowrank.py --out $O
+  step 90 gpu_byte_rows.log python -m pytest -v -rfEs -m gpu tests/test_packed_kernels.py -k "switches and byte_rows"
   SK=path=splitk,block_k=8,block_m=1024,num_warps=4
   step 100 configs.log python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.7 0.8 0.9 \
     --config splitk=$SK,programs_per_sm=4 --config splitk_6=$SK,programs_per_sm=6 \

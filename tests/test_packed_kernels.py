@@ -248,7 +248,8 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("setting", [("PACKED_LEVELS", "convert"), ("PACKED_LEVELS", "bits"),
                                      ("PACKED_LEVELS", "biased"), ("PACKED_LEVELS", "biased_rows"),
-                                     ("PACKED_LEVELS", "byte_rows"), ("DOT_Z_ITEMS", False)], ids=str)
+                                     ("PACKED_LEVELS", "byte_rows"), ("PACKED_LEVELS", "byte_rows_z"),
+                                     ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
     # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
     # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take
@@ -282,21 +283,23 @@ def test_switches_hold_for_the_factor_kind_they_name():
 
 
 @needs_triton
-@pytest.mark.parametrize("levels", ["convert", "bits", "biased", "biased_rows", "byte_rows"])
+@pytest.mark.parametrize("levels", ["convert", "bits", "biased", "biased_rows", "byte_rows", "byte_rows_z"])
 @pytest.mark.parametrize("T", [1, 3])
 def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
     # PACKED_LEVELS: one token's levels as floats by conversion, from their bits (2^23 + q, less 2^23: the same
     # values), or biased (128 + q from their bits, the 128 taken out once per row and step: other roundings, within
     # the tolerances; fp64 sums keep exact levels), in every item or in the low-rank rows only ("biased_rows"), or
-    # there a byte row at a time ("byte_rows"; an odd rank leaves the last byte row's high nibble unused).
+    # there a byte row at a time ("byte_rows"; an odd rank leaves the last byte row's high nibble unused), and in the
+    # z items too ("byte_rows_z"; an odd input count leaves the last byte row's high nibble unused there).
     # T = 3 in fp32 runs the one-token code once per token.
     from rsparse.kernels import sparse_linear as kernels
 
     monkeypatch.setattr(kernels, "PACKED_LEVELS", levels)
     monkeypatch.setattr(kernels, "PACKED_LONG_INPUT_LEVELS", levels)
     for dtype in DTYPES:
-        for n, m in ((300, 130), (130, 300)):  # a long input and a wide launch
-            for r in (150, 149) if levels == "byte_rows" else (150,):
+        shapes = ((300, 130), (130, 300)) + (((301, 130),) if levels == "byte_rows_z" else ())  # long, wide, odd n
+        for n, m in shapes:
+            for r in (150, 149) if levels.startswith("byte_rows") else (150,):
                 args = make_args(T, n, m, r, dtype, "cpu", 0.4, True, seed=7)
                 check_packed(*packed(args), dtype, 0.4)
     assert _workspace_is_zero()

@@ -105,13 +105,13 @@ def loop_shapes(k) -> list[str]:
 
 for dtype in ("bf16", "fp16"):
     # (ranks, packed, (block_kz, block_r)): the z tiles of most launches, and PACKED_LONG_INPUT_WIDE_Z's for long
-    # inputs; packed 2-5 form some of the levels' floats from their bits (PACKED_LEVELS "bits", "biased",
-    # "biased_rows", "byte_rows")
+    # inputs; packed 2-6 form some of the levels' floats from their bits (PACKED_LEVELS "bits", "biased",
+    # "biased_rows", "byte_rows", "byte_rows_z")
     for ranks, packed, (kz, br) in (
             (False, False, (16, 128)), (True, False, (16, 128)), (True, True, (16, 128)), (True, False, (8, 256)),
             (True, True, (8, 256)), (True, 2, (16, 128)), (True, 2, (8, 256)), (True, 3, (16, 128)),
             (True, 3, (8, 256)), (True, 4, (16, 128)), (True, 4, (8, 256)),
-            (True, 5, (16, 128)), (True, 5, (8, 256))):
+            (True, 5, (16, 128)), (True, 5, (8, 256)), (True, 6, (16, 128)), (True, 6, (8, 256))):
         prenorm = not ranks  # the split-K launch folds the norm only without rank
         const = dict(
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,

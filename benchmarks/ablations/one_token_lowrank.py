@@ -22,14 +22,15 @@ after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 f
 packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`); ``dense`` (cuBLAS
 ``F.linear`` on the same weights); ``4bit_byte_rows``: "byte_rows" for every shape (the low-rank rows read a byte
 row at a time, two levels from each byte by one mask each; 357 instructions per 8-row step against 574 for
-"biased_rows" in the offline sm_90 build, the same 96 registers).  Since kernel run 60 wide launches take
+"biased_rows" in the offline sm_90 build, the same 96 registers); ``4bit_byte_rows_z``: "byte_rows_z" for every shape
+(the same in the z items: 374 instructions per 16-channel step against 541, 80 registers).  Since kernel run 60 wide launches take
 "biased_rows" and long-input ones (down_proj) "convert"; ``--levels`` adds ``4bit_convert``, ``4bit_bits``,
 ``4bit_biased`` and ``4bit_biased_rows`` (each setting for every shape; timed in kernel runs 59-61).
 
-Adoption rule for "byte_rows", written before its run (kernel run 66): `PACKED_LEVELS` becomes "byte_rows" if
-``4bit_byte_rows`` beats ``4bit_shipped`` on gate/up, gate+up and q/k/v + o; `PACKED_LONG_INPUT_LEVELS` becomes
-"byte_rows" if it beats it on down; each only if `test_gpu_packed_switches_match_the_fp64_rule` passes with it in the
-same call.
+Adoption rule for "byte_rows" and "byte_rows_z", written before their run (kernel run 66): for wide launches
+(`PACKED_LEVELS`: gate/up, gate+up and q/k/v + o) and for long inputs (`PACKED_LONG_INPUT_LEVELS`: down) apart, the
+faster of ``4bit_byte_rows`` and ``4bit_byte_rows_z`` replaces the shipped setting if it beats ``4bit_shipped`` on
+every case of that kind; and only if `test_gpu_packed_switches_match_the_fp64_rule` passes with it in the same call.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.
@@ -51,6 +52,7 @@ VARIANTS = {
     "bf16": (0.8, 16, {}),
     "4bit_shipped": (0.8, 4, {}),
     "4bit_byte_rows": (0.8, 4, {"PACKED_LEVELS": "byte_rows", "PACKED_LONG_INPUT_LEVELS": "byte_rows"}),
+    "4bit_byte_rows_z": (0.8, 4, {"PACKED_LEVELS": "byte_rows_z", "PACKED_LONG_INPUT_LEVELS": "byte_rows_z"}),
 }
 SWITCHES = ("PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS")
 

@@ -107,11 +107,14 @@ LOWRANK_ROWS = "density"
 # packed low-rank tail is bound by issue (gate/up at 50 %, rho 0.8: 34.1 us with 4-bit factors against 27.2 with
 # bf16 ones at the same bytes, kernel run 63). "byte_rows" loads each byte row once, forms both levels with one mask
 # each (`_lr_byte_rows`) and keeps a sum per byte row until the item ends: 357 instructions per step, the same 96
-# registers. Untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 66).
+# registers. "byte_rows_z" (not shipped) does the same in the z items, whose loop issues 541 instructions per step of
+# 16 channels for one rank column a thread (about 34 per element, 5.2 M elements in gate/up at rho 0.8): each
+# byte is loaded once for the two channels of its byte row (`_z_byte_rows`): 374 instructions per step, and the
+# launch takes 80 registers instead of 96. Both untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 66).
 PACKED_LEVELS = "biased_rows"
 PACKED_LONG_INPUT_LEVELS = "convert"
 # The constexpr PACKED of a launch with packed factors, by setting.
-_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4, "byte_rows": 5}
+_PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4, "byte_rows": 5, "byte_rows_z": 6}
 # 2-16 tokens with a rank: low-rank items take a weight item's rows divided by this. They wait for every z
 # producer (the weight items), so they run as a tail after the weight rows; shorter items spread it wider.
 # Batch 4, 50 %, rho 0.8 on an H100 (benchmarks/ablations/packed_lr_rows.py --batch 4, 1 -> 4): packed factors
@@ -377,6 +380,44 @@ def _lr_rows(acc, z_ptr, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, o
 
 
 @triton.jit
+def _z_byte_rows(x_ptr, c_ptr, tau, li_ptr, stride_li, k_start, k_end, offs_r, r_ok, off, step,
+                 BLOCK_KZ: tl.constexpr, BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
+    # One token's share of z over channels k_start .. k_end (k_start even) for the ranks offs_r, PACKED_LEVELS
+    # "byte_rows_z": byte row i of the packed V_r holds channel 2i in its low nibble and 2i + 1 in its high one, so
+    # each byte is loaded once for both channels, and its levels come out as in `_lr_byte_rows` (128 + q / 2 and
+    # 128 + 8 q, one AND each; the coefficients carry 2 and 1/8). Returns z's share, [1, BLOCK_R].
+    acc = tl.zeros([BLOCK_KZ // 2, BLOCK_R], dtype=tl.float32)
+    sum_e = tl.zeros([BLOCK_KZ // 2], dtype=tl.float32)  # the even and odd channels' inactive inputs
+    sum_o = tl.zeros([BLOCK_KZ // 2], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_KZ):
+        offs_b = k0 // 2 + tl.arange(0, BLOCK_KZ // 2)
+        k_even = 2 * offs_b
+        e_ok = k_even < k_end
+        o_ok = k_even + 1 < k_end
+        x_e = tl.load(x_ptr + k_even, mask=e_ok, other=0.0).to(tl.float32)
+        x_o = tl.load(x_ptr + k_even + 1, mask=o_ok, other=0.0).to(tl.float32)
+        c_e = tl.load(c_ptr + k_even, mask=e_ok, other=0.0)
+        c_o = tl.load(c_ptr + k_even + 1, mask=o_ok, other=0.0)
+        coef_e = tl.where(tl.abs(x_e) * c_e > tau, 0.0, x_e)  # the inactive channels
+        coef_o = tl.where(tl.abs(x_o) * c_o > tau, 0.0, x_o)
+        row_on = e_ok
+        if Z_SKIP_ACTIVE:  # read a byte row only where one of its channels is inactive (a zero input adds nothing)
+            row_on = (coef_e != 0.0) | (coef_o != 0.0)
+        b = tl.load(li_ptr + offs_b[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :],
+                    other=0).to(tl.int32)
+        t = b * 32768 + 0x43000000
+        acc += (coef_e * 2.0)[:, None] * (t & 0x43078000).to(tl.float32, bitcast=True)
+        acc += (coef_o * 0.125)[:, None] * (t & 0x43780000).to(tl.float32, bitcast=True)
+        sum_e += coef_e
+        sum_o += coef_o
+    # coef @ (offset + step * q) = offset * S + step * (coef @ q), coef @ q = acc's sum less 256 S_even and 16 S_odd
+    s_e = tl.sum(sum_e, axis=0)
+    s_o = tl.sum(sum_o, axis=0)
+    cq = tl.sum(acc, axis=0) - 256.0 * s_e - 16.0 * s_o
+    return (off * (s_e + s_o) + step * cq)[None, :]
+
+
+@triton.jit
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
             k_start, k_end, r, rb_first, rb_step, lq_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
@@ -392,63 +433,67 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             step = tl.load(lq_ptr + r + offs_r, mask=r_ok, other=0.0)
             if USE_DOT or (PACKED == 3 and ACC == tl.float32):
                 csum = tl.zeros([BLOCK_T], dtype=tl.float32)  # each token's sum of inactive inputs
-        if USE_DOT:
-            acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+        if PACKED == 6 and not USE_DOT and ACC == tl.float32:  # "byte_rows_z"
+            part = _z_byte_rows(x_ptr, c_ptr, tau, li_ptr, stride_li, k_start, k_end, offs_r, r_ok, off, step,
+                                BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE)
         else:
-            acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=ACC)
-        for k0 in range(k_start, k_end, BLOCK_KZ):
-            offs_k = k0 + tl.arange(0, BLOCK_KZ)
-            k_ok = offs_k < k_end
-            cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-            if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
-                xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
-                v_ok = k_ok[:, None] & r_ok[None, :]
-                if PACKED:
-                    # coef @ (offset + step * q) = offset * sum(coef) + step * (coef @ q), with q
-                    # exact in the activation dtype: the tensor cores see no rounded factor.
-                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
-                    csum += tl.sum(coef, axis=1)
-                    if FP32:
-                        acc = tl.dot(coef, q.to(tl.float32), acc, input_precision="ieee")
-                    else:  # biased levels (`_biased_levels`); the bias leaves with the offset below
-                        acc = tl.dot(coef.to(x_ptr.dtype.element_ty), _biased_levels(q, x_ptr.dtype.element_ty), acc)
-                else:
-                    v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
-                    if FP32:
-                        acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(coef.to(v.dtype), v, acc)
+            if USE_DOT:
+                acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
             else:
-                xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-                active = tl.abs(xf) * cv > tau
-                coef = tl.where(active, 0.0, xf)
-                row_on = k_ok
-                if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
-                    row_on = row_on & (active == 0)
-                v_ok = row_on[:, None] & r_ok[None, :]
-                if PACKED == 3 and ACC == tl.float32:  # coef @ (128 + q) here, offset and bias applied below
-                    q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
-                    acc += coef[:, None] * _biased_f32_levels(q)
-                    csum += tl.sum(coef, axis=0)
-                else:
-                    if PACKED:  # formed in the sums' precision, as the reference forms it
+                acc = tl.zeros([BLOCK_KZ, BLOCK_R], dtype=ACC)
+            for k0 in range(k_start, k_end, BLOCK_KZ):
+                offs_k = k0 + tl.arange(0, BLOCK_KZ)
+                k_ok = offs_k < k_end
+                cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+                if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
+                    xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                    coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
+                    v_ok = k_ok[:, None] & r_ok[None, :]
+                    if PACKED:
+                        # coef @ (offset + step * q) = offset * sum(coef) + step * (coef @ q), with q
+                        # exact in the activation dtype: the tensor cores see no rounded factor.
                         q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
-                        v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * _float_levels(q, ACC, PACKED)
+                        csum += tl.sum(coef, axis=1)
+                        if FP32:
+                            acc = tl.dot(coef, q.to(tl.float32), acc, input_precision="ieee")
+                        else:  # biased levels (`_biased_levels`); the bias leaves with the offset below
+                            acc = tl.dot(coef.to(x_ptr.dtype.element_ty), _biased_levels(q, x_ptr.dtype.element_ty), acc)
                     else:
                         v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
-                    acc += coef.to(ACC)[:, None] * v.to(ACC)
-        if USE_DOT:
-            part = acc
-            if PACKED:
-                if not FP32:
-                    off = off - _level_bias(x_ptr.dtype.element_ty) * step
-                part = off[None, :] * csum[:, None] + step[None, :] * acc
-        else:
-            part = tl.sum(acc, axis=0)[None, :]
-            if PACKED == 3 and ACC == tl.float32:
-                # coef @ (offset + step * q) = offset * S + step * (coef @ (128 + q) - 128 * S), S = sum of coef
-                part = off[None, :] * csum[:, None] + step[None, :] * (part - 128.0 * csum[:, None])
+                        if FP32:
+                            acc = tl.dot(coef, v.to(tl.float32), acc, input_precision="ieee")
+                        else:
+                            acc = tl.dot(coef.to(v.dtype), v, acc)
+                else:
+                    xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+                    active = tl.abs(xf) * cv > tau
+                    coef = tl.where(active, 0.0, xf)
+                    row_on = k_ok
+                    if Z_SKIP_ACTIVE:  # one token: read a row of V_r only where the channel is inactive
+                        row_on = row_on & (active == 0)
+                    v_ok = row_on[:, None] & r_ok[None, :]
+                    if PACKED == 3 and ACC == tl.float32:  # coef @ (128 + q) here, offset and bias applied below
+                        q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
+                        acc += coef[:, None] * _biased_f32_levels(q)
+                        csum += tl.sum(coef, axis=0)
+                    else:
+                        if PACKED:  # formed in the sums' precision, as the reference forms it
+                            q = _nibbles(li_ptr, offs_k, offs_r, stride_li, v_ok, False)
+                            v = off.to(ACC)[None, :] + step.to(ACC)[None, :] * _float_levels(q, ACC, PACKED)
+                        else:
+                            v = tl.load(li_ptr + offs_k[:, None] * stride_li + offs_r[None, :], mask=v_ok, other=0.0)
+                        acc += coef.to(ACC)[:, None] * v.to(ACC)
+            if USE_DOT:
+                part = acc
+                if PACKED:
+                    if not FP32:
+                        off = off - _level_bias(x_ptr.dtype.element_ty) * step
+                    part = off[None, :] * csum[:, None] + step[None, :] * acc
+            else:
+                part = tl.sum(acc, axis=0)[None, :]
+                if PACKED == 3 and ACC == tl.float32:
+                    # coef @ (offset + step * q) = offset * S + step * (coef @ (128 + q) - 128 * S), S = sum of coef
+                    part = off[None, :] * csum[:, None] + step[None, :] * (part - 128.0 * csum[:, None])
         tl.atomic_add(z_ptr + offs_t[:, None] * stride_z + offs_r[None, :], part, mask=t_ok[:, None] & r_ok[None, :], sem="relaxed")
     tl.debug_barrier()
     tl.atomic_add(zcnt_ptr, 1, sem="release")
@@ -578,7 +623,7 @@ def _lowrank_item(
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
         z_row += pid_t * stride_z
-    if PACKED == 5 and not USE_DOT and not ACC2D and ACC == tl.float32:  # "byte_rows"
+    if PACKED >= 5 and not USE_DOT and not ACC2D and ACC == tl.float32:  # "byte_rows", "byte_rows_z"
         acc_rows = tl.zeros([BLOCK_K // 2, BLOCK_M], dtype=tl.float32)
         acc_bias = tl.zeros([], dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
