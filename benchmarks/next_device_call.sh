@@ -6,7 +6,7 @@
 #           byte row at a time; rule in the script) and their GPU switch tests; then one_token_configs.py on gate/up alone at 70, 80 and 90 %, rho 1
 #           (acceptance 2's 70 % row: the compact path read 2.02-2.06x on the H100, the split-K launch forced 2.14x
 #           in run 64), then the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices)
-#           and the rho 0.8 rows at 50 %.
+#           and the rho 0.8 rows at 50 %; a probe of "byte_rows_z" with wider z tiles on gate/up (informs only).
 #           Rule for the configs, written before the run: gate/up-shaped single layers without rank
 #           (COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS, n < 2 * m_total) leave the compact path
 #           for the split-K launch if `splitk` beats `shipped` on all three rows; if one of the other split-K configs
@@ -42,6 +42,12 @@ if [ "$1" = accept ]; then
     --config splitk_k16=path=splitk,block_k=16,block_m=1024,programs_per_sm=4,num_warps=4 \
     --config compact_prefetch2=path=compact,block_k=8,block_m=512,programs_per_sm=8,num_warps=2,prefetch=2 \
     --config compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1 --out $O
+  # informs only: "byte_rows_z" with wider z tiles on gate/up (offline sm_90, instructions per z element: 23 at the
+  # shipped 16 x 128, 15 at 8 x 256, 10.5 at 8 x 512, all 80 registers); same channels per z item (128)
+  ZC=block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1
+  step 60 ztiles.log python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.5 --rho 0.8 \
+    --factor-bits 4 --switch PACKED_LEVELS=byte_rows_z --config z8x256=$ZC,block_kz=8,block_r=256,z_steps=16 \
+    --config z8x512=$ZC,block_kz=8,block_r=512,z_steps=16 --out $O/ztiles
   step 150 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
   step 50 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
 elif [ "$1" = decode ]; then

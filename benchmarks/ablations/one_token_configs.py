@@ -7,7 +7,8 @@ as large as the rows read gets 2.22x (run 63).  Any case of `kernel_speed.CASES`
 so the same script serves other rows.
 
 Variants: ``shipped`` (no override), then one per ``--config LABEL=key=value,...`` (the fields of
-`sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  Each is checked against the PyTorch reference once, each
+`sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  ``--switch NAME=VALUE`` sets a module setting of
+`sparse_linear` for every variant of the run (e.g. ``PACKED_LEVELS=byte_rows_z``), restored at the end.  Each is checked against the PyTorch reference once, each
 projection alone.  Prints JSON lines; writes ``--out``/one_token_configs.jsonl.  An adoption rule belongs in the
 call that runs it, written before the run (see benchmarks/next_device_call.sh).
 
@@ -32,6 +33,22 @@ def labelled_config(text: str):
     return label, parse_config(fields, "config")
 
 
+def parse_switch(text: str):
+    """``"NAME=VALUE"`` -> ``(NAME, value)`` for an existing `sparse_linear` setting; VALUE is read as a number, True /
+    False, or else kept as text."""
+    from rsparse.kernels import sparse_linear as K
+
+    name, sep, raw = text.partition("=")
+    if not sep or not hasattr(K, name) or not name.isupper():
+        raise ValueError(f"--switch expects NAME=VALUE for a setting of rsparse.kernels.sparse_linear, got {text!r}")
+    for kind in (int, float):
+        try:
+            return name, kind(raw)
+        except ValueError:
+            pass
+    return name, {"True": True, "False": False}.get(raw, raw)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=".")
@@ -42,7 +59,9 @@ def main():
     p.add_argument("--rho", type=float, default=1.0)
     p.add_argument("--factor-bits", type=int, default=16, choices=[16, 4])
     p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
+    p.add_argument("--switch", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args()
+    switches = dict(parse_switch(text) for text in args.switch)
     configs = dict(labelled_config(text) for text in args.config)
     if "shipped" in configs:
         raise ValueError("--config labels must differ from 'shipped', got 'shipped'")
@@ -54,6 +73,9 @@ def main():
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device="cuda").manual_seed(0)
+    shipped = {name: getattr(K, name) for name in switches}
+    for name, value in switches.items():
+        setattr(K, name, value)
 
     def forcing(cfg):
         def apply():
@@ -62,6 +84,7 @@ def main():
 
     variants = {"shipped": (args.rho, args.factor_bits, forcing(None)),
                 **{label: (args.rho, args.factor_bits, forcing(cfg)) for label, cfg in configs.items()}}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "one_token_configs.jsonl", "w") as out:
         for s in args.sparsities:
             for name in cases:
@@ -72,8 +95,11 @@ def main():
                     cfg = configs.get(label)
                     write_row(out, {"case": name, "sparsity": s, "variant": label, "rho": args.rho,
                                     "factor_bits": args.factor_bits, "config": None if cfg is None else repr(cfg),
+                                    "switches": switches,
                                     **variant_timing(res, label), "copies": copies})
                 out.flush()
+    for name, value in shipped.items():
+        setattr(K, name, value)
 
 
 if __name__ == "__main__":
