@@ -3,10 +3,11 @@
 # and how to read the results).  Kernel run 66, three calls of about 8-9 minutes each, either card (the acceptance
 # names the H200; runs 61-65 all got an H100), in order of need; everything lands in one archive in $OUT.
 #   accept: one_token_lowrank.py with "byte_rows" and "byte_rows_z" (the packed low-rank rows, and the z items, a
-#           byte row at a time; rule in the script) and their GPU switch tests; then one_token_configs.py on gate/up alone at 70, 80 and 90 %, rho 1
-#           (acceptance 2's 70 % row: the compact path read 2.02-2.06x on the H100, the split-K launch forced 2.14x
-#           in run 64), then the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices)
-#           and the rho 0.8 rows at 50 %; a probe of "byte_rows_z" with wider z tiles on gate/up (informs only).
+#           byte row at a time; rule in the script) and their GPU switch tests; then one_token_configs.py on gate/up
+#           alone at 70, 80 and 90 %, rho 1 (acceptance 2's 70 % row: the compact path read 2.02-2.06x on the H100,
+#           the split-K launch forced 2.14x in run 64); a probe of "byte_rows_z" with wider z tiles on gate/up
+#           (informs only); then the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size
+#           slices) and the rho 0.8 rows at 50 %.
 #           Rule for the configs, written before the run: gate/up-shaped single layers without rank
 #           (COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS, n < 2 * m_total) leave the compact path
 #           for the split-K launch if `splitk` beats `shipped` on all three rows; if one of the other split-K configs
