@@ -303,6 +303,17 @@ def _nibbles(ptr, rows, cols, stride, mask, RUNS8: tl.constexpr):
 
 
 @triton.jit
+def _byte_levels(b):
+    # The two levels of packed bytes b (int32, 0..255) as fp32, for PACKED_LEVELS "byte_rows" / "byte_rows_z". Each
+    # byte is placed at bits 15-22, the top of the mantissa under the exponent bits 0x43000000 (fp32 128): masking
+    # its high nibble off leaves 0x43000000 | q << 15, the value 128 + q / 2; masking the low one off leaves
+    # 0x43000000 | q << 19, which is 128 + 8 q. So each level takes one AND. Callers scale the low nibble's
+    # coefficient by 2 and the high one's by 1/8 (both exact) and take out the biases 256 and 16.
+    t = b * 32768 + 0x43000000
+    return (t & 0x43078000).to(tl.float32, bitcast=True), (t & 0x43780000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _lr_byte_rows(acc_rows, acc_bias, z_ptr, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr, r,
                   BLOCK_K: tl.constexpr):
     # One token's packed low-rank rows k0 .. k0 + BLOCK_K (k0 even), PACKED_LEVELS "byte_rows": byte row i holds row
@@ -321,13 +332,7 @@ def _lr_byte_rows(acc_rows, acc_bias, z_ptr, lo_ptr, stride_lo, k0, k_end, offs_
     off_o = tl.load(lq_ptr + 2 * r + k_even + 1, mask=o_ok, other=0.0)
     step_e = tl.load(lq_ptr + 3 * r + k_even, mask=e_ok, other=0.0)
     step_o = tl.load(lq_ptr + 3 * r + k_even + 1, mask=o_ok, other=0.0)
-    # Byte b placed at bits 15-22, the top of the mantissa under the exponent bits 0x43000000 (fp32 128): masking its
-    # high nibble off leaves 0x43000000 | q << 15, the value 128 + q / 2; masking the low one off leaves
-    # 0x43000000 | q << 19, which is 128 + 8 q. So each level takes one AND; the even rows' coefficients carry a
-    # factor 2 and the odd rows' 1/8 (both exact), and the biases 256 and 16 leave in the per-step sum.
-    t = b * 32768 + 0x43000000
-    low = (t & 0x43078000).to(tl.float32, bitcast=True)
-    high = (t & 0x43780000).to(tl.float32, bitcast=True)
+    low, high = _byte_levels(b)  # the even rows' coefficients carry 2, the odd rows' 1/8; biases 256 and 16
     acc_rows += (z_e * step_e * 2.0)[:, None] * low
     acc_rows += (z_o * step_o * 0.125)[:, None] * high
     acc_bias += tl.sum(z_e * (off_e - 256.0 * step_e) + z_o * (off_o - 16.0 * step_o), axis=0)
@@ -384,8 +389,8 @@ def _z_byte_rows(x_ptr, c_ptr, tau, li_ptr, stride_li, k_start, k_end, offs_r, r
                  BLOCK_KZ: tl.constexpr, BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr):
     # One token's share of z over channels k_start .. k_end (k_start even) for the ranks offs_r, PACKED_LEVELS
     # "byte_rows_z": byte row i of the packed V_r holds channel 2i in its low nibble and 2i + 1 in its high one, so
-    # each byte is loaded once for both channels, and its levels come out as in `_lr_byte_rows` (128 + q / 2 and
-    # 128 + 8 q, one AND each; the coefficients carry 2 and 1/8). Returns z's share, [1, BLOCK_R].
+    # each byte is loaded once for both channels (levels from `_byte_levels`; the coefficients carry 2 and 1/8).
+    # Returns z's share, [1, BLOCK_R].
     acc = tl.zeros([BLOCK_KZ // 2, BLOCK_R], dtype=tl.float32)
     sum_e = tl.zeros([BLOCK_KZ // 2], dtype=tl.float32)  # the even and odd channels' inactive inputs
     sum_o = tl.zeros([BLOCK_KZ // 2], dtype=tl.float32)
@@ -405,9 +410,9 @@ def _z_byte_rows(x_ptr, c_ptr, tau, li_ptr, stride_li, k_start, k_end, offs_r, r
             row_on = (coef_e != 0.0) | (coef_o != 0.0)
         b = tl.load(li_ptr + offs_b[:, None] * stride_li + offs_r[None, :], mask=row_on[:, None] & r_ok[None, :],
                     other=0).to(tl.int32)
-        t = b * 32768 + 0x43000000
-        acc += (coef_e * 2.0)[:, None] * (t & 0x43078000).to(tl.float32, bitcast=True)
-        acc += (coef_o * 0.125)[:, None] * (t & 0x43780000).to(tl.float32, bitcast=True)
+        low, high = _byte_levels(b)
+        acc += (coef_e * 2.0)[:, None] * low
+        acc += (coef_o * 0.125)[:, None] * high
         sum_e += coef_e
         sum_o += coef_o
     # coef @ (offset + step * q) = offset * S + step * (coef @ q), coef @ q = acc's sum less 256 S_even and 16 S_odd
