@@ -251,7 +251,7 @@ def test_gpu_packed_kernel_matches_the_fp64_rule(shape, dtype):
                                      ("PACKED_LEVELS", "byte_rows"), ("PACKED_LEVELS", "byte_rows_z"),
                                      ("DOT_Z_ITEMS", False)], ids=str)
 def test_gpu_packed_switches_match_the_fp64_rule(setting, dtype, monkeypatch):
-    # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "biased_rows", down_proj
+    # Every level setting on the GPU's compiled code, for both shapes (shipped: gate/up "byte_rows_z", down_proj
     # "convert"): one token's level floats, and packed batches on those shapes with z in the weight items (they take
     # z items of their own, PACKED_DOT_Z_CONFIG, unless a forced config says otherwise).
     from rsparse.kernels import sparse_linear as kernels
@@ -313,16 +313,16 @@ def test_one_token_level_floats_match_the_reference(levels, T, monkeypatch):
 
 @needs_triton
 def test_packed_levels_follow_the_launch_shape():
-    # Kernel runs 59 and 60: biased levels in the low-rank rows pay on wide launches (gate/up, q/k/v) and lose on
+    # Kernel runs 59, 60 and 66: biased levels, then byte rows, pay on wide launches (gate/up, q/k/v) and lose on
     # long inputs (down_proj), so the shape picks the setting; n >= 2 * m_total is a long input.
     from rsparse.kernels import sparse_linear as kernels
 
     code = kernels._PACKED_LEVELS_CODE
-    assert kernels._packed_levels_code(4096, 14336) == code[kernels.PACKED_LEVELS] == code["biased_rows"]
-    assert kernels._packed_levels_code(4096, 6144) == code["biased_rows"]
+    assert kernels._packed_levels_code(4096, 14336) == code[kernels.PACKED_LEVELS] == code["byte_rows_z"]
+    assert kernels._packed_levels_code(4096, 6144) == code["byte_rows_z"]
     assert kernels._packed_levels_code(14336, 4096) == code[kernels.PACKED_LONG_INPUT_LEVELS] == code["convert"]
     assert kernels._packed_levels_code(8192, 4096) == code["convert"]
-    assert kernels._packed_levels_code(8191, 4096) == code["biased_rows"]
+    assert kernels._packed_levels_code(8191, 4096) == code["byte_rows_z"]
 
 
 @needs_triton

@@ -22,15 +22,18 @@ after round (`kernel_speed.alternating_us`): ``rho1``; ``bf16`` (rho 0.8, bf16 f
 packed 4-bit factors, the default, levels by shape: `PACKED_LEVELS`, `PACKED_LONG_INPUT_LEVELS`); ``dense`` (cuBLAS
 ``F.linear`` on the same weights); ``4bit_byte_rows``: "byte_rows" for every shape (the low-rank rows read a byte
 row at a time, two levels from each byte by one mask each; 357 instructions per 8-row step against 574 for
-"biased_rows" in the offline sm_90 build, the same 96 registers); ``4bit_byte_rows_z``: "byte_rows_z" for every shape
-(the same in the z items: 374 instructions per 16-channel step against 541, 80 registers).  Since kernel run 60 wide launches take
-"biased_rows" and long-input ones (down_proj) "convert"; ``--levels`` adds ``4bit_convert``, ``4bit_bits``,
-``4bit_biased`` and ``4bit_biased_rows`` (each setting for every shape; timed in kernel runs 59-61).
+"biased_rows" in the offline sm_90 build, the same 96 registers); ``4bit_byte_rows_z``: "byte_rows_z" for every
+shape (the same in the z items: 374 instructions per 16-channel step against 541, 80 registers).  Wide launches took
+"biased_rows" from kernel run 60 and take "byte_rows_z" since run 66; long-input ones (down_proj) take "convert";
+``--levels`` adds ``4bit_convert``, ``4bit_bits``, ``4bit_biased`` and ``4bit_biased_rows`` (each setting for every
+shape; timed in kernel runs 59-61).
 
 Adoption rule for "byte_rows" and "byte_rows_z", written before their run (kernel run 66): for wide launches
 (`PACKED_LEVELS`: gate/up, gate+up and q/k/v + o) and for long inputs (`PACKED_LONG_INPUT_LEVELS`: down) apart, the
 faster of ``4bit_byte_rows`` and ``4bit_byte_rows_z`` replaces the shipped setting if it beats ``4bit_shipped`` on
 every case of that kind; and only if `test_gpu_packed_switches_match_the_fp64_rule` passes with it in the same call.
+Kernel run 66 (H100, benchmarks/results/run66_h100/accept): both beat "biased_rows" on every wide case and lost to
+"convert" on down; "byte_rows_z" was the faster on two of three wide cases and in sum, so wide launches took it.
 
 Each variant is checked against the PyTorch reference once.  Prints JSON lines; writes
 ``--out``/one_token_lowrank.jsonl.

@@ -99,19 +99,24 @@ LOWRANK_ROWS = "density"
 # Biased levels pay where the rank spends its elements in the low-rank rows (gate/up: 18.3 M of 21 M) and lose on
 # down_proj on both cards, so launches whose input is at least twice their outputs take PACKED_LONG_INPUT_LEVELS.
 # The split by shape was drawn after the two runs (the rule written before run 60 asked for all four cases).
-# "byte_rows" (not shipped): "biased_rows", with one token's low-rank rows read a byte row at a time. Rows 2i and
-# 2i+1 of the packed (U_r S_r)ᵀ share byte row i; "biased_rows" loads that byte once per row (`_nibbles`), then
-# shifts and masks it per element. Compiled for sm_90 (Triton 3.6, tools/aot_check_splitk.py --loops), its loop
-# issues 574 instructions per 8-row step (64 elements a thread), about 9 per element; at 4 programs of 4 warps per
+# "byte_rows": "biased_rows", with one token's low-rank rows read a byte row at a time. Rows 2i and 2i+1 of the
+# packed (U_r S_r)ᵀ share byte row i; "biased_rows" loads that byte once per row (`_nibbles`), then shifts and masks
+# it per element. Compiled for sm_90 (Triton 3.6, tools/aot_check_splitk.py --loops), its loop issues 574
+# instructions per 8-row step (64 elements a thread), about 9 per element; at 4 programs of 4 warps per
 # multiprocessor a step then takes about 1.2 us of issue per scheduler, longer than its loads' round trip, so the
 # packed low-rank tail is bound by issue (gate/up at 50 %, rho 0.8: 34.1 us with 4-bit factors against 27.2 with
 # bf16 ones at the same bytes, kernel run 63). "byte_rows" loads each byte row once, forms both levels with one mask
 # each (`_lr_byte_rows`) and keeps a sum per byte row until the item ends: 357 instructions per step, the same 96
-# registers. "byte_rows_z" (not shipped) does the same in the z items, whose loop issues 541 instructions per step of
-# 16 channels for one rank column a thread (about 34 per element, 5.2 M elements in gate/up at rho 0.8): each
-# byte is loaded once for the two channels of its byte row (`_z_byte_rows`): 374 instructions per step, and the
-# launch takes 80 registers instead of 96. Both untimed (benchmarks/ablations/one_token_lowrank.py, kernel run 66).
-PACKED_LEVELS = "biased_rows"
+# registers. "byte_rows_z" does the same in the z items, whose loop issues 541 instructions per step of 16 channels
+# for one rank column a thread (about 34 per element, 5.2 M elements in gate/up at rho 0.8): each byte is loaded
+# once for the two channels of its byte row (`_z_byte_rows`): 374 instructions per step, and the launch takes 80
+# registers instead of 96. Kernel run 66 (H100, benchmarks/ablations/one_token_lowrank.py, one token, 50 %, rho
+# 0.8, us, biased_rows / byte_rows / byte_rows_z): gate/up 34.82 / 33.51 / 33.64, gate+up 63.92 / 62.35 / 62.16,
+# q/k/v + o 37.90 / 37.45 / 36.84; down (convert shipped) 39.33 / 41.38 / 40.88. By the rule written before the run
+# (both byte-row settings beat the shipped one on every wide case; "byte_rows_z" is faster on two of three and in
+# sum; the GPU switch test passed with both in the same call), wide launches take "byte_rows_z"; long inputs keep
+# "convert". Not timed on an H200.
+PACKED_LEVELS = "byte_rows_z"
 PACKED_LONG_INPUT_LEVELS = "convert"
 # The constexpr PACKED of a launch with packed factors, by setting.
 _PACKED_LEVELS_CODE = {"convert": 1, "bits": 2, "biased": 3, "biased_rows": 4, "byte_rows": 5, "byte_rows_z": 6}
