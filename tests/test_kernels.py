@@ -648,7 +648,8 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     from rsparse.kernels import sparse_linear as kernels
 
     big = (4096, 14336)
-    assert kernels.choose_config(*big, False, 2, active_fraction=0.3).path == "compact"
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.25) == kernels.SINGLE_COMPACT_CONFIG
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.3).path == "splitk"  # kernel run 67
     assert kernels.choose_config(*big, False, 2, active_fraction=0.5).path == "splitk"  # measured no faster
     assert kernels.choose_config(*big, False, 2).path == "splitk"  # no hint: dense-like
     assert kernels.choose_config(*big, True, 2, active_fraction=0.3).path == "splitk"  # several tokens
@@ -667,7 +668,7 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     assert kernels.choose_config(*down, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
     assert kernels.choose_config(4096, 6144, False, 2, active_fraction=0.4, has_rank=True).z_steps is None
     gate_up = (4096, 2 * 14336)
-    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5).path == "compact"  # the widest groups
+    assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.5) == kernels.COMPACT_CONFIG  # the widest
     assert kernels.choose_config(*gate_up, False, 2, active_fraction=0.6).path == "splitk"
     # RANKED_COMPACT_MAX_ACTIVE: wide layers with a rank take the compact path up to their shape's limit, the split-K
     # launch with z items above it; layers without rank are not affected. Shipped: the pair compact at 24 % active

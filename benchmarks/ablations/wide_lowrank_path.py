@@ -2,7 +2,7 @@
 (`rsparse.kernels.sparse_linear.RANKED_COMPACT_MAX_ACTIVE`), beside rho 1 and cuBLAS dense in the same rounds.  GPU only.
 
 `choose_config` sends the fused gate+up pair (up to `WIDE_COMPACT_MAX_ACTIVE`) and a single gate/up (up to
-`COMPACT_MAX_ACTIVE`) to the two-launch compact path; with a rank, only up to the shape's entry of
+`SINGLE_COMPACT_MAX_ACTIVE`, 0.35 until kernel run 67) to the two-launch compact path; with a rank, only up to the shape's entry of
 `RANKED_COMPACT_MAX_ACTIVE` ("pair" / "single"; shipped: the same limits), the split-K launch with z items above it.
 
 Kernel run 63 (H100, the first run of this script, rows at 50 / 70 / 70 %): split-K won the pair at 50 % (50.06
@@ -16,7 +16,7 @@ turn round after round (`kernel_speed.time_switch_variants`): ``rho1`` (shipped)
 split-K launch, forced with `set_config`: whether the compact path still pays without rank on this card), ``compact``
 (rho 0.8, limits of 1: the compact path wherever the shape allows, as shipped) and ``splitk`` (rho 0.8, limits of 0).
 Rows: the pair at 50, 60 and 70 % (active shares at rho 0.8 of 0.40, 0.32, 0.24), gate/up alone at 60 and 70 % (at
-50 % its share is above `COMPACT_MAX_ACTIVE`, so every setting launches the same).
+50 % its share is above the compact limit, so every setting launches the same).
 
 Adoption rule, written before kernel run 64: "pair" becomes 0.35 if ``splitk`` beats ``compact`` at 50 % and
 ``compact`` beats ``splitk`` at 60 and 70 %; 0 if ``splitk`` wins all three; otherwise it stays.  "single" becomes 0

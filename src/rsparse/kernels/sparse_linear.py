@@ -793,11 +793,19 @@ def set_config(config: Config | None, kind: str = "gemv1") -> None:
 #   INLINE_MAX_ACTIVE (run 8: 14336x4096 at 30 % active 17.7 us against 20.6 compact, 21.4 run 4);
 #   with a low-rank path run 4's launch with z items (run 11: 27.8 us against 31.7 compact at rho 0.8,
 #   50 %);
-# * wide layers: the two-launch compact path up to COMPACT_MAX_ACTIVE, and up to
+# * wide layers: the two-launch compact path up to SINGLE_COMPACT_MAX_ACTIVE, and up to
 #   WIDE_COMPACT_MAX_ACTIVE for the widest groups (gate+up fused 4096x2x14336 at 50 %:
 #   37.3 us against 42.6 run 4; a single 4096x14336 at 50 % stays faster on run 4).
 # Smaller shapes and denser layers keep run 4's launch.
-COMPACT_MAX_ACTIVE = 0.35
+# Single wide layers (COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS: gate/up alone) took the compact
+# path up to 0.35 active until kernel run 67. On the H100 the split-K launch overtook it at 30 % active, and compact
+# tiles of 1024 columns at 4 programs per multiprocessor beat the 512-column ones from 30 % down (one token, gate/up,
+# us; benchmarks/ablations/one_token_configs.py; compact 512 / compact 1024 / split-K):
+#   run 66 at 70, 80, 90 %: 21.04 / 20.25 / 20.11, 14.84 / 14.65 / 17.60, 10.65 / 10.28 / 15.68;
+#   run 67 at 70, 75, 80 %: 21.46 / 21.00 / 19.85, 19.07 / 17.91 / 19.46, 14.91 / 14.63 / 17.46.
+# The rules for these two values were written before run 67 (benchmarks/results/run67_h100/probe/call.sh); 16-row
+# split-K steps tied 8-row ones at 50 % (26.15 / 26.13), so the split-K tiles stay. Not timed on an H200.
+SINGLE_COMPACT_MAX_ACTIVE = 0.25
 COMPACT_MIN_ELEMENTS = 32 * 2**20  # n * m_total
 WIDE_COMPACT_MAX_ACTIVE = 0.55
 WIDE_COMPACT_MIN_ELEMENTS = 96 * 2**20
@@ -819,10 +827,11 @@ SMALL_COMPACT_MIN_ELEMENTS = 16 * 2**20
 #   gate/up alone at 60 % and 70 %: run 64 27.55 / 23.10, runs 63-64 23.54-23.70 / 20.86-20.90.
 # The rule for these values was written before run 64. Not timed on an H200.
 RANKED_COMPACT_MAX_ACTIVE = {"pair": 0.35, "single": 0.0}
-# z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above the compact
-# path's share (e.g. gate/up or an up projection alone at 50 %): faster there in all four calls
-# of kernel runs 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
+# z items of 8 steps instead of Z_STEPS for a wide single projection with a rank above WIDE_Z_MIN_ACTIVE (the compact
+# path's limit then; e.g. gate/up or an up projection alone at 50 %): faster there in all four calls of kernel runs
+# 11 and 12 that timed it (0.9-2.4 us), slower at 70 % and on down_proj.
 WIDE_Z_STEPS = 8
+WIDE_Z_MIN_ACTIVE = 0.35
 # One token, packed factors, inputs at least twice the outputs (down_proj): z items of 256 ranks over 8-channel
 # steps, twice Z_STEPS of them, which halves the z items (14336 x 4096 at 1 274 ranks: 2 240 -> 1 120). They come
 # first in the grid and hold the weight items back. Kernel run 57 (H100, NOTES): down at 50 % 42.88 -> 39.09 us,
@@ -876,6 +885,8 @@ PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_ste
 
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
+# Single wide layers' compact tiles since kernel run 67 (see SINGLE_COMPACT_MAX_ACTIVE).
+SINGLE_COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
 
 
 def choose_config(
@@ -897,11 +908,12 @@ def choose_config(
         if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
-        wide = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS and active_fraction <= WIDE_COMPACT_MAX_ACTIVE
-        ranked_max = RANKED_COMPACT_MAX_ACTIVE["pair" if n * m_total >= WIDE_COMPACT_MIN_ELEMENTS else "single"]
-        if (n < 2 * m_total and (active_fraction <= COMPACT_MAX_ACTIVE or wide)
-                and (not has_rank or active_fraction <= ranked_max)):
-            return COMPACT_CONFIG
+        pair = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS
+        compact_max = WIDE_COMPACT_MAX_ACTIVE if pair else SINGLE_COMPACT_MAX_ACTIVE
+        if has_rank:
+            compact_max = min(compact_max, RANKED_COMPACT_MAX_ACTIVE["pair" if pair else "single"])
+        if n < 2 * m_total and active_fraction <= compact_max:
+            return COMPACT_CONFIG if pair else SINGLE_COMPACT_CONFIG
     # The best of benchmarks/sweep_splitk.py on an H200 (benchmarks/NOTES.md): one token,
     # 8-row steps over 1024 columns (16-byte loads), about 4 weight items per multiprocessor;
     # 2-16 tokens (kernel run 10, one-wave grid), 16x512 tiles over 3 stages, 3 items per
@@ -920,7 +932,7 @@ def choose_config(
         # on the big shapes 4 stay faster (down_proj 27.4 against 32.1 us).
         per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
         wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
-        z_steps = WIDE_Z_STEPS if wide_single and active_fraction > COMPACT_MAX_ACTIVE else None
+        z_steps = WIDE_Z_STEPS if wide_single and active_fraction > WIDE_Z_MIN_ACTIVE else None
         if packed and PACKED_LONG_INPUT_WIDE_Z and n >= 2 * m_total:
             return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=8,
                           block_r=256, z_steps=2 * Z_STEPS)
