@@ -20,10 +20,17 @@
 #           one_token_lowrank.py (the shipped packed levels against the others).
 #   tests:  the GPU tests of test_packed_kernels.py and test_kernels.py (the shipped packed levels and one-token
 #           configs changed).
+#   splitk: (after probe, bench and tests ran) one_token_configs.py on gate/up alone at 50, 60 and 70 %, where it takes
+#           the split-K launch since run 67's probe, against other split-K tiles (the H200 sweep that chose the
+#           shipped 8 x 1024 at 4 programs per multiprocessor ran at 50 % only; run 67's bench read 2.19x at 70 %,
+#           equal to cuBLAS on a slice of the same bytes).  Rule, written before the run: a config replaces the
+#           shipped tiles of gate/up-shaped single layers without rank (one token, split-K) if it is at least 1 %
+#           faster than `shipped` at each of the three points; of several, the lowest sum.
 #     LIMIT=200 bash benchmarks/next_device_call.sh probe        # on the device, from the repository root
 #     LIMIT=330 bash benchmarks/next_device_call.sh bench
 #     LIMIT=500 bash benchmarks/next_device_call.sh tests
-case "$1" in probe|bench|tests) ;; *) echo "expected 'probe', 'bench' or 'tests', got '$1'"; exit 2 ;; esac
+#     LIMIT=120 bash benchmarks/next_device_call.sh splitk
+case "$1" in probe|bench|tests|splitk) ;; *) echo "expected 'probe', 'bench', 'tests' or 'splitk', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run67_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -47,6 +54,15 @@ elif [ "$1" = bench ]; then
   step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
   step 120 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
   step 100 lowrank.log python benchmarks/ablations/one_token_lowrank.py --out $O
+elif [ "$1" = splitk ]; then
+  SK=path=splitk,num_stages=1
+  step 100 configs.log python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.5 0.6 0.7 \
+    --config k16=$SK,block_k=16,block_m=1024,programs_per_sm=4,num_warps=4 \
+    --config pps5=$SK,block_k=8,block_m=1024,programs_per_sm=5,num_warps=4 \
+    --config pps3=$SK,block_k=8,block_m=1024,programs_per_sm=3,num_warps=4 \
+    --config m2048w8=$SK,block_k=8,block_m=2048,programs_per_sm=2,num_warps=8 \
+    --config m512w2=$SK,block_k=8,block_m=512,programs_per_sm=8,num_warps=2 \
+    --config acc2d=$SK,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,acc2d=1 --out $O
 else
   step 200 gpu_packed.log python -m pytest -v -rfEs -m gpu tests/test_packed_kernels.py
   step 280 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
