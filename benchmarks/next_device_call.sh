@@ -26,13 +26,20 @@
 #           equal to cuBLAS on a slice of the same bytes).  Rule, written before the run: a config replaces the
 #           shipped tiles of gate/up-shaped single layers without rank (one token, split-K) if it is at least 1 %
 #           faster than `shipped` at each of the three points; of several, the lowest sum.
+#           Run 67 (splitk): none held; 16-row steps tied at 50 % (25.46 / 25.47 us) and won at 60 and 70 %.
+#   k16:    kernel run 68, after run 67: gate/up-shaped single layers without rank take 16-row split-K steps at
+#           25-45 % active (SINGLE_TALL_STEPS_MAX_ACTIVE, drawn after runs 66-67).  Rule, written before the run: it
+#           stays if `shipped` beats `k8` (the tiles before it) at 60, 65 and 70 % in one_token_configs.py, and
+#           test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference passes; otherwise it goes.  Then
+#           gate/up's acceptance rows (50 / 70 %, batch 1, cuBLAS on same-size slices).
 #     LIMIT=200 bash benchmarks/next_device_call.sh probe        # on the device, from the repository root
 #     LIMIT=330 bash benchmarks/next_device_call.sh bench
 #     LIMIT=500 bash benchmarks/next_device_call.sh tests
 #     LIMIT=120 bash benchmarks/next_device_call.sh splitk
-case "$1" in probe|bench|tests|splitk) ;; *) echo "expected 'probe', 'bench', 'tests' or 'splitk', got '$1'"; exit 2 ;; esac
+#     RUN=8 LIMIT=150 bash benchmarks/next_device_call.sh k16
+case "$1" in probe|bench|tests|splitk|k16) ;; *) echo "expected probe, bench, tests, splitk or k16, got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-O=/tmp/run67_$1; rm -rf $O; mkdir -p $O
+O=/tmp/run6${RUN:-7}_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -63,9 +70,15 @@ elif [ "$1" = splitk ]; then
     --config m2048w8=$SK,block_k=8,block_m=2048,programs_per_sm=2,num_warps=8 \
     --config m512w2=$SK,block_k=8,block_m=512,programs_per_sm=8,num_warps=2 \
     --config acc2d=$SK,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,acc2d=1 --out $O
+elif [ "$1" = k16 ]; then
+  step 60 gpu_k16.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py -k sixteen_row
+  step 50 configs.log python benchmarks/ablations/one_token_configs.py --cases gate/up --sparsities 0.6 0.65 0.7 \
+    --config k8=path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1 --out $O
+  step 40 acc.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --same-bytes \
+    --sparsities 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 --out $O/acc
 else
   step 200 gpu_packed.log python -m pytest -v -rfEs -m gpu tests/test_packed_kernels.py
   step 280 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
 fi
-tar czf $OUT/run67_$1.tgz -C /tmp run67_$1
+tar czf $OUT/run6${RUN:-7}_$1.tgz -C /tmp run6${RUN:-7}_$1
 cat $O/steps.log

@@ -7,6 +7,7 @@ CUDA-graph capture and ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -230,6 +231,36 @@ def test_opcheck():
     other = make_args(2, 40, 16, 0, dtype, "cpu", 0.5, seed=1)
     lists = [list(a) for a in zip(args[1:], other[1:])]
     torch.library.opcheck(torch.ops.rsparse.sparse_linear_multi.default, (x, *lists))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_token_sixteen_row_steps_match_the_reference(dtype):
+    # The split-K tiles single wide layers take at 25-45 % active (16-row steps over 1024 columns), forced on small
+    # odd shapes: rows past the input's end and columns past the output's end are masked.
+    from rsparse.kernels import sparse_linear as kernels
+
+    rsparse.set_backend("triton")
+    kernels.set_config(dataclasses.replace(kernels.SPLITK_CONFIG, block_k=16), "gemv1")
+    try:
+        for n, m, bias, active in ((77, 130, True, 0.3), (300, 1100, False, 0.45), (33, 5, True, 1.0)):
+            check(make_args(1, n, m, 0, dtype, "cpu", active, bias, seed=3), dtype, "cpu", active)
+    finally:
+        kernels.set_config(None, "gemv1")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference(dtype):
+    # choose_config's own pick (no override) for gate/up-shaped layers at 30 and 40 % active, and an odd shape.
+    from rsparse.kernels import sparse_linear as kernels
+
+    rsparse.set_backend("triton")
+    for n, m, active in ((4096, 14336, 0.3), (4096, 14336, 0.4), (4100, 9001, 0.35)):
+        assert kernels.choose_config(n, m, False, 2, active).block_k == 16
+        for seed in range(2):
+            check(make_args(1, n, m, 0, dtype, "cuda", active, seed % 2 == 0, seed=seed), dtype, "cuda", active)
 
 
 # ---------------------------------------------------------------- two-launch path (one token)
@@ -650,6 +681,12 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     big = (4096, 14336)
     assert kernels.choose_config(*big, False, 2, active_fraction=0.25) == kernels.SINGLE_COMPACT_CONFIG
     assert kernels.choose_config(*big, False, 2, active_fraction=0.3).path == "splitk"  # kernel run 67
+    # ... with 16-row steps up to SINGLE_TALL_STEPS_MAX_ACTIVE (kernel run 68), bf16 / fp16 only
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.3).block_k == 16
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.45).block_k == 16
+    assert kernels.choose_config(*big, False, 4, active_fraction=0.3) == kernels.SPLITK_CONFIG
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.5) == kernels.SPLITK_CONFIG
+    assert kernels.choose_config(*big, False, 2, active_fraction=0.3, has_rank=True).block_k == 8
     assert kernels.choose_config(*big, False, 2, active_fraction=0.5).path == "splitk"  # measured no faster
     assert kernels.choose_config(*big, False, 2).path == "splitk"  # no hint: dense-like
     assert kernels.choose_config(*big, True, 2, active_fraction=0.3).path == "splitk"  # several tokens

@@ -883,6 +883,17 @@ PACKED_DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps
 PACKED_DOT_Z_MIN_ELEMENTS = 32 * 2**20
 PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_steps=16, z_items=True)
 
+# One token on the split-K launch without rank: 8-row steps over 1024 columns, 4 weight items per multiprocessor (the
+# H200 sweep of the third session, at 50 %). Single wide layers without rank (gate/up alone) that keep at most
+# SINGLE_TALL_STEPS_MAX_ACTIVE of their channels, and more than SINGLE_COMPACT_MAX_ACTIVE, take 16-row steps
+# instead, bf16 / fp16 only. On the H100 (one_token_configs.py, gate/up, us, 8-row / 16-row steps) they tied at
+# 50 % (run 67: 26.13 / 26.15, 25.47 / 25.46) and won at 60 % (22.82 / 22.58, 22.25 / 21.90) and 70 % (run 66:
+# 20.11 / 19.60; run 67: 19.85 / 19.54, 19.44 / 18.81). Two rules written before runs failed it on its 50 % tie; this
+# limit was drawn after them, between 40 and 50 % active, and held by the rule written before kernel run 68
+# (benchmarks/results/run68_h100/call.sh).
+SPLITK_CONFIG = Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
+SINGLE_TALL_STEPS_MAX_ACTIVE = 0.45
+
 # Best sum over both shapes at 30 % active in the run-6 sweep (18.9 + 20.6 us).
 COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=512, programs_per_sm=8, num_warps=2, prefetch=1)
 # Single wide layers' compact tiles since kernel run 67 (see SINGLE_COMPACT_MAX_ACTIVE).
@@ -938,7 +949,10 @@ def choose_config(
                           block_r=256, z_steps=2 * Z_STEPS)
         return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16,
                       block_r=128, z_steps=z_steps)
-    return Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
+    wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
+    if one_token and wide_single and itemsize == 2 and active_fraction <= SINGLE_TALL_STEPS_MAX_ACTIVE:
+        return dataclasses.replace(SPLITK_CONFIG, block_k=16)
+    return SPLITK_CONFIG
 
 
 def z_item_rows(cfg: Config, rows: int) -> int:
