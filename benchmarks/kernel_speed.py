@@ -364,7 +364,7 @@ def overheads(device, reps):
 
 # The kernel module's on/off switches, recorded with every run (their values say which launches were timed).
 SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS",
-            "RANKED_COMPACT_MAX_ACTIVE")
+            "RANKED_COMPACT_MAX_ACTIVE", "SINGLE_COMPACT_MAX_ACTIVE", "SINGLE_TALL_STEPS_MAX_ACTIVE")
 
 
 def markdown(rows, meta):
@@ -444,6 +444,22 @@ def parse_config(text: str, kind: str):
     return K.Config(**kw)
 
 
+def parse_switch(text: str):
+    """``"NAME=VALUE"`` -> ``(NAME, value)`` for an existing `sparse_linear` setting; VALUE is read as a number, True /
+    False, or else kept as text."""
+    from rsparse.kernels import sparse_linear as K
+
+    name, sep, raw = text.partition("=")
+    if not sep or not hasattr(K, name) or not name.isupper():
+        raise ValueError(f"--switch expects NAME=VALUE for a setting of rsparse.kernels.sparse_linear, got {text!r}")
+    for kind in (int, float):
+        try:
+            return name, kind(raw)
+        except ValueError:
+            pass
+    return name, {"True": True, "False": False}.get(raw, raw)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -467,6 +483,8 @@ def main():
     p.add_argument("--dot", metavar="KEY=VALUE,...",
                    help="Config fields forced on every launch of 2-16 tokens, e.g. "
                         "block_k=16,block_m=512,programs_per_sm=3,num_warps=4,num_stages=3 (default: choose_config's rule)")
+    p.add_argument("--switch", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of rsparse.kernels.sparse_linear for the whole run, e.g. PACKED_LEVELS=convert")
     args = p.parse_args()
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
@@ -485,6 +503,8 @@ def main():
     for kind in ("gemv1", "dot"):
         if getattr(args, kind):
             K.set_config(parse_config(getattr(args, kind), kind), kind)
+    for name, value in (parse_switch(text) for text in args.switch):
+        setattr(K, name, value)
     device, dtype = "cuda", torch.bfloat16
     gen = torch.Generator(device=device).manual_seed(SEED)
     torch.manual_seed(SEED)

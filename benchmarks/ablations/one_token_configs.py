@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, parse_config, time_switch_variants, variant_timing, write_row  # noqa: E402
+from kernel_speed import CASES, parse_config, parse_switch, time_switch_variants, variant_timing, write_row  # noqa: E402,E501
 
 
 def labelled_config(text: str):
@@ -31,22 +31,6 @@ def labelled_config(text: str):
     if not sep or not label or not fields:
         raise ValueError(f"--config expects LABEL=key=value,..., got {text!r}")
     return label, parse_config(fields, "config")
-
-
-def parse_switch(text: str):
-    """``"NAME=VALUE"`` -> ``(NAME, value)`` for an existing `sparse_linear` setting; VALUE is read as a number, True /
-    False, or else kept as text."""
-    from rsparse.kernels import sparse_linear as K
-
-    name, sep, raw = text.partition("=")
-    if not sep or not hasattr(K, name) or not name.isupper():
-        raise ValueError(f"--switch expects NAME=VALUE for a setting of rsparse.kernels.sparse_linear, got {text!r}")
-    for kind in (int, float):
-        try:
-            return name, kind(raw)
-        except ValueError:
-            pass
-    return name, {"True": True, "False": False}.get(raw, raw)
 
 
 def main():
