@@ -2,8 +2,9 @@
 (`rsparse.kernels.sparse_linear.RANKED_COMPACT_MAX_ACTIVE`), beside rho 1 and cuBLAS dense in the same rounds.  GPU only.
 
 `choose_config` sends the fused gate+up pair (up to `WIDE_COMPACT_MAX_ACTIVE`) and a single gate/up (up to
-`SINGLE_COMPACT_MAX_ACTIVE`, 0.35 until kernel run 67) to the two-launch compact path; with a rank, only up to the shape's entry of
-`RANKED_COMPACT_MAX_ACTIVE` ("pair" / "single"; shipped: the same limits), the split-K launch with z items above it.
+`SINGLE_COMPACT_MAX_ACTIVE`, 0.35 until kernel run 67) to the two-launch compact path; with a rank, only up to the
+shape's entry of `RANKED_COMPACT_MAX_ACTIVE` ("pair" / "single"; shipped: the same limits), the split-K launch with z
+items above it.
 
 Kernel run 63 (H100, the first run of this script, rows at 50 / 70 / 70 %): split-K won the pair at 50 % (50.06
 against 54.90 us) and gate/up at 70 % (20.90 against 23.70), the compact path the pair at 70 % (36.80 against 43.01),

@@ -886,9 +886,9 @@ PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_ste
 # One token on the split-K launch without rank: 8-row steps over 1024 columns, 4 weight items per multiprocessor (the
 # H200 sweep of the third session, at 50 %). Single wide layers without rank (gate/up alone) that keep at most
 # SINGLE_TALL_STEPS_MAX_ACTIVE of their channels, and more than SINGLE_COMPACT_MAX_ACTIVE, take 16-row steps
-# instead, bf16 / fp16 only (fp32 inputs are for checking). On the H100 (one_token_configs.py, gate/up, us, 8-row / 16-row steps) they tied at
-# 50 % (run 67: 26.13 / 26.15, 25.47 / 25.46) and won at 60 % (22.82 / 22.58, 22.25 / 21.90) and 70 % (run 66:
-# 20.11 / 19.60; run 67: 19.85 / 19.54, 19.44 / 18.81). Two rules written before runs failed it on its 50 % tie; the
+# instead, bf16 / fp16 only (fp32 inputs are for checking). On the H100 (one_token_configs.py, gate/up, us, 8-row /
+# 16-row steps) they tied at 50 % (run 67: 26.13 / 26.15, 25.47 / 25.46) and won at 60 % (22.82 / 22.58, 22.25 /
+# 21.90) and 70 % (run 66: 20.11 / 19.60; run 67: 19.85 / 19.54, 19.44 / 18.81). Two rules written before runs failed it on its 50 % tie; the
 # candidate limit, 0.45, was drawn after them, between 40 and 50 % active. Off (0) until kernel run 68 holds it by
 # the rule in benchmarks/next_device_call.sh ("k16"); the session that built it had no device time left.
 SPLITK_CONFIG = Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
@@ -930,6 +930,7 @@ def choose_config(
     # 2-16 tokens (kernel run 10, one-wave grid), 16x512 tiles over 3 stages, 3 items per
     # multiprocessor (168 registers: 3 fit): batch 4 at 50 % 1.00-1.25x cuBLAS against 0.82-1.08x.
     # One token with a low-rank path (kernel run 11): z items of 4 steps of 16 channels x 128 ranks.
+    wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total  # gate/up alone
     if use_dot:
         if packed:
             z_items = _switch_on(DOT_Z_ITEMS, True) or n * m_total >= PACKED_DOT_Z_MIN_ELEMENTS
@@ -942,14 +943,12 @@ def choose_config(
         # leave slots to the z items from the start (kernel run 12: q/k/v + o at 50 % 26.3 against 28.7 us);
         # on the big shapes 4 stay faster (down_proj 27.4 against 32.1 us).
         per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
-        wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
         z_steps = WIDE_Z_STEPS if wide_single and active_fraction > WIDE_Z_MIN_ACTIVE else None
         if packed and PACKED_LONG_INPUT_WIDE_Z and n >= 2 * m_total:
             return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=8,
                           block_r=256, z_steps=2 * Z_STEPS)
         return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16,
                       block_r=128, z_steps=z_steps)
-    wide_single = COMPACT_MIN_ELEMENTS <= n * m_total < WIDE_COMPACT_MIN_ELEMENTS and n < 2 * m_total
     if one_token and wide_single and itemsize == 2 and active_fraction <= SINGLE_TALL_STEPS_MAX_ACTIVE:
         return dataclasses.replace(SPLITK_CONFIG, block_k=16)
     return SPLITK_CONFIG
