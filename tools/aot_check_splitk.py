@@ -70,13 +70,19 @@ def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
 
 
 def resource_report(k) -> str:
-    """Registers, stack and local memory of the cubin Triton built (its own ptxas), read with cuobjdump."""
+    """Registers, stack and local memory of the cubin Triton built (its own ptxas), read with cuobjdump; then the
+    dynamic shared memory Triton asks for at launch and the asynchronous global-to-shared copies (LDGSTS) in the
+    SASS: nonzero where the software pipeline of `num_stages` > 1 stages the loads through shared memory."""
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
     usage = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
-    return "registers {} stack {} shared {} local {}".format(*usage[0]) if usage else f"no usage line: {out[-200:]!r}"
+    if not usage:
+        return f"no usage line: {out[-200:]!r}"
+    sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
+    return "registers {} stack {} shared {} local {}".format(*usage[0]) + \
+        f" dynamic shared {k.metadata.shared} LDGSTS {sass.count('LDGSTS')}"
 
 
 def loop_shapes(k) -> list[str]:
@@ -132,6 +138,15 @@ for dtype in ("bf16", "fp16"):
                 print(f"  loop of {len(shape)} instructions:")
                 for j in range(0, len(shape), 120):
                     print(f"    {j:4d} {shape[j:j + 120]}")
+    # 2-16 tokens without rank on dense-ish layers: DOT_DENSE_CONFIG's tiles (32 x 256, 3 stages)
+    const = dict(
+        BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=32,
+        BLOCK_M=256, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
+        XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
+        PER_TOKEN=False, PACKED=False,
+    )
+    print(f"{dtype} batch (dot 32x256, 3 stages), no ranks: {resource_report(compile_splitk(dtype, const, stages=3))}",
+          flush=True)
     for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
         for packed in (False, True):  # DOT_CONFIG's tiles (16 x 512, 3 stages), packed also PACKED_DOT_CONFIG's 1
             const = dict(
