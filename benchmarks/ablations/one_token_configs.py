@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel_speed import CASES, parse_config, parse_switch, time_switch_variants, variant_timing, write_row  # noqa: E402,E501
+from kernel_speed import (  # noqa: E402
+    CASES, parse_config, parse_switch, time_switch_variants, variant_timing, write_row,
+)
 
 
 def labelled_config(text: str):

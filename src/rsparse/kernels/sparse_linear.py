@@ -945,10 +945,9 @@ def choose_config(
         per_sm = 3 if n * m_total < COMPACT_MIN_ELEMENTS else 4
         z_steps = WIDE_Z_STEPS if wide_single and active_fraction > WIDE_Z_MIN_ACTIVE else None
         if packed and PACKED_LONG_INPUT_WIDE_Z and n >= 2 * m_total:
-            return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=8,
-                          block_r=256, z_steps=2 * Z_STEPS)
-        return Config(block_k=8, block_m=1024, programs_per_sm=per_sm, num_warps=4, num_stages=1, block_kz=16,
-                      block_r=128, z_steps=z_steps)
+            return dataclasses.replace(SPLITK_CONFIG, programs_per_sm=per_sm, block_kz=8, block_r=256,
+                                       z_steps=2 * Z_STEPS)
+        return dataclasses.replace(SPLITK_CONFIG, programs_per_sm=per_sm, block_kz=16, block_r=128, z_steps=z_steps)
     if one_token and wide_single and itemsize == 2 and active_fraction <= SINGLE_TALL_STEPS_MAX_ACTIVE:
         return dataclasses.replace(SPLITK_CONFIG, block_k=16)
     return SPLITK_CONFIG
