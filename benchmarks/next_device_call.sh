@@ -13,9 +13,12 @@
 #   accept: the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices), the rho 0.8 rows,
 #           the 40 / 90 % grid (all seven shapes), then the GPU tests of test_kernels.py; for an H200 first of all
 #           (no H200 has run since kernel run 60).
+#   cli:    the user's default path (cli_gpu_check.sh: sparsify with searched budgets and 4-bit factors, save,
+#           summary, bench of the reloaded folder), last timed in run 63 (1.03x) before "byte_rows_z" shipped.
 #     LIMIT=150 bash benchmarks/next_device_call.sh k16        # on the device, from the repository root
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept
-case "$1" in k16|accept) ;; *) echo "expected 'k16' or 'accept', got '$1'"; exit 2 ;; esac
+#     LIMIT=560 bash benchmarks/next_device_call.sh cli
+case "$1" in k16|accept|cli) ;; *) echo "expected 'k16', 'accept' or 'cli', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run68_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -34,6 +37,8 @@ if [ "$1" = k16 ]; then
     --switch $ON --config k8=path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1 --out $O
   step 40 acc.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --same-bytes --switch $ON \
     --sparsities 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 --out $O/acc
+elif [ "$1" = cli ]; then
+  step 550 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
 else
   step 80 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
   step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
