@@ -9,13 +9,15 @@
 #           had no device time left).  Rule, written before the run: the setting becomes 0.45 if, in
 #           one_token_configs.py with it, `shipped` beats `k8` (the tiles without it) at 60, 65 and 70 %, and
 #           test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference passes; otherwise it stays 0 and
-#           the code goes.  Then gate/up's acceptance rows (50 / 70 %, batch 1, cuBLAS on same-size slices) with it.
+#           the code goes.  Then gate/up's acceptance rows (50 / 70 %, batch 1, cuBLAS on same-size slices) with it,
+#           and sweep_inline.py's "dot68" set: batch-4 tensor-core tiles with 8 warps or a fourth stage, gate/up and
+#           down at 50 and 0 % (its rule is written above VARIANTS_DOT68).
 #   accept: the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices), the rho 0.8 rows,
 #           the 40 / 90 % grid (all seven shapes), then the GPU tests of test_kernels.py; for an H200 first of all
 #           (no H200 has run since kernel run 60).
 #   cli:    the user's default path (cli_gpu_check.sh: sparsify with searched budgets and 4-bit factors, save,
 #           summary, bench of the reloaded folder), last timed in run 63 (1.03x) before "byte_rows_z" shipped.
-#     LIMIT=150 bash benchmarks/next_device_call.sh k16        # on the device, from the repository root
+#     LIMIT=260 bash benchmarks/next_device_call.sh k16        # on the device, from the repository root
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept
 #     LIMIT=560 bash benchmarks/next_device_call.sh cli
 case "$1" in k16|accept|cli) ;; *) echo "expected 'k16', 'accept' or 'cli', got '$1'"; exit 2 ;; esac
@@ -37,6 +39,8 @@ if [ "$1" = k16 ]; then
     --switch $ON --config k8=path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1 --out $O
   step 40 acc.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up --same-bytes --switch $ON \
     --sparsities 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 --out $O/acc
+  step 110 dot68.log python benchmarks/sweep_inline.py --variants dot68 --batch 4 --sparsities 0.5 0 --reps 20 \
+    --cases "gate/up 4096->14336" "down 14336->4096" --limit 100 --out $O
 elif [ "$1" = cli ]; then
   step 550 cli.log env OUT=$O bash benchmarks/cli_gpu_check.sh
 else

@@ -282,12 +282,28 @@ VARIANTS_DOT26 = {
     "dot 32,1024,1,8,3": _D(32, 1024, 1, 8, 3),
     "dot (shipped) again": _DOT,
 }
+# Forty-first session ("dot68", batch 4): gate/up alone stays at 0.98x of cuBLAS at 50 % (runs 66-67), and at 0 % the
+# launch streams about 5 % slower than cuBLAS, so the question is the tiles' streaming rate. Untried so far: 8 warps
+# per program (wider tiles at 2 programs per multiprocessor, or the shipped tiles with twice the threads) and a fourth
+# stage on the shipped tiles. Rule, written before the run: a setting goes on to acceptance rows (kernel_speed.py
+# --dot, a later call) only if it beats the faster of the two shipped timings by at least 2 % on gate/up at 50 % and
+# at 0 %, and is not slower than the slower shipped timing on down at 50 %.
+_DOT_DENSE = _D(32, 256, 3, 4, 3)
+VARIANTS_DOT68 = {
+    "dot dense (shipped)": _DOT_DENSE,
+    "dot 16,1024,2,8,3": _D(16, 1024, 2, 8, 3),
+    "dot 32,512,2,8,3": _D(32, 512, 2, 8, 3),
+    "dot 64,256,2,8,3": _D(64, 256, 2, 8, 3),
+    "dot 32,256,3,8,3": _D(32, 256, 3, 8, 3),
+    "dot 32,256,3,4,4": _D(32, 256, 3, 4, 4),
+    "dot dense (shipped) again": _DOT_DENSE,
+}
 # Twenty-eighth session ("dot1", batch 1, commit c9aef16): one token through the tensor-core launch (a flag
 # `sparse_linear.DOT_ONE_TOKEN`), whose pipeliner keeps `num_stages` steps of rows in flight through shared memory.
 # Slower than the shipped one-token paths at every tile setting (at 50 % at best 1.36x on gate/up and 1.42x on down,
 # against the shipped 1.51-1.56x and 1.43-1.50x);
 # the flag and the set were removed again (results/sweep_run49_dot1_b1.*).
-VARIANT_SETS = {"dot26": VARIANTS_DOT26, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
