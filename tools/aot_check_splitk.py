@@ -8,6 +8,7 @@ thread (4 warps) a multiprocessor holds fewer than the 4 programs the one-wave g
 that matches the GPU image (3.6.0) in its own environment; torch comes from another one appended to sys.path:
 
     /tmp/t36/bin/python tools/aot_check_splitk.py --torch-site /work/venv/lib/python3.11/site-packages [--loops]
+    ... --dot-tiles 32,256,4,3 32,512,8,3      # only the batched launch without rank, at these tiles
 """
 import argparse
 import re
@@ -21,6 +22,8 @@ ap.add_argument("--torch-site", default="", help="site-packages with torch, when
 ap.add_argument("--loops", action="store_true",
                 help="also print the shape of each one-token launch's loops that load weights or factors: one letter "
                      "per SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
+ap.add_argument("--dot-tiles", nargs="+", metavar="BK,BM,WARPS,STAGES",
+                help="only the batched launch without rank (bf16), at each of these tiles: what a multiprocessor fits")
 args = ap.parse_args()
 if args.torch_site:
     sys.path.append(args.torch_site)
@@ -109,6 +112,27 @@ def loop_shapes(k) -> list[str]:
     return shapes
 
 
+
+def batched_plain(bk: int, bm: int) -> dict:
+    """Constexprs of the batched (tensor-core) launch without rank at ``bk`` x ``bm`` tiles."""
+    return dict(
+        BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
+        BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
+        XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
+        PER_TOKEN=False, PACKED=False,
+    )
+
+
+if args.dot_tiles:
+    for spec in args.dot_tiles:
+        bk, bm, warps, stages = (int(v) for v in spec.split(","))
+        try:
+            report = resource_report(compile_splitk("bf16", batched_plain(bk, bm), warps=warps, stages=stages))
+        except Exception as e:
+            report = f"FAILED {e!r}"[:300]
+        print(f"bf16 batch (dot {bk}x{bm}, {warps} warps, {stages} stages), no ranks: {report}", flush=True)
+    sys.exit(0)
+
 for dtype in ("bf16", "fp16"):
     # (ranks, packed, (block_kz, block_r)): the z tiles of most launches, and PACKED_LONG_INPUT_WIDE_Z's for long
     # inputs; packed 2-6 form some of the levels' floats from their bits (PACKED_LEVELS "bits", "biased",
@@ -139,12 +163,7 @@ for dtype in ("bf16", "fp16"):
                 for j in range(0, len(shape), 120):
                     print(f"    {j:4d} {shape[j:j + 120]}")
     # 2-16 tokens without rank on dense-ish layers: DOT_DENSE_CONFIG's tiles (32 x 256, 3 stages)
-    const = dict(
-        BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=32,
-        BLOCK_M=256, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
-        XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False,
-    )
+    const = batched_plain(32, 256)
     print(f"{dtype} batch (dot 32x256, 3 stages), no ranks: {resource_report(compile_splitk(dtype, const, stages=3))}",
           flush=True)
     for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
