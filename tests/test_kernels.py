@@ -252,12 +252,11 @@ def test_one_token_sixteen_row_steps_match_the_reference(dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference(dtype, monkeypatch):
-    # choose_config's own pick (no override) for gate/up-shaped layers at 30 and 40 % active, and an odd shape, with
-    # the candidate limit of SINGLE_TALL_STEPS_MAX_ACTIVE.
+def test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference(dtype):
+    # choose_config's own pick (no override) for gate/up-shaped layers at 30 and 40 % active, and an odd shape: 16-row
+    # steps, under SINGLE_TALL_STEPS_MAX_ACTIVE.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "SINGLE_TALL_STEPS_MAX_ACTIVE", 0.45)
     rsparse.set_backend("triton")
     for n, m, active in ((4096, 14336, 0.3), (4096, 14336, 0.4), (4100, 9001, 0.35)):
         assert kernels.choose_config(n, m, False, 2, active).block_k == 16
@@ -683,9 +682,7 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
     big = (4096, 14336)
     assert kernels.choose_config(*big, False, 2, active_fraction=0.25) == kernels.SINGLE_COMPACT_CONFIG
     assert kernels.choose_config(*big, False, 2, active_fraction=0.3).path == "splitk"  # kernel run 67
-    # ... with 16-row steps up to SINGLE_TALL_STEPS_MAX_ACTIVE (off until kernel run 68), bf16 / fp16 only
-    assert kernels.choose_config(*big, False, 2, active_fraction=0.3) == kernels.SPLITK_CONFIG
-    monkeypatch.setattr(kernels, "SINGLE_TALL_STEPS_MAX_ACTIVE", 0.45)
+    # ... with 16-row steps up to SINGLE_TALL_STEPS_MAX_ACTIVE (kernel run 68), bf16 / fp16 only
     assert kernels.choose_config(*big, False, 2, active_fraction=0.3).block_k == 16
     assert kernels.choose_config(*big, False, 2, active_fraction=0.45).block_k == 16
     assert kernels.choose_config(*big, False, 4, active_fraction=0.3) == kernels.SPLITK_CONFIG
