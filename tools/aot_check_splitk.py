@@ -112,7 +112,6 @@ def loop_shapes(k) -> list[str]:
     return shapes
 
 
-
 def batched_plain(bk: int, bm: int) -> dict:
     """Constexprs of the batched (tensor-core) launch without rank at ``bk`` x ``bm`` tiles."""
     return dict(

@@ -890,7 +890,7 @@ PACKED_DOT_Z_CONFIG = dataclasses.replace(PACKED_DOT_CONFIG, num_stages=3, z_ste
 # 16-row steps) they tied at 50 % (run 67: 26.13 / 26.15, 25.47 / 25.46) and won at 60 % (22.82 / 22.58, 22.25 /
 # 21.90) and 70 % (run 66: 20.11 / 19.60; run 67: 19.85 / 19.54, 19.44 / 18.81). Two rules written before those runs
 # failed it on its 50 % tie; the limit, 0.45 (between 40 and 50 % active), was drawn after them and held by kernel
-# run 68's rule (results/run68_h100/k16/call.sh): with it, 22.62 / 20.84 / 19.47 us at 60 / 65 / 70 % against
+# run 68's rule (results/run68_h100/k16/call.sh): with it, 22.62 / 20.84 / 19.47 us at 60 / 65 / 70 % sparsity against
 # 23.05 / 21.43 / 19.94 with 8-row steps, and its GPU test passed.
 SPLITK_CONFIG = Config(block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, num_stages=1)
 SINGLE_TALL_STEPS_MAX_ACTIVE = 0.45
