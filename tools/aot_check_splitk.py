@@ -112,8 +112,8 @@ def loop_shapes(k) -> list[str]:
     return shapes
 
 
-def batched_plain(bk: int, bm: int) -> dict:
-    """Constexprs of the batched (tensor-core) launch without rank at ``bk`` x ``bm`` tiles."""
+def batched(bk: int, bm: int) -> dict:
+    """Constexprs of the batched (tensor-core) launch at ``bk`` x ``bm`` tiles, without z items or packed factors."""
     return dict(
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
@@ -126,7 +126,7 @@ if args.dot_tiles:
     for spec in args.dot_tiles:
         bk, bm, warps, stages = (int(v) for v in spec.split(","))
         try:
-            report = resource_report(compile_splitk("bf16", batched_plain(bk, bm), warps=warps, stages=stages))
+            report = resource_report(compile_splitk("bf16", batched(bk, bm), warps=warps, stages=stages))
         except Exception as e:
             report = f"FAILED {e!r}"[:300]
         print(f"bf16 batch (dot {bk}x{bm}, {warps} warps, {stages} stages), no ranks: {report}", flush=True)
@@ -162,17 +162,12 @@ for dtype in ("bf16", "fp16"):
                 for j in range(0, len(shape), 120):
                     print(f"    {j:4d} {shape[j:j + 120]}")
     # 2-16 tokens without rank on dense-ish layers: DOT_DENSE_CONFIG's tiles (32 x 256, 3 stages)
-    const = batched_plain(32, 256)
+    const = batched(32, 256)
     print(f"{dtype} batch (dot 32x256, 3 stages), no ranks: {resource_report(compile_splitk(dtype, const, stages=3))}",
           flush=True)
     for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
         for packed in (False, True):  # DOT_CONFIG's tiles (16 x 512, 3 stages), packed also PACKED_DOT_CONFIG's 1
-            const = dict(
-                BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16,
-                BLOCK_K=16, BLOCK_M=512, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=z_items,
-                RESET_STATE=True, XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False,
-                NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
-            )
+            const = dict(batched(16, 512), Z_ITEMS=z_items, PACKED=packed)
             for stages in (3, 1) if packed else (3,):
                 try:
                     report = resource_report(compile_splitk(dtype, const, stages=stages))
