@@ -864,9 +864,13 @@ def _switch_on(switch, packed: bool) -> bool:
 # spill; the 16x512 tiles below take 168 and spill 6 words). Twenty-seventh session, batch-4 decode of the
 # Llama-3-8B shape (benchmarks/NOTES.md): 0.5 at 4.97 ms/token against 5.11-5.30 with 16x512, but 0.7 (30 %
 # active) at 4.71 against 4.59-4.90, so only layers expected to keep at least this fraction take them. With a
-# low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us).
+# low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us). Since kernel run 69, 8 warps per program
+# (110 registers on sm_90, so 2 programs per multiprocessor, not 3): batch 4 at 50 %, H100, us against 4 warps
+# (results/run69_h100/b4): gate/up 43.62 / 43.94, down 43.26 / 44.45, gate+up 80.18 / 80.66, q/k/v + o 38.88 /
+# 40.03; at 0 % faster on all four too. Its rule (above sweep_inline.VARIANTS_DOT69) asked for a sum 1 % lower; it was
+# 1.5 %. At 70 % (30 % active, below DOT_DENSE_MIN_ACTIVE, so not taken) 8 warps lost 8-10 % on gate/up and gate+up.
 DOT_DENSE_MIN_ACTIVE = 0.4
-DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
+DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 # Every other launch of 2-16 tokens (kernel run 10; see choose_config).
 DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
 # 2-16 tokens with packed 4-bit factors: DOT_CONFIG's tiles in one stage. Unpacking takes registers: compiled for
