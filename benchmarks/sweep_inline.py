@@ -321,6 +321,10 @@ VARIANTS_DOT70 = {
     "dot 32,256,3,4,3 (run 68)": _DOT_DENSE,
     "dot dense (shipped) again": _DOT_DENSE_8,
 }
+# Outcome (results/run70_h100/dot8/dot70.md): at 60 % the faster 8-warp sum was 202.04 against 200.31 us, 0.9 %
+# above, within the rule (the other 8-warp timing, 203.75, was 1.7 % above), so 8 warps keep 40-50 % active. At
+# batch 8 they were 2.7 % faster; at batch 2 6.7 % slower (gate/up 40.66 against 36.54), so 2-3 tokens went back to
+# 4 warps (sparse_linear.DOT_DENSE_WIDE_MIN_TOKENS).
 # Twenty-eighth session ("dot1", batch 1, commit c9aef16): one token through the tensor-core launch (a flag
 # `sparse_linear.DOT_ONE_TOKEN`), whose pipeliner keeps `num_stages` steps of rows in flight through shared memory.
 # Slower than the shipped one-token paths at every tile setting (at 50 % at best 1.36x on gate/up and 1.42x on down,

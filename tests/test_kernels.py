@@ -741,6 +741,14 @@ def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layer
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.3) == shipped
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.5, has_rank=True) == shipped
     assert kernels.DOT_DENSE_CONFIG != shipped
+    # 8 warps from 4 tokens, 4 warps for 2-3 (kernel runs 69-70); the token count never changes the other choices
+    few, many = kernels.DOT_DENSE_WIDE_MIN_TOKENS - 1, kernels.DOT_DENSE_WIDE_MIN_TOKENS
+    assert kernels.DOT_DENSE_CONFIG.num_warps == 8 and kernels.DOT_DENSE_FEW_TOKENS_CONFIG.num_warps == 4
+    for tokens, expected in ((2, kernels.DOT_DENSE_FEW_TOKENS_CONFIG), (few, kernels.DOT_DENSE_FEW_TOKENS_CONFIG),
+                             (many, kernels.DOT_DENSE_CONFIG), (16, kernels.DOT_DENSE_CONFIG)):
+        assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.5, tokens=tokens) == expected
+        assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.3, tokens=tokens) == shipped
+        assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.5, has_rank=True, tokens=tokens) == shipped
     assert kernels.choose_config(4096, 14336, False, 2, active_fraction=0.5).block_k == 8  # one token: untouched
     kernels.set_config(shipped, "dot")  # an override wins
     try:

@@ -161,10 +161,12 @@ for dtype in ("bf16", "fp16"):
                 print(f"  loop of {len(shape)} instructions:")
                 for j in range(0, len(shape), 120):
                     print(f"    {j:4d} {shape[j:j + 120]}")
-    # 2-16 tokens without rank on dense-ish layers: DOT_DENSE_CONFIG's tiles (32 x 256, 3 stages)
+    # 2-16 tokens without rank on dense-ish layers: 32 x 256 tiles over 3 stages, 4 warps for 2-3 tokens
+    # (DOT_DENSE_FEW_TOKENS_CONFIG), 8 from 4 tokens (DOT_DENSE_CONFIG)
     const = batched(32, 256)
-    print(f"{dtype} batch (dot 32x256, 3 stages), no ranks: {resource_report(compile_splitk(dtype, const, stages=3))}",
-          flush=True)
+    for warps in (4, 8):
+        report = resource_report(compile_splitk(dtype, const, warps=warps, stages=3))
+        print(f"{dtype} batch (dot 32x256, {warps} warps, 3 stages), no ranks: {report}", flush=True)
     for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
         for packed in (False, True):  # DOT_CONFIG's tiles (16 x 512, 3 stages), packed also PACKED_DOT_CONFIG's 1
             const = dict(batched(16, 512), Z_ITEMS=z_items, PACKED=packed)

@@ -864,13 +864,18 @@ def _switch_on(switch, packed: bool) -> bool:
 # spill; the 16x512 tiles below take 168 and spill 6 words). Twenty-seventh session, batch-4 decode of the
 # Llama-3-8B shape (benchmarks/NOTES.md): 0.5 at 4.97 ms/token against 5.11-5.30 with 16x512, but 0.7 (30 %
 # active) at 4.71 against 4.59-4.90, so only layers expected to keep at least this fraction take them. With a
-# low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us). Since kernel run 69, 8 warps per program
-# (110 registers on sm_90, so 2 programs per multiprocessor, not 3): batch 4 at 50 %, H100, us against 4 warps
-# (results/run69_h100/b4): gate/up 43.62 / 43.94, down 43.26 / 44.45, gate+up 80.18 / 80.66, q/k/v + o 38.88 /
-# 40.03; at 0 % faster on all four too. Its rule (above sweep_inline.VARIANTS_DOT69) asked for a sum 1 % lower; it was
-# 1.5 %. At 70 % (30 % active, below DOT_DENSE_MIN_ACTIVE, so not taken) 8 warps lost 8-10 % on gate/up and gate+up.
+# low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us).
 DOT_DENSE_MIN_ACTIVE = 0.4
+# From DOT_DENSE_WIDE_MIN_TOKENS tokens those tiles run 8 warps per program (110 registers on the H100, 114 in the
+# offline sm_90 build, so 2 programs
+# per multiprocessor, not 3). H100, us, 8 / 4 warps, sums over gate/up, down, gate+up and q/k/v + o: kernel run 69
+# (results/run69_h100/b4) batch 4 at 50 % 205.94 / 209.08, every case faster, and at 0 % every case faster; run 70
+# (results/run70_h100/dot8) batch 8 at 50 % 218.07 / 224.30, batch 4 at 55 % 207.46 / 209.12 and at 60 % 202.04 /
+# 200.31 (within the 1 % its rule allowed), but batch 2 at 50 % 186.70 / 174.96 (gate/up 40.66 / 36.54), so 2 and
+# 3 tokens (3 untimed) keep 4 warps. The limit was drawn after run 70.
+DOT_DENSE_WIDE_MIN_TOKENS = 4
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
+DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Every other launch of 2-16 tokens (kernel run 10; see choose_config).
 DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
 # 2-16 tokens with packed 4-bit factors: DOT_CONFIG's tiles in one stage. Unpacking takes registers: compiled for
@@ -907,11 +912,12 @@ SINGLE_COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=1024, programs
 
 def choose_config(
     n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False,
-    packed: bool = False,
+    packed: bool = False, tokens: int | None = None,
 ) -> Config:
     """Tile sizes and path of a launch, from the shape, the layer's expected active fraction,
-    whether any of its projections has a low-rank path, and whether its factors are packed 4-bit
-    (``packed``: only the split-K launch reads those, so the compact and inline paths are skipped)."""
+    whether any of its projections has a low-rank path, whether its factors are packed 4-bit
+    (``packed``: only the split-K launch reads those, so the compact and inline paths are skipped),
+    and the tokens per call (``tokens``; None: several, count unknown)."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         cfg = _OVERRIDE[kind]
@@ -941,7 +947,8 @@ def choose_config(
             z_items = _switch_on(DOT_Z_ITEMS, True) or n * m_total >= PACKED_DOT_Z_MIN_ELEMENTS
             return PACKED_DOT_Z_CONFIG if z_items else PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
-            return DOT_DENSE_CONFIG
+            few = tokens is not None and tokens < DOT_DENSE_WIDE_MIN_TOKENS
+            return DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
         return DOT_CONFIG
     if has_rank:
         # Attention-sized launches (q/k/v fused, o) with a rank: 3 weight items per multiprocessor
@@ -1074,7 +1081,7 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), any(packed))
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), any(packed), tokens=T)
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
@@ -1247,7 +1254,7 @@ def sparse_linear_silu_mul(
         up = up.contiguous()
     has_rank = lowrank_in.shape[1] > 0
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, has_rank,
-                        has_rank and lowrank_quant is not None)
+                        has_rank and lowrank_quant is not None, tokens=T)
     if T == 1 and cfg.path == "inline" and gate.dtype != torch.float32 and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
