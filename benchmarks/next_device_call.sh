@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 70, either card (the acceptance names the H200; runs 61-69 all got an
-# H100); everything lands in one archive in $OUT.  Run 69's calls are in benchmarks/results/run69_h100/*/call.sh.
-#   dot8:   after run 69 made 8-warp tiles DOT_DENSE_CONFIG: sweep_inline.py's "dot70" set (8 against 4 warps at
-#           55 / 60 % sparsity, batch 4, whose rule is written above VARIANTS_DOT70; batch 2 and 8 at 50 % for the
-#           record), the batch-4 acceptance rows with the new tiles, then the GPU tests of test_kernels.py.
+# and how to read the results).  Kernel run 71, either card (the acceptance names the H200; runs 61-70 all got an
+# H100); everything lands in one archive in $OUT.  Runs 69-70's calls are in benchmarks/results/run69_h100/*/call.sh
+# and benchmarks/results/run70_h100/dot8/call.sh.
 #   accept: the acceptance rows (0 / 50 / 70 %, rho 1, batch 1 and 4, cuBLAS on same-size slices), the rho 0.8 rows,
 #           the 40 / 90 % grid (all seven shapes), then the GPU tests; for an H200 first of all (no H200 has run
 #           since kernel run 60).
-#     LIMIT=400 bash benchmarks/next_device_call.sh dot8      # on the device, from the repository root
-#     LIMIT=570 bash benchmarks/next_device_call.sh accept
-case "$1" in dot8|accept) ;; *) echo "expected 'dot8' or 'accept', got '$1'"; exit 2 ;; esac
+#   few:    the token limit of the 8-warp batch tiles (DOT_DENSE_WIDE_MIN_TOKENS = 4, drawn after run 70, 3 tokens
+#           untimed): sweep_inline.py's "dot70" set at 3 and 2 tokens, 50 %; then the GPU tests of the batched
+#           launches with the split in place. Rule, written before the run: if at 3 tokens the faster 8-warp sum
+#           over the four cases is at least 1 % below the 4 warps', the limit becomes 3; otherwise it stays.
+#     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
+#     LIMIT=200 bash benchmarks/next_device_call.sh few
+case "$1" in accept|few) ;; *) echo "expected 'accept' or 'few', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-O=/tmp/run70_$1; rm -rf $O; mkdir -p $O
+O=/tmp/run71_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -26,16 +28,14 @@ if [ "$1" = accept ]; then
   step 80 acc.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 4 --out $O/acc
   step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
   step 120 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
-  step 280 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
+  step 330 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
 else
   C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
-  for b in 4 2 8; do
-    sp="0.6 0.55"; [ $b != 4 ] && sp=0.5
-    mkdir -p $O/b$b; step 60 dot70_b$b.log python benchmarks/sweep_inline.py --variants dot70 --batch $b --sparsities $sp \
-      --reps 20 "${C[@]}" --limit 50 --out $O/b$b
+  for b in 3 2; do
+    mkdir -p $O/b$b; step 45 dot70_b$b.log python benchmarks/sweep_inline.py --variants dot70 --batch $b --sparsities 0.5 \
+      --reps 20 "${C[@]}" --limit 35 --out $O/b$b
   done
-  step 60 acc4.log $K "qkv fused + o" --same-bytes --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
-  step 280 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
+  step 120 gpu_batched.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py -k "batched_fused or kernel_matches"
 fi
-tar czf $OUT/run70_$1.tgz -C /tmp run70_$1
+tar czf $OUT/run71_$1.tgz -C /tmp run71_$1
 cat $O/steps.log
