@@ -10,9 +10,16 @@
 #           untimed): sweep_inline.py's "dot70" set at 3 and 2 tokens, 50 %; then the GPU tests of the batched
 #           launches with the split in place. Rule, written before the run: if at 3 tokens the faster 8-warp sum
 #           over the four cases is at least 1 % below the 4 warps', the limit becomes 3; otherwise it stays.
+#   zero:   the group rule of RSparseLinear.takes_kernel (forty-second session: a layer that keeps every channel
+#           takes its shared-input group's launch for batches too), in a whole compiled decode at target 0, batch 4:
+#           once as shipped (rows dense, 0, 0 forced onto the kernel) and once with --no-fuse (no groups, so every
+#           batch of a full layer on the GEMM, as before the rule); then the GPU test of the full member. Rule,
+#           written before the run: the group rule stays if the "0" row's speed-up over its process's dense row is
+#           at least 1 % higher with groups than without; otherwise batches of full layers go back to the GEMM.
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
 #     LIMIT=200 bash benchmarks/next_device_call.sh few
-case "$1" in accept|few) ;; *) echo "expected 'accept' or 'few', got '$1'"; exit 2 ;; esac
+#     LIMIT=570 bash benchmarks/next_device_call.sh zero
+case "$1" in accept|few|zero) ;; *) echo "expected 'accept', 'few' or 'zero', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run71_$1; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -29,6 +36,11 @@ if [ "$1" = accept ]; then
   step 40 rho08.log $K "qkv fused + o" --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08
   step 120 grid.log $K "qkv fused + o" "q/o" "k/v" --sparsities 0.4 0.9 --rhos 1 0.8 --factor-bits 16 --batches 1 4 --out $O/grid
   step 330 gpu_kernels.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py
+elif [ "$1" = zero ]; then
+  D="python benchmarks/decode.py --targets 0 --batches 4 --prompts 128 --modes compiled"
+  step 280 decode_groups.log $D --out $O/groups
+  step 200 decode_nofuse.log $D --no-fuse --no-kernel-at-zero --out $O/nofuse
+  step 80 gpu_fuse.log python -m pytest -v -rfEs -m gpu tests/test_fuse.py
 else
   C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
   for b in 3 2; do

@@ -199,23 +199,27 @@ def test_a_member_on_the_dense_gemm_stays_out_of_the_launch():
 
 
 
-def test_a_member_that_keeps_every_channel_joins_the_launch_for_one_token_on_triton():
-    # On the Triton kernels one token takes the kernel even where the budget keeps every channel (as fast as the
-    # dense GEMM or faster, and one launch with its siblings); two tokens, or the torch backend, keep the GEMM.
+def test_a_member_that_keeps_every_channel_joins_its_group_launch_on_triton():
+    # On the Triton kernels a layer whose budget keeps every channel takes the kernel for one token (as fast as the
+    # dense GEMM or faster, and one launch with its siblings), and for batches only inside its group's launch (the
+    # fused launch beat the members' GEMMs at batch 4); alone, with its group off, or on the torch backend a batch
+    # keeps the GEMM.
     q, k, v = layers = _members(outs=(24, 8, 8))
     k.budget = LayerBudget(N, 8, s=0.0, rho=1.0, k=N, r=0)
     k.tau.fill_(-1.0)  # what calibration gives such a budget
     k.lowrank_in, k.lowrank_out = k.lowrank_in[:, :0], k.lowrank_out[:0]
     group = SharedInputGroup(layers)
-    for backend, T, launch in (("triton", 1, [("multi", 3)]), ("triton", 2, [("multi", 2)]), ("torch", 1, [("multi", 2)])):
+    cases = (("triton", 1, [("multi", 3)]), ("triton", 2, [("multi", 3)]), ("triton", 4, [("multi", 3)]),
+             ("torch", 1, [("multi", 2)]), ("torch", 2, [("multi", 2)]))
+    for backend, T, launch in cases:
         x = torch.randn(T, N)
         rsparse.set_backend(backend)
         try:
-            assert k.takes_kernel(x) == (backend == "triton" and T == 1)
+            assert k.takes_kernel(x) == (backend == "triton")
             want = [q.forward_alone(x), k.forward_dense(x), v.forward_alone(x)]
             with OpCalls() as ops:
                 got = [q(x), k(x), v(x)]
-            if backend == "triton" and T == 1:  # the choice traces into one graph with the launch
+            if backend == "triton":  # the choice traces into one graph with the launch
                 traced = torch.compile(lambda x: [q(x), k(x), v(x)], fullgraph=True, backend="eager")(x)
                 for g, w in zip(traced, got):
                     torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
@@ -225,6 +229,23 @@ def test_a_member_that_keeps_every_channel_joins_the_launch_for_one_token_on_tri
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
         _assert_empty(group)
+    # With the group switched off, or without a group, batches go back to the GEMM; one token keeps the kernel.
+    rsparse.set_backend("triton")
+    try:
+        group.enabled = False
+        assert not k.takes_kernel(torch.randn(2, N)) and k.takes_kernel(torch.randn(1, N))
+        with OpCalls() as ops:
+            [q(torch.randn(2, N)), k(torch.randn(2, N)), v(torch.randn(2, N))]
+        assert ops.calls == [("single", 1)] * 2  # q and v each on the kernel, k on the GEMM
+        group.enabled = True
+        alone = RSparseLinear.from_linear(nn.Linear(N, 8), tau=0.1)
+        alone.budget = LayerBudget(N, 8, s=0.0, rho=1.0, k=N, r=0)
+        alone.lowrank_in, alone.lowrank_out = alone.lowrank_in[:, :0], alone.lowrank_out[:0]
+        assert alone.keeps_every_channel() and alone.shared_input is None
+        assert alone.takes_kernel(torch.randn(1, N)) and not alone.takes_kernel(torch.randn(3, N))
+        assert k.takes_kernel(torch.randn(1, 2, N)) and k.takes_kernel(torch.randn(2, 1, N))  # [batch, 1, n] too
+    finally:
+        rsparse.set_backend("auto")
 
 
 def test_group_validation_and_link_errors():
@@ -310,8 +331,9 @@ def test_fused_triton_matches_separate_triton():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_full_member_joins_the_launch_and_compiles(monkeypatch):
-    # On CUDA with the default backend one token of a layer that keeps every channel takes the fused launch, and the
-    # choice traces into one inductor graph (fullgraph) with the same outputs as the dense GEMM, to bf16 rounding.
+    # On CUDA with the default backend one token or a batch of a layer that keeps every channel takes the fused
+    # launch, and the choice traces into one inductor graph (fullgraph) with the same outputs as the dense GEMM, to
+    # bf16 rounding.
     import rsparse.fuse
 
     launches = []
@@ -326,11 +348,13 @@ def test_gpu_full_member_joins_the_launch_and_compiles(monkeypatch):
     k.tau.fill_(-1.0)
     k.lowrank_in, k.lowrank_out = k.lowrank_in[:, :0], k.lowrank_out[:0]
     SharedInputGroup(layers)
-    x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16)
-    want = [q.forward_alone(x), k.forward_dense(x), v.forward_alone(x)]
-    got = [q(x), k(x), v(x)]
-    assert launches == [3]
-    traced = torch.compile(lambda x: [q(x), k(x), v(x)], fullgraph=True)(x)
-    for g, t, w in zip(got, traced, want):
-        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
-        torch.testing.assert_close(t.float(), w.float(), rtol=2e-2, atol=2e-2)
+    for T in (1, 4):  # one token, and a batch (the group's launch serves its full member too)
+        launches.clear()
+        x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
+        want = [q.forward_alone(x), k.forward_dense(x), v.forward_alone(x)]
+        got = [q(x), k(x), v(x)]
+        assert launches == [3], T
+        traced = torch.compile(lambda x: [q(x), k(x), v(x)], fullgraph=True)(x)
+        for g, t, w in zip(got, traced, want):
+            torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(t.float(), w.float(), rtol=2e-2, atol=2e-2)
