@@ -184,21 +184,21 @@ class RSparseLinear(nn.Module):
     def takes_kernel(self, x: torch.Tensor) -> bool:
         """Whether a call on ``x`` runs ``rsparse::sparse_linear`` (decided from shapes and settings only).
 
-        A layer that keeps every channel takes it on the Triton kernels for one token, and for batches only as a
-        member of an enabled shared-input group (`rsparse.fuse`, whose launch then serves the whole group);
-        otherwise the dense GEMM serves it (the reference would compute the same product more slowly, and batches
-        read the whole weight either way). One token at full density, the Triton launch was within 1 % of the dense GEMM on this
-        layout, or faster, on every Llama-3-8B case timed: kernel run 49 (H200) gate/up 33.45 against 33.25 us, down
-        33.51 / 33.55, gate+up fused 59.14 / 62.48, q/k/v fused + o 29.81 / 42.43; kernel run 62 (H100) 44.65 /
-        47.09, 43.23 / 44.06, 81.32 / 90.91, 36.49 / 42.65. It also joins the launches of the layers sharing its
-        input, and the folds of rsparse.fuse_norm and rsparse.fuse_silu: decode run 45 (H200, target 0, batch 1)
-        ran 1.16x faster with every layer on the kernel than with the dense GEMM. At batch 4 down_proj was 4-5 %
-        slower on the kernel on both cards, gate/up 9 % on the H200 (benchmarks/NOTES.md, thirty-eighth session),
-        but the fused launches of the groups were faster than their members' GEMMs: batch 4, 0 %, us, kernel /
-        GEMM, q/k/v fused (+ o on the kernel alone) 33.40 / 42.31 on the H200 (run 49), 42.35 / 45.88, 41.67 / 45.14
-        and 40.89 / 45.69 on the H100 (runs 62, 69, 70); gate+up fused 61.34 / 61.78 (H200), 87.10 / 93.49, 87.10 /
-        92.90 and 85.12 / 85.97 (H100). The group rule was drawn from those rows (forty-second session); a member
-        left alone in its round (its siblings offloaded) then takes the kernel by itself."""
+        A layer that keeps every channel takes it on the Triton kernels for one token, and for batches only as a member
+        of an enabled shared-input group (`rsparse.fuse`, whose launch then serves the whole group); otherwise the dense
+        GEMM serves it (the reference would compute the same product more slowly, and batches read the whole weight
+        either way). One token at full density, the Triton launch was within 1 % of the dense GEMM on this layout, or
+        faster, on every Llama-3-8B case timed: kernel run 49 (H200) gate/up 33.45 against 33.25 us, down 33.51 / 33.55,
+        gate+up fused 59.14 / 62.48, q/k/v fused + o 29.81 / 42.43; kernel run 62 (H100) 44.65 / 47.09, 43.23 / 44.06,
+        81.32 / 90.91, 36.49 / 42.65. It also joins the launches of the layers sharing its input, and the folds of
+        rsparse.fuse_norm and rsparse.fuse_silu: decode run 45 (H200, target 0, batch 1) ran 1.16x faster with every
+        layer on the kernel than with the dense GEMM. At batch 4 down_proj was 4-5 % slower on the kernel on both cards,
+        gate/up 9 % on the H200 (benchmarks/NOTES.md, thirty-eighth session), but the fused launches of the groups were
+        faster than their members' GEMMs: batch 4, 0 %, us, kernel / GEMM, q/k/v fused (+ o on the kernel alone) 33.40 /
+        42.31 on the H200 (run 49), 42.35 / 45.88, 41.67 / 45.14 and 40.89 / 45.69 on the H100 (runs 62, 69, 70);
+        gate+up fused 61.34 / 61.78 (H200), 87.10 / 93.49, 87.10 / 92.90 and 85.12 / 85.97 (H100). The group rule was
+        drawn from those rows (forty-second session); a member left alone in its round (its siblings offloaded) then
+        takes the kernel by itself."""
         if not self.uses_sparse_path(x):
             return False
         if not self.keeps_every_channel():

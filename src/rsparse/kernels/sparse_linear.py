@@ -867,12 +867,11 @@ def _switch_on(switch, packed: bool) -> bool:
 # low-rank path they are slower (gate/up at rho 0.8: 51.9 against 43.8 us).
 DOT_DENSE_MIN_ACTIVE = 0.4
 # From DOT_DENSE_WIDE_MIN_TOKENS tokens those tiles run 8 warps per program (110 registers on the H100, 114 in the
-# offline sm_90 build, so 2 programs
-# per multiprocessor, not 3). H100, us, 8 / 4 warps, sums over gate/up, down, gate+up and q/k/v + o: kernel run 69
-# (results/run69_h100/b4) batch 4 at 50 % 205.94 / 209.08, every case faster, and at 0 % every case faster; run 70
-# (results/run70_h100/dot8) batch 8 at 50 % 218.07 / 224.30, batch 4 at 55 % 207.46 / 209.12 and at 60 % 202.04 /
-# 200.31 (within the 1 % its rule allowed), but batch 2 at 50 % 186.70 / 174.96 (gate/up 40.66 / 36.54), so 2 and
-# 3 tokens (3 untimed) keep 4 warps. The limit was drawn after run 70.
+# offline sm_90 build, so 2 programs per multiprocessor, not 3). H100, us, 8 / 4 warps, sums over gate/up, down,
+# gate+up and q/k/v + o: kernel run 69 (results/run69_h100/b4) batch 4 at 50 % 205.94 / 209.08, every case faster, and
+# at 0 % every case faster; run 70 (results/run70_h100/dot8) batch 8 at 50 % 218.07 / 224.30, batch 4 at 55 % 207.46 /
+# 209.12 and at 60 % 202.04 / 200.31 (within the 1 % its rule allowed), but batch 2 at 50 % 186.70 / 174.96 (gate/up
+# 40.66 / 36.54), so 2 and 3 tokens (3 untimed) keep 4 warps. The limit was drawn after run 70.
 DOT_DENSE_WIDE_MIN_TOKENS = 4
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
