@@ -730,6 +730,29 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
         kernels.set_config(None, "gemv1")
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+def test_launches_pass_their_token_count_to_choose_config(dtype, monkeypatch):
+    # The batch tiles depend on the tokens per call (DOT_DENSE_WIDE_MIN_TOKENS), so both entry points must say how
+    # many; the outputs stay right with either tile setting.
+    from rsparse.kernels import sparse_linear as kernels
+
+    seen, real = [], kernels.choose_config
+    monkeypatch.setattr(kernels, "choose_config", lambda *a, **k: seen.append((k.get("tokens"), real(*a, **k)))
+                        or seen[-1][1])
+    few, wide = kernels.DOT_DENSE_FEW_TOKENS_CONFIG, kernels.DOT_DENSE_CONFIG
+    for T in (1, 2, 3, 4, 5):
+        seen.clear()
+        args = make_args(T, 70, 33, 0, dtype, "cpu", active=0.6, seed=T)
+        check(args, dtype, "cpu", active_fraction=0.6)
+        gate, up = make_args(T, 70, 1, 0, dtype, "cpu", seed=T + 9)[0], make_args(T, 70, 1, 0, dtype, "cpu", seed=T + 19)[0]
+        y = kernels.sparse_linear_silu_mul(gate, up, *args[1:], active_fraction=0.6)
+        assert rel_err(y, exact(torch.nn.functional.silu(gate) * up, *args[1:])) <= TOL[dtype]
+        assert len(seen) >= 2 and all(t == T for t, _ in seen), (T, seen)
+        if T > 1:
+            assert all(cfg == (few if T < kernels.DOT_DENSE_WIDE_MIN_TOKENS else wide) for _, cfg in seen), (T, seen)
+
+
 def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layers_without_rank():
     # Twenty-seventh session (batch-4 decode): 32x256 tiles faster at 50 % active, slower at 30 % and with a rank.
     from rsparse.kernels import sparse_linear as kernels
