@@ -10,6 +10,8 @@
 #           untimed): sweep_inline.py's "dot70" set at 3 and 2 tokens, 50 %; then the GPU tests of the batched
 #           launches with the split in place. Rule, written before the run: if at 3 tokens the faster 8-warp sum
 #           over the four cases is at least 1 % below the 4 warps', the limit becomes 3; otherwise it stays.
+#           Also the "dot71" set (Config.every_row: batch row loads without the union mask) at batch 4, 50 and 0 %,
+#           and batch 8, 50 %; its rule is written above VARIANTS_DOT71.
 #   zero:   the group rule of RSparseLinear.takes_kernel (forty-second session: a layer that keeps every channel
 #           takes its shared-input group's launch for batches too), in a whole compiled decode at target 0, batch 4:
 #           once as shipped (rows dense, 0, 0 forced onto the kernel) and once with --no-fuse (no groups, so every
@@ -17,7 +19,7 @@
 #           written before the run: the group rule stays if the "0" row's speed-up over its process's dense row is
 #           at least 1 % higher with groups than without; otherwise batches of full layers go back to the GEMM.
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
-#     LIMIT=200 bash benchmarks/next_device_call.sh few
+#     LIMIT=300 bash benchmarks/next_device_call.sh few
 #     LIMIT=570 bash benchmarks/next_device_call.sh zero
 case "$1" in accept|few|zero) ;; *) echo "expected 'accept', 'few' or 'zero', got '$1'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
@@ -46,6 +48,11 @@ else
   for b in 3 2; do
     mkdir -p $O/b$b; step 45 dot70_b$b.log python benchmarks/sweep_inline.py --variants dot70 --batch $b --sparsities 0.5 \
       --reps 20 "${C[@]}" --limit 35 --out $O/b$b
+  done
+  for b in 4 8; do
+    sp=0.5; [ $b = 4 ] && sp="0.5 0"
+    mkdir -p $O/e$b; step 45 dot71_b$b.log python benchmarks/sweep_inline.py --variants dot71 --batch $b --sparsities $sp \
+      --reps 20 "${C[@]}" --limit 35 --out $O/e$b
   done
   step 120 gpu_batched.log python -m pytest -v -rfEs -m gpu tests/test_kernels.py -k "batched_fused or kernel_matches"
 fi

@@ -753,6 +753,41 @@ def test_launches_pass_their_token_count_to_choose_config(dtype, monkeypatch):
             assert all(cfg == (few if T < kernels.DOT_DENSE_WIDE_MIN_TOKENS else wide) for _, cfg in seen), (T, seen)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_row_loads_give_the_same_sums(dtype):
+    # Config.every_row (an experiment for batches): every weight row of a step is loaded, and rows that no token
+    # keeps meet zero inputs, so the outputs equal those of the masked loads with the same tiles, to the bit; fp32
+    # inputs take the one-token code (no tensor-core dot), where the setting does nothing.
+    from rsparse.kernels import sparse_linear as kernels
+
+    tiles = kernels.Config(block_k=32, block_m=64, programs_per_sm=2, num_warps=4, num_stages=2)
+    try:
+        for T, n, m, r, bias, active in ((2, 70, 33, 0, True, 0.5), (3, 129, 65, 0, False, 0.2),
+                                         (5, 64, 130, 7, True, 0.6), (8, 100, 40, 0, False, 1.0)):
+            args = make_args(T, n, m, r, dtype, "cpu", active, bias, seed=T)
+            kernels.set_config(tiles, "dot")
+            masked = check(args, dtype, "cpu", active)
+            kernels.set_config(dataclasses.replace(tiles, every_row=True), "dot")
+            every = check(args, dtype, "cpu", active)
+            assert torch.equal(masked, every), (T, n, m)
+            gate_up = [args, make_args(T, n, m + 3, 0, dtype, "cpu", active, seed=T + 1)]
+            gate_up[1] = (args[0], *gate_up[1][1:])  # one input for both
+            check_group(gate_up, dtype, active)
+        # The setting reaches the launch: a NaN planted in a row that no token keeps shows only when every row is read.
+        x, w, c, tau, li, lo, b = make_args(4, 70, 33, 0, dtype, "cpu", 0.3, seed=11)
+        idle = ((x.abs().float() * c <= tau).all(dim=0)).nonzero().flatten()
+        assert idle.numel() > 0
+        w = w.clone()
+        w[idle[0]] = float("nan")
+        kernels.set_config(tiles, "dot")
+        assert not kernels.sparse_linear(x, w, c, tau, li, lo, b).isnan().any()
+        kernels.set_config(dataclasses.replace(tiles, every_row=True), "dot")
+        assert kernels.sparse_linear(x, w, c, tau, li, lo, b).isnan().any() == (dtype != torch.float32)
+    finally:
+        kernels.set_config(None, "dot")
+
+
 def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layers_without_rank():
     # Twenty-seventh session (batch-4 decode): 32x256 tiles faster at 50 % active, slower at 30 % and with a rank.
     from rsparse.kernels import sparse_linear as kernels

@@ -118,7 +118,7 @@ def batched(bk: int, bm: int) -> dict:
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False,
+        PER_TOKEN=False, PACKED=False, EVERY_ROW=False,
     )
 
 
@@ -146,7 +146,7 @@ for dtype in ("bf16", "fp16"):
             T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
             BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
             RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed,
+            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False,
         )
         kernel = None
         try:
@@ -165,8 +165,10 @@ for dtype in ("bf16", "fp16"):
     # (DOT_DENSE_FEW_TOKENS_CONFIG), 8 from 4 tokens (DOT_DENSE_CONFIG)
     const = batched(32, 256)
     for warps in (4, 8):
-        report = resource_report(compile_splitk(dtype, const, warps=warps, stages=3))
-        print(f"{dtype} batch (dot 32x256, {warps} warps, 3 stages), no ranks: {report}", flush=True)
+        for every_row in (False, True):  # Config.every_row: row loads without the union mask (an experiment)
+            report = resource_report(compile_splitk(dtype, dict(const, EVERY_ROW=every_row), warps=warps, stages=3))
+            print(f"{dtype} batch (dot 32x256, {warps} warps, 3 stages), no ranks, every_row={every_row}: {report}",
+                  flush=True)
     for z_items in (False, True):  # 2-16 tokens with ranks: z in the first weight items, or items of its own
         for packed in (False, True):  # DOT_CONFIG's tiles (16 x 512, 3 stages), packed also PACKED_DOT_CONFIG's 1
             const = dict(batched(16, 512), Z_ITEMS=z_items, PACKED=packed)
