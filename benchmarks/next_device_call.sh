@@ -18,6 +18,7 @@
 #           batch of a full layer on the GEMM, as before the rule); then the GPU test of the full member. Rule,
 #           written before the run: the group rule stays if the "0" row's speed-up over its process's dense row is
 #           at least 1 % higher with groups than without; otherwise batches of full layers go back to the GEMM.
+# On an H200 run `accept` first; on an H100 `few` and `zero` first (`accept` would repeat run 69's rows).
 #     LIMIT=570 bash benchmarks/next_device_call.sh accept      # on the device, from the repository root
 #     LIMIT=300 bash benchmarks/next_device_call.sh few
 #     LIMIT=570 bash benchmarks/next_device_call.sh zero
