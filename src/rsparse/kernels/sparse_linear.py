@@ -176,11 +176,10 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
         active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
         if EVERY_ROW:  # Config.every_row: the row loads wait on no mask (rows no token keeps meet zeros)
-            w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+            row_on = k_ok
         else:
             row_on = tl.max(active.to(tl.int32), axis=0) > 0  # a row is read if any token keeps it
-            w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :],
-                        other=0.0)
+        w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
         coef = tl.where(active, xf, 0.0)
         if FP32:
             acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
