@@ -342,7 +342,29 @@ VARIANTS_DOT71 = {
 # Slower than the shipped one-token paths at every tile setting (at 50 % at best 1.36x on gate/up and 1.42x on down,
 # against the shipped 1.51-1.56x and 1.43-1.50x);
 # the flag and the set were removed again (results/sweep_run49_dot1_b1.*).
-VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Outcome (results/run71_h100/run71.md): at batch 4 and 50 % every_row's sum was 210.02 against 208.92 / 208.34 us,
+# so the rule failed; but at 0 % it was 208.80 against 215.97 / 216.65 and at batch 8 (50 %) 215.29 against 221.59 /
+# 221.51, every case faster both times. Where the tokens together keep nearly every row, every_row reads no more
+# bytes and its loads wait on nothing; at batch 4 and 50 % it reads 6 % more. So sparse_linear.choose_config sets it
+# where 1 - (1 - a) ** T >= EVERY_ROW_MIN_UNION (0.99), a limit drawn after run 71.
+# Kernel run 72 ("dot72", 8 warps, 4 tokens and more; "dot72few", 4 warps, 2-3 tokens) checks that limit. Rule,
+# written before the run: the limit stays if at every timed point where it sets every_row (0 % at 2, 3 and 4 tokens;
+# 50 % at 7 and 8; 40 % at 6) every_row's four-case sum is not above the faster of the two plain sums, and at 0 % with
+# 4 tokens and at 50 % with 8 it is at least 1 % below. If only the 2-3 token points fail, every_row is limited to 4
+# tokens and more; if any other point fails, it goes off (EVERY_ROW_MIN_UNION above 1). The points just below the
+# limit (50 % at 6 tokens, 98.4 % kept; 40 % at 5, 98.98 %) are timed for the record and move nothing.
+_DOT_DENSE_4 = _DOT_DENSE
+VARIANTS_DOT72 = {
+    "dot dense": _DOT_DENSE_8,
+    "dot dense, every row": dataclasses.replace(_DOT_DENSE_8, every_row=True),
+    "dot dense again": _DOT_DENSE_8,
+}
+VARIANTS_DOT72FEW = {
+    "dot dense, 4 warps": _DOT_DENSE_4,
+    "dot dense, 4 warps, every row": dataclasses.replace(_DOT_DENSE_4, every_row=True),
+    "dot dense, 4 warps again": _DOT_DENSE_4,
+}
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "dot72": VARIANTS_DOT72, "dot72few": VARIANTS_DOT72FEW, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,

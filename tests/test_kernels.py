@@ -517,6 +517,29 @@ def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_every_row_loads_give_the_same_sums(dtype):
+    # Config.every_row on the shipped batch tiles (4 and 8 warps): rows no token keeps meet zero inputs, so the
+    # outputs equal the masked loads' to the bit, and both are within tolerance of the fp64 rule.
+    from rsparse.kernels import sparse_linear as kernels
+
+    try:
+        for T, n, m, active in ((2, 777, 333, 1.0), (3, 4096, 1024, 0.5), (4, 4096, 14336, 1.0), (8, 14336, 4096, 0.5),
+                                (5, 1000, 4099, 0.8)):
+            x, w, c, tau, li, lo, b = make_args(T, n, m, 0, dtype, "cuda", active, True, seed=T)
+            tiles = kernels.choose_config(n, m, True, 2, active, tokens=T)
+            kernels.set_config(dataclasses.replace(tiles, every_row=False), "dot")
+            masked = kernels.sparse_linear(x, w, c, tau, li, lo, b)
+            kernels.set_config(dataclasses.replace(tiles, every_row=True), "dot")
+            every = kernels.sparse_linear(x, w, c, tau, li, lo, b)
+            assert torch.equal(masked, every), (T, n, m, (masked - every).abs().max().item())
+            assert rel_err(every, exact(x, w, c, tau, li, lo, b)) <= TOL[dtype], (T, n, m)
+    finally:
+        kernels.set_config(None, "dot")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
 def test_gpu_fused_gate_up_with_a_rank_is_right_on_both_paths():
     # One token of the fused gate+up pair with a low-rank path: the split-K launch with z items at 40 % active, the
     # compact path at 24 % (RANKED_COMPACT_MAX_ACTIVE, kernel run 64), each on fresh inputs against the fp64 rule.
@@ -795,7 +818,8 @@ def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layer
     shipped = kernels.DOT_CONFIG
     for shape in ((4096, 14336), (14336, 4096), (4096, 6144), (100, 37)):
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.5) == kernels.DOT_DENSE_CONFIG
-        assert kernels.choose_config(*shape, True, 2) == kernels.DOT_DENSE_CONFIG  # no hint: dense-like
+        no_hint = kernels.choose_config(*shape, True, 2)  # dense-like, every row read (test below)
+        assert dataclasses.replace(no_hint, every_row=False) == kernels.DOT_DENSE_CONFIG
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.3) == shipped
         assert kernels.choose_config(*shape, True, 2, active_fraction=0.5, has_rank=True) == shipped
     assert kernels.DOT_DENSE_CONFIG != shipped
@@ -804,7 +828,8 @@ def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layer
     assert kernels.DOT_DENSE_CONFIG.num_warps == 8 and kernels.DOT_DENSE_FEW_TOKENS_CONFIG.num_warps == 4
     for tokens, expected in ((2, kernels.DOT_DENSE_FEW_TOKENS_CONFIG), (few, kernels.DOT_DENSE_FEW_TOKENS_CONFIG),
                              (many, kernels.DOT_DENSE_CONFIG), (16, kernels.DOT_DENSE_CONFIG)):
-        assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.5, tokens=tokens) == expected
+        tiles = kernels.choose_config(4096, 14336, True, 2, active_fraction=0.5, tokens=tokens)
+        assert dataclasses.replace(tiles, every_row=False) == expected
         assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.3, tokens=tokens) == shipped
         assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.5, has_rank=True, tokens=tokens) == shipped
     assert kernels.choose_config(4096, 14336, False, 2, active_fraction=0.5).block_k == 8  # one token: untouched
@@ -813,6 +838,32 @@ def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layer
         assert kernels.choose_config(4096, 14336, True, 2, active_fraction=0.9) == shipped
     finally:
         kernels.set_config(None, "dot")
+
+
+def test_batch_tiles_read_every_row_only_where_nearly_every_row_is_kept(monkeypatch):
+    # Config.every_row (kernel run 71): faster where the tokens together keep nearly every row (0 %; 8 tokens at 50 %),
+    # slower at 4 tokens and 50 % (93.8 % of rows), so choose_config sets it from 1 - (1 - a) ** T.
+    from rsparse.kernels import sparse_linear as kernels
+
+    def every_row(active, tokens, **kw):
+        return kernels.choose_config(4096, 14336, True, 2, active_fraction=active, tokens=tokens, **kw).every_row
+
+    assert kernels.expected_kept_rows(0.5, 4) == pytest.approx(0.9375)
+    assert kernels.expected_kept_rows(0.5, None) == kernels.expected_kept_rows(0.5, 2)  # unknown: the fewest
+    assert kernels.expected_kept_rows(1.0, 2) == 1.0 and kernels.expected_kept_rows(0.0, 8) == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="active fraction"):
+            kernels.expected_kept_rows(bad, 4)
+    for tokens in (2, 3, 4, 8, 16, None):
+        assert every_row(1.0, tokens)  # every channel kept: no extra bytes, the loads wait on nothing
+        assert every_row(1.0 + 1e-9, tokens)  # a budget rounded above 1
+        assert not every_row(1.0, tokens, has_rank=True)  # the low-rank tiles are untouched
+    assert not every_row(0.5, 4) and not every_row(0.5, 6) and every_row(0.5, 7) and every_row(0.5, 8)
+    assert not every_row(0.6, 5) and every_row(0.6, 6)
+    assert not every_row(0.3, 16)  # below DOT_DENSE_MIN_ACTIVE: the other tiles
+    assert not kernels.choose_config(4096, 14336, False, 2, active_fraction=1.0).every_row  # one token
+    monkeypatch.setattr(kernels, "EVERY_ROW_MIN_UNION", 1.01)  # the limit decides
+    assert not every_row(1.0, 8)
 
 
 def test_attention_sized_launches_take_the_compact_path_only_when_asked(monkeypatch):

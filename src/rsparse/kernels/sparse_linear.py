@@ -781,7 +781,8 @@ class Config:
     z_items: bool | None = None  # 2-16 tokens: z in items of its own (None: DOT_Z_ITEMS decides)
     # 2-16 tokens: load every weight row of a step, not only those some token keeps, so that the loads wait on no
     # mask (the inputs of the rows no token keeps are zeros, so the sums are the same for finite weights; a NaN or
-    # inf in such a row would then show). Not shipped: an experiment for kernel run 71 (sweep_inline.py's "dot71").
+    # inf in such a row would then show). `choose_config` sets it where the kept rows are expected to be nearly all
+    # (EVERY_ROW_MIN_UNION).
     every_row: bool = False
 
 
@@ -883,7 +884,16 @@ DOT_DENSE_MIN_ACTIVE = 0.4
 # at 0 % every case faster; run 70 (results/run70_h100/dot8) batch 8 at 50 % 218.07 / 224.30, batch 4 at 55 % 207.46 /
 # 209.12 and at 60 % 202.04 / 200.31 (within the 1 % its rule allowed), but batch 2 at 50 % 186.70 / 174.96 (gate/up
 # 40.66 / 36.54), so 2 and 3 tokens (3 untimed) keep 4 warps. The limit was drawn after run 70.
+# Kernel run 71 timed 3 tokens (results/run71_h100/run71.md): 8 warps 198.23 against 199.15 us, short of the 1 % its
+# rule asked, so the limit stays.
 DOT_DENSE_WIDE_MIN_TOKENS = 4
+# Those tiles load every row of a step (Config.every_row) where the rows some token keeps are expected to be nearly
+# all of them: `expected_kept_rows` at least this share. H100, kernel run 71 (results/run71_h100), four-case sums in
+# us, every row against the masked loads' two timings: batch 4 at 0 % 208.80 against 215.97 / 216.65 and batch 8 at
+# 50 % (99.6 % of rows kept) 215.29 against 221.59 / 221.51, every case faster; but batch 4 at 50 % (93.8 % kept)
+# 210.02 against 208.92 / 208.34. The limit was drawn after run 71; kernel run 72 checks it (sweep_inline.py's
+# "dot72", its rule written above it).
+EVERY_ROW_MIN_UNION = 0.99
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Every other launch of 2-16 tokens (kernel run 10; see choose_config).
@@ -958,7 +968,10 @@ def choose_config(
             return PACKED_DOT_Z_CONFIG if z_items else PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             few = tokens is not None and tokens < DOT_DENSE_WIDE_MIN_TOKENS
-            return DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
+            cfg = DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
+            if expected_kept_rows(min(active_fraction, 1.0), tokens) >= EVERY_ROW_MIN_UNION:
+                cfg = dataclasses.replace(cfg, every_row=True)
+            return cfg
         return DOT_CONFIG
     if has_rank:
         # Attention-sized launches (q/k/v fused, o) with a rank: 3 weight items per multiprocessor
@@ -973,6 +986,15 @@ def choose_config(
     if one_token and wide_single and itemsize == 2 and active_fraction <= SINGLE_TALL_STEPS_MAX_ACTIVE:
         return dataclasses.replace(SPLITK_CONFIG, block_k=16)
     return SPLITK_CONFIG
+
+
+def expected_kept_rows(active_fraction: float, tokens: int | None) -> float:
+    """The expected share of weight rows that at least one of ``tokens`` tokens keeps, each keeping an
+    ``active_fraction`` of the input channels independently of the others: ``1 - (1 - a) ** T``. An unknown count
+    (None) counts as 2 tokens, the fewest a batch launch serves, so the estimate errs low."""
+    if not 0.0 <= active_fraction <= 1.0:
+        raise ValueError(f"expected an active fraction in [0, 1], got {active_fraction!r}")
+    return 1.0 - (1.0 - active_fraction) ** (2 if tokens is None else max(1, tokens))
 
 
 def z_item_rows(cfg: Config, rows: int) -> int:
