@@ -520,7 +520,9 @@ def test_gpu_batched_fused_launch_is_right_on_every_call(T, ms):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gpu_every_row_loads_give_the_same_sums(dtype):
     # Config.every_row on the shipped batch tiles (4 and 8 warps): rows no token keeps meet zero inputs, so the
-    # outputs equal the masked loads' to the bit, and both are within tolerance of the fp64 rule.
+    # outputs match the masked loads' and both are within tolerance of the fp64 rule. Not to the bit, unlike under
+    # the interpreter: the split-K programs add their partial sums with fp32 atomics in whatever order they finish,
+    # so two calls of the same launch may differ in the last bit (kernel run 72: 1 fp16 ulp at full density).
     from rsparse.kernels import sparse_linear as kernels
 
     try:
@@ -532,8 +534,10 @@ def test_gpu_every_row_loads_give_the_same_sums(dtype):
             masked = kernels.sparse_linear(x, w, c, tau, li, lo, b)
             kernels.set_config(dataclasses.replace(tiles, every_row=True), "dot")
             every = kernels.sparse_linear(x, w, c, tau, li, lo, b)
-            assert torch.equal(masked, every), (T, n, m, (masked - every).abs().max().item())
-            assert rel_err(every, exact(x, w, c, tau, li, lo, b)) <= TOL[dtype], (T, n, m)
+            assert rel_err(every, masked) <= TOL[dtype] / 4, (T, n, m, (masked - every).abs().max().item())
+            ref = exact(x, w, c, tau, li, lo, b)
+            assert rel_err(every, ref) <= TOL[dtype] and rel_err(masked, ref) <= TOL[dtype], (T, n, m)
+            assert not every.isnan().any()
     finally:
         kernels.set_config(None, "dot")
 
