@@ -972,6 +972,7 @@ def choose_config(
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             few = tokens is not None and tokens < DOT_DENSE_WIDE_MIN_TOKENS
             cfg = DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
+            # A fused group passes its largest member's fraction: one full member makes the whole launch read every row.
             if expected_kept_rows(min(active_fraction, 1.0), tokens) >= EVERY_ROW_MIN_UNION:
                 cfg = dataclasses.replace(cfg, every_row=True)
             return cfg
