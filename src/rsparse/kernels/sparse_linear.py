@@ -974,7 +974,7 @@ def choose_config(
             cfg = DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
             # A fused group passes its largest member's fraction: one full member makes the whole launch read every row.
             if expected_kept_rows(min(active_fraction, 1.0), tokens) >= EVERY_ROW_MIN_UNION:
-                cfg = dataclasses.replace(cfg, every_row=True)
+                cfg = _reading_every_row(cfg)
             return cfg
         return DOT_CONFIG
     if has_rank:
@@ -990,6 +990,12 @@ def choose_config(
     if one_token and wide_single and itemsize == 2 and active_fraction <= SINGLE_TALL_STEPS_MAX_ACTIVE:
         return dataclasses.replace(SPLITK_CONFIG, block_k=16)
     return SPLITK_CONFIG
+
+
+@functools.lru_cache(maxsize=None)
+def _reading_every_row(cfg: Config) -> Config:
+    # One Config per tile setting, not a new one per call: choose_config runs on every eager decode launch.
+    return dataclasses.replace(cfg, every_row=True)
 
 
 def expected_kept_rows(active_fraction: float, tokens: int | None) -> float:
