@@ -165,7 +165,7 @@ for dtype in ("bf16", "fp16"):
     # (DOT_DENSE_FEW_TOKENS_CONFIG), 8 from 4 tokens (DOT_DENSE_CONFIG)
     const = batched(32, 256)
     for warps in (4, 8):
-        for every_row in (False, True):  # Config.every_row: row loads without the union mask (choose_config: EVERY_ROW_MIN_UNION)
+        for every_row in (False, True):  # Config.every_row (EVERY_ROW_MIN_UNION decides)
             report = resource_report(compile_splitk(dtype, dict(const, EVERY_ROW=every_row), warps=warps, stages=3))
             print(f"{dtype} batch (dot 32x256, {warps} warps, 3 stages), no ranks, every_row={every_row}: {report}",
                   flush=True)
