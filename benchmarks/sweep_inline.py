@@ -387,7 +387,27 @@ VARIANTS_DOT75 = {
     "dot dense (shipped) again": _DOT_DENSE_8,
 }
 VARIANTS_DOT75ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg in VARIANTS_DOT75.items()}
-VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "dot72": VARIANTS_DOT72, "dot72few": VARIANTS_DOT72FEW, "dot75": VARIANTS_DOT75, "dot75er": VARIANTS_DOT75ER, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Outcome (results/run75_h100/run75.md): no setting passed. At 50 % the 128-column tiles took 1.4-1.8x the shipped
+# time on every case (gate/up 62.27-76.00 against 43.36 us); at 0 % with every row 64x128 tied the shipped tiles
+# (gate/up 44.14 against 43.88 / 44.38), so item length is not what holds gate/up back, and the masked row loads are.
+# Kernel run 76 ("dot76", batch 4 at 50 %; "dot76er", every row at 0 %). Read off the offline sm_90 build with the
+# item length specialised as the GPU's JIT does (tools/aot_check_splitk.py, DIV16 now names "rows"): the masked loop
+# issues the x and c loads three steps ahead and the row loads two steps ahead, but each step waits for its rows,
+# reduces the token mask across the 8 warps and converts it to the row loads' layout (two more shared-memory round
+# trips with barriers) before it issues the next rows; every_row has neither. So: a fourth stage (three steps of rows
+# in flight; 128 registers, 2 programs per multiprocessor still fit), and 64-row steps with 16 warps (half the
+# steps per byte; 106 registers, 1 program per multiprocessor). Rule, written before the run: a setting replaces
+# DOT_DENSE_CONFIG (4 tokens and more) only if at batch 4 and 50 % its four-case sum is at least 1 % below the
+# faster shipped sum with gate/up alone below the faster shipped timing, and at 0 % (every row) its sum is not above
+# the slower shipped sum.
+VARIANTS_DOT76 = {
+    "dot dense (shipped)": _DOT_DENSE_8,
+    "dot 32,256,2,8,4": _D(32, 256, 2, 8, 4),
+    "dot 64,256,1,16,3": _D(64, 256, 1, 16, 3),
+    "dot dense (shipped) again": _DOT_DENSE_8,
+}
+VARIANTS_DOT76ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg in VARIANTS_DOT76.items()}
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "dot72": VARIANTS_DOT72, "dot72few": VARIANTS_DOT72FEW, "dot75": VARIANTS_DOT75, "dot75er": VARIANTS_DOT75ER, "dot76": VARIANTS_DOT76, "dot76er": VARIANTS_DOT76ER, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,

@@ -24,6 +24,8 @@ ap.add_argument("--loops", action="store_true",
                      "per SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
 ap.add_argument("--dot-tiles", nargs="+", metavar="BK,BM,WARPS,STAGES",
                 help="only the batched launch without rank (bf16), at each of these tiles: what a multiprocessor fits")
+ap.add_argument("--every-row", action="store_true", help="with --dot-tiles: the launch that loads every row (Config.every_row)")
+ap.add_argument("--ir-dir", default="", help="with --dot-tiles: write each build's TTGIR and SASS there, to read how its loops were pipelined")
 args = ap.parse_args()
 if args.torch_site:
     sys.path.append(args.torch_site)
@@ -43,7 +45,7 @@ INT_PTRS = ("zc", "cnt", "gcnt_ptr")
 FLOATS = ("eps",)
 # Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides;
 # "slo", lowrank_out's row stride, is the width: without it the packed rows' layout differs from the GPU's).
-DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r", "slo")
+DIV16 = ("stride_xt", "n", "rows", "sw", "so", "m", "stride_r", "slo")
 
 
 def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
@@ -126,7 +128,12 @@ if args.dot_tiles:
     for spec in args.dot_tiles:
         bk, bm, warps, stages = (int(v) for v in spec.split(","))
         try:
-            report = resource_report(compile_splitk("bf16", batched(bk, bm), warps=warps, stages=stages))
+            kernel = compile_splitk("bf16", dict(batched(bk, bm), EVERY_ROW=args.every_row), warps=warps, stages=stages)
+            report = resource_report(kernel)
+            if args.ir_dir:
+                Path(args.ir_dir).mkdir(parents=True, exist_ok=True)
+                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{'_every_row' if args.every_row else ''}"
+                stem.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         except Exception as e:
             report = f"FAILED {e!r}"[:300]
         print(f"bf16 batch (dot {bk}x{bm}, {warps} warps, {stages} stages), no ranks: {report}", flush=True)
