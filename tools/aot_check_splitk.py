@@ -45,7 +45,10 @@ INT_PTRS = ("zc", "cnt", "gcnt_ptr")
 FLOATS = ("eps",)
 # Integers the JIT would see divisible by 16 at Llama-3-8B's q/k/v (n 4096, widths 4096/1024, row strides;
 # "slo", lowrank_out's row stride, is the width: without it the packed rows' layout differs from the GPU's).
-DIV16 = ("stride_xt", "n", "rows", "sw", "so", "m", "stride_r", "slo")
+DIV16 = ("stride_xt", "n", "sw", "so", "m", "stride_r", "slo")
+# The batched launch's items are whole 32-row steps, so the JIT sees their length ("rows") divisible by 16 as well;
+# without it the x and c loads lose their 4-byte vectors and are not pipelined (one-token items need not be: 232 rows).
+DOT_DIV16 = DIV16 + ("rows",)
 
 
 def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
@@ -68,7 +71,7 @@ def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
             sig[a] = f"*{dtype}"
         else:
             sig[a] = "i32"
-        if sig[a].startswith("*") or base in DIV16:
+        if sig[a].startswith("*") or base in (DOT_DIV16 if const.get("USE_DOT") else DIV16):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(_splitk_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
