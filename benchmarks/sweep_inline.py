@@ -391,7 +391,7 @@ VARIANTS_DOT75ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg
 # time on every case (gate/up 62.27-76.00 against 43.36 us); at 0 % with every row 64x128 tied the shipped tiles
 # (gate/up 44.14 against 43.88 / 44.38), so item length is not what holds gate/up back, and the masked row loads are.
 # Kernel run 76 ("dot76", batch 4 at 50 %; "dot76er", every row at 0 %). Read off the offline sm_90 build with the
-# item length specialised as the GPU's JIT does (tools/aot_check_splitk.py, DIV16 now names "rows"): the masked loop
+# item length specialised as the GPU's JIT does (tools/aot_check_splitk.py, DOT_DIV16): the masked loop
 # issues the x and c loads three steps ahead and the row loads two steps ahead, but each step waits for its rows,
 # reduces the token mask across the 8 warps and converts it to the row loads' layout (two more shared-memory round
 # trips with barriers) before it issues the next rows; every_row has neither. So: a fourth stage (three steps of rows

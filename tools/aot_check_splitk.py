@@ -24,8 +24,10 @@ ap.add_argument("--loops", action="store_true",
                      "per SASS instruction (L a global load, F an fp32 add/multiply/FMA, I an int-to-float conversion)")
 ap.add_argument("--dot-tiles", nargs="+", metavar="BK,BM,WARPS,STAGES",
                 help="only the batched launch without rank (bf16), at each of these tiles: what a multiprocessor fits")
-ap.add_argument("--every-row", action="store_true", help="with --dot-tiles: the launch that loads every row (Config.every_row)")
-ap.add_argument("--ir-dir", default="", help="with --dot-tiles: write each build's TTGIR and SASS there, to read how its loops were pipelined")
+ap.add_argument("--every-row", action="store_true",
+                help="with --dot-tiles: the launch that loads every row (Config.every_row)")
+ap.add_argument("--ir-dir", default="",
+                help="with --dot-tiles: write each build's TTGIR there, to read how its loops were pipelined")
 args = ap.parse_args()
 if args.torch_site:
     sys.path.append(args.torch_site)
