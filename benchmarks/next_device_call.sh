@@ -3,10 +3,10 @@
 # and how to read the results).  Kernel run 77, written after run 76 (results/run76_h200/), the first H200 since run 60:
 # there the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 %
 # 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s.  Either mode, one archive in $OUT.
-#   h200:  timings on this card.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION (sweep_inline.py
-#          "dot72" at batch 4, 50 and 60 %, batch 8 at 70 %; "dot72few" at batch 3, 50 %); (2) the batch tiles of
-#          run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4); (3) one-token tiles and paths on gate/up and
-#          down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
+#   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION
+#          (sweep_inline.py "dot72" at batch 4, 50 and 60 %, batch 8 at 70 %; "dot72few" at batch 3, 50 %);
+#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
+#   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
 #   suite: the whole GPU test suite in four shards in parallel.
@@ -18,9 +18,10 @@
 #   (3) a one-token setting replaces the shipped choice on this card for a (case, sparsity) only if it is at least 2 %
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #     LIMIT=570 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
+#     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
-case "$MODE" in h200|rest|suite) ;; *) echo "expected 'h200', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|tiles|rest|suite) ;; *) echo "expected 'h200', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run77_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -31,30 +32,38 @@ step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and wha
   timeout $t "$@" > $O/$log 2>&1; echo "rc $? at $SECONDS s: $*" >> $O/steps.log
 }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
-if [ "$MODE" = h200 ]; then
-  C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
-  for point in "dot72 4 0.5" "dot72 4 0.6" "dot72few 3 0.5" "dot72 8 0.7" "dot76 4 0.5" "dot76er 4 0"; do
-    set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
-    step 90 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
-      "${C[@]}" --limit 80 --out $d
-  done
-  S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
-  step 200 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
-    --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
-    --config "splitk_16rows=${S/block_k=8/block_k=16}" \
-    --config "splitk_2048_8w=${S/block_m=1024,programs_per_sm=4,num_warps=4/block_m=2048,programs_per_sm=2,num_warps=8}" \
-    --config "compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
-    --config "inline=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
-    --config "inline_prefetch2=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=2" \
-    --out $O/one_token
-elif [ "$MODE" = rest ]; then
-  left=$((END - SECONDS - 20))
+rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with what is left
+  local left=$((END - SECONDS - 20))
   T=(tests/test_decode.py tests/test_decode_attention.py tests/test_eager_graphs.py tests/test_fuse.py
      tests/test_fuse_norm.py tests/test_fuse_silu.py tests/test_packed_kernels.py tests/test_sparsify.py
      "tests/test_kernels.py::test_gpu_pdl_chain_reads_each_launch_after_the_one_before")
   for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu "${T[@]}" --shard $i/4 > $O/gpu_rest_g$i.log 2>&1 & done
   wait
   echo "rest at $SECONDS s" >> $O/steps.log
+}
+C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
+if [ "$MODE" = h200 ]; then
+  for point in "dot72 4 0.5" "dot72 4 0.6" "dot72few 3 0.5" "dot72 8 0.7"; do
+    set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
+    step 60 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
+      "${C[@]}" --limit 55 --out $d
+  done
+  S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 150 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+    --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
+    --config "splitk_16rows=${S/block_k=8/block_k=16}" \
+    --config "compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
+    --config "inline=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
+    --out $O/one_token
+  rest
+elif [ "$MODE" = tiles ]; then
+  for point in "dot76 0.5" "dot76er 0"; do
+    set -- $point; d=$O/$1; mkdir -p $d
+    step 90 $1.log python benchmarks/sweep_inline.py --variants $1 --batch 4 --sparsities $2 --reps 20 "${C[@]}" \
+      --limit 80 --out $d
+  done
+elif [ "$MODE" = rest ]; then
+  rest
 else
   left=$((END - SECONDS - 20))
   for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu tests/ --shard $i/4 > $O/gpu_suite_g$i.log 2>&1 & done
