@@ -3,8 +3,8 @@
 # and how to read the results).  Kernel run 77, written after run 76 (results/run76_h200/), the first H200 since run 60:
 # there the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 %
 # 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s.  Either mode, one archive in $OUT.
-#   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION
-#          (sweep_inline.py "dot72" at batch 4, 50 and 60 %, batch 8 at 70 %; "dot72few" at batch 3, 50 %);
+#   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION, and
+#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %; "dot72few" at batch 3, 50 %);
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
@@ -14,6 +14,7 @@
 # unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
 #       sum is at least 1 % below the faster of the two plain sums, with gate/up alone below its faster plain timing.
+#       4 warps against 8: the rule above VARIANTS_DOT77 in sweep_inline.py.
 #   (2) run 76's rule, written above VARIANTS_DOT76 in sweep_inline.py.
 #   (3) a one-token setting replaces the shipped choice on this card for a (case, sparsity) only if it is at least 2 %
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
@@ -43,7 +44,7 @@ rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
-  for point in "dot72 4 0.5" "dot72 4 0.6" "dot72few 3 0.5" "dot72 8 0.7"; do
+  for point in "dot77 4 0.5" "dot77 4 0.6" "dot72few 3 0.5"; do
     set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
     step 60 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
       "${C[@]}" --limit 55 --out $d

@@ -407,7 +407,21 @@ VARIANTS_DOT76 = {
     "dot dense (shipped) again": _DOT_DENSE_8,
 }
 VARIANTS_DOT76ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg in VARIANTS_DOT76.items()}
-VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "dot72": VARIANTS_DOT72, "dot72few": VARIANTS_DOT72FEW, "dot75": VARIANTS_DOT75, "dot75er": VARIANTS_DOT75ER, "dot76": VARIANTS_DOT76, "dot76er": VARIANTS_DOT76ER, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
+# Kernel run 77 ("dot77", on the H200). Run 76 (results/run76_h200/) put batch 4 at 50 % at 0.80x of cuBLAS on
+# gate/up, 0.92x on down, 0.85x on gate+up and 1.29x on q/k/v + o, where run 49 (H200, 4 warps per program, masked
+# loads) had 0.98x / 1.01x / 1.05x / 1.23x; the changes since were drawn on H100s: 8 warps from 4 tokens (run 70)
+# and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. Rules, written before the
+# run, for this card only: 4 warps replace 8 from 4 tokens if at batch 4 and 50 % their four-case sum is at least
+# 1 % below 8 warps' faster one, loading as the shipped choice does (plain below the every_row limit); every_row sets
+# in at a lower union as benchmarks/next_device_call.sh's rule (1) says.
+VARIANTS_DOT77 = {
+    "dot dense, 8 warps (shipped)": _DOT_DENSE_8,
+    "dot dense, 8 warps, every row": dataclasses.replace(_DOT_DENSE_8, every_row=True),
+    "dot dense, 4 warps": _DOT_DENSE_4,
+    "dot dense, 4 warps, every row": dataclasses.replace(_DOT_DENSE_4, every_row=True),
+    "dot dense, 8 warps again": _DOT_DENSE_8,
+}
+VARIANT_SETS = {"dot26": VARIANTS_DOT26, "dot68": VARIANTS_DOT68, "dot69": VARIANTS_DOT69, "dot70": VARIANTS_DOT70, "dot71": VARIANTS_DOT71, "dot72": VARIANTS_DOT72, "dot72few": VARIANTS_DOT72FEW, "dot75": VARIANTS_DOT75, "dot75er": VARIANTS_DOT75ER, "dot76": VARIANTS_DOT76, "dot76er": VARIANTS_DOT76ER, "dot77": VARIANTS_DOT77, "run15": VARIANTS_RUN15, "run8": VARIANTS, "run9": VARIANTS_RUN9, "run10": VARIANTS_RUN10, "run10b": VARIANTS_RUN10B,
                 "run10c": VARIANTS_RUN10C, "dot10": VARIANTS_DOT10, "lr10": VARIANTS_LR10, "dotlr10": VARIANTS_DOTLR10,
                 "lr11": VARIANTS_LR11, "dotlr11": VARIANTS_DOTLR11, "lr11b": VARIANTS_LR11B, "lr11c": VARIANTS_LR11C, "lr11d": VARIANTS_LR11D,
                 "lr12": VARIANTS_LR12, "lr12d": VARIANTS_LR12D, "dotlr12": VARIANTS_DOTLR12,
