@@ -46,8 +46,8 @@ C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336
 if [ "$MODE" = h200 ]; then
   for point in "dot77 4 0.5" "dot77 4 0.6" "dot72few 3 0.5"; do
     set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
-    step 60 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
-      "${C[@]}" --limit 55 --out $d
+    step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
+      "${C[@]}" --limit 70 --out $d
   done
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
   step 150 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
