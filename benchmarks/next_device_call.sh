@@ -4,7 +4,7 @@
 # there the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 %
 # 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s.  Either mode, one archive in $OUT.
 #   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION, and
-#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %; "dot72few" at batch 3, 50 %);
+#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %);
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
@@ -44,7 +44,7 @@ rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
-  for point in "dot77 4 0.5" "dot77 4 0.6" "dot72few 3 0.5"; do
+  for point in "dot77 4 0.5" "dot77 4 0.6"; do
     set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
     step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
       "${C[@]}" --limit 70 --out $d
