@@ -2,9 +2,12 @@
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
 # and how to read the results).  Kernel run 77, written after run 76 (results/run76_h200/), the first H200 since run 60:
 # there the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 %
-# 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s.  Either mode, one archive in $OUT.
+# 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s; since the forty-fifth session the
+# H200 takes the 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either
+# mode, one archive in $OUT.
 #   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION, and
-#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %);
+#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %), then the acceptance rows at batch 4
+#          and 50 % as shipped (kernel_speed.py);
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
@@ -49,6 +52,8 @@ if [ "$MODE" = h200 ]; then
     step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
       "${C[@]}" --limit 70 --out $d
   done
+  step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+    --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
   step 150 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \

@@ -410,12 +410,15 @@ VARIANTS_DOT76ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg
 # Kernel run 77 ("dot77", on the H200). Run 76 (results/run76_h200/) put batch 4 at 50 % at 0.80x of cuBLAS on
 # gate/up, 0.92x on down, 0.85x on gate+up and 1.29x on q/k/v + o, where run 49 (H200, 4 warps per program, masked
 # loads) had 0.98x / 1.01x / 1.05x / 1.23x; the changes since were drawn on H100s: 8 warps from 4 tokens (run 70)
-# and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. Rules, written before the
-# run, for this card only: 4 warps replace 8 from 4 tokens if at batch 4 and 50 % their four-case sum is at least
-# 1 % below 8 warps' faster one, loading as the shipped choice does (plain below the every_row limit); every_row sets
-# in at a lower union as benchmarks/next_device_call.sh's rule (1) says.
+# and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. After this set was written,
+# the same session found the launch compiling to the same TTGIR at run 50's commit and now (offline sm_90 build) and
+# runs 49 and 76 agreeing within 2 % at 70 %, whose tiles did not change, and gave the H200 the 4-warp tiles from any
+# token count (sparse_linear.CARD_SETTINGS), untimed in one process. Rules, written before the run, for the H200
+# only: the 4-warp entry stays if at batch 4 and 50 % the 4 warps' four-case sum (masked loads, as shipped there)
+# is not above the faster of the two 8-warp sums, and goes if it is more than 1 % above; between the two it stays and
+# a later run decides. every_row sets in at a lower union as benchmarks/next_device_call.sh's rule (1) says.
 VARIANTS_DOT77 = {
-    "dot dense, 8 warps (shipped)": _DOT_DENSE_8,
+    "dot dense, 8 warps": _DOT_DENSE_8,
     "dot dense, 8 warps, every row": dataclasses.replace(_DOT_DENSE_8, every_row=True),
     "dot dense, 4 warps": _DOT_DENSE_4,
     "dot dense, 4 warps, every row": dataclasses.replace(_DOT_DENSE_4, every_row=True),
@@ -472,7 +475,8 @@ def launch_shape(cfg, n, ms, rs=(), density=1.0, batch=1):
     from rsparse.kernels import compact_gemv as CG
 
     if cfg is None:  # the shipped rules
-        cfg = K.choose_config(n, sum(ms), batch > 1, 2, density, any(rs))
+        cfg = K.choose_config(n, sum(ms), batch > 1, 2, density, any(rs), tokens=batch,
+                              card=K.card_name(torch.device("cuda")))
     per_proj = tuple(math.ceil(m / cfg.block_m) for m in ms)
     tiles = sum(per_proj)
     target = K._sm_count(torch.device("cuda")) * cfg.programs_per_sm

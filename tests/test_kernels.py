@@ -758,16 +758,21 @@ def test_choose_config_takes_compact_or_inline_path_only_for_big_sparse_one_toke
 
 
 @needs_triton
+@pytest.mark.parametrize("card", [None, "NVIDIA H200"])
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_launches_pass_their_token_count_to_choose_config(dtype, monkeypatch):
-    # The batch tiles depend on the tokens per call (DOT_DENSE_WIDE_MIN_TOKENS), so both entry points must say how
-    # many; the outputs stay right with either tile setting.
+def test_launches_pass_their_token_count_to_choose_config(dtype, card, monkeypatch):
+    # The batch tiles depend on the tokens per call (DOT_DENSE_WIDE_MIN_TOKENS) and on the card (CARD_SETTINGS), so
+    # both entry points must say how many and which card; the outputs stay right with either tile setting. The card
+    # is the launch device's: here the CPU (none), or an H200 as `card_name` would report it.
     from rsparse.kernels import sparse_linear as kernels
 
     seen, real = [], kernels.choose_config
     monkeypatch.setattr(kernels, "choose_config", lambda *a, **k: seen.append((k.get("tokens"), real(*a, **k)))
                         or seen[-1][1])
-    few, wide = kernels.DOT_DENSE_FEW_TOKENS_CONFIG, kernels.DOT_DENSE_CONFIG
+    if card is not None:
+        monkeypatch.setattr(kernels, "card_name", lambda device: card)
+    few = kernels.DOT_DENSE_FEW_TOKENS_CONFIG
+    wide = few if card is not None else kernels.DOT_DENSE_CONFIG  # the H200 keeps 4 warps (CARD_SETTINGS)
     for T in (1, 2, 3, 4, 5):
         seen.clear()
         args = make_args(T, 70, 33, 0, dtype, "cpu", active=0.6, seed=T)
@@ -813,6 +818,38 @@ def test_every_row_loads_give_the_same_sums(dtype):
         assert kernels.sparse_linear(x, w, c, tau, li, lo, b).isnan().any() == (dtype != torch.float32)
     finally:
         kernels.set_config(None, "dot")
+
+
+def test_card_settings_give_the_h200_the_four_warp_batch_tiles():
+    # CARD_SETTINGS: on a card whose name holds "H200", batches on dense-ish layers take the 4-warp tiles at every
+    # token count (kernel runs 49, 50 and 76); every other choice, and every other card, is the module's.
+    from rsparse.kernels import sparse_linear as kernels
+
+    h200, h100 = "NVIDIA H200", "NVIDIA H100 80GB HBM3"
+    few, wide = kernels.DOT_DENSE_FEW_TOKENS_CONFIG, kernels.DOT_DENSE_CONFIG
+    assert few.num_warps == 4 and wide.num_warps == 8
+    for tokens in (2, 3, 4, 8, 16, None):
+        tiles = lambda card: dataclasses.replace(  # noqa: E731  (every_row from 7 tokens at 50 %: the test below)
+            kernels.choose_config(4096, 14336, True, 2, 0.5, tokens=tokens, card=card), every_row=False)
+        assert tiles(h200) == few, tokens
+        for other in (None, h100):
+            assert tiles(other) == (few if tokens is not None and tokens < kernels.DOT_DENSE_WIDE_MIN_TOKENS else wide)
+    # every_row still follows the union of kept rows, on the H200's tiles
+    full = kernels.choose_config(4096, 14336, True, 2, 1.0, tokens=4, card=h200)
+    assert full.every_row and dataclasses.replace(full, every_row=False) == few
+    assert not kernels.choose_config(4096, 14336, True, 2, 0.5, tokens=4, card=h200).every_row
+    for shape in ((4096, 14336), (14336, 4096), (4096, 2 * 14336), (4096, 6144), (100, 37)):
+        for use_dot, active, rank, packed in ((False, 0.5, False, False), (False, 0.3, True, False),
+                                              (True, 0.3, False, False), (True, 0.5, True, True)):
+            args = (*shape, use_dot, 2, active, rank, packed)
+            assert kernels.choose_config(*args, tokens=4, card=h200) == kernels.choose_config(*args, tokens=4)
+    assert kernels.card_setting("DOT_CONFIG", h200) == kernels.DOT_CONFIG
+    assert kernels.card_setting("DOT_DENSE_CONFIG", h100) == wide
+    with pytest.raises(ValueError, match="setting of rsparse.kernels.sparse_linear"):
+        kernels.card_setting("DOT_DENSE_TILES", h200)
+    with pytest.raises(ValueError, match="setting of rsparse.kernels.sparse_linear"):
+        kernels.card_setting("card_name", h200)
+    assert kernels.card_name(torch.device("cpu")) is None
 
 
 def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layers_without_rank():

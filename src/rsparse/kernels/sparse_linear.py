@@ -886,6 +886,7 @@ DOT_DENSE_MIN_ACTIVE = 0.4
 # 40.66 / 36.54), so 2 and 3 tokens (3 untimed) keep 4 warps. The limit was drawn after run 70.
 # Kernel run 71 timed 3 tokens (results/run71_h100/run71.md): 8 warps 198.23 against 199.15 us, short of the 1 % its
 # rule asked, so the limit stays.
+# On the H200 the 4-warp tiles serve every token count (CARD_SETTINGS below).
 DOT_DENSE_WIDE_MIN_TOKENS = 4
 # Those tiles load every row of a step (Config.every_row) where the rows some token keeps are expected to be nearly
 # all of them: `expected_kept_rows` at least this share. H100, kernel run 71 (results/run71_h100), four-case sums in
@@ -899,6 +900,36 @@ DOT_DENSE_WIDE_MIN_TOKENS = 4
 EVERY_ROW_MIN_UNION = 0.99
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
+# Settings another card measured otherwise: a part of the card's name (as torch.cuda.get_device_properties reports
+# it) -> {setting of this module: its value there}. `choose_config` reads a listed setting through `card_setting`.
+# * H200, DOT_DENSE_CONFIG: the 4-warp tiles from any token count. The 8 warps were drawn on H100s (runs 69-70); on
+#   the H200 batch 4 at 50 % then read 0.80x of cuBLAS on gate/up, 0.92x down, 0.85x gate+up (kernel run 76), where
+#   the 4-warp tiles had read 0.98x / 1.01x / 1.05x (run 49) and 0.97x / 1.02x / 1.07x (run 50) on the same card.
+#   Cross-run, but the launch compiles to the same TTGIR at both commits (offline sm_90 build), and at 70 %, whose
+#   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; kernel run 77 times both
+#   in one process (rule above sweep_inline.VARIANTS_DOT77).
+CARD_SETTINGS: dict[str, dict[str, object]] = {
+    "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
+}
+
+
+def card_setting(name: str, card: str | None):
+    """The value of this module's setting ``name`` on the card named ``card`` (None: no card, e.g. the
+    interpreter): its `CARD_SETTINGS` entry where a key is part of the card's name, else the module's value."""
+    if not (name.isupper() and name in globals()):
+        raise ValueError(f"expected the name of a setting of rsparse.kernels.sparse_linear, got {name!r}")
+    for part, settings in CARD_SETTINGS.items():
+        if card is not None and part in card and name in settings:
+            return settings[name]
+    return globals()[name]
+
+
+@functools.lru_cache(maxsize=None)
+def card_name(device: torch.device) -> str | None:
+    """The name of ``device``'s card (None off CUDA), which picks its `CARD_SETTINGS`."""
+    return torch.cuda.get_device_properties(device).name if device.type == "cuda" else None
+
+
 # Every other launch of 2-16 tokens (kernel run 10; see choose_config).
 DOT_CONFIG = Config(block_k=16, block_m=512, programs_per_sm=3, num_warps=4, num_stages=3)
 # 2-16 tokens with packed 4-bit factors: DOT_CONFIG's tiles in one stage. Unpacking takes registers: compiled for
@@ -935,12 +966,13 @@ SINGLE_COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=1024, programs
 
 def choose_config(
     n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False,
-    packed: bool = False, tokens: int | None = None,
+    packed: bool = False, tokens: int | None = None, card: str | None = None,
 ) -> Config:
     """Tile sizes and path of a launch, from the shape, the layer's expected active fraction,
     whether any of its projections has a low-rank path, whether its factors are packed 4-bit
     (``packed``: only the split-K launch reads those, so the compact and inline paths are skipped),
-    and the tokens per call (``tokens``; None: several, count unknown)."""
+    the tokens per call (``tokens``; None: several, count unknown) and the card's name (``card``, `card_name`;
+    None: the module's settings, `CARD_SETTINGS` apply to none)."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         cfg = _OVERRIDE[kind]
@@ -971,7 +1003,7 @@ def choose_config(
             return PACKED_DOT_Z_CONFIG if z_items else PACKED_DOT_CONFIG
         if not has_rank and active_fraction >= DOT_DENSE_MIN_ACTIVE:
             few = tokens is not None and tokens < DOT_DENSE_WIDE_MIN_TOKENS
-            cfg = DOT_DENSE_FEW_TOKENS_CONFIG if few else DOT_DENSE_CONFIG
+            cfg = DOT_DENSE_FEW_TOKENS_CONFIG if few else card_setting("DOT_DENSE_CONFIG", card)
             # A fused group passes its largest member's fraction: one full member makes the whole launch read every row.
             if expected_kept_rows(min(active_fraction, 1.0), tokens) >= EVERY_ROW_MIN_UNION:
                 cfg = _reading_every_row(cfg)
@@ -1123,7 +1155,8 @@ def sparse_linear_multi(
     # split-K launch's one-token code for every token (one token per grid row; no tensor-core dot).
     f64 = x.dtype == torch.float32
     use_dot = T > 1 and not f64
-    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), any(packed), tokens=T)
+    cfg = choose_config(n, sum(ms), use_dot, x.element_size(), active_fraction, any(rs), any(packed), tokens=T,
+                        card=card_name(x.device))
     if cfg.path not in ("splitk", "compact", "inline"):
         raise ValueError(f"Config.path must be 'splitk', 'compact' or 'inline', got {cfg.path!r}")
     if cfg.path != "splitk" and T == 1 and not f64 and all(o.stride(-1) == 1 for o in outs):
@@ -1296,7 +1329,7 @@ def sparse_linear_silu_mul(
         up = up.contiguous()
     has_rank = lowrank_in.shape[1] > 0
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, has_rank,
-                        has_rank and lowrank_quant is not None, tokens=T)
+                        has_rank and lowrank_quant is not None, tokens=T, card=card_name(gate.device))
     if T == 1 and cfg.path == "inline" and gate.dtype != torch.float32 and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
