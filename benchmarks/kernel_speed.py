@@ -377,7 +377,9 @@ def markdown(rows, meta):
         + (" `cuBLAS, same bytes`: F.linear on a slice of each weight as large as the rows the sparse call "
            "reads, and its speed-up over the whole weight (rho 1 rows only)." if bound else "")
         + ("" if "switches" not in meta else " Kernel switches: "
-           + ", ".join(f"`{k} = {v!r}`" for k, v in meta["switches"].items()) + "."),
+           + ", ".join(f"`{k} = {v!r}`" for k, v in meta["switches"].items()) + ".")
+        + ("" if not meta.get("card_settings") else " Card settings on this device (`CARD_SETTINGS`): "
+           + ", ".join(f"`{k} = {v}`" for k, v in meta["card_settings"].items()) + "."),
         "",
         "| case | s | rho | batch | rows read | dense µs | module µs | kernel µs | speedup | GB/s kernel |"
         + (" cuBLAS, same bytes |" if bound else ""),
@@ -514,6 +516,9 @@ def main():
         "protocol": "median per call over CUDA-graph replays, weights rotated over copies (3x L2)", "reps": args.reps,
         "gemv1": args.gemv1 or "default", "dot": args.dot or "default", "rounds": args.rounds,
         "switches": {name: getattr(K, name) for name in SWITCHES},
+        # what `sparse_linear.CARD_SETTINGS` overrules on this card (the launches read the card's name)
+        "card_settings": {name: repr(value) for part, settings in K.CARD_SETTINGS.items()
+                          if part in torch.cuda.get_device_name() for name, value in settings.items()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
