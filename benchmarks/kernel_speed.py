@@ -517,8 +517,8 @@ def main():
         "gemv1": args.gemv1 or "default", "dot": args.dot or "default", "rounds": args.rounds,
         "switches": {name: getattr(K, name) for name in SWITCHES},
         # what `sparse_linear.CARD_SETTINGS` overrules on this card (the launches read the card's name)
-        "card_settings": {name: repr(value) for part, settings in K.CARD_SETTINGS.items()
-                          if part in torch.cuda.get_device_name() for name, value in settings.items()},
+        "card_settings": {name: repr(value)
+                          for name, value in K.card_settings(K.card_name(torch.device(device))).items()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

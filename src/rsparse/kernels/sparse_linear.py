@@ -913,15 +913,20 @@ CARD_SETTINGS: dict[str, dict[str, object]] = {
 }
 
 
+def card_settings(card: str | None) -> dict[str, object]:
+    """The `CARD_SETTINGS` entries that hold on the card named ``card`` (None: no card, e.g. the interpreter):
+    those of every key that is part of the card's name."""
+    if card is None:
+        return {}
+    return {name: value for part, settings in CARD_SETTINGS.items() if part in card for name, value in settings.items()}
+
+
 def card_setting(name: str, card: str | None):
-    """The value of this module's setting ``name`` on the card named ``card`` (None: no card, e.g. the
-    interpreter): its `CARD_SETTINGS` entry where a key is part of the card's name, else the module's value."""
+    """The value of this module's setting ``name`` on the card named ``card``: its `card_settings` entry, else the
+    module's value."""
     if not (name.isupper() and name in globals()):
         raise ValueError(f"expected the name of a setting of rsparse.kernels.sparse_linear, got {name!r}")
-    for part, settings in CARD_SETTINGS.items():
-        if card is not None and part in card and name in settings:
-            return settings[name]
-    return globals()[name]
+    return card_settings(card).get(name, globals()[name])
 
 
 @functools.lru_cache(maxsize=None)
