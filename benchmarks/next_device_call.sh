@@ -6,9 +6,10 @@
 # H200 takes the 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either
 # mode, one archive in $OUT.
 #   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION, and
-#          4 warps against 8 (sweep_inline.py "dot77" at batch 4, 50 and 60 %), then the acceptance rows at batch 4
-#          and 50 % as shipped (kernel_speed.py);
-#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py).
+#          4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the 60 % point was dropped in the
+#          forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 % as shipped (kernel_speed.py);
+#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py);
+#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
@@ -21,6 +22,8 @@
 #   (2) run 76's rule, written above VARIANTS_DOT76 in sweep_inline.py.
 #   (3) a one-token setting replaces the shipped choice on this card for a (case, sparsity) only if it is at least 2 %
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
+#   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
+#       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
 #     LIMIT=570 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
@@ -47,7 +50,7 @@ rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
-  for point in "dot77 4 0.5" "dot77 4 0.6"; do
+  for point in "dot77 4 0.5"; do
     set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
     step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
       "${C[@]}" --limit 70 --out $d
@@ -55,12 +58,16 @@ if [ "$MODE" = h200 ]; then
   step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
-  step 150 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+  step 130 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
     --config "splitk_16rows=${S/block_k=8/block_k=16}" \
     --config "compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
     --config "inline=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
     --out $O/one_token
+  R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1,block_kz=16"
+  step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+    --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
+    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
   rest
 elif [ "$MODE" = tiles ]; then
   for point in "dot76 0.5" "dot76er 0"; do
