@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 77, written after run 76 (results/run76_h200/), the first H200 since run 60:
-# there the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 %
-# 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s; since the forty-fifth session the
-# H200 takes the 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either
-# mode, one archive in $OUT.
-#   h200:  timings on this card, then `rest`.  (1) every_row against masked loads below EVERY_ROW_MIN_UNION, and
-#          4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the 60 % point was dropped in the
-#          forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 % as shipped (kernel_speed.py);
+# and how to read the results).  Kernel run 78, written after run 76 (results/run76_h200/), the first H200 since run
+# 60, and run 77 (results/run77_h100/: it got an H100 and ran `tiles` and `rest`). On the H200 of run 76 the one-token
+# MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the
+# H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s; since the forty-fifth session the H200 takes the
+# 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either mode, one
+# archive in $OUT.
+#   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
+#          below EVERY_ROW_MIN_UNION, and 4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the 60 % point was dropped in the
+#          forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 % as shipped (kernel_speed.py),
+#          then test_kernels.py's GPU tests of the batched launches that CARD_SETTINGS changes here;
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py);
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
 #   suite: the whole GPU test suite in four shards in parallel.
-# Rules, written before run 77 (each is for the card the run lands on; a rule drawn on an H200 applies to H200s only
-# unless an H100 run shows the same):
+# Rules, written before run 77 and kept for run 78 (each is for the card the run lands on; a rule drawn on an H200
+# applies to H200s only unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
 #       sum is at least 1 % below the faster of the two plain sums, with gate/up alone below its faster plain timing.
 #       4 warps against 8: the rule above VARIANTS_DOT77 in sweep_inline.py.
@@ -24,13 +26,13 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#     LIMIT=570 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
+#     LIMIT=500 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
 case "$MODE" in h200|tiles|rest|suite) ;; *) echo "expected 'h200', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-O=/tmp/run77_$MODE; rm -rf $O; mkdir -p $O
+O=/tmp/run78_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -57,6 +59,8 @@ if [ "$MODE" = h200 ]; then
   done
   step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
+  # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
+  step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
   step 130 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
@@ -68,7 +72,6 @@ if [ "$MODE" = h200 ]; then
   step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
     --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
-  rest
 elif [ "$MODE" = tiles ]; then
   for point in "dot76 0.5" "dot76er 0"; do
     set -- $point; d=$O/$1; mkdir -p $d
@@ -83,5 +86,5 @@ else
   wait
   echo "suite at $SECONDS s" >> $O/steps.log
 fi
-tar czf $OUT/run77_$MODE.tgz -C /tmp run77_$MODE
+tar czf $OUT/run78_$MODE.tgz -C /tmp run78_$MODE
 cat $O/steps.log
