@@ -410,16 +410,17 @@ VARIANTS_DOT76ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg
 # Outcome (kernel run 77 on an H100, results/run77_h100/run77.md): no setting passed. Four-case sums at 50 %, us:
 # shipped 206.17 / 206.46, 4 stages 212.24, 64x256 with 16 warps 362.46; at 0 % with every row 209.28 / 208.23,
 # 215.01 and 206.93.
-# Kernel run 77 ("dot77", on the H200). Run 76 (results/run76_h200/) put batch 4 at 50 % at 0.80x of cuBLAS on
-# gate/up, 0.92x on down, 0.85x on gate+up and 1.29x on q/k/v + o, where run 49 (H200, 4 warps per program, masked
-# loads) had 0.98x / 1.01x / 1.05x / 1.23x; the changes since were drawn on H100s: 8 warps from 4 tokens (run 70)
-# and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. After this set was written,
-# the same session found the launch compiling to the same TTGIR at run 50's commit and now (offline sm_90 build) and
-# runs 49 and 76 agreeing within 2 % at 70 %, whose tiles did not change, and gave the H200 the 4-warp tiles from any
-# token count (sparse_linear.CARD_SETTINGS), untimed in one process. Rules, written before the run, for the H200
-# only: the 4-warp entry stays if at batch 4 and 50 % the 4 warps' four-case sum (masked loads, as shipped there)
-# is not above the faster of the two 8-warp sums, and goes if it is more than 1 % above; between the two it stays and
-# a later run decides. every_row sets in at a lower union as benchmarks/next_device_call.sh's rule (1) says.
+# Kernel run 78 ("dot77", planned for run 77, which got an H100; on the H200). Run 76 (results/run76_h200/) put batch
+# 4 at 50 % at 0.80x of cuBLAS on gate/up, 0.92x on down, 0.85x on gate+up and 1.29x on q/k/v + o, where run 49 (H200,
+# 4 warps per program, masked loads) had 0.98x / 1.01x / 1.05x / 1.23x; the changes since were drawn on H100s: 8 warps
+# from 4 tokens (run 70) and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. After
+# this set was written, the same session found the launch compiling to the same TTGIR at run 50's commit and now
+# (offline sm_90 build) and runs 49 and 76 agreeing within 2 % at 70 %, whose tiles did not change, and gave the H200
+# the 4-warp tiles from any token count (sparse_linear.CARD_SETTINGS), untimed in one process. Rules, written before
+# the run, for the H200 only: the 4-warp entry stays if at batch 4 and 50 % the 4 warps' four-case sum (masked loads,
+# as shipped there) is not above the faster of the two 8-warp sums, and goes if it is more than 1 % above; between the
+# two it stays and a later run decides. every_row sets in at a lower union as benchmarks/next_device_call.sh's rule
+# (1) says.
 VARIANTS_DOT77 = {
     "dot dense, 8 warps": _DOT_DENSE_8,
     "dot dense, 8 warps, every row": dataclasses.replace(_DOT_DENSE_8, every_row=True),

@@ -906,7 +906,7 @@ DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3,
 #   the H200 batch 4 at 50 % then read 0.80x of cuBLAS on gate/up, 0.92x down, 0.85x gate+up (kernel run 76), where
 #   the 4-warp tiles had read 0.98x / 1.01x / 1.05x (run 49) and 0.97x / 1.02x / 1.07x (run 50) on the same card.
 #   Cross-run, but the launch compiles to the same TTGIR at both commits (offline sm_90 build), and at 70 %, whose
-#   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; kernel run 77 times both
+#   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; kernel run 78 times both
 #   in one process (rule above sweep_inline.VARIANTS_DOT77).
 CARD_SETTINGS: dict[str, dict[str, object]] = {
     "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
