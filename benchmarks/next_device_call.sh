@@ -8,8 +8,8 @@
 # archive in $OUT.
 #   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
 #          below EVERY_ROW_MIN_UNION, and 4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the
-#          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 % as shipped (kernel_speed.py),
-#          then test_kernels.py's GPU tests of the batched launches that CARD_SETTINGS changes here;
+#          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 %
+#          as shipped (kernel_speed.py), then test_kernels.py's GPU tests of the batched launches that CARD_SETTINGS changes here;
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py);
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
@@ -27,6 +27,10 @@
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
 #     LIMIT=500 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
+#   Run 78's call (kind nvidia-h200, which may land on an H100; there it only names the card, so that an H100 costs a
+#   start, not the run; `rest` and `tiles` ran on the H100 of run 77):
+#     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+#       LIMIT=500 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
