@@ -9,7 +9,8 @@
 #   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
 #          below EVERY_ROW_MIN_UNION, and 4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the
 #          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 %
-#          as shipped (kernel_speed.py), then test_kernels.py's GPU tests of the batched launches that CARD_SETTINGS changes here;
+#          as shipped (kernel_speed.py), then test_kernels.py's GPU tests of the batched launches that
+#          CARD_SETTINGS changes here;
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py);
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
