@@ -11,7 +11,8 @@
 #          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 %
 #          as shipped (kernel_speed.py), then test_kernels.py's GPU tests of the batched launches that
 #          CARD_SETTINGS changes here;
-#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py);
+#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py;
+#          3 items per multiprocessor added in the forty-sixth session: fewer partial sums to add at the end);
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
@@ -27,11 +28,11 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#     LIMIT=500 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
+#     LIMIT=520 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
 #   Run 78's call (kind nvidia-h200, which may land on an H100; there it only names the card, so that an H100 costs a
 #   start, not the run; `rest` and `tiles` ran on the H100 of run 77):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=500 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
@@ -67,8 +68,9 @@ if [ "$MODE" = h200 ]; then
   # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
   step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
-  step 130 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+  step 140 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
+    --config "splitk_3sm=${S/programs_per_sm=4/programs_per_sm=3}" \
     --config "splitk_16rows=${S/block_k=8/block_k=16}" \
     --config "compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
     --config "inline=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
