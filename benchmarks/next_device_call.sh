@@ -14,6 +14,8 @@
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py;
 #          3 items per multiprocessor added in the forty-sixth session: fewer partial sums to add at the end);
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
+#   sweeps: (3) and (4) alone (added in the forty-seventh session: when a call for the H200 lands on an H100, the
+#          one-token sweeps still run there; their rules then hold for H100s).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
@@ -33,10 +35,13 @@
 #   start, not the run; `rest` and `tiles` ran on the H100 of run 77):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
 #       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
+#   From the forty-seventh session, with less device time left, the H100 branch runs `sweeps`:
+#     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=260 bash benchmarks/next_device_call.sh sweeps; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
-case "$MODE" in h200|tiles|rest|suite) ;; *) echo "expected 'h200', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|sweeps|tiles|rest|suite) ;; *) echo "expected 'h200', 'sweeps', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run78_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -56,17 +61,7 @@ rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with
   wait
   echo "rest at $SECONDS s" >> $O/steps.log
 }
-C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
-if [ "$MODE" = h200 ]; then
-  for point in "dot77 4 0.5"; do
-    set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
-    step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
-      "${C[@]}" --limit 70 --out $d
-  done
-  step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
-    --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
-  # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
-  step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
+sweeps() {  # (3) one-token tiles and paths at 50 / 70 %, then (4) one token at rho 0.8
   S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
   step 140 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
@@ -79,6 +74,21 @@ if [ "$MODE" = h200 ]; then
   step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
     --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
+}
+C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
+if [ "$MODE" = h200 ]; then
+  for point in "dot77 4 0.5"; do
+    set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
+    step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
+      "${C[@]}" --limit 70 --out $d
+  done
+  step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+    --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
+  # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
+  step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
+  sweeps
+elif [ "$MODE" = sweeps ]; then
+  sweeps
 elif [ "$MODE" = tiles ]; then
   for point in "dot76 0.5" "dot76er 0"; do
     set -- $point; d=$O/$1; mkdir -p $d
