@@ -16,10 +16,17 @@
 #          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   sweeps: (3) and (4) alone (added in the forty-seventh session: when a call for the H200 lands on an H100, the
 #          one-token sweeps still run there; their rules then hold for H100s).
+#   down:  (5) down-shaped launches without rank, one token: the inline path against the split-K launch with 8- and
+#          16-row steps at 40, 50, 60 and 70 % (added in the forty-seventh session after run 78's `sweeps` on an H100:
+#          at 50 % split-K with 16-row steps took 26.18 us against the inline path's 27.87).
 #   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
 #   suite: the whole GPU test suite in four shards in parallel.
+# Rule (5), written in the forty-seventh session before the `down` run: on the card the run lands on, where
+#   INLINE_MAX_ACTIVE now sends down at 40-50 % sparsity to the inline path, the split-K launch (the faster of 8 and
+#   16 rows) takes over from the sparsities where it is at least 2 % below inline, provided it is not slower than
+#   inline at any timed sparsity above those (INLINE_MAX_ACTIVE for that card then sits between the active fractions).
 # Rules, written before run 77 and kept for run 78 (each is for the card the run lands on; a rule drawn on an H200
 # applies to H200s only unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
@@ -41,7 +48,7 @@
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
-case "$MODE" in h200|sweeps|tiles|rest|suite) ;; *) echo "expected 'h200', 'sweeps', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|sweeps|down|tiles|rest|suite) ;; *) echo "expected 'h200', 'sweeps', 'down', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run78_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -89,6 +96,10 @@ if [ "$MODE" = h200 ]; then
   sweeps
 elif [ "$MODE" = sweeps ]; then
   sweeps
+elif [ "$MODE" = down ]; then
+  S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 120 down.log python benchmarks/ablations/one_token_configs.py --cases down --sparsities 0.4 0.5 0.6 0.7 \
+    --config "splitk=$S" --config "splitk_16rows=${S/block_k=8/block_k=16}" --out $O/down
 elif [ "$MODE" = tiles ]; then
   for point in "dot76 0.5" "dot76er 0"; do
     set -- $point; d=$O/$1; mkdir -p $d
