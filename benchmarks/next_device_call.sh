@@ -27,6 +27,11 @@
 #   INLINE_MAX_ACTIVE now sends down at 40-50 % sparsity to the inline path, the split-K launch (the faster of 8 and
 #   16 rows) takes over from the sparsities where it is at least 2 % below inline, provided it is not slower than
 #   inline at any timed sparsity above those (INLINE_MAX_ACTIVE for that card then sits between the active fractions).
+# Rule (6), written after the first `down` run (run 78d, H100: split-K 2.8-5.3 % below inline at 50 and 60 %, 0.3 %
+#   above it at 70 %), whose rule (5) was ambiguous about 70 %: a second `down` run decides. On its card,
+#   INLINE_MAX_ACTIVE becomes 0.35 (split-K from 35 % active up, inline below) if there the faster split-K setting is at
+#   least 2 % below inline at both 50 and 60 %; 70 % (0.3 active) stays inline whatever it reads. 16-row steps take
+#   over from 8 only if they are at least 2 % below 8 at both points too.
 # Rules, written before run 77 and kept for run 78 (each is for the card the run lands on; a rule drawn on an H200
 # applies to H200s only unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
