@@ -87,6 +87,11 @@ sweeps() {  # (3) one-token tiles and paths at 50 / 70 %, then (4) one token at 
     --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
     --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
 }
+down_sweep() {  # (5)/(6): down without rank, one token, inline against split-K at 40-70 %
+  local S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 120 down.log python benchmarks/ablations/one_token_configs.py --cases down --sparsities 0.4 0.5 0.6 0.7 \
+    --config "splitk=$S" --config "splitk_16rows=${S/block_k=8/block_k=16}" --out $O/down
+}
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
   for point in "dot77 4 0.5"; do
@@ -99,12 +104,11 @@ if [ "$MODE" = h200 ]; then
   # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
   step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
   sweeps
+  down_sweep
 elif [ "$MODE" = sweeps ]; then
   sweeps
 elif [ "$MODE" = down ]; then
-  S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
-  step 120 down.log python benchmarks/ablations/one_token_configs.py --cases down --sparsities 0.4 0.5 0.6 0.7 \
-    --config "splitk=$S" --config "splitk_16rows=${S/block_k=8/block_k=16}" --out $O/down
+  down_sweep
 elif [ "$MODE" = tiles ]; then
   for point in "dot76 0.5" "dot76er 0"; do
     set -- $point; d=$O/$1; mkdir -p $d

@@ -852,6 +852,47 @@ def test_card_settings_give_the_h200_the_four_warp_batch_tiles():
     assert kernels.card_name(torch.device("cpu")) is None
 
 
+def test_card_settings_send_down_on_the_h100_to_split_k_from_35_percent_active():
+    # CARD_SETTINGS (kernel run 78 on an H100): one token on a down-shaped layer without rank takes the inline path
+    # only up to 35 % active there, up to INLINE_MAX_ACTIVE elsewhere; ranked, packed and batched launches and the
+    # other shapes choose as on any card.
+    from rsparse.kernels import sparse_linear as kernels
+
+    h100, pcie, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200"
+    down = (14336, 4096, False, 2)
+    assert kernels.INLINE_MAX_ACTIVE > 0.5
+    for active, on_h100 in ((0.3, "inline"), (0.35, "inline"), (0.4, "splitk"), (0.5, "splitk")):
+        assert kernels.choose_config(*down, active, card=h100).path == on_h100, active
+        for other in (None, pcie, h200):
+            assert kernels.choose_config(*down, active, card=other).path == "inline", (active, other)
+    assert kernels.choose_config(*down, 0.5, card=h100) == kernels.SPLITK_CONFIG
+    for args in ((*down, 0.5, True), (*down, 0.5, False, True), (14336, 4096, True, 2, 0.5),
+                 (4096, 14336, False, 2, 0.5), (4096, 14336, False, 2, 0.3), (4096, 6144, False, 2, 0.5)):
+        assert kernels.choose_config(*args, tokens=1, card=h100) == kernels.choose_config(*args, tokens=1), args
+    assert kernels.card_setting("INLINE_MAX_ACTIVE", h100) == 0.35
+    assert kernels.card_setting("INLINE_MAX_ACTIVE", h200) == kernels.INLINE_MAX_ACTIVE
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+def test_down_on_the_h100_settings_matches_the_reference(dtype, monkeypatch):
+    # The launch the H100's INLINE_MAX_ACTIVE picks for down-shaped layers (split-K instead of inline) gives the
+    # reference's outputs, plain and with the SiLU product formed in the launch, at 1 and 3 tokens.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "card_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(kernels, "COMPACT_MIN_ELEMENTS", 1)  # small shapes take the big layers' rules
+    seen, real = [], kernels.choose_config
+    monkeypatch.setattr(kernels, "choose_config", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    for T, n, m in ((1, 130, 33), (1, 96, 40), (3, 130, 33)):
+        args = make_args(T, n, m, 0, dtype, "cpu", active=0.45, seed=n + T)
+        check(args, dtype, "cpu", active_fraction=0.45)
+        gate, up = (make_args(T, n, 1, 0, dtype, "cpu", seed=n + T + s)[0] for s in (5, 6))
+        y = kernels.sparse_linear_silu_mul(gate, up, *args[1:], active_fraction=0.45)
+        assert rel_err(y, exact(torch.nn.functional.silu(gate) * up, *args[1:])) <= TOL[dtype]
+    assert [cfg.path for cfg in seen[:2]] == ["splitk", "splitk"], seen
+
+
 def test_choose_config_gives_several_tokens_taller_tiles_only_on_dense_ish_layers_without_rank():
     # Twenty-seventh session (batch-4 decode): 32x256 tiles faster at 50 % active, slower at 30 % and with a rank.
     from rsparse.kernels import sparse_linear as kernels

@@ -908,8 +908,15 @@ DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3,
 #   Cross-run, but the launch compiles to the same TTGIR at both commits (offline sm_90 build), and at 70 %, whose
 #   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; kernel run 78 times both
 #   in one process (rule above sweep_inline.VARIANTS_DOT77).
+# * H100 80GB HBM3, INLINE_MAX_ACTIVE: down-shaped layers without rank leave the inline path for the split-K launch
+#   from 35 % active up. One token, down 14336->4096, us, inline / split-K 8 rows / 16 rows (one_token_configs.py,
+#   results/run78_h100/): at 50 % 27.90 / 26.41 / 26.41 and 27.88 / 26.51 / 26.39, at 60 % 23.73 / 23.06 / 22.82 and
+#   23.66 / 23.10 / 22.83, at 70 % 19.39 / 20.02 / 19.45 and 19.50 / 19.96 / 19.47 (inline stays there), at 40 %
+#   (split-K already) all within 0.5 %. Rule (6) of benchmarks/next_device_call.sh, written before the second
+#   reading; 16-row steps did not pass its 2 % over 8. Not timed on an H200 (run 78's plan times it there).
 CARD_SETTINGS: dict[str, dict[str, object]] = {
     "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
+    "H100 80GB HBM3": {"INLINE_MAX_ACTIVE": 0.35},
 }
 
 
@@ -987,7 +994,7 @@ def choose_config(
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
         return COMPACT_CONFIG
     if one_token and n * m_total >= COMPACT_MIN_ELEMENTS:
-        if n >= 2 * m_total and active_fraction <= INLINE_MAX_ACTIVE and not has_rank:
+        if n >= 2 * m_total and active_fraction <= card_setting("INLINE_MAX_ACTIVE", card) and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         pair = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS

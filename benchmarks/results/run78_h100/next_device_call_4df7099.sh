@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
+# and how to read the results).  Kernel run 78, written after run 76 (results/run76_h200/), the first H200 since run
+# 60, and run 77 (results/run77_h100/: it got an H100 and ran `tiles` and `rest`). On the H200 of run 76 the one-token
+# MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the
+# H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s; since the forty-fifth session the H200 takes the
+# 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either mode, one
+# archive in $OUT.
+#   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
+#          below EVERY_ROW_MIN_UNION, and 4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the
+#          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 %
+#          as shipped (kernel_speed.py), then test_kernels.py's GPU tests of the batched launches that
+#          CARD_SETTINGS changes here;
+#          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py;
+#          3 items per multiprocessor added in the forty-sixth session: fewer partial sums to add at the end);
+#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
+#   sweeps: (3) and (4) alone (added in the forty-seventh session: when a call for the H200 lands on an H100, the
+#          one-token sweeps still run there; their rules then hold for H100s).
+#   tiles: (2) the batch tiles of run 76's plan ("dot76" at 50 %, "dot76er" at 0 %, batch 4).
+#   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
+#          shards in parallel.
+#   suite: the whole GPU test suite in four shards in parallel.
+# Rules, written before run 77 and kept for run 78 (each is for the card the run lands on; a rule drawn on an H200
+# applies to H200s only unless an H100 run shows the same):
+#   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
+#       sum is at least 1 % below the faster of the two plain sums, with gate/up alone below its faster plain timing.
+#       4 warps against 8: the rule above VARIANTS_DOT77 in sweep_inline.py.
+#   (2) run 76's rule, written above VARIANTS_DOT76 in sweep_inline.py.
+#   (3) a one-token setting replaces the shipped choice on this card for a (case, sparsity) only if it is at least 2 %
+#       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
+#   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
+#       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
+#     LIMIT=520 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
+#   Run 78's call (kind nvidia-h200, which may land on an H100; there it only names the card, so that an H100 costs a
+#   start, not the run; `rest` and `tiles` ran on the H100 of run 77):
+#     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
+#   From the forty-seventh session, with less device time left, the H100 branch runs `sweeps`:
+#     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=260 bash benchmarks/next_device_call.sh sweeps; fi
+#     LIMIT=300 bash benchmarks/next_device_call.sh tiles
+#     LIMIT=450 bash benchmarks/next_device_call.sh rest
+MODE=$1
+case "$MODE" in h200|sweeps|tiles|rest|suite) ;; *) echo "expected 'h200', 'sweeps', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
+export PYTHONPATH=$PWD/src
+O=/tmp/run78_$MODE; rm -rf $O; mkdir -p $O
+END=$((SECONDS + ${LIMIT:-570} - 10))
+step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
+  local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
+  if [ $left -lt 20 ]; then echo "skipped: $*" >> $O/steps.log; return; fi
+  [ $t -gt $left ] && t=$left
+  timeout $t "$@" > $O/$log 2>&1; echo "rc $? at $SECONDS s: $*" >> $O/steps.log
+}
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $O/gpu.txt
+rest() {  # the GPU tests run 76 did not reach, in four shards in parallel, with what is left
+  local left=$((END - SECONDS - 20))
+  T=(tests/test_decode.py tests/test_decode_attention.py tests/test_eager_graphs.py tests/test_fuse.py
+     tests/test_fuse_norm.py tests/test_fuse_silu.py tests/test_packed_kernels.py tests/test_sparsify.py
+     "tests/test_kernels.py::test_gpu_pdl_chain_reads_each_launch_after_the_one_before")
+  for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu "${T[@]}" --shard $i/4 > $O/gpu_rest_g$i.log 2>&1 & done
+  wait
+  echo "rest at $SECONDS s" >> $O/steps.log
+}
+sweeps() {  # (3) one-token tiles and paths at 50 / 70 %, then (4) one token at rho 0.8
+  S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 140 one_token.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+    --config "splitk=$S" --config "splitk_6sm=${S/programs_per_sm=4/programs_per_sm=6}" \
+    --config "splitk_3sm=${S/programs_per_sm=4/programs_per_sm=3}" \
+    --config "splitk_16rows=${S/block_k=8/block_k=16}" \
+    --config "compact_1024=path=compact,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
+    --config "inline=path=inline,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,prefetch=1" \
+    --out $O/one_token
+  R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1,block_kz=16"
+  step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+    --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
+    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
+}
+C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
+if [ "$MODE" = h200 ]; then
+  for point in "dot77 4 0.5"; do
+    set -- $point; d=$O/$1_b$2_s$3; mkdir -p $d
+    step 75 $1_b$2_s$3.log python benchmarks/sweep_inline.py --variants $1 --batch $2 --sparsities $3 --reps 20 \
+      "${C[@]}" --limit 70 --out $d
+  done
+  step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+    --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
+  # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
+  step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
+  sweeps
+elif [ "$MODE" = sweeps ]; then
+  sweeps
+elif [ "$MODE" = tiles ]; then
+  for point in "dot76 0.5" "dot76er 0"; do
+    set -- $point; d=$O/$1; mkdir -p $d
+    step 90 $1.log python benchmarks/sweep_inline.py --variants $1 --batch 4 --sparsities $2 --reps 20 "${C[@]}" \
+      --limit 80 --out $d
+  done
+elif [ "$MODE" = rest ]; then
+  rest
+else
+  left=$((END - SECONDS - 20))
+  for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu tests/ --shard $i/4 > $O/gpu_suite_g$i.log 2>&1 & done
+  wait
+  echo "suite at $SECONDS s" >> $O/steps.log
+fi
+tar czf $OUT/run78_$MODE.tgz -C /tmp run78_$MODE
+cat $O/steps.log
