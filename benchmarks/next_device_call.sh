@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
-# and how to read the results).  Kernel run 78, written after run 76 (results/run76_h200/), the first H200 since run
-# 60, and run 77 (results/run77_h100/: it got an H100 and ran `tiles` and `rest`). On the H200 of run 76 the one-token
-# MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the
-# H100: 0.99-1.29x).  Most rules since run 61 were drawn on H100s; since the forty-fifth session the H200 takes the
-# 4-warp batch tiles (sparse_linear.CARD_SETTINGS, drawn from runs 49, 50 and 76 across runs).  Either mode, one
-# archive in $OUT.
+# and how to read the results).  Kernel run 79: the H200 part of run 78's plan, which landed on an H100 in the
+# forty-seventh session (results/run78_h100/: `sweeps` and `down` ran there; down now leaves the inline path from 35 %
+# active on that card, CARD_SETTINGS).  On the H200 of run 76 the one-token MLP launches read 1.47-1.54x of cuBLAS at
+# 50 % (the acceptance asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61
+# were drawn on H100s; since the forty-fifth session the H200 takes the 4-warp batch tiles (sparse_linear.CARD_SETTINGS,
+# drawn from runs 49, 50 and 76 across runs).  Every mode leaves one archive in $OUT.
 #   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
 #          below EVERY_ROW_MIN_UNION, and 4 warps against 8 (sweep_inline.py "dot77" at batch 4 and 50 %; the
 #          60 % point was dropped in the forty-sixth session for (4)), then the acceptance rows at batch 4 and 50 %
@@ -23,6 +23,8 @@
 #   rest:  the GPU tests run 76 did not reach: test_kernels.py's PDL chains and every other GPU test file, in four
 #          shards in parallel.
 #   suite: the whole GPU test suite in four shards in parallel.
+#   h100:  (added in the forty-seventh session) the one-token rows of down at 50, 60 and 70 % through the module, as
+#          shipped (kernel_speed.py): that the H100's CARD_SETTINGS entry takes effect on the card by its name.
 # Rule (5), written in the forty-seventh session before the `down` run: on the card the run lands on, where
 #   INLINE_MAX_ACTIVE now sends down at 40-50 % sparsity to the inline path, the split-K launch (the faster of 8 and
 #   16 rows) takes over from the sparsities where it is at least 2 % below inline, provided it is not slower than
@@ -32,7 +34,7 @@
 #   INLINE_MAX_ACTIVE becomes 0.35 (split-K from 35 % active up, inline below) if there the faster split-K setting is at
 #   least 2 % below inline at both 50 and 60 %; 70 % (0.3 active) stays inline whatever it reads. 16-row steps take
 #   over from 8 only if they are at least 2 % below 8 at both points too.
-# Rules, written before run 77 and kept for run 78 (each is for the card the run lands on; a rule drawn on an H200
+# Rules, written before run 77 and kept for runs 78 and 79 (each is for the card the run lands on; a rule drawn on an H200
 # applies to H200s only unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
 #       sum is at least 1 % below the faster of the two plain sums, with gate/up alone below its faster plain timing.
@@ -42,20 +44,15 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#     LIMIT=520 bash benchmarks/next_device_call.sh h200      # on the device, from the repository root
-#   Run 78's call (kind nvidia-h200, which may land on an H100; there it only names the card, so that an H100 costs a
-#   start, not the run; `rest` and `tiles` ran on the H100 of run 77):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; there the `h100` mode runs, about 40 s):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
-#   From the forty-seventh session, with less device time left, the H100 branch runs `sweeps`:
-#     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=260 bash benchmarks/next_device_call.sh sweeps; fi
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=120 bash benchmarks/next_device_call.sh h100; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
-case "$MODE" in h200|sweeps|down|tiles|rest|suite) ;; *) echo "expected 'h200', 'sweeps', 'down', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
-O=/tmp/run78_$MODE; rm -rf $O; mkdir -p $O
+O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
 step() {  # step SECONDS LOG COMMAND...: run with the smaller of SECONDS and what is left; log its exit status
   local t=$1 log=$2; shift 2; local left=$((END - SECONDS))
@@ -107,6 +104,9 @@ if [ "$MODE" = h200 ]; then
   down_sweep
 elif [ "$MODE" = sweeps ]; then
   sweeps
+elif [ "$MODE" = h100 ]; then
+  step 100 down_h100.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases down --sparsities 0.5 0.6 0.7 \
+    --rhos 1 --factor-bits 16 --batches 1 --out $O/down_h100
 elif [ "$MODE" = down ]; then
   down_sweep
 elif [ "$MODE" = tiles ]; then
@@ -123,5 +123,5 @@ else
   wait
   echo "suite at $SECONDS s" >> $O/steps.log
 fi
-tar czf $OUT/run78_$MODE.tgz -C /tmp run78_$MODE
+tar czf $OUT/run79_$MODE.tgz -C /tmp run79_$MODE
 cat $O/steps.log

@@ -906,14 +906,14 @@ DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3,
 #   the H200 batch 4 at 50 % then read 0.80x of cuBLAS on gate/up, 0.92x down, 0.85x gate+up (kernel run 76), where
 #   the 4-warp tiles had read 0.98x / 1.01x / 1.05x (run 49) and 0.97x / 1.02x / 1.07x (run 50) on the same card.
 #   Cross-run, but the launch compiles to the same TTGIR at both commits (offline sm_90 build), and at 70 %, whose
-#   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; kernel run 78 times both
+#   tiles (DOT_CONFIG) did not change, runs 49 and 76 agree within 2 %. Drawn after run 76; the next H200 run times both
 #   in one process (rule above sweep_inline.VARIANTS_DOT77).
 # * H100 80GB HBM3, INLINE_MAX_ACTIVE: down-shaped layers without rank leave the inline path for the split-K launch
 #   from 35 % active up. One token, down 14336->4096, us, inline / split-K 8 rows / 16 rows (one_token_configs.py,
 #   results/run78_h100/): at 50 % 27.90 / 26.41 / 26.41 and 27.88 / 26.51 / 26.39, at 60 % 23.73 / 23.06 / 22.82 and
 #   23.66 / 23.10 / 22.83, at 70 % 19.39 / 20.02 / 19.45 and 19.50 / 19.96 / 19.47 (inline stays there), at 40 %
 #   (split-K already) all within 0.5 %. Rule (6) of benchmarks/next_device_call.sh, written before the second
-#   reading; 16-row steps did not pass its 2 % over 8. Not timed on an H200 (run 78's plan times it there).
+#   reading; 16-row steps did not pass its 2 % over 8. Not timed on an H200 (next_device_call.sh h200 times it there).
 CARD_SETTINGS: dict[str, dict[str, object]] = {
     "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
     "H100 80GB HBM3": {"INLINE_MAX_ACTIVE": 0.35},
