@@ -914,6 +914,9 @@ DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3,
 #   23.66 / 23.10 / 22.83, at 70 % 19.39 / 20.02 / 19.45 and 19.50 / 19.96 / 19.47 (inline stays there), at 40 %
 #   (split-K already) all within 0.5 %. Rule (6) of benchmarks/next_device_call.sh, written before the second
 #   reading; 16-row steps did not pass its 2 % over 8. Not timed on an H200 (next_device_call.sh h200 times it there).
+#   Down fed F.silu(gate) * up (sparse_linear_silu_mul, what sparsify installs in gated MLPs) keeps the inline path up
+#   to the module's limit: that launch forms the product itself, the split-K one would need a launch for it first
+#   (about 1.2 us per layer in decode run 12), and run 78 timed neither with it.
 CARD_SETTINGS: dict[str, dict[str, object]] = {
     "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
     "H100 80GB HBM3": {"INLINE_MAX_ACTIVE": 0.35},
@@ -978,13 +981,16 @@ SINGLE_COMPACT_CONFIG = Config(path="compact", block_k=8, block_m=1024, programs
 
 def choose_config(
     n: int, m_total: int, use_dot: bool, itemsize: int, active_fraction: float = 1.0, has_rank: bool = False,
-    packed: bool = False, tokens: int | None = None, card: str | None = None,
+    packed: bool = False, tokens: int | None = None, card: str | None = None, folds_product: bool = False,
 ) -> Config:
     """Tile sizes and path of a launch, from the shape, the layer's expected active fraction,
     whether any of its projections has a low-rank path, whether its factors are packed 4-bit
     (``packed``: only the split-K launch reads those, so the compact and inline paths are skipped),
     the tokens per call (``tokens``; None: several, count unknown) and the card's name (``card``, `card_name`;
-    None: the module's settings, `CARD_SETTINGS` apply to none)."""
+    None: the module's settings, `CARD_SETTINGS` apply to none). ``folds_product``: the call is
+    `sparse_linear_silu_mul`'s, whose inline launch forms its input from gate and up, where every other launch needs
+    a product launch first; the timings behind a card's ``INLINE_MAX_ACTIVE`` left that launch out, so there the
+    module's limit holds."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         cfg = _OVERRIDE[kind]
@@ -994,7 +1000,8 @@ def choose_config(
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
         return COMPACT_CONFIG
     if one_token and n * m_total >= COMPACT_MIN_ELEMENTS:
-        if n >= 2 * m_total and active_fraction <= card_setting("INLINE_MAX_ACTIVE", card) and not has_rank:
+        inline_max = INLINE_MAX_ACTIVE if folds_product else card_setting("INLINE_MAX_ACTIVE", card)
+        if n >= 2 * m_total and active_fraction <= inline_max and not has_rank:
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         pair = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS
@@ -1341,7 +1348,8 @@ def sparse_linear_silu_mul(
         up = up.contiguous()
     has_rank = lowrank_in.shape[1] > 0
     cfg = choose_config(n, weight_t.shape[1], T > 1, gate.element_size(), active_fraction, has_rank,
-                        has_rank and lowrank_quant is not None, tokens=T, card=card_name(gate.device))
+                        has_rank and lowrank_quant is not None, tokens=T, card=card_name(gate.device),
+                        folds_product=True)
     if T == 1 and cfg.path == "inline" and gate.dtype != torch.float32 and (out is None or out.stride(-1) == 1):
         outs = [gate.new_empty(1, weight_t.shape[1]) if out is None else out]
         return _compact_path(cfg, gate, [weight_t], [c], [tau], [lowrank_in], [lowrank_out], [bias], outs, up,
