@@ -1000,8 +1000,9 @@ def choose_config(
             and active_fraction <= SMALL_COMPACT_MAX_ACTIVE):
         return COMPACT_CONFIG
     if one_token and n * m_total >= COMPACT_MIN_ELEMENTS:
-        inline_max = INLINE_MAX_ACTIVE if folds_product else card_setting("INLINE_MAX_ACTIVE", card)
-        if n >= 2 * m_total and active_fraction <= inline_max and not has_rank:
+        # (the card's limit is looked up only for tall layers without rank: this runs on every eager call)
+        if n >= 2 * m_total and not has_rank and active_fraction <= (
+                INLINE_MAX_ACTIVE if folds_product else card_setting("INLINE_MAX_ACTIVE", card)):
             # Best of the run-8 sweep on 14336x4096 at 50, 30 and 10 % active.
             return Config(path="inline", block_k=8, block_m=1024, programs_per_sm=4, num_warps=4, prefetch=1)
         pair = n * m_total >= WIDE_COMPACT_MIN_ELEMENTS
