@@ -246,9 +246,13 @@ def run_case(name, n, ms, s, rho, T, dtype, device, reps, gen, rounds=1, same_by
     }
 
 
-def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants):
+def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants, silu_fed=False):
     """One case (a `CASES` name) under several settings of the kernels' module switches, on the same layers: each
     variant in its own CUDA graph, timed in turn round after round beside cuBLAS dense (`alternating_us`).
+
+    ``silu_fed``: the layer is a gated MLP's down projection, called as `sparsify` installs it
+    (``forward_silu_mul(gate, up)``, whose one-token inline launch forms ``F.silu(gate) * up`` itself), against
+    ``F.linear(F.silu(gate) * up)``; one projection cases only.
 
     ``variants``: ``{label: (rho, factor_bits, apply)}``, ``apply()`` setting the switches; it runs before every
     call, so each graph captures its own launches.  Layers are built once per ``(rho, factor_bits)``.  Returns
@@ -258,9 +262,14 @@ def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants)
 
     n, ms = CASES[name]
     with_o = name == "qkv fused + o"
+    if silu_fed and (len(ms) > 1 or with_o):
+        raise ValueError(f"silu_fed takes a case of one projection, got {name!r}")
     item = torch.tensor([], dtype=dtype).element_size()
     copies = max(2, math.ceil(3 * L2_BYTES / (n * sum(ms) * item + (4096 * 4096 * item if with_o else 0))))
     x = torch.randn(T, n, device=device, dtype=dtype, generator=gen)
+    if silu_fed:
+        gate, up = (torch.randn(T, n, device=device, dtype=dtype, generator=gen) for _ in range(2))
+        x = F.silu(gate) * up  # what the layers are calibrated and checked on
     shapes = [(n, m) for m in ms] + ([(4096, 4096)] if with_o else [])
     built = {}  # (rho, bits) -> copies of ((modules), (dense weights))
     for rho, bits, _ in variants.values():
@@ -273,6 +282,8 @@ def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants)
             apply()
             if with_o:
                 return forward_shared_input(x, list(mods[:3])), mods[3](x)
+            if silu_fed:
+                return mods[0].forward_silu_mul(gate, up)
             return forward_shared_input(x, list(mods)) if len(mods) > 1 else mods[0](x)
         return call
 
@@ -284,9 +295,13 @@ def time_switch_variants(name, T, s, dtype, device, gen, reps, rounds, variants)
         for mod in built[(rho, bits)][0][0]:
             ref = sparse_linear_reference(x, mod.weight_t, mod.c, mod.tau, mod.lowrank_in, mod.lowrank_out, mod.bias,
                                           None, mod.factor_ranges()).double()
-            err = max(err, ((mod(x).double() - ref).norm() / ref.norm()).item())
+            y = mod.forward_silu_mul(gate, up) if silu_fed else mod(x)
+            err = max(err, ((y.double() - ref).norm() / ref.norm()).item())
         errs[label] = err
-    calls["dense"] = [lambda ws=ws: [F.linear(x, w) for w in ws] for _, ws in next(iter(built.values()))]
+    if silu_fed:
+        calls["dense"] = [lambda ws=ws: F.linear(F.silu(gate) * up, ws[0]) for _, ws in next(iter(built.values()))]
+    else:
+        calls["dense"] = [lambda ws=ws: [F.linear(x, w) for w in ws] for _, ws in next(iter(built.values()))]
     times = alternating_us(calls, copies, reps, rounds)
     out = {label: {"us": round(statistics.median(t), 2), "us_rounds": [round(u, 2) for u in t],
                    "rel_err": errs.get(label)} for label, t in times.items()}

@@ -25,6 +25,10 @@
 #   suite: the whole GPU test suite in four shards in parallel.
 #   h100:  (added in the forty-seventh session) the one-token rows of down at 50, 60 and 70 % through the module, as
 #          shipped (kernel_speed.py): that the H100's CARD_SETTINGS entry takes effect on the card by its name.
+#          Then (7) (added in the forty-eighth session), as at the end of `down`.
+#   (7), at the end of `down` and `h100`: down fed F.silu(gate) * up as `sparsify` installs it (forward_silu_mul; the
+#          inline launch forms the product as it loads, split-K needs a product launch first) at 50 and 60 %:
+#          shipped (inline, the module's INLINE_MAX_ACTIVE) against split-K with 8- and 16-row steps.
 # Rule (5), written in the forty-seventh session before the `down` run: on the card the run lands on, where
 #   INLINE_MAX_ACTIVE now sends down at 40-50 % sparsity to the inline path, the split-K launch (the faster of 8 and
 #   16 rows) takes over from the sparsities where it is at least 2 % below inline, provided it is not slower than
@@ -34,6 +38,10 @@
 #   INLINE_MAX_ACTIVE becomes 0.35 (split-K from 35 % active up, inline below) if there the faster split-K setting is at
 #   least 2 % below inline at both 50 and 60 %; 70 % (0.3 active) stays inline whatever it reads. 16-row steps take
 #   over from 8 only if they are at least 2 % below 8 at both points too.
+# Rule (7), written in the forty-eighth session before any run of it: on the card the run lands on, the SiLU-fed down
+#   call (`choose_config(..., folds_product=True)`) takes the card's INLINE_MAX_ACTIVE like the plain call (on H100s:
+#   split-K from 35 % active up) only if there the faster split-K setting, product launch included, is at least 2 %
+#   below the shipped inline launch at both 50 and 60 %; otherwise it keeps the module's limit.
 # Rules, written before run 77 and kept for runs 78 and 79 (each is for the card the run lands on; a rule drawn on an H200
 # applies to H200s only unless an H100 run shows the same):
 #   (1) every_row sets in at a lower union on this card if at every timed point at or above that union its four-case
@@ -44,9 +52,9 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; there the `h100` mode runs, about 40 s):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; there the `h100` mode runs, about 80 s):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=120 bash benchmarks/next_device_call.sh h100; fi
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=170 bash benchmarks/next_device_call.sh h100; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
@@ -88,6 +96,12 @@ down_sweep() {  # (5)/(6): down without rank, one token, inline against split-K 
   local S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
   step 120 down.log python benchmarks/ablations/one_token_configs.py --cases down --sparsities 0.4 0.5 0.6 0.7 \
     --config "splitk=$S" --config "splitk_16rows=${S/block_k=8/block_k=16}" --out $O/down
+  down_silu
+}
+down_silu() {  # (7): down as sparsify installs it (the SiLU product folded into the inline launch), against split-K
+  local S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 70 down_silu.log python benchmarks/ablations/one_token_configs.py --cases down --sparsities 0.5 0.6 --silu-fed \
+    --config "splitk=$S" --config "splitk_16rows=${S/block_k=8/block_k=16}" --out $O/down_silu
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
@@ -107,6 +121,7 @@ elif [ "$MODE" = sweeps ]; then
 elif [ "$MODE" = h100 ]; then
   step 100 down_h100.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases down --sparsities 0.5 0.6 0.7 \
     --rhos 1 --factor-bits 16 --batches 1 --out $O/down_h100
+  down_silu
 elif [ "$MODE" = down ]; then
   down_sweep
 elif [ "$MODE" = tiles ]; then

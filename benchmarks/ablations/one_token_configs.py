@@ -4,7 +4,9 @@ same layers in the same rounds, beside cuBLAS dense.  GPU only.
 Written for acceptance 2's 70 % row (gate/up 4096->14336 at 2.2x over cuBLAS): on the H100 of kernel runs 62-64 the
 compact path read 2.02-2.06x there and the split-K launch forced 2.14x (run 64, same rounds), while cuBLAS on a slice
 as large as the rows read gets 2.22x (run 63).  Any case of `kernel_speed.CASES` and any `Config` fields can be given,
-so the same script serves other rows.
+so the same script serves other rows.  ``--silu-fed`` calls a layer as `sparsify` installs a gated MLP's down
+projection (``forward_silu_mul``: the one-token inline launch forms ``F.silu(gate) * up`` itself, every other path
+after a product launch), beside ``F.linear(F.silu(gate) * up)``.
 
 Variants: ``shipped`` (no override), then one per ``--config LABEL=key=value,...`` (the fields of
 `sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  ``--switch NAME=VALUE`` sets a module setting of
@@ -46,6 +48,9 @@ def main():
     p.add_argument("--factor-bits", type=int, default=16, choices=[16, 4])
     p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
     p.add_argument("--switch", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--silu-fed", action="store_true",
+                   help="call each layer as a gated MLP's down projection, forward_silu_mul(gate, up), as sparsify "
+                        "installs it (one-projection cases only)")
     args = p.parse_args()
     switches = dict(parse_switch(text) for text in args.switch)
     configs = dict(labelled_config(text) for text in args.config)
@@ -75,13 +80,13 @@ def main():
         for s in args.sparsities:
             for name in cases:
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
-                                                   variants)
+                                                   variants, silu_fed=args.silu_fed)
                 K.set_config(None, "gemv1")
                 for label in variants:
                     cfg = configs.get(label)
                     write_row(out, {"case": name, "sparsity": s, "variant": label, "rho": args.rho,
                                     "factor_bits": args.factor_bits, "config": None if cfg is None else repr(cfg),
-                                    "switches": switches,
+                                    "switches": switches, "silu_fed": args.silu_fed,
                                     **variant_timing(res, label), "copies": copies})
                 out.flush()
     for name, value in shipped.items():
