@@ -915,8 +915,9 @@ DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3,
 #   (split-K already) all within 0.5 %. Rule (6) of benchmarks/next_device_call.sh, written before the second
 #   reading; 16-row steps did not pass its 2 % over 8. Not timed on an H200 (next_device_call.sh h200 times it there).
 #   Down fed F.silu(gate) * up (sparse_linear_silu_mul, what sparsify installs in gated MLPs) keeps the inline path up
-#   to the module's limit: that launch forms the product itself, the split-K one would need a launch for it first
-#   (about 1.2 us per layer in decode run 12), and run 78 timed neither with it.
+#   to the module's limit: that launch forms the product itself, the split-K one needs a launch for it first. Kernel
+#   run 79 (H100, one_token_configs.py --silu-fed, results/run79_h100/): inline folded 28.13 / 25.09 us at 50 / 60 %,
+#   split-K after the product 30.44 / 27.80 (16 rows 30.38 / 27.84); rule (7), written before, kept inline.
 CARD_SETTINGS: dict[str, dict[str, object]] = {
     "H200": {"DOT_DENSE_CONFIG": DOT_DENSE_FEW_TOKENS_CONFIG},
     "H100 80GB HBM3": {"INLINE_MAX_ACTIVE": 0.35},
@@ -990,7 +991,7 @@ def choose_config(
     None: the module's settings, `CARD_SETTINGS` apply to none). ``folds_product``: the call is
     `sparse_linear_silu_mul`'s, whose inline launch forms its input from gate and up, where every other launch needs
     a product launch first; the timings behind a card's ``INLINE_MAX_ACTIVE`` left that launch out, so there the
-    module's limit holds."""
+    module's limit holds (on the H100, kernel run 79: with the product launch split-K is 8-11 % slower)."""
     kind = "dot" if use_dot else "gemv1"
     if kind in _OVERRIDE:
         cfg = _OVERRIDE[kind]
