@@ -52,9 +52,10 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; there the `h100` mode runs, about 80 s):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; the `h100` mode ran in run 79 (forty-eighth
+#   session, results/run79_h100/), so on an H100 the call now only names the card and the machine goes back):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else LIMIT=170 bash benchmarks/next_device_call.sh h100; fi
+#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
 MODE=$1
