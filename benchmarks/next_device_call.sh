@@ -106,8 +106,14 @@ down_silu() {  # (7): down as sparsify installs it (the SiLU product folded into
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
 if [ "$MODE" = h200 ]; then
-  # Ordered by what a short call most needs (forty-eighth session): acceptance 4 as shipped, the down launches
-  # (rules 5-7), 4 warps against 8, the tests of the launches CARD_SETTINGS changes here, then the sweeps.
+  # Ordered by what a short call most needs (forty-eighth session): acceptance 2 and 3 read again as shipped (the last
+  # H200 reading, run 76, had rho 0.8 at +15.4 / +15.2 % over rho 1 on gate/up / down, against a bound of 15 %),
+  # acceptance 4 as shipped, the down launches (rules 5-7), 4 warps against 8, the tests of the launches
+  # CARD_SETTINGS changes here, then the sweeps.
+  step 45 acc1.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+    --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 --out $O/acc1
+  step 35 rho08.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+    --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08_acc
   step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
   down_sweep
