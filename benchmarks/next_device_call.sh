@@ -112,7 +112,7 @@ if [ "$MODE" = h200 ]; then
   # CARD_SETTINGS changes here, then the sweeps.
   step 45 acc1.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0 0.5 0.7 --rhos 1 --factor-bits 16 --batches 1 --out $O/acc1
-  step 35 rho08.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
+  step 35 rho08_acc.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0.5 --rhos 0.8 --factor-bits 16 --batches 1 --out $O/rho08_acc
   step 40 acc4.log python benchmarks/kernel_speed.py --reps 20 --rounds 3 --cases gate/up down gate+up "qkv fused + o" \
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
