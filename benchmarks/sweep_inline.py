@@ -410,7 +410,7 @@ VARIANTS_DOT76ER = {name: dataclasses.replace(cfg, every_row=True) for name, cfg
 # Outcome (kernel run 77 on an H100, results/run77_h100/run77.md): no setting passed. Four-case sums at 50 %, us:
 # shipped 206.17 / 206.46, 4 stages 212.24, 64x256 with 16 warps 362.46; at 0 % with every row 209.28 / 208.23,
 # 215.01 and 206.93.
-# The next H200 run ("dot77", planned for runs 77 and 78, which got H100s). Run 76 (results/run76_h200/) put batch
+# The next H200 run ("dot77", planned for runs 77-81, which got H100s). Run 76 (results/run76_h200/) put batch
 # 4 at 50 % at 0.80x of cuBLAS on gate/up, 0.92x on down, 0.85x on gate+up and 1.29x on q/k/v + o, where run 49 (H200,
 # 4 warps per program, masked loads) had 0.98x / 1.01x / 1.05x / 1.23x; the changes since were drawn on H100s: 8 warps
 # from 4 tokens (run 70) and every_row from 99 % of rows kept (runs 71-73). So both, crossed, in one process. After
