@@ -58,8 +58,9 @@
 #       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
 #     LIMIT=300 bash benchmarks/next_device_call.sh tiles
 #     LIMIT=450 bash benchmarks/next_device_call.sh rest
-#   (Forty-eighth session: `rest` on an H100 was cut by its 205 s limit after 102 of its 118 tests (101 passed, 1 skipped); with about 280 s
-#   on any card it runs to the end. `tiles` has run on H100s, run 77; on an H100 it repeats that.)
+#   (Forty-eighth session: `rest` on an H100 was cut by its 205 s limit after 102 of its 118 tests (101 passed,
+#   1 skipped); with about 280 s on any card it runs to the end. `tiles` ran on an H100 in run 77; on one it repeats
+#   that.)
 MODE=$1
 case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest' or 'suite', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
