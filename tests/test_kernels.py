@@ -103,6 +103,7 @@ def check_group(projs, dtype, active_fraction=1.0):
     for y, p in zip(ys, projs):
         assert not torch.isnan(y).any()
         assert rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
+    return ys
 
 
 # Small and odd shapes: n, m not multiples of any block; T over the 8-token block.
@@ -262,6 +263,24 @@ def test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference(dtype):
         assert kernels.choose_config(n, m, False, 2, active).block_k == 16
         for seed in range(2):
             check(make_args(1, n, m, 0, dtype, "cuda", active, seed % 2 == 0, seed=seed), dtype, "cuda", active)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+@pytest.mark.parametrize("prewait", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_reads_before_the_wait_match_the_reference(prewait, dtype, monkeypatch):
+    # PREWAIT on the split-K launch (the one-token code; fp32 batches take it per token): 8- and 16-row steps, with
+    # and without a rank, odd shapes, 3 tokens; every output written, within tolerance of the fp64 rule.
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "PREWAIT", prewait)
+    rsparse.set_backend("triton")
+    shapes = [(1, 4096, 14336, 0, False, 0.5), (1, 4096, 14336, 0, True, 0.3), (1, 14336, 4096, 128, True, 0.4),
+              (1, 4096, 4096, 0, True, 0.5), (1, 777, 333, 31, True, 0.7), (3, 513, 1025, 9, False, 0.5)]
+    for T, n, m, r, bias, active in shapes:
+        for seed in range(2):
+            check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda", active)
 
 
 # ---------------------------------------------------------------- two-launch path (one token)
@@ -1071,6 +1090,94 @@ def test_next_step_loaded_ahead_matches_reference(ahead, T, monkeypatch):
         kernels.set_config(None, "gemv1")
 
 
+@needs_triton
+@pytest.mark.parametrize("prewait", [1, 2])
+@pytest.mark.parametrize("T", [1, 3])
+def test_reads_before_the_wait_give_the_same_outputs(prewait, T, monkeypatch):
+    # PREWAIT: one-token weight items load tau and c (1), and the first step's rows, every one (2), before they
+    # wait for the kernel ahead; the first step then takes its products from those rows. The outputs must equal,
+    # to the bit (the interpreter runs programs in turn, so the sums meet in the same order), those without it,
+    # including a folded norm, a residual, a group with ranks, short chunks (the first step is the whole chunk),
+    # and an inf in an inactive row of a first step, which must not show. fp32 takes the one-token code per token.
+    from rsparse.kernels import sparse_linear as kernels
+
+    def both(call):
+        monkeypatch.setattr(kernels, "PREWAIT", 0)
+        ref = call()
+        monkeypatch.setattr(kernels, "PREWAIT", prewait)
+        y = call()
+        for a, b in zip(ref if isinstance(ref, list) else [ref], y if isinstance(y, list) else [y]):
+            assert torch.equal(a, b)
+        assert _workspace_is_zero()
+        return y
+
+    kernels.set_config(kernels.Config(block_k=8, block_m=16, programs_per_sm=8, block_kz=16, block_r=32), "gemv1")
+    try:
+        for dtype in DTYPES:
+            for n, m, r, active in [(300, 45, 20, 0.2), (70, 33, 7, 0.6), (13, 40, 0, 0.5), (64, 40, 0, 0.5)]:
+                args = make_args(T, n, m, r, dtype, "cpu", active, bias=True, seed=r)
+                both(lambda: check(args, dtype, "cpu", active_fraction=active))
+            x, w, c, tau, li, lo, b = make_args(T, 64, 40, 0, dtype, "cpu", 0.5, seed=3)
+            off = (x.abs().float() * c <= tau).all(0).nonzero().flatten()
+            assert len(off) > 0
+            w = w.clone()
+            w[off[0]] = float("inf")  # a row no token keeps: read before the wait with PREWAIT 2, never summed
+            y = both(lambda: kernels.sparse_linear(x, w, c, tau, li, lo, b, active_fraction=0.5))
+            assert torch.isfinite(y).all()
+            n = 90  # a group (ranks 6, 0, 11), a folded norm, a residual
+            projs = [make_args(T, n, m, rk, dtype, "cpu", 0.4, bias=bb, seed=s)
+                     for s, (m, rk, bb) in enumerate([(50, 6, True), (24, 0, False), (40, 11, False)])]
+            both(lambda: check_group(projs, dtype, active_fraction=0.4))
+            plain = [p[:4] + (p[4][:, :0], p[5][:0], p[6]) for p in projs]  # no rank: the norm folds in
+            lists = [list(a) for a in zip(*[p[1:] for p in plain])]
+            g = torch.rand(n, generator=torch.Generator().manual_seed(1)) + 0.5
+            both(lambda: kernels.sparse_linear_multi(plain[0][0], *lists, norm_weight=g, norm_eps=1e-5,
+                                                     active_fraction=0.4))
+            res = make_args(T, n, 50, 0, dtype, "cpu", seed=9)[0][:, :50]
+            both(lambda: kernels.sparse_linear(*plain[0], residual=res, active_fraction=0.4))
+    finally:
+        kernels.set_config(None, "gemv1")
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["compact", "inline"])
+def test_reads_before_the_wait_on_the_compact_paths(path, compact_path, monkeypatch):
+    # PREWAIT above 0 on the one-token compact path (its compaction launch reads c, tau and a folded norm's weight
+    # first) and the inline launch (c and tau first): the same outputs, to the bit, with a rank (compact), a folded
+    # norm, a residual and a gated MLP's product formed in the launch.
+    from rsparse.kernels import sparse_linear as kernels
+
+    compact_path(path=path, block_m=16, programs_per_sm=8)
+    for dtype in HALF_DTYPES:
+        runs = {}
+        for prewait in (0, 1):
+            monkeypatch.setattr(kernels, "PREWAIT", prewait)
+            ys = []
+            for n, m, r, active in [(300, 45, 20 if path == "compact" else 0, 0.3), (70, 33, 0, 0.6)]:
+                args = make_args(1, n, m, r, dtype, "cpu", active, bias=True, seed=n)
+                ys.append(check(args, dtype, "cpu", active_fraction=active))
+                res = make_args(1, n, m, 0, dtype, "cpu", seed=1)[0][:, :m]
+                ys.append(kernels.sparse_linear(*args, residual=res, active_fraction=active))
+                up = make_args(1, n, m, 0, dtype, "cpu", seed=2)[0]
+                ys.append(kernels.sparse_linear_silu_mul(args[0], up, *args[1:], active_fraction=active))
+                g = torch.rand(n, generator=torch.Generator().manual_seed(3)) + 0.5
+                ys += kernels.sparse_linear_multi(args[0], *[[a] for a in args[1:]], norm_weight=g, norm_eps=1e-5,
+                                                  active_fraction=active)
+                assert _workspace_is_zero()
+            runs[prewait] = ys
+        for a, b in zip(runs[0], runs[1]):
+            assert torch.equal(a, b)
+
+
+def test_reads_before_the_wait_refuse_other_settings(monkeypatch):
+    from rsparse.kernels import sparse_linear as kernels
+
+    monkeypatch.setattr(kernels, "PREWAIT", 3)
+    args = make_args(1, 40, 24, 0, torch.float32, "cpu", 0.5)
+    with pytest.raises(ValueError, match="PREWAIT"):
+        kernels.sparse_linear(*args)
+
+
 @pytest.mark.parametrize("programs_per_sm", [3, 4, 8])
 def test_low_rank_rows_follow_the_expected_density(programs_per_sm, monkeypatch):
     from rsparse.kernels import sparse_linear as kernels
@@ -1119,7 +1226,7 @@ def test_pdl_switch_leaves_interpreted_launches_right(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("path", ["splitk", "compact", "inline"])
+@pytest.mark.parametrize("path", ["splitk", "splitk_prewait1", "splitk_prewait2", "compact", "inline"])
 def test_gpu_pdl_chain_reads_each_launch_after_the_one_before(path, compact_path, monkeypatch):
     # With programmatic dependent launch a launch's programs may be placed while the launch before
     # it still runs.  In this chain every launch reads the one before's output (as input, RMSNorm
@@ -1133,7 +1240,9 @@ def test_gpu_pdl_chain_reads_each_launch_after_the_one_before(path, compact_path
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs compute capability 9")
     assert compact_gemv.pdl_enabled(torch.device("cuda"))
-    if path != "splitk":
+    if path.startswith("splitk_prewait"):  # the launch's own constants read before its wait (PREWAIT)
+        monkeypatch.setattr(kernels, "PREWAIT", int(path[-1]))
+    elif path != "splitk":
         compact_path(path=path, block_m=1024)
     n, dtype, eps = 2048, torch.bfloat16, 1e-5
     layers = [make_args(1, n, n, r, dtype, "cuda", 0.5, bias=True, seed=s)[1:] for s, r in enumerate([0, 32, 0, 0, 0])]

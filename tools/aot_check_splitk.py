@@ -26,6 +26,8 @@ ap.add_argument("--dot-tiles", nargs="+", metavar="BK,BM,WARPS,STAGES",
                 help="only the batched launch without rank (bf16), at each of these tiles: what a multiprocessor fits")
 ap.add_argument("--every-row", action="store_true",
                 help="with --dot-tiles: the launch that loads every row (Config.every_row)")
+ap.add_argument("--prewait", action="store_true",
+                help="only the one-token launch at each PREWAIT (sparse_linear: reads before the PDL wait)")
 ap.add_argument("--ir-dir", default="",
                 help="with --dot-tiles: write each build's TTGIR there, to read how its loops were pipelined")
 args = ap.parse_args()
@@ -125,9 +127,34 @@ def batched(bk: int, bm: int) -> dict:
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False, EVERY_ROW=False,
+        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0,
     )
 
+
+def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: int = 8, prewait: int = 0,
+              prenorm: bool | None = None) -> dict:
+    """Constexprs of the one-token launch (1024-column tiles); the norm folds in only without rank, by default."""
+    prenorm = not ranks if prenorm is None else prenorm
+    return dict(
+        T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
+        BLOCK_K=block_k, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
+        RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
+        NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait,
+    )
+
+
+if args.prewait:
+    # sparse_linear.PREWAIT: what a one-token weight item reads before its wait (0, 1, 2), 8- and 16-row steps
+    for ranks, prenorm in ((False, True), (False, False), (True, False)):
+        for block_k in (8, 16):
+            for prewait in (0, 1, 2):
+                kernel = compile_splitk("bf16", one_token(ranks, block_k=block_k, prewait=prewait, prenorm=prenorm))
+                print(f"bf16 one token, ranks={ranks} norm={prenorm} {block_k}-row steps, PREWAIT {prewait}: "
+                      f"{resource_report(kernel)}", flush=True)
+                if args.loops:
+                    for shape in loop_shapes(kernel):
+                        print(f"  loop of {len(shape)} instructions: {shape[:200]}")
+    sys.exit(0)
 
 if args.dot_tiles:
     for spec in args.dot_tiles:
@@ -153,13 +180,7 @@ for dtype in ("bf16", "fp16"):
             (True, True, (8, 256)), (True, 2, (16, 128)), (True, 2, (8, 256)), (True, 3, (16, 128)),
             (True, 3, (8, 256)), (True, 4, (16, 128)), (True, 4, (8, 256)),
             (True, 5, (16, 128)), (True, 5, (8, 256)), (True, 6, (16, 128)), (True, 6, (8, 256))):
-        prenorm = not ranks  # the split-K launch folds the norm only without rank
-        const = dict(
-            T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
-            BLOCK_K=8, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
-            RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-            NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False,
-        )
+        const = one_token(ranks, packed, kz, br)  # the split-K launch folds the norm only without rank
         kernel = None
         try:
             kernel = compile_splitk(dtype, const)

@@ -10,7 +10,9 @@ after a product launch), beside ``F.linear(F.silu(gate) * up)``.
 
 Variants: ``shipped`` (no override), then one per ``--config LABEL=key=value,...`` (the fields of
 `sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  ``--switch NAME=VALUE`` sets a module setting of
-`sparse_linear` for every variant of the run (e.g. ``PACKED_LEVELS=byte_rows_z``), restored at the end.  Each is checked against the PyTorch reference once, each
+`sparse_linear` for every variant of the run (e.g. ``PACKED_LEVELS=byte_rows_z``), restored at the end;
+``--switch-variant LABEL=NAME=VALUE`` adds a variant that runs the shipped tiles with that setting (e.g.
+``pw2=PREWAIT=2``).  Each is checked against the PyTorch reference once, each
 projection alone.  Prints JSON lines; writes ``--out``/one_token_configs.jsonl.  An adoption rule belongs in the
 call that runs it, written before the run (see benchmarks/next_device_call.sh).
 
@@ -48,14 +50,23 @@ def main():
     p.add_argument("--factor-bits", type=int, default=16, choices=[16, 4])
     p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
     p.add_argument("--switch", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--switch-variant", action="append", default=[], metavar="LABEL=NAME=VALUE",
+                   help="a variant that runs the shipped tiles with this module setting (repeat a label for several)")
     p.add_argument("--silu-fed", action="store_true",
                    help="call each layer as a gated MLP's down projection, forward_silu_mul(gate, up), as sparsify "
                         "installs it (one-projection cases only)")
     args = p.parse_args()
     switches = dict(parse_switch(text) for text in args.switch)
     configs = dict(labelled_config(text) for text in args.config)
-    if "shipped" in configs:
-        raise ValueError("--config labels must differ from 'shipped', got 'shipped'")
+    switch_variants: dict[str, dict] = {}
+    for text in args.switch_variant:
+        label, sep, setting = text.partition("=")
+        if not sep or not label:
+            raise ValueError(f"--switch-variant expects LABEL=NAME=VALUE, got {text!r}")
+        switch_variants.setdefault(label, {}).update([parse_switch(setting)])
+    labels = ["shipped", *configs, *switch_variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"variant labels must differ from each other and from 'shipped', got {labels}")
     cases = [name for name in CASES if any(c in name for c in args.cases)]
     if not cases:
         raise ValueError(f"--cases must match one of {sorted(CASES)}, got {args.cases}")
@@ -64,29 +75,36 @@ def main():
 
     rsparse.set_backend("triton")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shipped = {name: getattr(K, name) for name in switches}
+    varied = {name for settings in switch_variants.values() for name in settings}
+    shipped = {name: getattr(K, name) for name in {*switches, *varied}}
     for name, value in switches.items():
         setattr(K, name, value)
+    base = {name: getattr(K, name) for name in varied}  # what every other variant runs with
 
-    def forcing(cfg):
+    def forcing(cfg, settings=None):
         def apply():
             K.set_config(cfg, "gemv1")
+            for name in varied:
+                setattr(K, name, (settings or {}).get(name, base[name]))
         return apply
 
     variants = {"shipped": (args.rho, args.factor_bits, forcing(None)),
-                **{label: (args.rho, args.factor_bits, forcing(cfg)) for label, cfg in configs.items()}}
+                **{label: (args.rho, args.factor_bits, forcing(cfg)) for label, cfg in configs.items()},
+                **{label: (args.rho, args.factor_bits, forcing(None, settings))
+                   for label, settings in switch_variants.items()}}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "one_token_configs.jsonl", "w") as out:
         for s in args.sparsities:
             for name in cases:
                 res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
                                                    variants, silu_fed=args.silu_fed)
-                K.set_config(None, "gemv1")
+                variants["shipped"][2]()  # back to the shipped tiles and settings
                 for label in variants:
                     cfg = configs.get(label)
                     write_row(out, {"case": name, "sparsity": s, "variant": label, "rho": args.rho,
                                     "factor_bits": args.factor_bits, "config": None if cfg is None else repr(cfg),
-                                    "switches": switches, "silu_fed": args.silu_fed,
+                                    "switches": {**switches, **switch_variants.get(label, {})},
+                                    "silu_fed": args.silu_fed,
                                     **variant_timing(res, label), "copies": copies})
                 out.flush()
     for name, value in shipped.items():

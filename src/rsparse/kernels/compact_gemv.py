@@ -173,15 +173,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, pdl: bool | None
 @triton.jit
 def _compact_one(x_ptr, n, c_ptr, tau_ptr, li_ptr, stride_li, r, idx_ptr, xs_ptr, cnt_ptr, z_ptr, pid_n, pid_r,
                  r_progs, g_ptr, eps, HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                 PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
+                 PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr):
     offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < n
-    xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    # The layer's constants first: with PREWAIT they are read before the wait for the kernel ahead (no kernel
+    # writes them; see sparse_linear.PREWAIT), so the mask waits on x alone.
     cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
-    if PRENORM:  # x_ptr holds the residual stream; the input is its RMSNorm
-        g = tl.load(g_ptr + offs, mask=ok, other=0.0)
-        xf = normed_input(xf, g, rms_inv(x_ptr, n, eps, NORM_BLOCK), x_ptr.dtype.element_ty)
     tau = tl.load(tau_ptr)
+    if PRENORM:
+        g = tl.load(g_ptr + offs, mask=ok, other=0.0)
+    if PREWAIT:
+        pdl_enter(PDL)
+    xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if PRENORM:  # x_ptr holds the residual stream; the input is its RMSNorm
+        xf = normed_input(xf, g, rms_inv(x_ptr, n, eps, NORM_BLOCK), x_ptr.dtype.element_ty)
     # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
     act = (tl.abs(xf) * cv > tau) & ok
     if pid_r == 0:
@@ -209,21 +214,22 @@ def _compact_kernel(
     c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2,
     g_ptr, eps,
     HAS_LR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
+    PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr, PREWAIT: tl.constexpr,
 ):
-    pdl_enter(PDL)
+    if not PREWAIT:  # else each program waits after reading its constants (`_compact_one`)
+        pdl_enter(PDL)
     pid_n = tl.program_id(0)
     pid_r = tl.program_id(1)
     p = tl.program_id(2)
     if p == 0:
         _compact_one(x_ptr, n, c0, tau0, li0, sli0, r0, idx0, xs0, cnt0, z0, pid_n, pid_r, r_progs, g_ptr, eps,
-                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, PDL, PREWAIT)
     elif p == 1:
         _compact_one(x_ptr, n, c1, tau1, li1, sli1, r1, idx1, xs1, cnt1, z1, pid_n, pid_r, r_progs, g_ptr, eps,
-                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, PDL, PREWAIT)
     else:
         _compact_one(x_ptr, n, c2, tau2, li2, sli2, r2, idx2, xs2, cnt2, z2, pid_n, pid_r, r_progs, g_ptr, eps,
-                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK)
+                     HAS_LR, BLOCK_N, BLOCK_R, PRENORM, NORM_BLOCK, PDL, PREWAIT)
 
 
 # ---------------------------------------------------------------- launch 2: gathered GEMV
@@ -417,6 +423,7 @@ def _inline_item(
     ws_ptr, tcnt_ptr, bias_ptr, out_ptr, m, res_ptr,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, HAS_RES: tl.constexpr,
+    PDL: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     # Compact this program's own channels [chunk * rows, +rows): mask, exclusive prefix sum,
     # index and fp32 x of every active channel into the chunk's list.  Every tile's program of
@@ -425,12 +432,15 @@ def _inline_item(
     k0 = chunk * rows
     offs = k0 + tl.arange(0, CHUNK)
     ok = (offs < k0 + rows) & (offs < n)
+    cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
+    tau = tl.load(tau_ptr)
+    if PREWAIT:  # c and tau read before the wait for the kernel ahead (no kernel writes them)
+        pdl_enter(PDL)
     xf = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if SILU_MUL:  # x_ptr holds the gate, u_ptr the up projection: the input is silu(gate) * up
         xf = silu_mul(xf, tl.load(u_ptr + offs, mask=ok, other=0.0).to(tl.float32), x_ptr.dtype.element_ty, EXACT_EXP)
-    cv = tl.load(c_ptr + offs, mask=ok, other=0.0)
     # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
-    act = (tl.abs(xf) * cv > tl.load(tau_ptr)) & ok
+    act = (tl.abs(xf) * cv > tau) & ok
     a = act.to(tl.int32)
     pos = tl.cumsum(a, axis=0) - a
     count = tl.sum(a, axis=0)
@@ -453,9 +463,10 @@ def _inline_kernel(
     res_ptr,
     BIAS0: tl.constexpr, BIAS1: tl.constexpr, BIAS2: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr, PDL: tl.constexpr,
+    SILU_MUL: tl.constexpr, EXACT_EXP: tl.constexpr, RES0: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr,
 ):
-    pdl_enter(PDL)
+    if not PREWAIT:  # else each program waits after reading its constants (`_inline_item`)
+        pdl_enter(PDL)
     # Programs: chunk-major, the tiles of projection 0, 1, 2 fastest (as `_gather_kernel`).
     pid = tl.program_id(0)
     tiles = tiles0 + tiles1 + tiles2
@@ -464,13 +475,13 @@ def _inline_kernel(
     lst = chunk * list_stride
     if tile < tiles0:
         _inline_item(chunk, tile, chunks, rows, x_ptr, u_ptr, n, c0, tau0, w0, sw0, idx0 + lst, xs0 + lst, ws0, tc0, b0, out0, m0,
-                     res_ptr, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0)
+                     res_ptr, BIAS0, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, RES0, PDL, PREWAIT)
     elif tile < tiles0 + tiles1:
         _inline_item(chunk, tile - tiles0, chunks, rows, x_ptr, u_ptr, n, c1, tau1, w1, sw1, idx1 + lst, xs1 + lst, ws1, tc1, b1,
-                     out1, m1, res_ptr, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
+                     out1, m1, res_ptr, BIAS1, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False, PDL, PREWAIT)
     else:
         _inline_item(chunk, tile - tiles0 - tiles1, chunks, rows, x_ptr, u_ptr, n, c2, tau2, w2, sw2, idx2 + lst, xs2 + lst, ws2,
-                     tc2, b2, out2, m2, res_ptr, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False)
+                     tc2, b2, out2, m2, res_ptr, BIAS2, PREFETCH, BLOCK_K, BLOCK_M, CHUNK, SILU_MUL, EXACT_EXP, False, PDL, PREWAIT)
 
 
 # ---------------------------------------------------------------- host side
@@ -602,6 +613,7 @@ def compact_gemv(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
     residual: torch.Tensor | None = None,
+    prewait: bool = False,
 ) -> list[torch.Tensor]:
     """One decode token through up to `MAX_PROJ` projections sharing ``x``; called by
     `rsparse.kernels.sparse_linear.sparse_linear_multi` (which validates and groups).
@@ -630,6 +642,8 @@ def compact_gemv(
             ``norm_eps``.
         residual (`torch.Tensor`, *optional*): ``[1, m]``, one projection only: the output is then
             ``residual + y``, added by the program that writes each output tile.
+        prewait (`bool`): the compaction (or inline) launch reads ``c``, ``tau`` (and the norm's
+            weight) before its wait for the kernel ahead (`rsparse.kernels.sparse_linear.PREWAIT`).
 
     Returns:
         `list[torch.Tensor]`: ``outs``.
@@ -670,7 +684,7 @@ def compact_gemv(
         rows = cdiv(n, chunks)
         if next_power_of_2(rows) <= INLINE_MAX_CHUNK:
             return _inline(x, weight_t, c, tau, bias, outs, tiles, cdiv(n, rows), rows,
-                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl)
+                           block_k, block_m, num_warps, prefetch, up, residual=residual, pdl=pdl, prewait=prewait)
     if up is not None:
         x = torch.nn.functional.silu(x) * up
 
@@ -708,7 +722,7 @@ def compact_gemv(
     a_args += [norm_weight if prenorm else x, float(norm_eps)]
     _compact_kernel[(cdiv(n, block_n), r_progs, k)](
         *a_args, HAS_LR=has_lr, BLOCK_N=block_n, BLOCK_R=block_r, PDL=pdl, PRENORM=prenorm,
-        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, num_warps=4, **pdl_kwargs(pdl),
+        NORM_BLOCK=next_power_of_2(n) if prenorm else 1, PREWAIT=bool(prewait), num_warps=4, **pdl_kwargs(pdl),
     )
     b_args.append(residual if residual is not None else outs[0])
     _gather_kernel[(chunks * sum(tiles),)](
@@ -724,7 +738,7 @@ PRENORM_MAX_N = 16384  # widest residual stream a program loads whole to fold th
 
 
 def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block_m, num_warps, prefetch, up=None,
-            residual=None, pdl=False):
+            residual=None, pdl=False, prewait=False):
     # One launch, no low-rank path: `chunks` programs per tile, each owning `rows` channels
     # (with `up`, the input silu(x) * up is formed by the programs as they load their chunk).
     n = x.shape[1]
@@ -754,7 +768,8 @@ def _inline(x, weight_t, c, tau, bias, outs, tiles, chunks, rows, block_k, block
     _inline_kernel[(chunks * sum(tiles),)](
         *args, BIAS0=has_bias[0], BIAS1=has_bias[1], BIAS2=has_bias[2], PREFETCH=int(prefetch),
         BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk_p2, SILU_MUL=up is not None, RES0=residual is not None,
-        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl, num_warps=num_warps, num_stages=1,
+        EXACT_EXP=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl, PREWAIT=bool(prewait), num_warps=num_warps,
+        num_stages=1,
         **pdl_kwargs(pdl),
     )
     return outs

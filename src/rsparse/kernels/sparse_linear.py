@@ -148,6 +148,16 @@ PRENORM_MAX_ROWS = 64
 # Load a folded norm's raw inputs two steps ahead (`_w_rows_ahead`'s NORM_AHEAD). Off until measured on the
 # GPU (benchmarks/ablations/fold_ab.py, variant "two ahead").
 PRENORM_AHEAD = False
+# What a one-token split-K weight item reads before it waits for the kernel ahead (programmatic dependent launch;
+# `_w_rows_ahead`). Under PDL the programs of a launch are placed as those of the launch before it leave, and wait
+# there until it has ended; what they read before that wait must not be written by it, so only the layer's own
+# constants qualify. 0: nothing (every read after the wait); 1: tau and the first step's c, so that the first mask
+# waits on x alone (from L2) instead of c from memory; 2: also every weight row of the first step, masked by nothing
+# (the inactive ones are read for nothing, in the previous launch's tail, when memory is otherwise idle), so that
+# the first step's products wait on x alone. The kernels never write these constants; a PyTorch kernel that does
+# (e.g. a new tau copied in) signals no early start, so the launch after it starts when it has ended. The compact
+# and inline paths read c and tau (and a folded norm's weight) before the wait at any value above 0. Not timed yet.
+PREWAIT = 0
 
 
 @triton.jit
@@ -198,9 +208,20 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
 
 
 @triton.jit
+def _next_xc(x_ptr, c_ptr, g_ptr, nk, k_end, inv, PRENORM: tl.constexpr):
+    # The c and (normed) fp32 x of the step at channels nk.
+    n_ok = nk < k_end
+    cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
+    xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
+    if PRENORM:
+        xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
+    return cv, xf
+
+
+@triton.jit
 def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-                  NORM_AHEAD: tl.constexpr, ACC: tl.constexpr):
+                  NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PDL_LATE: tl.constexpr, PREWAIT: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
@@ -208,10 +229,17 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
     # the raw inputs are loaded two steps ahead, and a step normalises those that arrived during the
     # previous one, so neither their loads nor the roundings stand between a step's mask and its
     # row loads (decode run 29: normalising the inputs just loaded cost about 0.2 us per step).
+    # PREWAIT > 0: the launch's wait for the kernel ahead (if PDL_LATE) happens here, after the constants it names
+    # (tau, loaded by the caller, c, and with PREWAIT 2 the first step's rows, none of them written by any kernel).
     acc = tl.zeros([1, BLOCK_M], dtype=ACC)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+    if PREWAIT >= 2:
+        w_first = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :],
+                          other=0.0)
+    if PREWAIT > 0:
+        _compact.pdl_enter(PDL_LATE)
     xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
     inv = 1.0
     if PRENORM:
@@ -224,7 +252,15 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
             g_raw = tl.load(g_ptr + nk1, mask=ok1, other=0.0)
         inv = rms_inv(x_ptr, n, eps, NORM_BLOCK)
         xf = normed_input(xf, g, inv, x_ptr.dtype.element_ty)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    k_loop = k_start
+    if PREWAIT >= 2:  # the first step, on the rows read before the wait (the host leaves NORM_AHEAD out)
+        active = (tl.abs(xf) * cv > tau) & k_ok
+        w = tl.where(active[:, None], w_first, 0.0)  # not 0 * w: an inf in an unread row must not show
+        coef = tl.where(active, xf, 0.0)
+        cv, xf = _next_xc(x_ptr, c_ptr, g_ptr, offs_k + BLOCK_K, k_end, inv, PRENORM)
+        acc += tl.sum(coef.to(ACC)[:, None] * w.to(ACC), axis=0)[None, :]
+        k_loop = k_start + BLOCK_K
+    for k0 in range(k_loop, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
         # Same roundings as rsparse.ops.active_mask: fp32 |x|, times fp32 c, against fp32 tau.
@@ -232,7 +268,6 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=active[:, None] & m_ok[None, :], other=0.0)
         coef = tl.where(active, xf, 0.0)
         nk = offs_k + BLOCK_K
-        n_ok = nk < k_end
         if PRENORM and NORM_AHEAD:
             cv = c_raw
             xf = normed_input(x_raw.to(tl.float32), g_raw, inv, x_ptr.dtype.element_ty)
@@ -242,10 +277,7 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
             x_raw = tl.load(x_ptr + nk2, mask=ok2, other=0.0)
             g_raw = tl.load(g_ptr + nk2, mask=ok2, other=0.0)
         else:
-            cv = tl.load(c_ptr + nk, mask=n_ok, other=0.0)
-            xf = tl.load(x_ptr + nk, mask=n_ok, other=0.0).to(tl.float32)
-            if PRENORM:
-                xf = normed_input(xf, tl.load(g_ptr + nk, mask=n_ok, other=0.0), inv, x_ptr.dtype.element_ty)
+            cv, xf = _next_xc(x_ptr, c_ptr, g_ptr, nk, k_end, inv, PRENORM)
         acc += tl.sum(coef.to(ACC)[:, None] * w.to(ACC), axis=0)[None, :]
     return acc
 
@@ -579,7 +611,7 @@ def _weight_item(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL_LATE: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -597,7 +629,7 @@ def _weight_item(
                     BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
-                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC)
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL_LATE, PREWAIT)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -686,9 +718,12 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr,
 ):
-    _compact.pdl_enter(PDL)  # programmatic dependent launch: nothing is read before the kernel ahead ends
+    # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
+    # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
+    if PREWAIT == 0:
+        _compact.pdl_enter(PDL)
     # Work items, in program order: with Z_ITEMS the z items of projections 0, 1, 2 (zi0..zi2
     # of them, chunk-major), then the weight items (chunk-major, tiles of projection 0, 1, 2
     # fastest), then the low-rank items of projections 0, 1, 2, which wait on z.
@@ -699,6 +734,8 @@ def _splitk_kernel(
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
+        if PREWAIT > 0:
+            _compact.pdl_enter(PDL)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
                     lq0, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
@@ -717,22 +754,24 @@ def _splitk_kernel(
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq0,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW)
+                         EVERY_ROW, PDL, PREWAIT)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq1,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW)
+                         EVERY_ROW, PDL, PREWAIT)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq2,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW)
+                         EVERY_ROW, PDL, PREWAIT)
     else:
+        if PREWAIT > 0:
+            _compact.pdl_enter(PDL)
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
         l1 = lrc1 * tiles1
@@ -784,6 +823,7 @@ class Config:
     # inf in such a row would then show). `choose_config` sets it where the kept rows are expected to be nearly all
     # (EVERY_ROW_MIN_UNION).
     every_row: bool = False
+    prewait: int | None = None  # one token, split-K launch: what a weight item reads before its wait (None: PREWAIT)
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -1262,6 +1302,14 @@ def sparse_linear_multi(
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
+    prewait = cfg.prewait if cfg.prewait is not None else PREWAIT
+    if prewait not in (0, 1, 2):
+        raise ValueError(f"expected PREWAIT (or Config.prewait) in 0, 1, 2, got {prewait!r}")
+    # Only one-token weight items read anything before their wait, and only where the z (if any) is in items of
+    # its own (the weight items then compute no z) and the norm's inputs are not loaded two steps ahead. Without
+    # PDL there is no wait, but the same code runs (so the interpreter checks its first step).
+    if not (xc_ahead and (z_items or not any(rs)) and not (prenorm and PRENORM_AHEAD)):
+        prewait = 0
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
         *args,
@@ -1272,7 +1320,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        num_warps=cfg.num_warps,
+        PREWAIT=prewait, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
@@ -1315,6 +1363,7 @@ def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bia
         block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
         num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
         inline=cfg.path == "inline", up=up, norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
+        prewait=(cfg.prewait if cfg.prewait is not None else PREWAIT) > 0,
     )
 
 
