@@ -64,10 +64,12 @@ MAX_PROJ = 3
 # Programmatic dependent launch (Hopper and later): every rsparse launch is issued with the
 # `launch_pdl` attribute, so the GPU may place its programs while the kernel before it still runs;
 # each program first waits (`gdc_wait`) until that kernel has finished and its writes are
-# visible, then lets the next launch be placed (`gdc_launch_dependents`).  Nothing is read or
-# written before the wait, so the order of results is that of plain launches; what the overlap
-# can hide is the launch and placement of the next grid, which in a decode step follows an
-# rsparse launch four times per layer (o -> compaction -> gather -> down -> next q/k/v).
+# visible, then lets the next launch be placed (`gdc_launch_dependents`).  Nothing but the layer's
+# own constants (c, tau, a folded norm's weight: `sparse_linear.PREWAIT`, kernel run 82) is read
+# before the wait, and nothing is written, so the order of results is that of plain launches; what
+# the overlap can hide is the launch and placement of the next grid, and the first load of those
+# constants, which in a decode step follows an rsparse launch four times per layer (o -> compaction
+# -> gather -> down -> next q/k/v).
 # Decode run 30 (H200, compiled, batch 1, Llama-3-8B shape): 0.5 3.479 -> 3.385 ms/token,
 # 0.7 2.914 -> 2.883, 0.4 3.878 -> 3.808 (benchmarks/NOTES.md).
 LAUNCH_PDL = True
@@ -93,8 +95,9 @@ def pdl_kwargs(pdl: bool) -> dict:
 
 @triton.jit
 def pdl_enter(PDL: tl.constexpr):
-    """First thing of a kernel launched with `launch_pdl`: wait for the kernel before it, then
-    let the one after be placed.  Compiled out when ``PDL`` is false."""
+    """What a kernel launched with `launch_pdl` does before it touches anything the kernel ahead
+    writes: wait for that kernel, then let the one after be placed.  Compiled out when ``PDL`` is
+    false."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
