@@ -1090,31 +1090,21 @@ def test_next_step_loaded_ahead_matches_reference(ahead, T, monkeypatch):
         kernels.set_config(None, "gemv1")
 
 
-READS_BEFORE_THE_WAIT = {  # settings of `sparse_linear` against PREWAIT 0 without early low-rank rows
-    "prewait1": {"PREWAIT": 1},
-    "prewait2": {"PREWAIT": 2},
-    "prewait1_lr_early": {"PREWAIT": 1, "LOWRANK_FIRST_ROWS_EARLY": True},
-}
-
-
 @needs_triton
-@pytest.mark.parametrize("setting", list(READS_BEFORE_THE_WAIT))
+@pytest.mark.parametrize("prewait", [1, 2])
 @pytest.mark.parametrize("T", [1, 3])
-def test_reads_before_the_wait_give_the_same_outputs(setting, T, monkeypatch):
+def test_reads_before_the_wait_give_the_same_outputs(prewait, T, monkeypatch):
     # PREWAIT: one-token weight items load tau and c (1), and the first step's rows, every one (2), before they
-    # wait for the kernel ahead; the first step then takes its products from those rows. LOWRANK_FIRST_ROWS_EARLY:
-    # low-rank items load their first rows before their waits. The outputs must equal, to the bit (the interpreter
-    # runs programs in turn, so the sums meet in the same order), those without either, including a folded norm, a
-    # residual, a group with ranks, short chunks (the first step is the whole chunk), and an inf in an inactive row of
-    # a first step, which must not show. fp32 takes the one-token code per token.
+    # wait for the kernel ahead; the first step then takes its products from those rows. The outputs must equal,
+    # to the bit (the interpreter runs programs in turn, so the sums meet in the same order), those of PREWAIT 0,
+    # including a folded norm, a residual, a group with ranks, short chunks (the first step is the whole chunk),
+    # and an inf in an inactive row of a first step, which must not show. fp32 takes the one-token code per token.
     from rsparse.kernels import sparse_linear as kernels
 
     def both(call):
         monkeypatch.setattr(kernels, "PREWAIT", 0)
-        monkeypatch.setattr(kernels, "LOWRANK_FIRST_ROWS_EARLY", False)
         ref = call()
-        for name, value in READS_BEFORE_THE_WAIT[setting].items():
-            monkeypatch.setattr(kernels, name, value)
+        monkeypatch.setattr(kernels, "PREWAIT", prewait)
         y = call()
         for a, b in zip(ref if isinstance(ref, list) else [ref], y if isinstance(y, list) else [y]):
             assert torch.equal(a, b)

@@ -127,12 +127,12 @@ def batched(bk: int, bm: int) -> dict:
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0, LR_EARLY=False,
+        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0,
     )
 
 
 def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: int = 8, prewait: int = 0,
-              prenorm: bool | None = None, lr_early: bool = False) -> dict:
+              prenorm: bool | None = None) -> dict:
     """Constexprs of the one-token launch (1024-column tiles); the norm folds in only without rank, by default."""
     prenorm = not ranks if prenorm is None else prenorm
     return dict(
@@ -140,7 +140,6 @@ def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: i
         BLOCK_K=block_k, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
         RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
         NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait,
-        LR_EARLY=lr_early,
     )
 
 
@@ -155,9 +154,6 @@ if args.prewait:
                 if args.loops:
                     for shape in loop_shapes(kernel):
                         print(f"  loop of {len(shape)} instructions: {shape[:200]}")
-    for block_k in (8, 16):  # LOWRANK_FIRST_ROWS_EARLY: the low-rank items' first rows before their waits
-        kernel = compile_splitk("bf16", one_token(True, block_k=block_k, prewait=1, lr_early=True))
-        print(f"bf16 one token, ranks=True {block_k}-row steps, PREWAIT 1, LR_EARLY: {resource_report(kernel)}")
     sys.exit(0)
 
 if args.dot_tiles:

@@ -163,10 +163,8 @@ PRENORM_AHEAD = False
 # and 50 % gate/up 27.02 / 26.92 / 28.18, down 28.98 / 29.14 / 30.32. Rule (8) of benchmarks/next_device_call.sh,
 # written before the run, chose 1 (six-row sum 3.6 % below 0, no row more than 1 % above). Untimed on an H200.
 PREWAIT = 1
-# With PREWAIT, a one-token low-rank item (unpacked factors) loads the first step of its rows of (U_r S_r)ᵀ, a
-# constant, before it waits for the kernel ahead and for z, so that its first products wait on z alone. (Loading the
-# next step ahead throughout, LR_AHEAD, was slower in kernel run 57.) Not timed yet.
-LOWRANK_FIRST_ROWS_EARLY = False
+# (Low-rank items that loaded their first rows of (U_r S_r)ᵀ before their waits, LOWRANK_FIRST_ROWS_EARLY, were timed in
+# kernel run 83, H100, rho 0.8: six-row sum 179.92 against 179.32 us; removed.)
 
 
 @triton.jit
@@ -659,20 +657,13 @@ def _lowrank_item(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     RESET: tl.constexpr, Z_ITEMS: tl.constexpr, RESET_STATE: tl.constexpr, HAS_RES: tl.constexpr,
     ACC: tl.constexpr, PER_TOKEN: tl.constexpr, PACKED: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr,
-    LR_EARLY: tl.constexpr,
 ):
+    if PREWAIT > 0:  # (else the kernel waited first thing)
+        _compact.pdl_enter(PDL)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < m
-    k_start = chunk * rows
-    k_end = tl.minimum(k_start + rows, r)
-    if LR_EARLY:  # one token, unpacked factors (the host checks): the first step's rows of (U_r S_r)ᵀ, a constant
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        w_first = tl.load(lo_ptr + offs_k[:, None] * stride_lo + offs_m[None, :],
-                          mask=(offs_k < k_end)[:, None] & m_ok[None, :], other=0.0)
-    if PREWAIT > 0:  # (else the kernel waited first thing)
-        _compact.pdl_enter(PDL)
     # Wait until every z producer of this token block has counted itself (acquire).
     if Z_ITEMS:
         producers = chunks_z * tl.cdiv(r, BLOCK_R)
@@ -681,6 +672,8 @@ def _lowrank_item(
     seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
     while seen < producers:
         seen = tl.atomic_add(zcnt_ptr + pid_t, 0, sem="acquire")
+    k_start = chunk * rows
+    k_end = tl.minimum(k_start + rows, r)
     acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
     z_row = z_ptr
     if PER_TOKEN:  # one-token code, one token per grid row: its z is row pid_t
@@ -693,12 +686,7 @@ def _lowrank_item(
                                                lq_ptr, r, BLOCK_K)
         acc += tl.sum(acc_rows, axis=0)[None, :] + acc_bias
     else:
-        k_loop = k_start
-        if LR_EARLY:  # the first step on the rows loaded before the waits, as `_lr_rows` sums it
-            z = tl.load(z_row + offs_k, mask=offs_k < k_end, other=0.0, volatile=True)
-            acc += tl.sum(z.to(tl.float32).to(ACC)[:, None] * w_first.to(ACC), axis=0)[None, :]
-            k_loop = k_start + BLOCK_K
-        for k0 in range(k_loop, k_end, BLOCK_K):
+        for k0 in range(k_start, k_end, BLOCK_K):
             acc = _lr_rows(acc, z_row, stride_z, offs_t, t_ok, lo_ptr, stride_lo, k0, k_end, offs_m, m_ok, lq_ptr,
                            r, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, PACKED, out_ptr.dtype.element_ty)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
@@ -739,7 +727,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr, LR_EARLY: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
     # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
@@ -790,7 +778,7 @@ def _splitk_kernel(
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
                          EVERY_ROW, PDL, PREWAIT)
-    else:  # (low-rank items wait in `_lowrank_item`: first with PREWAIT, after their first rows with LR_EARLY)
+    else:  # (with PREWAIT, low-rank items wait first thing in `_lowrank_item`)
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
         l1 = lrc1 * tiles1
@@ -799,21 +787,21 @@ def _splitk_kernel(
                           lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq0,
                           BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          RES0, ACC, PER_TOKEN, PACKED, PDL, PREWAIT, LR_EARLY)
+                          RES0, ACC, PER_TOKEN, PACKED, PDL, PREWAIT)
         elif q < l0 + l1:
             q -= l0
             _lowrank_item(T, q // tiles1, q % tiles1, pid_t, rows_lr, chunks_w, chunks_z,
                           lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq1,
                           BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED, PDL, PREWAIT, LR_EARLY)
+                          False, ACC, PER_TOKEN, PACKED, PDL, PREWAIT)
         else:
             q -= l0 + l1
             _lowrank_item(T, q // tiles2, q % tiles2, pid_t, rows_lr, chunks_w, chunks_z,
                           lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                           gcnt_ptr, state_len, all_tiles, res_ptr, stride_r, lq2,
                           BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_R, RESET, Z_ITEMS, RESET_STATE,
-                          False, ACC, PER_TOKEN, PACKED, PDL, PREWAIT, LR_EARLY)
+                          False, ACC, PER_TOKEN, PACKED, PDL, PREWAIT)
 
 
 @dataclass(frozen=True)
@@ -1329,8 +1317,6 @@ def sparse_linear_multi(
     # PDL there is no wait, but the same code runs (so the interpreter checks its first step).
     if not (xc_ahead and (z_items or not any(rs)) and not (prenorm and PRENORM_AHEAD)):
         prewait = 0
-    # One token with plain (unpacked) factors: low-rank items load their first rows before they wait.
-    lr_early = LOWRANK_FIRST_ROWS_EARLY and xc_ahead and prewait > 0 and any(rs) and not any(packed)
     grid = (sum(zi) + chunks_w * sum(tiles) + sum(l * t for l, t in zip(lrc, tiles)), t_blocks)
     _splitk_kernel[grid](
         *args,
@@ -1341,7 +1327,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        PREWAIT=prewait, LR_EARLY=lr_early, num_warps=cfg.num_warps,
+        PREWAIT=prewait, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
