@@ -75,8 +75,13 @@
 #   (Rule (9), written before kernel run 83 for LOWRANK_FIRST_ROWS_EARLY, one-token low-rank items loading their first
 #   rows before their waits: six rho 0.8 rows summed 179.92 us against 179.32 shipped (H100, results/run83_h100/), so
 #   the switch was removed; the `lr_early` mode that timed it went with it.)
+#   decode_prewait: (added in the forty-ninth session, after run 83) PREWAIT in a whole compiled decode step
+#          (Llama-3-8B shape, random bf16 weights, batch 1, prompt 128; fold_ab.py): dense, then at 0.5 and 0.7 shipped
+#          (PREWAIT 1), "prewait 0", shipped again; then the GPU tests of the PREWAIT code paths.
+# Rule (10), written in the forty-ninth session before any run of it: if at either target "prewait 0" is more than
+#   1 % faster than both shipped readings, PREWAIT goes back to 0 until a second run decides; otherwise it stays.
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite' or 'prewait', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -161,6 +166,10 @@ elif [ "$MODE" = tiles ]; then
   done
 elif [ "$MODE" = rest ]; then
   rest
+elif [ "$MODE" = decode_prewait ]; then
+  step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
+    --variants shipped "prewait 0" shipped --out $O/decode_prewait.json
+  step 150 gpu_prewait.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "before_the_wait or pdl_chain"
 elif [ "$MODE" = prewait ]; then
   step 150 gpu_prewait.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "before_the_wait or pdl_chain"
   step 120 prewait.log python benchmarks/ablations/one_token_configs.py --cases gate/up down "qkv fused + o" \

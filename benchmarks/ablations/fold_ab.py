@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["shipped", "every item", "off"],
                    choices=["shipped", "every item", "two ahead", "every item, two ahead", "off", "pdl", "no pdl",
                             "compact attention", "compact attention, any", "no q rotary (bound)", "no rotary (bound)",
-                            "ranked compact"],
+                            "ranked compact", "prewait 0"],
                    help="shipped: as the package sets it; every item: split-K launches fold the norm into items of any "
                         "length; two ahead: the folded norm's inputs loaded two steps ahead (PRENORM_AHEAD); off: no fold; "
                         "pdl / no pdl: shipped, with every rsparse launch programmatic-dependent or not "
@@ -47,7 +47,8 @@ def main() -> None:
                         "the rotary embedding of q (or of q and k) skipped, wrong outputs: what folding it into the "
                         "q/k/v launch could save at most; ranked compact: wide layers with a rank on the compact path "
                         "wherever their shape allows (RANKED_COMPACT_MAX_ACTIVE before kernel run 64; only layers "
-                        "with bf16 factors take the compact path)")
+                        "with bf16 factors take the compact path); prewait 0: shipped, with every launch reading "
+                        "nothing before its programmatic-dependent wait (sparse_linear.PREWAIT 0, before kernel run 82)")
     p.add_argument("--inductor-pdl", action="store_true",
                    help="programmatic dependent launch for inductor's own kernels too (torch._inductor.config.triton."
                         "enable_pdl), dense and sparse alike")
@@ -68,6 +69,7 @@ def main() -> None:
 
     shipped_rows, shipped_ahead, shipped_pdl = kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD, compact_gemv.LAUNCH_PDL
     shipped_small, shipped_ranked = kernels.SMALL_COMPACT_MAX_ACTIVE, kernels.RANKED_COMPACT_MAX_ACTIVE
+    shipped_prewait = kernels.PREWAIT
     import transformers.models.llama.modeling_llama as llama
 
     shipped_rotary = llama.apply_rotary_pos_emb
@@ -107,6 +109,7 @@ def main() -> None:
             kernels.RANKED_COMPACT_MAX_ACTIVE = ({"pair": 1.0, "single": 1.0} if variant == "ranked compact"
                                                  else shipped_ranked)
             llama.apply_rotary_pos_emb = bounds.get(variant, shipped_rotary)  # read by LlamaAttention.forward at call time
+            kernels.PREWAIT = 0 if variant == "prewait 0" else shipped_prewait
             set_norm_fusion(model, variant != "off")
             torch._dynamo.reset()
             rows.append({"variant": variant, "target": target, **decode_speed(model, **kw)})
@@ -114,7 +117,7 @@ def main() -> None:
             print(f"{target:g} {variant}: {rows[-1]['ms_per_token']:.3f} ms/token", flush=True)
         kernels.PRENORM_MAX_ROWS, kernels.PRENORM_AHEAD = shipped_rows, shipped_ahead
         compact_gemv.LAUNCH_PDL, kernels.SMALL_COMPACT_MAX_ACTIVE = shipped_pdl, shipped_small
-        kernels.RANKED_COMPACT_MAX_ACTIVE = shipped_ranked
+        kernels.RANKED_COMPACT_MAX_ACTIVE, kernels.PREWAIT = shipped_ranked, shipped_prewait
         llama.apply_rotary_pos_emb = shipped_rotary
         rsparse.set_backend("auto")
         del model
