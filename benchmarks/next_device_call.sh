@@ -52,15 +52,13 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; the `h100` mode ran in run 79 (forty-eighth
-#   session, results/run79_h100/), so on an H100 the call now only names the card and the machine goes back):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 the call only names the card and the
+#   machine goes back: runs 82-86 of the forty-ninth session used the H100s for PREWAIT and the whole GPU suite):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=520 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
-#     LIMIT=300 bash benchmarks/next_device_call.sh tiles
-#     LIMIT=450 bash benchmarks/next_device_call.sh rest
-#   (Forty-eighth session: `rest` on an H100 was cut by its 205 s limit after 102 of its 118 tests (101 passed,
-#   1 skipped); with about 280 s on any card it runs to the end. `tiles` ran on an H100 in run 77; on one it repeats
-#   that.)
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
+#   then, on the same H200 while it is warm (kind nvidia-h200): `LIMIT=420 bash benchmarks/next_device_call.sh prewait`
+#   (rule (8) on that card: PREWAIT was chosen on an H100), then `tiles`.
+#   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
 #   prewait: (added in the forty-ninth session) sparse_linear.PREWAIT, what a one-token split-K weight item reads
 #          before its PDL wait: its GPU tests (against the reference, and the PDL chain), then one token as shipped
 #          against PREWAIT 1 (tau and the first step's c) and 2 (also the first step's rows, all of them) on gate/up,
@@ -71,6 +69,8 @@
 #   the six rho 1 rows is lowest, if that sum is at least 1 % below shipped (0) and no row of it, rho 0.8 included, is
 #   more than 1 % above shipped; the GPU tests must pass. It is a module default (the latency it hides, one memory
 #   round trip at each launch's start, is the card's, not its bandwidth's), noted as untimed on a card it did not run on.
+#   Since run 82 shipped is PREWAIT 1 and the mode times 0 and 2 against it; on another card the same rule, with
+#   shipped in the place of 0, gives that card a CARD_SETTINGS entry if another value wins there.
 #   (Rule (8) chose PREWAIT = 1 in kernel run 82, H100, results/run82_h100/.)
 #   (Rule (9), written before kernel run 83 for LOWRANK_FIRST_ROWS_EARLY, one-token low-rank items loading their first
 #   rows before their waits: six rho 0.8 rows summed 179.92 us against 179.32 shipped (H100, results/run83_h100/), so
@@ -173,9 +173,9 @@ elif [ "$MODE" = decode_prewait ]; then
 elif [ "$MODE" = prewait ]; then
   step 150 gpu_prewait.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "before_the_wait or pdl_chain"
   step 120 prewait.log python benchmarks/ablations/one_token_configs.py --cases gate/up down "qkv fused + o" \
-    --sparsities 0.5 0.7 --switch-variant pw1=PREWAIT=1 --switch-variant pw2=PREWAIT=2 --out $O/prewait
+    --sparsities 0.5 0.7 --switch-variant pw0=PREWAIT=0 --switch-variant pw2=PREWAIT=2 --out $O/prewait
   step 80 prewait_rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
-    --rho 0.8 --switch-variant pw1=PREWAIT=1 --switch-variant pw2=PREWAIT=2 --out $O/prewait_rho08
+    --rho 0.8 --switch-variant pw0=PREWAIT=0 --switch-variant pw2=PREWAIT=2 --out $O/prewait_rho08
 else
   left=$((END - SECONDS - 20))
   for i in 0 1 2 3; do timeout $left python -m pytest -q -rfEs -m gpu tests/ --shard $i/4 > $O/gpu_suite_g$i.log 2>&1 & done
