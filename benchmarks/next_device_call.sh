@@ -81,14 +81,11 @@
 # Rule (10), written in the forty-ninth session before any run of it: if at either target "prewait 0" is more than
 #   1 % faster than both shipped readings, PREWAIT goes back to 0 until a second run decides; otherwise it stays.
 #   (Rule (10) kept PREWAIT = 1: run 84, results/run84_h100/.)
-#   z_prewait: (added in the forty-ninth session, after run 86) sparse_linear.Z_PREWAIT, one-token z items reading
-#          their first step's c before the PDL wait: shipped against it at rho 0.8 on the four acceptance cases at 50 %
-#          and gate/up and down at 70 %, then its GPU tests. On an H200 the acceptance rows as shipped come first.
-# Rule (11), written in the forty-ninth session before any run of it: Z_PREWAIT becomes True if the sum of its six
-#   rho 0.8 rows is at least 1 % below shipped's and no row is more than 1 % above, and its GPU tests pass; a module
-#   default, as rule (8).
+#   (Rule (11), written before kernel run 87 for Z_PREWAIT, one-token z items reading their first step's c before the
+#   PDL wait: six rho 0.8 rows summed 195.60 us against 178.28 shipped (H100, results/run87_h100/), so the switch
+#   was removed with the `z_prewait` mode that timed it.)
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|z_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'z_prewait', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -173,13 +170,6 @@ elif [ "$MODE" = tiles ]; then
   done
 elif [ "$MODE" = rest ]; then
   rest
-elif [ "$MODE" = z_prewait ]; then
-  if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then acceptance_rows; fi
-  step 80 z_prewait.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --rho 0.8 \
-    --switch-variant zpw=Z_PREWAIT=True --out $O/z_prewait
-  step 50 z_prewait70.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.7 \
-    --rho 0.8 --switch-variant zpw=Z_PREWAIT=True --out $O/z_prewait70
-  step 150 gpu_z_prewait.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "before_the_wait and 1z"
 elif [ "$MODE" = decode_prewait ]; then
   step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
     --variants shipped "prewait 0" shipped --out $O/decode_prewait.json

@@ -267,16 +267,14 @@ def test_gpu_sixteen_row_steps_of_single_wide_layers_match_the_reference(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("prewait", [1, 2, "1z"])
+@pytest.mark.parametrize("prewait", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gpu_reads_before_the_wait_match_the_reference(prewait, dtype, monkeypatch):
     # PREWAIT on the split-K launch (the one-token code; fp32 batches take it per token): 8- and 16-row steps, with
-    # and without a rank, odd shapes, 3 tokens; every output written, within tolerance of the fp64 rule. "1z": 1 with
-    # Z_PREWAIT (z items read their first c before the wait).
+    # and without a rank, odd shapes, 3 tokens; every output written, within tolerance of the fp64 rule.
     from rsparse.kernels import sparse_linear as kernels
 
-    monkeypatch.setattr(kernels, "PREWAIT", 1 if prewait == "1z" else prewait)
-    monkeypatch.setattr(kernels, "Z_PREWAIT", prewait == "1z")
+    monkeypatch.setattr(kernels, "PREWAIT", prewait)
     rsparse.set_backend("triton")
     shapes = [(1, 4096, 14336, 0, False, 0.5), (1, 4096, 14336, 0, True, 0.3), (1, 14336, 4096, 128, True, 0.4),
               (1, 4096, 4096, 0, True, 0.5), (1, 777, 333, 31, True, 0.7), (3, 513, 1025, 9, False, 0.5)]
@@ -1093,23 +1091,20 @@ def test_next_step_loaded_ahead_matches_reference(ahead, T, monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("prewait", [1, 2, "1z"])
+@pytest.mark.parametrize("prewait", [1, 2])
 @pytest.mark.parametrize("T", [1, 3])
 def test_reads_before_the_wait_give_the_same_outputs(prewait, T, monkeypatch):
     # PREWAIT: one-token weight items load tau and c (1), and the first step's rows, every one (2), before they
-    # wait for the kernel ahead; the first step then takes its products from those rows. "1z": 1 with Z_PREWAIT, z
-    # items reading their first step's c before the wait. The outputs must equal, to the bit (the interpreter runs
-    # programs in turn, so the sums meet in the same order), those of PREWAIT 0, including a folded norm, a residual,
-    # a group with ranks, short chunks (the first step is the whole chunk), and an inf in an inactive row of a first
-    # step, which must not show. fp32 takes the one-token code per token.
+    # wait for the kernel ahead; the first step then takes its products from those rows. The outputs must equal,
+    # to the bit (the interpreter runs programs in turn, so the sums meet in the same order), those of PREWAIT 0,
+    # including a folded norm, a residual, a group with ranks, short chunks (the first step is the whole chunk),
+    # and an inf in an inactive row of a first step, which must not show. fp32 takes the one-token code per token.
     from rsparse.kernels import sparse_linear as kernels
 
     def both(call):
         monkeypatch.setattr(kernels, "PREWAIT", 0)
-        monkeypatch.setattr(kernels, "Z_PREWAIT", False)
         ref = call()
-        monkeypatch.setattr(kernels, "PREWAIT", 1 if prewait == "1z" else prewait)
-        monkeypatch.setattr(kernels, "Z_PREWAIT", prewait == "1z")
+        monkeypatch.setattr(kernels, "PREWAIT", prewait)
         y = call()
         for a, b in zip(ref if isinstance(ref, list) else [ref], y if isinstance(y, list) else [y]):
             assert torch.equal(a, b)

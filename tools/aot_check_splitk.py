@@ -127,12 +127,12 @@ def batched(bk: int, bm: int) -> dict:
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0, Z_C_FIRST=False,
+        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0,
     )
 
 
 def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: int = 8, prewait: int = 0,
-              prenorm: bool | None = None, z_c_first: bool = False) -> dict:
+              prenorm: bool | None = None) -> dict:
     """Constexprs of the one-token launch (1024-column tiles); the norm folds in only without rank, by default."""
     prenorm = not ranks if prenorm is None else prenorm
     return dict(
@@ -140,7 +140,6 @@ def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: i
         BLOCK_K=block_k, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
         RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
         NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait,
-        Z_C_FIRST=z_c_first,
     )
 
 
@@ -155,8 +154,6 @@ if args.prewait:
                 if args.loops:
                     for shape in loop_shapes(kernel):
                         print(f"  loop of {len(shape)} instructions: {shape[:200]}")
-    kernel = compile_splitk("bf16", one_token(True, prewait=1, z_c_first=True))  # Z_PREWAIT
-    print(f"bf16 one token, ranks=True 8-row steps, PREWAIT 1, Z_PREWAIT: {resource_report(kernel)}", flush=True)
     sys.exit(0)
 
 if args.dot_tiles:

@@ -163,8 +163,8 @@ PRENORM_AHEAD = False
 # and 50 % gate/up 27.02 / 26.92 / 28.18, down 28.98 / 29.14 / 30.32. Rule (8) of benchmarks/next_device_call.sh,
 # written before the run, chose 1 (six-row sum 3.6 % below 0, no row more than 1 % above). Untimed on an H200.
 PREWAIT = 1
-# With PREWAIT, one-token z items (unpacked factors) also read their first step's c before the wait. Not timed yet.
-Z_PREWAIT = False
+# (z items that read their first step's c before the wait, Z_PREWAIT, were timed in kernel run 87, H100, rho 0.8:
+# six-row sum 195.60 against 178.28 us, 123 registers against 109 in the offline sm_90 build; removed.)
 # (Low-rank items that loaded their first rows of (U_r S_r)ᵀ before their waits, LOWRANK_FIRST_ROWS_EARLY, were timed in
 # kernel run 83, H100, rho 0.8: six-row sum 179.92 against 179.32 us; removed.)
 
@@ -474,14 +474,12 @@ def _z_byte_rows(x_ptr, c_ptr, tau, li_ptr, stride_li, k_start, k_end, offs_r, r
 
 @triton.jit
 def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr,
-            k_start, k_end, r, rb_first, rb_step, lq_ptr, c_first,
+            k_start, k_end, r, rb_first, rb_step, lq_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
-            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PACKED: tl.constexpr,
-            C_FIRST: tl.constexpr):
+            BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PACKED: tl.constexpr):
     # z[:, rb] += (x ⊙ inactive)[:, k_start:k_end] @ V_r[k_start:k_end, rb] for the r-blocks
     # rb_first, rb_first + rb_step, ...; then count this program as a finished producer.
     # PACKED: V_r's column j is offset[j] + step[j] * q (rows 0 and 1 of the ranges at lq_ptr).
-    # C_FIRST (one token, unpacked, one r-block): c_first is the first step's c, read before the PDL wait.
     for rb in range(rb_first, tl.cdiv(r, BLOCK_R), rb_step):
         offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = offs_r < r
@@ -501,13 +499,7 @@ def _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr
             for k0 in range(k_start, k_end, BLOCK_KZ):
                 offs_k = k0 + tl.arange(0, BLOCK_KZ)
                 k_ok = offs_k < k_end
-                if C_FIRST:
-                    if k0 == k_start:
-                        cv = c_first
-                    else:
-                        cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-                else:
-                    cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+                cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
                 if USE_DOT:  # batches read every row of V_r (nearly all are inactive for some token)
                     xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
                     coef = tl.where(tl.abs(xf) * cv[None, :] > tau, 0.0, xf)  # the inactive channels
@@ -642,8 +634,8 @@ def _weight_item(
     if (r > 0) and (not Z_ITEMS):  # with Z_ITEMS, z has items of its own
         if tile < tl.cdiv(r, BLOCK_R):
             _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
-                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, lq_ptr, tau, USE_DOT, FP32, BLOCK_T, BLOCK_KZ,
-                    BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED, False)
+                    zcnt_ptr + pid_t, k_start, k_end, r, tile, n_tiles, lq_ptr, USE_DOT, FP32, BLOCK_T, BLOCK_KZ,
+                    BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                             BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL_LATE, PREWAIT)
@@ -708,9 +700,8 @@ def _lowrank_item(
 def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, stride_li, z_ptr, stride_z, zcnt_ptr, r,
             lq_ptr, USE_DOT: tl.constexpr, FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_KZ: tl.constexpr,
             BLOCK_R: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-            PACKED: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr, C_FIRST: tl.constexpr):
-    # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own. With PREWAIT it waits
-    # for the kernel ahead after reading tau (and with C_FIRST its first step's c: Z_PREWAIT).
+            PACKED: tl.constexpr):
+    # One (channel chunk, r-block) share of z = V_rᵀ (x ⊙ (1 - m)), as an item of its own.
     r_blocks = tl.cdiv(r, BLOCK_R)
     chunk = q // r_blocks
     rb = q % r_blocks
@@ -718,18 +709,11 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
     t_ok = offs_t < T
     k_start = chunk * rows_z
     k_end = tl.minimum(k_start + rows_z, n)
-    tau = tl.load(tau_ptr)
-    c_first = tau  # (unread without C_FIRST)
-    if C_FIRST:
-        offs_c = k_start + tl.arange(0, BLOCK_KZ)
-        c_first = tl.load(c_ptr + offs_c, mask=offs_c < k_end, other=0.0)
-    if PREWAIT > 0:
-        _compact.pdl_enter(PDL)
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
-    _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, li_ptr, stride_li, z_ptr, stride_z,
-            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, lq_ptr, c_first, USE_DOT, FP32, BLOCK_T, BLOCK_KZ,
-            BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED, C_FIRST)
+    _z_part(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tl.load(tau_ptr), li_ptr, stride_li, z_ptr, stride_z,
+            zcnt_ptr + pid_t, k_start, k_end, r, rb, r_blocks, lq_ptr, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R,
+            Z_SKIP_ACTIVE, ACC, PACKED)
 
 
 @triton.jit
@@ -745,7 +729,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr, Z_C_FIRST: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
     # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
@@ -761,18 +745,17 @@ def _splitk_kernel(
     n_z = zi0 + zi1 + zi2
     n_weight = chunks_w * tiles
     if Z_ITEMS and pid < n_z:  # compiled out without z items (kernel run 11: no cost at rank 0)
+        if PREWAIT > 0:
+            _compact.pdl_enter(PDL)
         if pid < zi0:
             _z_item(x_ptr, stride_xt, T, n, pid, pid_t, rows_z, c0, tau0, li0, sli0, z0, sz0, zc0, r0,
-                    lq0, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED,
-                    PDL, PREWAIT, Z_C_FIRST)
+                    lq0, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
         elif pid < zi0 + zi1:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0, pid_t, rows_z, c1, tau1, li1, sli1, z1, sz1, zc1, r1,
-                    lq1, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED,
-                    PDL, PREWAIT, Z_C_FIRST)
+                    lq1, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
         else:
             _z_item(x_ptr, stride_xt, T, n, pid - zi0 - zi1, pid_t, rows_z, c2, tau2, li2, sli2, z2, sz2, zc2, r2,
-                    lq2, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED,
-                    PDL, PREWAIT, Z_C_FIRST)
+                    lq2, USE_DOT, FP32, BLOCK_T, BLOCK_KZ, BLOCK_R, Z_SKIP_ACTIVE, ACC, PER_TOKEN, PACKED)
     elif pid - n_z < n_weight:
         chunk = (pid - n_z) // tiles
         tile = (pid - n_z) % tiles
@@ -1346,8 +1329,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        PREWAIT=prewait, Z_C_FIRST=Z_PREWAIT and prewait > 0 and not use_dot and not any(packed) and z_items,
-        num_warps=cfg.num_warps,
+        PREWAIT=prewait, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
