@@ -1176,6 +1176,10 @@ def test_reads_before_the_wait_refuse_other_settings(monkeypatch):
     args = make_args(1, 40, 24, 0, torch.float32, "cpu", 0.5)
     with pytest.raises(ValueError, match="PREWAIT"):
         kernels.sparse_linear(*args)
+    monkeypatch.setattr(kernels, "PREWAIT", 1)
+    for cfg in (kernels.Config(prewait=-1), kernels.Config(path="inline", prewait=5)):  # the compact paths too
+        with pytest.raises(ValueError, match="Config.prewait"):
+            kernels.prewait_of(cfg)
 
 
 @pytest.mark.parametrize("programs_per_sm", [3, 4, 8])

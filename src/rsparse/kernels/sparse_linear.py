@@ -230,7 +230,7 @@ def _next_xc(x_ptr, c_ptr, g_ptr, nk, k_end, inv, PRENORM: tl.constexpr):
 @triton.jit
 def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-                  NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PDL_LATE: tl.constexpr, PREWAIT: tl.constexpr):
+                  NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr):
     # One token, [1, BLOCK_M] partial sums of the rows k_start..k_end (kernel run 13): the next
     # step's x and c are loaded before this step's products, so they are in registers when its
     # mask is needed and the step waits for its rows alone.  PRENORM: x_ptr holds the residual
@@ -238,7 +238,7 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
     # the raw inputs are loaded two steps ahead, and a step normalises those that arrived during the
     # previous one, so neither their loads nor the roundings stand between a step's mask and its
     # row loads (decode run 29: normalising the inputs just loaded cost about 0.2 us per step).
-    # PREWAIT > 0: the launch's wait for the kernel ahead (if PDL_LATE) happens here, after the constants it names
+    # PREWAIT > 0: the launch's wait for the kernel ahead (under PDL) happens here, after the constants it names
     # (tau, loaded by the caller, c, and with PREWAIT 2 the first step's rows, none of them written by any kernel).
     acc = tl.zeros([1, BLOCK_M], dtype=ACC)
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -248,7 +248,7 @@ def _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m,
         w_first = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :],
                           other=0.0)
     if PREWAIT > 0:
-        _compact.pdl_enter(PDL_LATE)
+        _compact.pdl_enter(PDL)
     xf = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
     inv = 1.0
     if PRENORM:
@@ -620,7 +620,7 @@ def _weight_item(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL_LATE: tl.constexpr, PREWAIT: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -638,7 +638,7 @@ def _weight_item(
                     BLOCK_R, Z_SKIP_ACTIVE, ACC, PACKED)
     if XC_AHEAD:  # one token, 1-D partial sums only (the host checks; PRENORM only here, without rank)
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
-                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL_LATE, PREWAIT)
+                            BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL, PREWAIT)
     else:
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -832,10 +832,18 @@ class Config:
     # inf in such a row would then show). `choose_config` sets it where the kept rows are expected to be nearly all
     # (EVERY_ROW_MIN_UNION).
     every_row: bool = False
-    prewait: int | None = None  # one token, split-K launch: what a weight item reads before its wait (None: PREWAIT)
+    prewait: int | None = None  # one token: what a launch reads before its PDL wait (None: PREWAIT; `prewait_of`)
 
 
 _OVERRIDE: dict[str, Config] = {}
+
+
+def prewait_of(cfg: Config) -> int:
+    """What a one-token launch with ``cfg`` reads before its PDL wait: ``cfg.prewait``, else `PREWAIT` (0, 1 or 2)."""
+    prewait = cfg.prewait if cfg.prewait is not None else PREWAIT
+    if prewait not in (0, 1, 2):
+        raise ValueError(f"expected PREWAIT (or Config.prewait) in 0, 1, 2, got {prewait!r}")
+    return prewait
 
 
 def set_config(config: Config | None, kind: str = "gemv1") -> None:
@@ -1311,9 +1319,7 @@ def sparse_linear_multi(
             quant[j] if packed[j] else c[j],  # the ranges of packed factors (unread otherwise)
         ]
     pdl = _compact.pdl_enabled(x.device, cfg.pdl)
-    prewait = cfg.prewait if cfg.prewait is not None else PREWAIT
-    if prewait not in (0, 1, 2):
-        raise ValueError(f"expected PREWAIT (or Config.prewait) in 0, 1, 2, got {prewait!r}")
+    prewait = prewait_of(cfg)
     # Only one-token weight items read anything before their wait, and only where the z (if any) is in items of
     # its own (the weight items then compute no z) and the norm's inputs are not loaded two steps ahead. Without
     # PDL there is no wait, but the same code runs (so the interpreter checks its first step).
@@ -1372,7 +1378,7 @@ def _compact_path(cfg: Config, x, weight_t, c, tau, lowrank_in, lowrank_out, bia
         block_k=cfg.block_k, block_m=cfg.block_m, programs_per_sm=cfg.programs_per_sm,
         num_warps=cfg.num_warps, prefetch=cfg.prefetch, block_r=cfg.block_r, pdl=cfg.pdl,
         inline=cfg.path == "inline", up=up, norm_weight=norm_weight, norm_eps=norm_eps, residual=residual,
-        prewait=(cfg.prewait if cfg.prewait is not None else PREWAIT) > 0,
+        prewait=prewait_of(cfg) > 0,
     )
 
 
