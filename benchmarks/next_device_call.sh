@@ -52,12 +52,11 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 the call only names the card and the
-#   machine goes back: runs 82-86 of the forty-ninth session used the H100s for PREWAIT and the whole GPU suite):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 it times `union`):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=300 bash benchmarks/next_device_call.sh union; fi
 #   then, on the same H200 while it is warm (kind nvidia-h200): `LIMIT=420 bash benchmarks/next_device_call.sh prewait`
-#   (rule (8) on that card: PREWAIT was chosen on an H100), then `tiles`.
+#   (rule (8) on that card: PREWAIT was chosen on an H100), then `union`, then `tiles`.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
 #   prewait: (added in the forty-ninth session) sparse_linear.PREWAIT, what a one-token split-K weight item reads
 #          before its PDL wait: its GPU tests (against the reference, and the PDL chain), then one token as shipped
@@ -84,8 +83,16 @@
 #   (Rule (11), written before kernel run 87 for Z_PREWAIT, one-token z items reading their first step's c before the
 #   PDL wait: six rho 0.8 rows summed 195.60 us against 178.28 shipped (H100, results/run87_h100/), so the switch
 #   was removed with the `z_prewait` mode that timed it.)
+#   union: (added in the forty-ninth session, untimed) sparse_linear.DOT_UNION_SCRATCH, batched items writing their
+#          chunk's union of the tokens' masks first (offline sm_90 build, 8-warp 32x256 tiles: the weight loop has 3
+#          BAR.SYNC and no SHFL against 7 and 5, 179 SASS instructions against 166, 112 registers against 127; 4 warps
+#          141 against 128, 3 programs per multiprocessor still fit): its GPU tests, then shipped against it at batch 4
+#          and 50 % on the four acceptance cases, batch 4 at 40 % and batch 2 at 50 % on gate/up and down.
+# Rule (12), written in the forty-ninth session before any run of it: DOT_UNION_SCRATCH becomes True if at batch 4 and
+#   50 % its four-case sum is at least 1 % below shipped's, no timed row is more than 1 % above shipped, and its GPU
+#   tests pass; a module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|union) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'union', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -170,6 +177,14 @@ elif [ "$MODE" = tiles ]; then
   done
 elif [ "$MODE" = rest ]; then
   rest
+elif [ "$MODE" = union ]; then
+  step 120 gpu_union.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or batched_fused"
+  step 70 union_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 \
+    --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b4
+  step 50 union_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
+    --batch 4 --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b4_s40
+  step 50 union_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
+    --batch 2 --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b2
 elif [ "$MODE" = decode_prewait ]; then
   step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
     --variants shipped "prewait 0" shipped --out $O/decode_prewait.json

@@ -1,5 +1,5 @@
-"""One token: the launch `choose_config` picks against forced configurations (`sparse_linear.set_config`), on the
-same layers in the same rounds, beside cuBLAS dense.  GPU only.
+"""One token (or ``--batch`` tokens): the launch `choose_config` picks against forced configurations
+(`sparse_linear.set_config`) or module settings, on the same layers in the same rounds, beside cuBLAS dense.  GPU only.
 
 Written for acceptance 2's 70 % row (gate/up 4096->14336 at 2.2x over cuBLAS): on the H100 of kernel runs 62-64 the
 compact path read 2.02-2.06x there and the split-K launch forced 2.14x (run 64, same rounds), while cuBLAS on a slice
@@ -46,6 +46,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cases", nargs="+", required=True, help="the cases whose name contains one of these strings")
     p.add_argument("--sparsities", nargs="+", type=float, required=True)
+    p.add_argument("--batch", type=int, default=1,
+                   help="tokens per call (above 1 the batched launch runs; --config then forces its 'dot' tiles)")
     p.add_argument("--rho", type=float, default=1.0)
     p.add_argument("--factor-bits", type=int, default=16, choices=[16, 4])
     p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
@@ -81,9 +83,13 @@ def main():
         setattr(K, name, value)
     base = {name: getattr(K, name) for name in varied}  # what every other variant runs with
 
+    kind = "gemv1" if args.batch == 1 else "dot"
+    if args.batch < 1 or (args.batch > 1 and args.silu_fed):
+        raise ValueError(f"--batch expects a token count of 1 or more (1 with --silu-fed), got {args.batch}")
+
     def forcing(cfg, settings=None):
         def apply():
-            K.set_config(cfg, "gemv1")
+            K.set_config(cfg, kind)
             for name in varied:
                 setattr(K, name, (settings or {}).get(name, base[name]))
         return apply
@@ -96,12 +102,12 @@ def main():
     with open(Path(args.out) / "one_token_configs.jsonl", "w") as out:
         for s in args.sparsities:
             for name in cases:
-                res, copies = time_switch_variants(name, 1, s, torch.bfloat16, "cuda", gen, args.reps, args.rounds,
-                                                   variants, silu_fed=args.silu_fed)
+                res, copies = time_switch_variants(name, args.batch, s, torch.bfloat16, "cuda", gen, args.reps,
+                                                   args.rounds, variants, silu_fed=args.silu_fed)
                 variants["shipped"][2]()  # back to the shipped tiles and settings
                 for label in variants:
                     cfg = configs.get(label)
-                    write_row(out, {"case": name, "sparsity": s, "variant": label, "rho": args.rho,
+                    write_row(out, {"case": name, "sparsity": s, "batch": args.batch, "variant": label, "rho": args.rho,
                                     "factor_bits": args.factor_bits, "config": None if cfg is None else repr(cfg),
                                     "switches": {**switches, **switch_variants.get(label, {})},
                                     "silu_fed": args.silu_fed,

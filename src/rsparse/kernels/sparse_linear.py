@@ -184,9 +184,9 @@ def _dot_acc(coef, w, acc, FP32: tl.constexpr):
 
 
 @triton.jit
-def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
+def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok, u_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-            EVERY_ROW: tl.constexpr):
+            EVERY_ROW: tl.constexpr, UNION_SCRATCH: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
@@ -196,6 +196,8 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
         if EVERY_ROW:  # Config.every_row: the row loads wait on no mask (rows no token keeps meet zeros)
             row_on = k_ok
+        elif UNION_SCRATCH:  # the union the item's prologue wrote (`_union_to_scratch`), loaded in the rows' layout
+            row_on = tl.load(u_ptr + offs_k, mask=k_ok, other=0) != 0
         else:
             row_on = tl.max(active.to(tl.int32), axis=0) > 0  # a row is read if any token keeps it
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
@@ -214,6 +216,23 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         else:
             acc += tl.sum(prod, axis=0)[None, :]
     return acc
+
+
+@triton.jit
+def _union_to_scratch(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, k_start, k_end, u_ptr, BLOCK_K: tl.constexpr):
+    # Batches, DOT_UNION_SCRATCH: whether any token keeps each row of the item's chunk, one byte per row at u_ptr
+    # (the chunk's slot; every tile's item of the chunk writes the same bytes), visible to the whole program after
+    # the barrier. The weight loop then loads it in the row loads' own layout instead of reducing each step's mask
+    # over the tokens and converting it.
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < k_end
+        cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
+        xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :],
+                     other=0.0).to(tl.float32)
+        active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
+        tl.store(u_ptr + offs_k, tl.max(active.to(tl.int32), axis=0).to(tl.int8), mask=k_ok)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -620,7 +639,8 @@ def _weight_item(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr, u_ptr,
+    UNION_SCRATCH: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -640,10 +660,12 @@ def _weight_item(
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                             BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL, PREWAIT)
     else:
+        if UNION_SCRATCH:  # (batches without rank, the host checks)
+            _union_to_scratch(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, k_start, k_end, u_ptr, BLOCK_K)
         acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-                          USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW)
+                          u_ptr, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW, UNION_SCRATCH)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -719,7 +741,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, u_ptr,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0, lq0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1, lq1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2, lq2,
@@ -729,7 +751,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr, UNION_SCRATCH: tl.constexpr,
 ):
     # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
     # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
@@ -765,21 +787,24 @@ def _splitk_kernel(
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq0,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT)
+                         EVERY_ROW, PDL, PREWAIT,
+                         u_ptr + (0 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq1,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT)
+                         EVERY_ROW, PDL, PREWAIT,
+                         u_ptr + (1 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq2,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT)
+                         EVERY_ROW, PDL, PREWAIT,
+                         u_ptr + (2 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
     else:  # (with PREWAIT, low-rank items wait first thing in `_lowrank_item`)
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -955,6 +980,11 @@ DOT_DENSE_WIDE_MIN_TOKENS = 4
 # faster too. Kernel run 73 (results/run73_h100/run73.md) looked below: 0.5-0.8 % faster at 95.9-97.3 % kept, short
 # of the 1 % its rule asked for a lower limit, so the limit stays.
 EVERY_ROW_MIN_UNION = 0.99
+# Batches without rank whose loads are masked: each weight item first writes, for its whole chunk, whether any token
+# keeps each row (a byte per row, `_union_to_scratch`), and its weight loop loads those bytes in the row loads' layout,
+# where it reduced each step's [16, 32] mask over the tokens through shared memory and converted the result (the
+# forty-eighth session's reading of the offline sm_90 build). Not timed yet.
+DOT_UNION_SCRATCH = False
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Settings another card measured otherwise: a part of the card's name (as torch.cuda.get_device_properties reports
@@ -1305,9 +1335,13 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
+    # Batches without rank: each item writes its chunk's union of the tokens' masks to a byte per row first
+    # (DOT_UNION_SCRATCH), one slot of n bytes per projection and token block.
+    union_scratch = DOT_UNION_SCRATCH and use_dot and not cfg.every_row and not any(rs)
+    scratch = torch.empty(k * t_blocks * n if union_scratch else 0, dtype=torch.int8, device=x.device)
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
-            residual.stride(0) if residual is not None else 0]
+            residual.stride(0) if residual is not None else 0, scratch if union_scratch else x]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -1335,7 +1369,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        PREWAIT=prewait, num_warps=cfg.num_warps,
+        PREWAIT=prewait, UNION_SCRATCH=union_scratch, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
