@@ -101,23 +101,29 @@ def resource_report(k) -> str:
         f" dynamic shared {k.metadata.shared} LDGSTS {sass.count('LDGSTS')}"
 
 
-def loop_shapes(k) -> list[str]:
-    """Each distinct loop of the cubin (a backward branch) that loads globally and multiplies, as one letter per
-    instruction: where ptxas placed the loads against the products. A loop whose next-step loads come after its
-    products still waits one memory round trip per step (in the thirty-fourth session ptxas had placed the loads
-    of a packed low-rank loop so, though the source issued them first)."""
+def loop_bodies(k) -> list[list[str]]:
+    """The SASS instructions of each loop of the cubin Triton built (a backward branch and what it jumps over)."""
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
     ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,6})\*/\s*(.*?);", sass)]
     index = {a: i for i, (a, _) in enumerate(ins)}
-    shapes = []
+    bodies = []
     for i, (a, t) in enumerate(ins):
         target = re.search(r"BRA (0x[0-9a-f]+)", t)
-        if not target or int(target.group(1), 16) >= a or int(target.group(1), 16) not in index:
-            continue
-        body = [x for _, x in ins[index[int(target.group(1), 16)]: i + 1]]
+        if target and int(target.group(1), 16) < a and int(target.group(1), 16) in index:
+            bodies.append([x for _, x in ins[index[int(target.group(1), 16)]: i + 1]])
+    return bodies
+
+
+def loop_shapes(k) -> list[str]:
+    """Each distinct loop of the cubin that loads globally and multiplies, as one letter per
+    instruction: where ptxas placed the loads against the products. A loop whose next-step loads come after its
+    products still waits one memory round trip per step (in the thirty-fourth session ptxas had placed the loads
+    of a packed low-rank loop so, though the source issued them first)."""
+    shapes = []
+    for body in loop_bodies(k):
         shape = "".join("L" if "LDG" in x else "F" if re.match(r"(@\S+ )?F(FMA|ADD|MUL)", x) else
                         "I" if "I2F" in x else "." for x in body)
         if "L" in shape and "F" in shape and shape not in shapes:
@@ -126,23 +132,11 @@ def loop_shapes(k) -> list[str]:
 
 
 def dot_loops(k) -> str:
-    """The loops of the cubin (backward branches) that hold tensor-core products (HMMA): instructions, barriers
-    (BAR.SYNC), shuffles (SHFL) and shared-memory loads (LDS) in each."""
-    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-        f.write(k.asm["cubin"])
-    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
-    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,6})\*/\s*(.*?);", sass)]
-    index = {a: i for i, (a, _) in enumerate(ins)}
-    found = []
-    for i, (a, t) in enumerate(ins):
-        target = re.search(r"BRA (0x[0-9a-f]+)", t)
-        if not target or int(target.group(1), 16) >= a or int(target.group(1), 16) not in index:
-            continue
-        body = [x for _, x in ins[index[int(target.group(1), 16)]: i + 1]]
-        if any("HMMA" in x for x in body):
-            found.append(f"loop of {len(body)}: {sum('BAR.SYNC' in x for x in body)} BAR.SYNC, "
-                         f"{sum('SHFL' in x for x in body)} SHFL, {sum(x.startswith('LDS') or ' LDS' in x for x in body)} LDS")
+    """The loops of the cubin that hold tensor-core products (HMMA): instructions, barriers (BAR.SYNC), shuffles
+    (SHFL) and shared-memory loads (LDS) in each."""
+    found = [f"loop of {len(body)}: {sum('BAR.SYNC' in x for x in body)} BAR.SYNC, "
+             f"{sum('SHFL' in x for x in body)} SHFL, {sum(x.startswith('LDS') or ' LDS' in x for x in body)} LDS"
+             for body in loop_bodies(k) if any("HMMA" in x for x in body)]
     return "; ".join(found) or "no HMMA loop"
 
 

@@ -58,6 +58,8 @@ def main():
                    help="call each layer as a gated MLP's down projection, forward_silu_mul(gate, up), as sparsify "
                         "installs it (one-projection cases only)")
     args = p.parse_args()
+    if args.batch < 1 or (args.batch > 1 and args.silu_fed):
+        raise ValueError(f"--batch expects a token count of 1 or more (1 with --silu-fed), got {args.batch}")
     switches = dict(parse_switch(text) for text in args.switch)
     configs = dict(labelled_config(text) for text in args.config)
     switch_variants: dict[str, dict] = {}
@@ -84,8 +86,6 @@ def main():
     base = {name: getattr(K, name) for name in varied}  # what every other variant runs with
 
     kind = "gemv1" if args.batch == 1 else "dot"
-    if args.batch < 1 or (args.batch > 1 and args.silu_fed):
-        raise ValueError(f"--batch expects a token count of 1 or more (1 with --silu-fed), got {args.batch}")
 
     def forcing(cfg, settings=None):
         def apply():

@@ -1338,10 +1338,10 @@ def sparse_linear_multi(
     # Batches without rank: each item writes its chunk's union of the tokens' masks to a byte per row first
     # (DOT_UNION_SCRATCH), one slot of n bytes per projection and token block.
     union_scratch = DOT_UNION_SCRATCH and use_dot and not cfg.every_row and not any(rs)
-    scratch = torch.empty(k * t_blocks * n if union_scratch else 0, dtype=torch.int8, device=x.device)
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
-            residual.stride(0) if residual is not None else 0, scratch if union_scratch else x]
+            residual.stride(0) if residual is not None else 0,
+            torch.empty(k * t_blocks * n, dtype=torch.int8, device=x.device) if union_scratch else x]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
