@@ -52,11 +52,11 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 it times `union`):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 it times `batch`):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=300 bash benchmarks/next_device_call.sh union; fi
-#   then, on the same H200 while it is warm (kind nvidia-h200): `LIMIT=420 bash benchmarks/next_device_call.sh prewait`
-#   (rule (8) on that card: PREWAIT was chosen on an H100), then `union`, then `tiles`.
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh batch; fi
+#   then, on the same H200 while it is warm (kind nvidia-h200): `LIMIT=420 bash benchmarks/next_device_call.sh batch`,
+#   then `prewait` (rule (8) on that card: PREWAIT was chosen on an H100), then `tiles`.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
 #   prewait: (added in the forty-ninth session) sparse_linear.PREWAIT, what a one-token split-K weight item reads
 #          before its PDL wait: its GPU tests (against the reference, and the PDL chain), then one token as shipped
@@ -83,16 +83,28 @@
 #   (Rule (11), written before kernel run 87 for Z_PREWAIT, one-token z items reading their first step's c before the
 #   PDL wait: six rho 0.8 rows summed 195.60 us against 178.28 shipped (H100, results/run87_h100/), so the switch
 #   was removed with the `z_prewait` mode that timed it.)
-#   union: (added in the forty-ninth session, untimed) sparse_linear.DOT_UNION_SCRATCH, batched items writing their
+#   batch (the forty-ninth session's `union`, with DOT_WARPGROUP added in the fiftieth):
+#          sparse_linear.DOT_UNION_SCRATCH, batched items writing their
 #          chunk's union of the tokens' masks first (offline sm_90 build, 8-warp 32x256 tiles: the weight loop has 3
 #          BAR.SYNC and no SHFL against 7 and 5, 179 SASS instructions against 166, 112 registers against 127; 4 warps
-#          141 against 128, 3 programs per multiprocessor still fit): its GPU tests, then shipped against it at batch 4
-#          and 50 % on the four acceptance cases, batch 4 at 40 % and batch 2 at 50 % on gate/up and down.
+#          141 against 128, 3 programs per multiprocessor still fit), and sparse_linear.DOT_WARPGROUP (fiftieth
+#          session, untimed): the batched weight rows' product with the output columns on the MMA's M side, so that
+#          Triton builds Hopper's warp-group MMAs (HGMMA, operands read from shared memory) where it built mma.sync
+#          (offline sm_90 build of the launch, 32x256 tiles: weight loop 250 instructions against 282 at 4 warps, 153
+#          against 166 at 8, 8 / 4 HGMMA in place of 16 / 8 HMMA; with the union scratch 236 and 156).
+#          Variants on the shipped tiles, same rounds: shipped, us (union scratch), wg (warp-group product), wgus
+#          (both); batch 4 at 50 % on the four acceptance cases, batch 4 at 0 % (every_row: shipped and wg), batch 4
+#          at 40 % and batch 2 at 50 % on gate/up and down; then the GPU tests of both switches.
 # Rule (12), written in the forty-ninth session before any run of it: DOT_UNION_SCRATCH becomes True if at batch 4 and
 #   50 % its four-case sum is at least 1 % below shipped's, no timed row is more than 1 % above shipped, and its GPU
 #   tests pass; a module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
+# Rule (13), written in the fiftieth session before any run of it: DOT_WARPGROUP becomes True if the better of wg and
+#   wgus has a four-case sum at batch 4 and 50 % at least 1 % below shipped's, none of its timed rows (batch 4 at 0, 40
+#   and 50 %, batch 2 at 50 %) is more than 1 % above shipped's, and the GPU tests pass; where wgus is the better and
+#   us alone fails rule (12), DOT_UNION_SCRATCH still comes on with it only if wgus is at least 1 % below wg's sum.
+#   A module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|union) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'union', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -177,14 +189,18 @@ elif [ "$MODE" = tiles ]; then
   done
 elif [ "$MODE" = rest ]; then
   rest
-elif [ "$MODE" = union ]; then
-  step 120 gpu_union.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or batched_fused"
-  step 70 union_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 \
-    --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b4
-  step 50 union_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
-    --batch 4 --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b4_s40
-  step 50 union_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
-    --batch 2 --switch-variant us=DOT_UNION_SCRATCH=True --out $O/union_b2
+elif [ "$MODE" = batch ]; then
+  V=(--switch-variant us=DOT_UNION_SCRATCH=True --switch-variant wg=DOT_WARPGROUP=True
+     --switch-variant wgus=DOT_WARPGROUP=True --switch-variant wgus=DOT_UNION_SCRATCH=True)
+  step 100 batch_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 "${V[@]}" \
+    --out $O/batch_b4
+  step 60 batch_b4_s0.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0 --batch 4 \
+    --switch-variant wg=DOT_WARPGROUP=True --out $O/batch_b4_s0
+  step 50 batch_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
+    --batch 4 "${V[@]}" --out $O/batch_b4_s40
+  step 50 batch_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
+    --batch 2 "${V[@]}" --out $O/batch_b2
+  step 150 gpu_batch.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or warpgroup or batched_fused"
 elif [ "$MODE" = decode_prewait ]; then
   step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
     --variants shipped "prewait 0" shipped --out $O/decode_prewait.json

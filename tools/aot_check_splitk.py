@@ -28,6 +28,9 @@ ap.add_argument("--every-row", action="store_true",
                 help="with --dot-tiles: the launch that loads every row (Config.every_row)")
 ap.add_argument("--union-scratch", action="store_true",
                 help="with --dot-tiles: the launch whose items write their chunk's union first (DOT_UNION_SCRATCH)")
+ap.add_argument("--warpgroup", action="store_true",
+                help="with --dot-tiles: the launch whose product puts the output columns on the MMA's M side "
+                     "(Config.warpgroup_dot: warp-group MMAs on sm_90)")
 ap.add_argument("--prewait", action="store_true",
                 help="only the one-token launch at each PREWAIT (sparse_linear: reads before the PDL wait)")
 ap.add_argument("--ir-dir", default="",
@@ -132,11 +135,12 @@ def loop_shapes(k) -> list[str]:
 
 
 def dot_loops(k) -> str:
-    """The loops of the cubin that hold tensor-core products (HMMA): instructions, barriers (BAR.SYNC), shuffles
-    (SHFL) and shared-memory loads (LDS) in each."""
+    """The loops of the cubin that hold tensor-core products (HMMA, or HGMMA: warp-group MMAs): instructions,
+    barriers (BAR.SYNC), shuffles (SHFL), shared-memory loads (LDS) and the products in each."""
     found = [f"loop of {len(body)}: {sum('BAR.SYNC' in x for x in body)} BAR.SYNC, "
-             f"{sum('SHFL' in x for x in body)} SHFL, {sum(x.startswith('LDS') or ' LDS' in x for x in body)} LDS"
-             for body in loop_bodies(k) if any("HMMA" in x for x in body)]
+             f"{sum('SHFL' in x for x in body)} SHFL, {sum(x.startswith('LDS') or ' LDS' in x for x in body)} LDS, "
+             f"{sum('HGMMA' in x for x in body)} HGMMA, {sum('HMMA' in x for x in body)} HMMA"
+             for body in loop_bodies(k) if any("HMMA" in x or "HGMMA" in x for x in body)]
     return "; ".join(found) or "no HMMA loop"
 
 
@@ -147,6 +151,7 @@ def batched(bk: int, bm: int) -> dict:
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
         PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0, UNION_SCRATCH=False,
+        WG_DOT=False,
     )
 
 
@@ -159,6 +164,7 @@ def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: i
         BLOCK_K=block_k, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
         RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
         NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait, UNION_SCRATCH=False,
+        WG_DOT=False,
     )
 
 
@@ -180,11 +186,12 @@ if args.dot_tiles:
         bk, bm, warps, stages = (int(v) for v in spec.split(","))
         try:
             kernel = compile_splitk("bf16", dict(batched(bk, bm), EVERY_ROW=args.every_row,
-                                                 UNION_SCRATCH=args.union_scratch), warps=warps, stages=stages)
+                                                 UNION_SCRATCH=args.union_scratch, WG_DOT=args.warpgroup),
+                                   warps=warps, stages=stages)
             report = resource_report(kernel) + " | " + dot_loops(kernel)
             if args.ir_dir:
                 Path(args.ir_dir).mkdir(parents=True, exist_ok=True)
-                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{'_every_row' if args.every_row else ''}"
+                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{'_every_row' if args.every_row else ''}{'_wg' if args.warpgroup else ''}"
                 stem.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         except Exception as e:
             report = f"FAILED {e!r}"[:300]

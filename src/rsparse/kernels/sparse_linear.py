@@ -186,7 +186,8 @@ def _dot_acc(coef, w, acc, FP32: tl.constexpr):
 @triton.jit
 def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok, u_ptr,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-            EVERY_ROW: tl.constexpr, UNION_SCRATCH: tl.constexpr):
+            EVERY_ROW: tl.constexpr, UNION_SCRATCH: tl.constexpr, WG_DOT: tl.constexpr):
+    # WG_DOT: acc is [BLOCK_M, 16], the output columns on the product's M side (`Config.warpgroup_dot`).
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
@@ -202,8 +203,12 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
             row_on = tl.max(active.to(tl.int32), axis=0) > 0  # a row is read if any token keeps it
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
         coef = tl.where(active, xf, 0.0)
-        if FP32:
+        if FP32 and WG_DOT:
+            acc = tl.dot(tl.trans(w.to(tl.float32)), tl.trans(coef), acc, input_precision="ieee")
+        elif FP32:
             acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
+        elif WG_DOT:
+            acc = tl.dot(tl.trans(w), tl.trans(coef.to(w.dtype)), acc)
         else:
             acc = tl.dot(coef.to(w.dtype), w, acc)  # masked inputs are exact in w's dtype
     else:  # one token: FMAs on CUDA cores
@@ -640,7 +645,7 @@ def _weight_item(
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
     PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr, u_ptr,
-    UNION_SCRATCH: tl.constexpr,
+    UNION_SCRATCH: tl.constexpr, WG_DOT: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -662,10 +667,15 @@ def _weight_item(
     else:
         if UNION_SCRATCH:  # (batches without rank, the host checks)
             _union_to_scratch(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, k_start, k_end, u_ptr, BLOCK_K)
-        acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
+        if WG_DOT:  # (batches, the host checks)
+            acc = tl.zeros([BLOCK_M, BLOCK_T], dtype=tl.float32)
+        else:
+            acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-                          u_ptr, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW, UNION_SCRATCH)
+                          u_ptr, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW, UNION_SCRATCH, WG_DOT)
+        if WG_DOT:
+            acc = tl.trans(acc)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -752,6 +762,7 @@ def _splitk_kernel(
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
     PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr, UNION_SCRATCH: tl.constexpr,
+    WG_DOT: tl.constexpr,
 ):
     # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
     # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
@@ -788,7 +799,7 @@ def _splitk_kernel(
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
                          EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (0 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
+                         u_ptr + (0 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
@@ -796,7 +807,7 @@ def _splitk_kernel(
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
                          EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (1 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
+                         u_ptr + (1 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
@@ -804,7 +815,7 @@ def _splitk_kernel(
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
                          EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (2 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH)
+                         u_ptr + (2 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
     else:  # (with PREWAIT, low-rank items wait first thing in `_lowrank_item`)
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -858,6 +869,10 @@ class Config:
     # (EVERY_ROW_MIN_UNION).
     every_row: bool = False
     prewait: int | None = None  # one token: what a launch reads before its PDL wait (None: PREWAIT; `prewait_of`)
+    # 2-16 tokens: the weight rows' tensor-core product as [block_m, 16] accumulators, output columns on its M side
+    # (None: DOT_WARPGROUP decides). Hopper's warp-group MMA (wgmma) needs 64 rows there; with the tokens on it (16
+    # rows) Triton builds mma.sync, whose operands pass through registers. block_m must then be a multiple of 64.
+    warpgroup_dot: bool | None = None
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -985,6 +1000,11 @@ EVERY_ROW_MIN_UNION = 0.99
 # where it reduced each step's [16, 32] mask over the tokens through shared memory and converted the result (the
 # forty-eighth session's reading of the offline sm_90 build). Not timed yet.
 DOT_UNION_SCRATCH = False
+# The batched weight rows' product with the output columns as its M side (`Config.warpgroup_dot`), so that on Hopper
+# Triton 3.6 builds warp-group MMAs (HGMMA) that read the weight tile where the pipeline's copies put it in shared
+# memory (fiftieth session, offline sm_90 build of a stand-alone masked loop at 32x256 tiles, 4 warps, 3 stages: 80
+# registers against 144 with mma.sync). Not timed yet.
+DOT_WARPGROUP = False
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Settings another card measured otherwise: a part of the card's name (as torch.cuda.get_device_properties reports
@@ -1338,6 +1358,9 @@ def sparse_linear_multi(
     # Batches without rank: each item writes its chunk's union of the tokens' masks to a byte per row first
     # (DOT_UNION_SCRATCH), one slot of n bytes per projection and token block.
     union_scratch = DOT_UNION_SCRATCH and use_dot and not cfg.every_row and not any(rs)
+    wg_dot = use_dot and (DOT_WARPGROUP if cfg.warpgroup_dot is None else bool(cfg.warpgroup_dot))
+    if wg_dot and cfg.block_m % 64:
+        raise ValueError(f"expected a block_m that is a multiple of 64 with warpgroup_dot, got {cfg.block_m}")
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
             residual.stride(0) if residual is not None else 0,
@@ -1369,7 +1392,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        PREWAIT=prewait, UNION_SCRATCH=union_scratch, num_warps=cfg.num_warps,
+        PREWAIT=prewait, UNION_SCRATCH=union_scratch, WG_DOT=wg_dot, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
