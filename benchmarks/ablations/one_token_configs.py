@@ -12,7 +12,8 @@ Variants: ``shipped`` (no override), then one per ``--config LABEL=key=value,...
 `sparse_linear.Config`, as for `kernel_speed.py --gemv1`).  ``--switch NAME=VALUE`` sets a module setting of
 `sparse_linear` for every variant of the run (e.g. ``PACKED_LEVELS=byte_rows_z``), restored at the end;
 ``--switch-variant LABEL=NAME=VALUE`` adds a variant that runs the shipped tiles with that setting (e.g.
-``pw2=PREWAIT=2``).  Each is checked against the PyTorch reference once, each
+``pw2=PREWAIT=2``); a ``--switch-variant`` whose label is a ``--config``'s runs that config with those settings.
+Each is checked against the PyTorch reference once, each
 projection alone.  Prints JSON lines; writes ``--out``/one_token_configs.jsonl.  An adoption rule belongs in the
 call that runs it, written before the run (see benchmarks/next_device_call.sh).
 
@@ -53,7 +54,8 @@ def main():
     p.add_argument("--config", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
     p.add_argument("--switch", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--switch-variant", action="append", default=[], metavar="LABEL=NAME=VALUE",
-                   help="a variant that runs the shipped tiles with this module setting (repeat a label for several)")
+                   help="a variant that runs the shipped tiles with this module setting (repeat a label for several; "
+                        "a --config's label: that config with the setting)")
     p.add_argument("--silu-fed", action="store_true",
                    help="call each layer as a gated MLP's down projection, forward_silu_mul(gate, up), as sparsify "
                         "installs it (one-projection cases only)")
@@ -68,7 +70,7 @@ def main():
         if not sep or not label:
             raise ValueError(f"--switch-variant expects LABEL=NAME=VALUE, got {text!r}")
         switch_variants.setdefault(label, {}).update([parse_switch(setting)])
-    labels = ["shipped", *configs, *switch_variants]
+    labels = ["shipped", *configs, *(label for label in switch_variants if label not in configs)]
     if len(set(labels)) != len(labels):
         raise ValueError(f"variant labels must differ from each other and from 'shipped', got {labels}")
     cases = [name for name in CASES if any(c in name for c in args.cases)]
@@ -95,9 +97,10 @@ def main():
         return apply
 
     variants = {"shipped": (args.rho, args.factor_bits, forcing(None)),
-                **{label: (args.rho, args.factor_bits, forcing(cfg)) for label, cfg in configs.items()},
+                **{label: (args.rho, args.factor_bits, forcing(cfg, switch_variants.get(label)))
+                   for label, cfg in configs.items()},
                 **{label: (args.rho, args.factor_bits, forcing(None, settings))
-                   for label, settings in switch_variants.items()}}
+                   for label, settings in switch_variants.items() if label not in configs}}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "one_token_configs.jsonl", "w") as out:
         for s in args.sparsities:
