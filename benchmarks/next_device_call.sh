@@ -13,7 +13,9 @@
 #          CARD_SETTINGS changes here;
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py;
 #          3 items per multiprocessor added in the forty-sixth session: fewer partial sums to add at the end);
-#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
+#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script;
+#          kz8_r512, added in the fiftieth session: every rank of a 64-channel chunk in one z item, 8-channel steps,
+#          107 registers offline against 109 shipped; rank 318 in one block, so down's 672 z items become 224).
 #   sweeps: (3) and (4) alone (added in the forty-seventh session: when a call for the H200 lands on an H100, the
 #          one-token sweeps still run there; their rules then hold for H100s).
 #   down:  (5) down-shaped launches without rank, one token: the inline path against the split-K launch with 8- and
@@ -138,7 +140,8 @@ sweeps() {  # (3) one-token tiles and paths at 50 / 70 %, then (4) one token at 
   R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1,block_kz=16"
   step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
-    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
+    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" \
+    --config "kz8_r512=${R/block_kz=16/block_kz=8},block_r=512,z_steps=8" --out $O/rho08
 }
 down_sweep() {  # (5)/(6): down without rank, one token, inline against split-K at 40-70 %
   local S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
