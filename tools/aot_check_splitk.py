@@ -191,7 +191,8 @@ if args.dot_tiles:
             report = resource_report(kernel) + " | " + dot_loops(kernel)
             if args.ir_dir:
                 Path(args.ir_dir).mkdir(parents=True, exist_ok=True)
-                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{'_every_row' if args.every_row else ''}{'_wg' if args.warpgroup else ''}"
+                flags = ("_every_row" if args.every_row else "") + ("_wg" if args.warpgroup else "")
+                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{flags}"
                 stem.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         except Exception as e:
             report = f"FAILED {e!r}"[:300]
