@@ -1003,7 +1003,9 @@ DOT_UNION_SCRATCH = False
 # The batched weight rows' product with the output columns as its M side (`Config.warpgroup_dot`), so that on Hopper
 # Triton 3.6 builds warp-group MMAs (HGMMA) that read the weight tile where the pipeline's copies put it in shared
 # memory (fiftieth session, offline sm_90 build of a stand-alone masked loop at 32x256 tiles, 4 warps, 3 stages: 80
-# registers against 144 with mma.sync). Not timed yet.
+# registers against 144 with mma.sync). The busy buffer costs pipeline depth where the row masks come from x in the
+# loop: Triton then issues the rows one step ahead instead of two; with DOT_UNION_SCRATCH or every_row it keeps two
+# (the launch's TTGIR, benchmarks/NOTES.md). Not timed yet.
 DOT_WARPGROUP = False
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
