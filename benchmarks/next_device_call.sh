@@ -56,9 +56,11 @@
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
 #   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 it times `batch`):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh batch; fi
-#   then, on the same H200 while it is warm (kind nvidia-h200): `LIMIT=420 bash benchmarks/next_device_call.sh batch`,
-#   then `prewait` (rule (8) on that card: PREWAIT was chosen on an H100), then `tiles`.
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200batch; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh batch; fi
+#   then, on the same H200 while it is warm (kind nvidia-h200): `h200`, then `prewait` (rule (8) on that card: PREWAIT
+#   was chosen on an H100), then `tiles`.
+#   h200batch: (fiftieth session, for a session with little device time left) the acceptance rows as shipped, then
+#          `batch`'s timings and tests, then `down`'s, with what is left.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
 #   prewait: (added in the forty-ninth session) sparse_linear.PREWAIT, what a one-token split-K weight item reads
 #          before its PDL wait: its GPU tests (against the reference, and the PDL chain), then one token as shipped
@@ -108,7 +110,7 @@
 #   us alone fails rule (12), DOT_UNION_SCRATCH still comes on with it only if wgus is at least 1 % below wg's sum.
 #   A module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h200batch|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch) ;; *) echo "expected 'h200', 'h200batch', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -163,6 +165,20 @@ acceptance_rows() {  # acceptance 2, 3 and 4 as shipped
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
+batch() {  # DOT_UNION_SCRATCH and DOT_WARPGROUP against shipped (rules 12 and 13), then their GPU tests
+  V=(--switch-variant us=DOT_UNION_SCRATCH=True --switch-variant wg=DOT_WARPGROUP=True
+     --switch-variant wgus=DOT_WARPGROUP=True --switch-variant wgus=DOT_UNION_SCRATCH=True)
+  step 120 batch_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 "${V[@]}" \
+    --config wgus4=block_k=32,block_m=256,programs_per_sm=4,num_warps=4,num_stages=3,warpgroup_dot=1 \
+    --switch-variant wgus4=DOT_UNION_SCRATCH=True --out $O/batch_b4
+  step 60 batch_b4_s0.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0 --batch 4 \
+    --switch-variant wg=DOT_WARPGROUP=True --out $O/batch_b4_s0
+  step 50 batch_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
+    --batch 4 "${V[@]}" --out $O/batch_b4_s40
+  step 50 batch_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
+    --batch 2 "${V[@]}" --out $O/batch_b2
+  step 150 gpu_batch.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or warpgroup or batched_fused"
+}
 if [ "$MODE" = h200 ]; then
   # Ordered by what a short call most needs (forty-eighth session): acceptance 2 and 3 read again as shipped (the last
   # H200 reading, run 76, had rho 0.8 at +15.4 / +15.2 % over rho 1 on gate/up / down, against a bound of 15 %),
@@ -195,18 +211,11 @@ elif [ "$MODE" = tiles ]; then
 elif [ "$MODE" = rest ]; then
   rest
 elif [ "$MODE" = batch ]; then
-  V=(--switch-variant us=DOT_UNION_SCRATCH=True --switch-variant wg=DOT_WARPGROUP=True
-     --switch-variant wgus=DOT_WARPGROUP=True --switch-variant wgus=DOT_UNION_SCRATCH=True)
-  step 120 batch_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 "${V[@]}" \
-    --config wgus4=block_k=32,block_m=256,programs_per_sm=4,num_warps=4,num_stages=3,warpgroup_dot=1 \
-    --switch-variant wgus4=DOT_UNION_SCRATCH=True --out $O/batch_b4
-  step 60 batch_b4_s0.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0 --batch 4 \
-    --switch-variant wg=DOT_WARPGROUP=True --out $O/batch_b4_s0
-  step 50 batch_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
-    --batch 4 "${V[@]}" --out $O/batch_b4_s40
-  step 50 batch_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
-    --batch 2 "${V[@]}" --out $O/batch_b2
-  step 150 gpu_batch.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or warpgroup or batched_fused"
+  batch
+elif [ "$MODE" = h200batch ]; then
+  acceptance_rows
+  batch
+  down_sweep
 elif [ "$MODE" = decode_prewait ]; then
   step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
     --variants shipped "prewait 0" shipped --out $O/decode_prewait.json
