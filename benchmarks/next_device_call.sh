@@ -59,6 +59,8 @@
 #       LIMIT=560 bash benchmarks/next_device_call.sh h200batch; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh batch; fi
 #   then, on the same H200 while it is warm (kind nvidia-h200): `h200`, then `prewait` (rule (8) on that card: PREWAIT
 #   was chosen on an H100), then `tiles`.
+#   zwide: (fiftieth session, after run 88) sweeps' rule (4) for two z tiles of every rank at once (512-rank blocks over
+#          64-channel items of 8- or 4-channel steps; 107 / 64 registers offline) on gate/up and down at 50 and 70 %.
 #   h200batch: (fiftieth session, for a session with little device time left) the acceptance rows as shipped, then
 #          `batch`'s timings and tests, then `down`'s, with what is left.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
@@ -110,7 +112,7 @@
 #   us alone fails rule (12), DOT_UNION_SCRATCH still comes on with it only if wgus is at least 1 % below wg's sum.
 #   A module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
 MODE=$1
-case "$MODE" in h200|h200batch|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch) ;; *) echo "expected 'h200', 'h200batch', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h200batch|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch|zwide) ;; *) echo "expected 'h200', 'h200batch', 'h100', 'zwide', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -212,6 +214,12 @@ elif [ "$MODE" = rest ]; then
   rest
 elif [ "$MODE" = batch ]; then
   batch
+elif [ "$MODE" = zwide ]; then
+  # (fiftieth session) one token at rho 0.8: z items of every rank (512-rank blocks) against the shipped z tiles
+  R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
+  step 150 zwide.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
+    --rho 0.8 --config "kz8_r512=$R,block_kz=8,block_r=512,z_steps=8" --config "kz4_r512=$R,block_kz=4,block_r=512,z_steps=16" \
+    --out $O/zwide
 elif [ "$MODE" = h200batch ]; then
   acceptance_rows
   batch
