@@ -379,8 +379,7 @@ def overheads(device, reps):
 
 # The kernel module's on/off switches, recorded with every run (their values say which launches were timed).
 SWITCHES = ("DOT_Z_ITEMS", "PACKED_LONG_INPUT_WIDE_Z", "PACKED_LEVELS", "PACKED_LONG_INPUT_LEVELS",
-            "RANKED_COMPACT_MAX_ACTIVE", "SINGLE_COMPACT_MAX_ACTIVE", "SINGLE_TALL_STEPS_MAX_ACTIVE", "PREWAIT",
-            "DOT_UNION_SCRATCH", "DOT_WARPGROUP")
+            "RANKED_COMPACT_MAX_ACTIVE", "SINGLE_COMPACT_MAX_ACTIVE", "SINGLE_TALL_STEPS_MAX_ACTIVE", "PREWAIT")
 
 
 def markdown(rows, meta):

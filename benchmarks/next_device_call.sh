@@ -13,9 +13,7 @@
 #          CARD_SETTINGS changes here;
 #          (3) one-token tiles and paths on gate/up and down at 50 and 70 % (benchmarks/ablations/one_token_configs.py;
 #          3 items per multiprocessor added in the forty-sixth session: fewer partial sums to add at the end);
-#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script;
-#          kz8_r512, added in the fiftieth session: every rank of a 64-channel chunk in one z item, 8-channel steps,
-#          107 registers offline against 109 shipped; rank 318 in one block, so down's 672 z items become 224).
+#          (4) one token at rho 0.8: z-item steps and rank blocks on gate/up and down at 50 and 70 % (the same script).
 #   sweeps: (3) and (4) alone (added in the forty-seventh session: when a call for the H200 lands on an H100, the
 #          one-token sweeps still run there; their rules then hold for H100s).
 #   down:  (5) down-shaped launches without rank, one token: the inline path against the split-K launch with 8- and
@@ -54,15 +52,12 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; on an H100 it times `batch`):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; nothing waits to be timed on an H100, so there it
+#   runs the whole GPU suite on the current code):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=560 bash benchmarks/next_device_call.sh h200batch; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh batch; fi
-#   then, on the same H200 while it is warm (kind nvidia-h200): `h200`, then `prewait` (rule (8) on that card: PREWAIT
-#   was chosen on an H100), then `tiles`.
-#   zwide: (fiftieth session, after run 88) sweeps' rule (4) for two z tiles of every rank at once (512-rank blocks over
-#          64-channel items of 8- or 4-channel steps; 107 / 64 registers offline) on gate/up and down at 50 and 70 %.
-#   h200batch: (fiftieth session, for a session with little device time left) the acceptance rows as shipped, then
-#          `batch`'s timings and tests, then `down`'s, with what is left.
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh suite; fi
+#   then, on the same H200 while it is warm (kind nvidia-h200): `prewait` (rule (8) on that card: PREWAIT was chosen
+#   on an H100), then `tiles`.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
 #   prewait: (added in the forty-ninth session) sparse_linear.PREWAIT, what a one-token split-K weight item reads
 #          before its PDL wait: its GPU tests (against the reference, and the PDL chain), then one token as shipped
@@ -89,30 +84,13 @@
 #   (Rule (11), written before kernel run 87 for Z_PREWAIT, one-token z items reading their first step's c before the
 #   PDL wait: six rho 0.8 rows summed 195.60 us against 178.28 shipped (H100, results/run87_h100/), so the switch
 #   was removed with the `z_prewait` mode that timed it.)
-#   batch (the forty-ninth session's `union`, with DOT_WARPGROUP added in the fiftieth):
-#          sparse_linear.DOT_UNION_SCRATCH, batched items writing their
-#          chunk's union of the tokens' masks first (offline sm_90 build, 8-warp 32x256 tiles: the weight loop has 3
-#          BAR.SYNC and no SHFL against 7 and 5, 179 SASS instructions against 166, 112 registers against 127; 4 warps
-#          141 against 128, 3 programs per multiprocessor still fit), and sparse_linear.DOT_WARPGROUP (fiftieth
-#          session, untimed): the batched weight rows' product with the output columns on the MMA's M side, so that
-#          Triton builds Hopper's warp-group MMAs (HGMMA, operands read from shared memory) where it built mma.sync
-#          (offline sm_90 build of the launch, 32x256 tiles: weight loop 250 instructions against 282 at 4 warps, 153
-#          against 166 at 8, 8 / 4 HGMMA in place of 16 / 8 HMMA; with the union scratch 236 and 156).
-#          Variants on the shipped tiles, same rounds: shipped, us (union scratch), wg (warp-group product), wgus
-#          (both); batch 4 at 50 % on the four acceptance cases, batch 4 at 0 % (every_row: shipped and wg), batch 4
-#          at 40 % and batch 2 at 50 % on gate/up and down; then the GPU tests of both switches. At batch 4 and 50 %
-#          also wgus4: both switches on 4-warp 32x256 tiles at 4 programs per multiprocessor (108 registers offline,
-#          where the shipped 4-warp tiles take 128 and fit 3); a lead for the next run, no rule adopts it from this one.
-# Rule (12), written in the forty-ninth session before any run of it: DOT_UNION_SCRATCH becomes True if at batch 4 and
-#   50 % its four-case sum is at least 1 % below shipped's, no timed row is more than 1 % above shipped, and its GPU
-#   tests pass; a module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
-# Rule (13), written in the fiftieth session before any run of it: DOT_WARPGROUP becomes True if the better of wg and
-#   wgus has a four-case sum at batch 4 and 50 % at least 1 % below shipped's, none of its timed rows (batch 4 at 0, 40
-#   and 50 %, batch 2 at 50 %) is more than 1 % above shipped's, and the GPU tests pass; where wgus is the better and
-#   us alone fails rule (12), DOT_UNION_SCRATCH still comes on with it only if wgus is at least 1 % below wg's sum.
-#   A module default on an H100 run, a CARD_SETTINGS entry (to be wired) on an H200 run, as rule (8).
+#   (Rules (12) and (13), written before kernel run 88 for DOT_UNION_SCRATCH and DOT_WARPGROUP, the masked batch loop
+#   with the tokens' union written to a byte per row first, and with the product transposed for Hopper's warp-group
+#   MMAs: batch 4 at 50 %, four-case sums 304.46 and 271.97 us (both 299.31) against 207.02 shipped (H100,
+#   results/run88_h100/); both switches were removed with the `batch` mode that timed them. Kernel run 89 timed z
+#   items of every rank at once (512-rank blocks) under rule (4): 6-24 % slower in every row, results/run89_h100/.)
 MODE=$1
-case "$MODE" in h200|h200batch|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait|batch|zwide) ;; *) echo "expected 'h200', 'h200batch', 'h100', 'zwide', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait', 'decode_prewait' or 'batch', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -144,8 +122,7 @@ sweeps() {  # (3) one-token tiles and paths at 50 / 70 %, then (4) one token at 
   R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1,block_kz=16"
   step 110 rho08.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
     --rho 0.8 --config "zs4=$R,block_r=128,z_steps=4" --config "zs8=$R,block_r=128,z_steps=8" \
-    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" \
-    --config "kz8_r512=${R/block_kz=16/block_kz=8},block_r=512,z_steps=8" --out $O/rho08
+    --config "zs4_r64=$R,block_r=64,z_steps=4" --config "zs8_r64=$R,block_r=64,z_steps=8" --out $O/rho08
 }
 down_sweep() {  # (5)/(6): down without rank, one token, inline against split-K at 40-70 %
   local S="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
@@ -167,20 +144,6 @@ acceptance_rows() {  # acceptance 2, 3 and 4 as shipped
     --sparsities 0.5 --rhos 1 --factor-bits 16 --batches 4 --out $O/acc4
 }
 C=(--cases "gate/up 4096->14336" "down 14336->4096" "gate+up fused 4096->2x14336" "qkv fused + o")
-batch() {  # DOT_UNION_SCRATCH and DOT_WARPGROUP against shipped (rules 12 and 13), then their GPU tests
-  V=(--switch-variant us=DOT_UNION_SCRATCH=True --switch-variant wg=DOT_WARPGROUP=True
-     --switch-variant wgus=DOT_WARPGROUP=True --switch-variant wgus=DOT_UNION_SCRATCH=True)
-  step 120 batch_b4.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0.5 --batch 4 "${V[@]}" \
-    --config wgus4=block_k=32,block_m=256,programs_per_sm=4,num_warps=4,num_stages=3,warpgroup_dot=1 \
-    --switch-variant wgus4=DOT_UNION_SCRATCH=True --out $O/batch_b4
-  step 60 batch_b4_s0.log python benchmarks/ablations/one_token_configs.py "${C[@]}" --sparsities 0 --batch 4 \
-    --switch-variant wg=DOT_WARPGROUP=True --out $O/batch_b4_s0
-  step 50 batch_b4_s40.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.4 \
-    --batch 4 "${V[@]}" --out $O/batch_b4_s40
-  step 50 batch_b2.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 \
-    --batch 2 "${V[@]}" --out $O/batch_b2
-  step 150 gpu_batch.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "union_scratch or warpgroup or batched_fused"
-}
 if [ "$MODE" = h200 ]; then
   # Ordered by what a short call most needs (forty-eighth session): acceptance 2 and 3 read again as shipped (the last
   # H200 reading, run 76, had rho 0.8 at +15.4 / +15.2 % over rho 1 on gate/up / down, against a bound of 15 %),
@@ -212,18 +175,6 @@ elif [ "$MODE" = tiles ]; then
   done
 elif [ "$MODE" = rest ]; then
   rest
-elif [ "$MODE" = batch ]; then
-  batch
-elif [ "$MODE" = zwide ]; then
-  # (fiftieth session) one token at rho 0.8: z items of every rank (512-rank blocks) against the shipped z tiles
-  R="path=splitk,block_k=8,block_m=1024,programs_per_sm=4,num_warps=4,num_stages=1"
-  step 150 zwide.log python benchmarks/ablations/one_token_configs.py --cases gate/up down --sparsities 0.5 0.7 \
-    --rho 0.8 --config "kz8_r512=$R,block_kz=8,block_r=512,z_steps=8" --config "kz4_r512=$R,block_kz=4,block_r=512,z_steps=16" \
-    --out $O/zwide
-elif [ "$MODE" = h200batch ]; then
-  acceptance_rows
-  batch
-  down_sweep
 elif [ "$MODE" = decode_prewait ]; then
   step 330 decode_prewait.log python benchmarks/ablations/fold_ab.py --targets 0.5 0.7 \
     --variants shipped "prewait 0" shipped --out $O/decode_prewait.json

@@ -283,52 +283,6 @@ def test_gpu_reads_before_the_wait_match_the_reference(prewait, dtype, monkeypat
             check(make_args(T, n, m, r, dtype, "cuda", active, bias, seed=seed), dtype, "cuda", active)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_gpu_union_scratch_matches_the_reference(dtype, monkeypatch):
-    # DOT_UNION_SCRATCH on the batched launch: gate/up- and down-shaped layers and an odd one at 2, 4 and 6 tokens,
-    # a fused pair; every output written, within tolerance of the fp64 rule.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "DOT_UNION_SCRATCH", True)
-    rsparse.set_backend("triton")
-    for T in (2, 4, 6):
-        for n, m, active in ((4096, 14336, 0.5), (14336, 4096, 0.5), (1000, 3001, 0.3)):
-            check(make_args(T, n, m, 0, dtype, "cuda", active, bias=T == 4, seed=T), dtype, "cuda", active)
-        projs = [make_args(T, 4096, 8192, 0, dtype, "cuda", 0.5, seed=s) for s in range(2)]
-        x = projs[0][0]
-        projs = [(x, *p[1:]) for p in projs]
-        lists = [list(a) for a in zip(*[p[1:] for p in projs])]
-        for y, p in zip(kernels.sparse_linear_multi(x, *lists, active_fraction=0.5), projs):
-            assert not torch.isnan(y).any() and rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_gpu_warpgroup_dot_matches_the_reference(dtype, monkeypatch):
-    # DOT_WARPGROUP on the batched launch (warp-group MMAs on Hopper), alone and with DOT_UNION_SCRATCH: gate/up- and
-    # down-shaped layers, an odd one, one with a rank, at 2, 4 and 6 tokens, a fused pair, and the 16x512 tiles of
-    # sparser layers; every output written, within tolerance of the fp64 rule.
-    from rsparse.kernels import sparse_linear as kernels
-
-    monkeypatch.setattr(kernels, "DOT_WARPGROUP", True)
-    rsparse.set_backend("triton")
-    for union in (False, True):
-        monkeypatch.setattr(kernels, "DOT_UNION_SCRATCH", union)
-        for T in (2, 4, 6):
-            for n, m, r, active in ((4096, 14336, 0, 0.5), (14336, 4096, 0, 0.5), (1000, 3001, 0, 0.3),
-                                    (4096, 4096, 0, 0.2), (4096, 14336, 200, 0.4)):
-                check(make_args(T, n, m, r, dtype, "cuda", active, bias=T == 4, seed=T), dtype, "cuda", active)
-            projs = [make_args(T, 4096, 8192, 0, dtype, "cuda", 0.5, seed=s) for s in range(2)]
-            x = projs[0][0]
-            projs = [(x, *p[1:]) for p in projs]
-            lists = [list(a) for a in zip(*[p[1:] for p in projs])]
-            for y, p in zip(kernels.sparse_linear_multi(x, *lists, active_fraction=0.5), projs):
-                assert not torch.isnan(y).any() and rel_err(y, exact(x, *p[1:])) <= TOL[dtype]
-
-
 # ---------------------------------------------------------------- two-launch path (one token)
 
 
@@ -1213,76 +1167,6 @@ def test_reads_before_the_wait_on_the_compact_paths(path, compact_path, monkeypa
             runs[prewait] = ys
         for a, b in zip(runs[0], runs[1]):
             assert torch.equal(a, b)
-
-
-@needs_triton
-@pytest.mark.parametrize("T", [2, 5, 17])
-def test_union_scratch_gives_the_same_outputs(T, monkeypatch):
-    # DOT_UNION_SCRATCH: batched items write their chunk's union of the tokens' masks first and load it per step.
-    # The outputs must equal the masked loads' to the bit under the interpreter, at both batch tiles (dense-ish layers
-    # and others), odd shapes, two token blocks (17), a group, and with a rank (which leaves the switch out).
-    from rsparse.kernels import sparse_linear as kernels
-
-    def both(call):
-        monkeypatch.setattr(kernels, "DOT_UNION_SCRATCH", False)
-        ref = call()
-        monkeypatch.setattr(kernels, "DOT_UNION_SCRATCH", True)
-        y = call()
-        for a, b in zip(ref if isinstance(ref, list) else [ref], y if isinstance(y, list) else [y]):
-            assert torch.equal(a, b)
-        assert _workspace_is_zero()
-
-    for dtype in HALF_DTYPES:
-        for n, m, r, active in [(300, 45, 0, 0.5), (70, 33, 0, 0.2), (90, 300, 0, 0.6), (64, 40, 6, 0.5)]:
-            args = make_args(T, n, m, r, dtype, "cpu", active, bias=True, seed=n)
-            both(lambda: check(args, dtype, "cpu", active_fraction=active))
-        projs = [make_args(T, 90, m, 0, dtype, "cpu", 0.5, bias=b, seed=s)
-                 for s, (m, b) in enumerate([(50, True), (24, False), (40, False)])]
-        both(lambda: check_group(projs, dtype, active_fraction=0.5))
-
-
-@needs_triton
-@pytest.mark.parametrize("T", [2, 5, 17])
-def test_warpgroup_dot_gives_the_same_outputs(T, monkeypatch):
-    # DOT_WARPGROUP: the batched weight rows' product with the output columns on the MMA's M side ([block_m, 16]
-    # accumulators, transposed once before the split-K add). Under the interpreter the outputs must equal the
-    # usual product's to the bit: odd shapes, two token blocks (17), a rank (the low-rank items keep their product),
-    # a group, the union scratch and every_row beside it.
-    from rsparse.kernels import sparse_linear as kernels
-
-    def both(call):
-        monkeypatch.setattr(kernels, "DOT_WARPGROUP", False)
-        ref = call()
-        monkeypatch.setattr(kernels, "DOT_WARPGROUP", True)
-        y = call()
-        for a, b in zip(ref if isinstance(ref, list) else [ref], y if isinstance(y, list) else [y]):
-            assert torch.equal(a, b)
-        assert _workspace_is_zero()
-
-    for union in (False, True):
-        monkeypatch.setattr(kernels, "DOT_UNION_SCRATCH", union)
-        for dtype in HALF_DTYPES:
-            for n, m, r, active in [(300, 45, 0, 0.5), (70, 33, 0, 1.0), (90, 300, 0, 0.6), (64, 40, 6, 0.5)]:
-                args = make_args(T, n, m, r, dtype, "cpu", active, bias=True, seed=n)
-                both(lambda: check(args, dtype, "cpu", active_fraction=active))
-            projs = [make_args(T, 90, m, 0, dtype, "cpu", 0.5, bias=b, seed=s)
-                     for s, (m, b) in enumerate([(50, True), (24, False), (40, False)])]
-            both(lambda: check_group(projs, dtype, active_fraction=0.5))
-
-
-@needs_triton
-def test_warpgroup_dot_refuses_tiles_of_other_widths():
-    from rsparse.kernels import sparse_linear as kernels
-
-    args = make_args(3, 64, 40, 0, torch.float16, "cpu", 0.5)
-    kernels.set_config(kernels.Config(block_k=16, block_m=96, num_stages=1, warpgroup_dot=True), "dot")
-    try:
-        with pytest.raises(ValueError, match="multiple of 64"):
-            kernels.sparse_linear(*args, active_fraction=0.5)
-        kernels.set_config(kernels.Config(block_k=16, block_m=64, num_stages=1, warpgroup_dot=True), "dot")
-        check(args, torch.float16, "cpu", active_fraction=0.5)
-    finally:
-        kernels.set_config(None, "dot")
 
 
 def test_reads_before_the_wait_refuse_other_settings(monkeypatch):

@@ -26,11 +26,6 @@ ap.add_argument("--dot-tiles", nargs="+", metavar="BK,BM,WARPS,STAGES",
                 help="only the batched launch without rank (bf16), at each of these tiles: what a multiprocessor fits")
 ap.add_argument("--every-row", action="store_true",
                 help="with --dot-tiles: the launch that loads every row (Config.every_row)")
-ap.add_argument("--union-scratch", action="store_true",
-                help="with --dot-tiles: the launch whose items write their chunk's union first (DOT_UNION_SCRATCH)")
-ap.add_argument("--warpgroup", action="store_true",
-                help="with --dot-tiles: the launch whose product puts the output columns on the MMA's M side "
-                     "(Config.warpgroup_dot: warp-group MMAs on sm_90)")
 ap.add_argument("--prewait", action="store_true",
                 help="only the one-token launch at each PREWAIT (sparse_linear: reads before the PDL wait)")
 ap.add_argument("--ir-dir", default="",
@@ -76,8 +71,6 @@ def compile_splitk(dtype: str, const: dict, warps: int = 4, stages: int = 1):
             sig[a] = "fp32"
         elif base in ("li", "lo") and const.get("PACKED"):
             sig[a] = "*u8"
-        elif a == "u_ptr":
-            sig[a] = "*i8"
         elif a.endswith("_ptr") or base in ("w", "li", "lo", "b", "out"):
             sig[a] = f"*{dtype}"
         else:
@@ -150,8 +143,7 @@ def batched(bk: int, bm: int) -> dict:
         BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=True, FP32=False, ACC2D=False, BLOCK_T=16, BLOCK_K=bk,
         BLOCK_M=bm, BLOCK_KZ=32, BLOCK_R=64, RESET=True, Z_SKIP_ACTIVE=False, Z_ITEMS=False, RESET_STATE=True,
         XC_AHEAD=False, PRENORM=False, NORM_BLOCK=1, RES0=False, NORM_AHEAD=False, PDL=True, ACC=tl.float32,
-        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0, UNION_SCRATCH=False,
-        WG_DOT=False,
+        PER_TOKEN=False, PACKED=False, EVERY_ROW=False, PREWAIT=0,
     )
 
 
@@ -163,8 +155,7 @@ def one_token(ranks: bool, packed=False, kz: int = 16, br: int = 128, block_k: i
         T=1, BIAS0=False, BIAS1=False, BIAS2=False, USE_DOT=False, FP32=False, ACC2D=False, BLOCK_T=1,
         BLOCK_K=block_k, BLOCK_M=1024, BLOCK_KZ=kz, BLOCK_R=br, RESET=True, Z_SKIP_ACTIVE=True, Z_ITEMS=ranks,
         RESET_STATE=ranks, XC_AHEAD=True, PRENORM=prenorm, NORM_BLOCK=4096 if prenorm else 1, RES0=False,
-        NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait, UNION_SCRATCH=False,
-        WG_DOT=False,
+        NORM_AHEAD=False, PDL=True, ACC=tl.float32, PER_TOKEN=False, PACKED=packed, EVERY_ROW=False, PREWAIT=prewait,
     )
 
 
@@ -185,14 +176,11 @@ if args.dot_tiles:
     for spec in args.dot_tiles:
         bk, bm, warps, stages = (int(v) for v in spec.split(","))
         try:
-            kernel = compile_splitk("bf16", dict(batched(bk, bm), EVERY_ROW=args.every_row,
-                                                 UNION_SCRATCH=args.union_scratch, WG_DOT=args.warpgroup),
-                                   warps=warps, stages=stages)
+            kernel = compile_splitk("bf16", dict(batched(bk, bm), EVERY_ROW=args.every_row), warps=warps, stages=stages)
             report = resource_report(kernel) + " | " + dot_loops(kernel)
             if args.ir_dir:
                 Path(args.ir_dir).mkdir(parents=True, exist_ok=True)
-                flags = ("_every_row" if args.every_row else "") + ("_wg" if args.warpgroup else "")
-                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{flags}"
+                stem = Path(args.ir_dir) / f"dot_{bk}x{bm}_{warps}w_{stages}s{'_every_row' if args.every_row else ''}"
                 stem.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         except Exception as e:
             report = f"FAILED {e!r}"[:300]

@@ -184,10 +184,9 @@ def _dot_acc(coef, w, acc, FP32: tl.constexpr):
 
 
 @triton.jit
-def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok, u_ptr,
+def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
             USE_DOT: tl.constexpr, FP32: tl.constexpr, ACC2D: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-            EVERY_ROW: tl.constexpr, UNION_SCRATCH: tl.constexpr, WG_DOT: tl.constexpr):
-    # WG_DOT: acc is [BLOCK_M, 16], the output columns on the product's M side (`Config.warpgroup_dot`).
+            EVERY_ROW: tl.constexpr):
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_ok = offs_k < k_end
     cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
@@ -197,18 +196,12 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
         if EVERY_ROW:  # Config.every_row: the row loads wait on no mask (rows no token keeps meet zeros)
             row_on = k_ok
-        elif UNION_SCRATCH:  # the union the item's prologue wrote (`_union_to_scratch`), loaded in the rows' layout
-            row_on = tl.load(u_ptr + offs_k, mask=k_ok, other=0) != 0
         else:
             row_on = tl.max(active.to(tl.int32), axis=0) > 0  # a row is read if any token keeps it
         w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_m[None, :], mask=row_on[:, None] & m_ok[None, :], other=0.0)
         coef = tl.where(active, xf, 0.0)
-        if FP32 and WG_DOT:
-            acc = tl.dot(tl.trans(w.to(tl.float32)), tl.trans(coef), acc, input_precision="ieee")
-        elif FP32:
+        if FP32:
             acc = tl.dot(coef, w.to(tl.float32), acc, input_precision="ieee")
-        elif WG_DOT:
-            acc = tl.dot(tl.trans(w), tl.trans(coef.to(w.dtype)), acc)
         else:
             acc = tl.dot(coef.to(w.dtype), w, acc)  # masked inputs are exact in w's dtype
     else:  # one token: FMAs on CUDA cores
@@ -221,23 +214,6 @@ def _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0
         else:
             acc += tl.sum(prod, axis=0)[None, :]
     return acc
-
-
-@triton.jit
-def _union_to_scratch(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, k_start, k_end, u_ptr, BLOCK_K: tl.constexpr):
-    # Batches, DOT_UNION_SCRATCH: whether any token keeps each row of the item's chunk, one byte per row at u_ptr
-    # (the chunk's slot; every tile's item of the chunk writes the same bytes), visible to the whole program after
-    # the barrier. The weight loop then loads it in the row loads' own layout instead of reducing each step's mask
-    # over the tokens and converting it.
-    for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < k_end
-        cv = tl.load(c_ptr + offs_k, mask=k_ok, other=0.0)
-        xf = tl.load(x_ptr + offs_t[:, None] * stride_xt + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :],
-                     other=0.0).to(tl.float32)
-        active = (tl.abs(xf) * cv[None, :] > tau) & t_ok[:, None] & k_ok[None, :]
-        tl.store(u_ptr + offs_k, tl.max(active.to(tl.int32), axis=0).to(tl.int8), mask=k_ok)
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -644,8 +620,7 @@ def _weight_item(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr, NORM_AHEAD: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr, u_ptr,
-    UNION_SCRATCH: tl.constexpr, WG_DOT: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PDL: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     if PER_TOKEN:  # one-token code, one token per grid row: its loads read row pid_t of x
         x_ptr += pid_t * stride_xt
@@ -665,17 +640,10 @@ def _weight_item(
         acc = _w_rows_ahead(x_ptr, n, c_ptr, tau, w_ptr, stride_w, k_start, k_end, offs_m, m_ok, g_ptr, eps,
                             BLOCK_K, BLOCK_M, PRENORM, NORM_BLOCK, NORM_AHEAD, ACC, PDL, PREWAIT)
     else:
-        if UNION_SCRATCH:  # (batches without rank, the host checks)
-            _union_to_scratch(x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, k_start, k_end, u_ptr, BLOCK_K)
-        if WG_DOT:  # (batches, the host checks)
-            acc = tl.zeros([BLOCK_M, BLOCK_T], dtype=tl.float32)
-        else:
-            acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
+        acc = _init_acc(BLOCK_T, BLOCK_K, BLOCK_M, USE_DOT, ACC2D, ACC)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _w_rows(acc, x_ptr, stride_xt, offs_t, t_ok, c_ptr, tau, w_ptr, stride_w, k0, k_end, offs_m, m_ok,
-                          u_ptr, USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW, UNION_SCRATCH, WG_DOT)
-        if WG_DOT:
-            acc = tl.trans(acc)
+                          USE_DOT, FP32, ACC2D, BLOCK_K, ACC, EVERY_ROW)
     _finish(acc, offs_t, t_ok, offs_m, m_ok, m, ws_ptr, cnt_ptr + pid_t * n_tiles + tile, chunks_w + lr_chunks,
             bias_ptr, out_ptr, stride_o, gcnt_ptr, state_len, all_tiles, res_ptr, stride_r,
             HAS_BIAS, USE_DOT, ACC2D, RESET, RESET_STATE, BLOCK_M, HAS_RES, ACC)
@@ -751,7 +719,7 @@ def _z_item(x_ptr, stride_xt, T, n, q, pid_t, rows_z, c_ptr, tau_ptr, li_ptr, st
 @triton.jit
 def _splitk_kernel(
     x_ptr, stride_xt, T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, zi0, zi1, zi2,
-    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r, u_ptr,
+    gcnt_ptr, state_len, g_ptr, eps, res_ptr, stride_r,
     w0, sw0, c0, tau0, li0, sli0, lo0, slo0, z0, sz0, zc0, ws0, cnt0, b0, out0, so0, m0, r0, tiles0, lrc0, lq0,
     w1, sw1, c1, tau1, li1, sli1, lo1, slo1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1, lq1,
     w2, sw2, c2, tau2, li2, sli2, lo2, slo2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2, lq2,
@@ -761,8 +729,7 @@ def _splitk_kernel(
     BLOCK_R: tl.constexpr, RESET: tl.constexpr, Z_SKIP_ACTIVE: tl.constexpr, Z_ITEMS: tl.constexpr,
     RESET_STATE: tl.constexpr, XC_AHEAD: tl.constexpr, PRENORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
     RES0: tl.constexpr, NORM_AHEAD: tl.constexpr, PDL: tl.constexpr, ACC: tl.constexpr, PER_TOKEN: tl.constexpr,
-    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr, UNION_SCRATCH: tl.constexpr,
-    WG_DOT: tl.constexpr,
+    PACKED: tl.constexpr, EVERY_ROW: tl.constexpr, PREWAIT: tl.constexpr,
 ):
     # Programmatic dependent launch: nothing is read before the kernel ahead ends, except, with PREWAIT (one token,
     # the host checks), a weight item's own constants (`_w_rows_ahead`); every other item waits first.
@@ -798,24 +765,21 @@ def _splitk_kernel(
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq0,
                          BIAS0, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, RES0, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (0 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
+                         EVERY_ROW, PDL, PREWAIT)
         elif tile < tiles0 + tiles1:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0, pid_t, rows, chunks_w,
                          w1, sw1, c1, tau1, li1, sli1, z1, sz1, zc1, ws1, cnt1, b1, out1, so1, m1, r1, tiles1, lrc1,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq1,
                          BIAS1, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (1 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
+                         EVERY_ROW, PDL, PREWAIT)
         else:
             _weight_item(x_ptr, stride_xt, T, n, chunk, tile - tiles0 - tiles1, pid_t, rows, chunks_w,
                          w2, sw2, c2, tau2, li2, sli2, z2, sz2, zc2, ws2, cnt2, b2, out2, so2, m2, r2, tiles2, lrc2,
                          gcnt_ptr, state_len, all_tiles, g_ptr, eps, res_ptr, stride_r, lq2,
                          BIAS2, USE_DOT, FP32, ACC2D, BLOCK_T, BLOCK_K, BLOCK_M, BLOCK_KZ, BLOCK_R, RESET,
                          Z_SKIP_ACTIVE, Z_ITEMS, RESET_STATE, XC_AHEAD, PRENORM, NORM_BLOCK, False, NORM_AHEAD, ACC, PER_TOKEN, PACKED,
-                         EVERY_ROW, PDL, PREWAIT,
-                         u_ptr + (2 * tl.num_programs(1) + pid_t) * n, UNION_SCRATCH, WG_DOT)
+                         EVERY_ROW, PDL, PREWAIT)
     else:  # (with PREWAIT, low-rank items wait first thing in `_lowrank_item`)
         q = pid - n_z - n_weight
         l0 = lrc0 * tiles0
@@ -869,10 +833,6 @@ class Config:
     # (EVERY_ROW_MIN_UNION).
     every_row: bool = False
     prewait: int | None = None  # one token: what a launch reads before its PDL wait (None: PREWAIT; `prewait_of`)
-    # 2-16 tokens: the weight rows' tensor-core product as [block_m, 16] accumulators, output columns on its M side
-    # (None: DOT_WARPGROUP decides). Hopper's warp-group MMA (wgmma) needs 64 rows there; with the tokens on it (16
-    # rows) Triton builds mma.sync, whose operands pass through registers. block_m must then be a multiple of 64.
-    warpgroup_dot: bool | None = None
 
 
 _OVERRIDE: dict[str, Config] = {}
@@ -995,18 +955,11 @@ DOT_DENSE_WIDE_MIN_TOKENS = 4
 # faster too. Kernel run 73 (results/run73_h100/run73.md) looked below: 0.5-0.8 % faster at 95.9-97.3 % kept, short
 # of the 1 % its rule asked for a lower limit, so the limit stays.
 EVERY_ROW_MIN_UNION = 0.99
-# Batches without rank whose loads are masked: each weight item first writes, for its whole chunk, whether any token
-# keeps each row (a byte per row, `_union_to_scratch`), and its weight loop loads those bytes in the row loads' layout,
-# where it reduced each step's [16, 32] mask over the tokens through shared memory and converted the result (the
-# forty-eighth session's reading of the offline sm_90 build). Not timed yet.
-DOT_UNION_SCRATCH = False
-# The batched weight rows' product with the output columns as its M side (`Config.warpgroup_dot`), so that on Hopper
-# Triton 3.6 builds warp-group MMAs (HGMMA) that read the weight tile where the pipeline's copies put it in shared
-# memory (fiftieth session, offline sm_90 build of a stand-alone masked loop at 32x256 tiles, 4 warps, 3 stages: 80
-# registers against 144 with mma.sync). The busy buffer costs pipeline depth where the row masks come from x in the
-# loop: Triton then issues the rows one step ahead instead of two; with DOT_UNION_SCRATCH or every_row it keeps two
-# (the launch's TTGIR, benchmarks/NOTES.md). Not timed yet.
-DOT_WARPGROUP = False
+# (Two forms of the masked batch loop were timed in kernel run 88, H100, batch 4 at 50 %, four-case sums against
+# 207.02 us shipped (benchmarks/results/run88_h100/): each weight item writing its chunk's union of the tokens' masks
+# to a byte per row first and loading those bytes per step, DOT_UNION_SCRATCH, 304.46; the product taken as
+# W^T x^T so that Triton builds Hopper's warp-group MMAs, DOT_WARPGROUP, 271.97 (with masks from x in the loop its
+# pipeline issued the rows one step ahead instead of two), both 299.31. Both removed.)
 DOT_DENSE_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=2, num_warps=8, num_stages=3)
 DOT_DENSE_FEW_TOKENS_CONFIG = Config(block_k=32, block_m=256, programs_per_sm=3, num_warps=4, num_stages=3)
 # Settings another card measured otherwise: a part of the card's name (as torch.cuda.get_device_properties reports
@@ -1357,16 +1310,9 @@ def sparse_linear_multi(
     rows_z = z_item_rows(cfg, rows)
     chunks_z = _compact.cdiv(n, rows_z)
     zi = [chunks_z * _compact.cdiv(rs[j], cfg.block_r) if z_items and real else 0 for j, real in _compact._slots(k)]
-    # Batches without rank: each item writes its chunk's union of the tokens' masks to a byte per row first
-    # (DOT_UNION_SCRATCH), one slot of n bytes per projection and token block.
-    union_scratch = DOT_UNION_SCRATCH and use_dot and not cfg.every_row and not any(rs)
-    wg_dot = use_dot and (DOT_WARPGROUP if cfg.warpgroup_dot is None else bool(cfg.warpgroup_dot))
-    if wg_dot and cfg.block_m % 64:
-        raise ValueError(f"expected a block_m that is a multiple of 64 with warpgroup_dot, got {cfg.block_m}")
     args = [x, x.stride(0), T, n, rows, rows_lr, chunks_w, rows_z, chunks_z, *zi, gcnt, state_len,
             norm_weight if prenorm else x, float(norm_eps), residual if residual is not None else outs[0],
-            residual.stride(0) if residual is not None else 0,
-            torch.empty(k * t_blocks * n, dtype=torch.int8, device=x.device) if union_scratch else x]
+            residual.stride(0) if residual is not None else 0]
     has_bias = []
     for j, real in _compact._slots(k):  # unused slots repeat the last projection with 0 tiles
         b = bias[j] if real else None
@@ -1394,7 +1340,7 @@ def sparse_linear_multi(
         RES0=residual is not None, NORM_AHEAD=prenorm and PRENORM_AHEAD, PDL=pdl,
         ACC=tl.float64 if f64 else tl.float32, PER_TOKEN=not use_dot and T > 1,
         PACKED=_packed_levels_code(n, sum(ms)) if any(packed) else 0, EVERY_ROW=cfg.every_row and use_dot,
-        PREWAIT=prewait, UNION_SCRATCH=union_scratch, WG_DOT=wg_dot, num_warps=cfg.num_warps,
+        PREWAIT=prewait, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_compact.pdl_kwargs(pdl),
     )
     return outs
