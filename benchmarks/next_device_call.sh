@@ -56,6 +56,7 @@
 #   runs the whole GPU suite on the current code):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
 #       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh suite; fi
+#   (`acc`: the acceptance rows alone, the first step of `h200`, for a session with little device time left.)
 #   then, on the same H200 while it is warm (kind nvidia-h200): `prewait` (rule (8) on that card: PREWAIT was chosen
 #   on an H100), then `tiles`.
 #   (The whole GPU suite ran on the forty-ninth session's code in run 86, H100: 194 passed, 5 skipped.)
@@ -90,7 +91,7 @@
 #   results/run88_h100/); both switches were removed with the `batch` mode that timed them. Kernel run 89 timed z
 #   items of every rank at once (512-rank blocks) under rule (4): 6-24 % slower in every row, results/run89_h100/.)
 MODE=$1
-case "$MODE" in h200|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
+case "$MODE" in h200|acc|h100|sweeps|down|tiles|rest|suite|prewait|decode_prewait) ;; *) echo "expected 'h200', 'acc', 'h100', 'sweeps', 'down', 'tiles', 'rest', 'suite', 'prewait' or 'decode_prewait', got '$MODE'"; exit 2 ;; esac
 export PYTHONPATH=$PWD/src
 O=/tmp/run79_$MODE; rm -rf $O; mkdir -p $O
 END=$((SECONDS + ${LIMIT:-570} - 10))
@@ -159,6 +160,8 @@ if [ "$MODE" = h200 ]; then
   # The launches CARD_SETTINGS changes on this card (batches of 4 and more), against the reference.
   step 90 gpu_h200.log python -m pytest -q -rfEs -m gpu tests/test_kernels.py -k "batched_fused or every_row"
   sweeps
+elif [ "$MODE" = acc ]; then  # (fiftieth session) acceptance 2, 3 and 4 as shipped, alone: for a short call
+  acceptance_rows
 elif [ "$MODE" = sweeps ]; then
   sweeps
 elif [ "$MODE" = h100 ]; then
