@@ -52,10 +52,10 @@
 #       below the shipped timing there, and not slower than shipped at the other sparsity of the same case.
 #   (4) (added in the forty-sixth session, before the run) the same as (3) for the rho 0.8 settings: shipped is
 #       128-rank blocks everywhere, z_steps 8 on gate/up at 50 % (WIDE_Z_STEPS: 40 % active) and 4 elsewhere.
-#   The next call (kind nvidia-h200, which mostly lands on an H100; nothing waits to be timed on an H100, so there it
-#   runs the whole GPU suite on the current code):
+#   The next call (kind nvidia-h200, which mostly lands on an H100; nothing waits to be timed on an H100, and the
+#   whole GPU suite passed there on this kernel code in call 91, so there it only names the card):
 #     if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; LIMIT=420 bash benchmarks/next_device_call.sh suite; fi
+#       LIMIT=560 bash benchmarks/next_device_call.sh h200; else nvidia-smi -L; fi
 #   (`acc`: the acceptance rows alone, the first step of `h200`, for a session with little device time left.)
 #   then, on the same H200 while it is warm (kind nvidia-h200): `prewait` (rule (8) on that card: PREWAIT was chosen
 #   on an H100), then `tiles`.
