@@ -2,8 +2,9 @@
 # The next device calls, ready to run (each session that plans them rewrites this file; benchmarks/NOTES.md says why
 # and how to read the results).  The H200 part of run 78's plan, waiting since the forty-seventh session (calls for an
 # H200 have landed on H100s or got no machine through the fifty-fifth, and none was lent in the fifty-sixth;
-# results/run78_h100/ to run92_h100/ are those H100 runs; down leaves the inline path from 35 % active on that card, CARD_SETTINGS).  On the H200 of run 76 the one-token MLP launches read 1.47-1.54x of cuBLAS at
-# 50 % (the acceptance asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61
+# results/run78_h100/ to run92_h100/ are those H100 runs; down leaves the inline path from 35 % active on that card,
+# CARD_SETTINGS).  On the H200 of run 76 the one-token MLP launches read 1.47-1.54x of cuBLAS at 50 % (the acceptance
+# asks 1.6x) and batch 4 at 50 % 0.80-0.92x (the H100: 0.99-1.29x).  Most rules since run 61
 # were drawn on H100s; since the forty-fifth session the H200 takes the 4-warp batch tiles (sparse_linear.CARD_SETTINGS,
 # drawn from runs 49, 50 and 76 across runs).  Every mode leaves one archive in $OUT.
 #   h200:  timings and tests on this card (`rest` ran on an H100 in run 77).  (1) every_row against masked loads
